@@ -1,0 +1,32 @@
+"""Builders of a tiny iLLaDA built in-process (no downloads), fp32 on CPU."""
+
+import torch
+
+from configuration_illada import ILLaDAConfig
+from modeling_illada import ILLaDAForCausalLM
+
+TINY = dict(
+    vocab_size=97,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+    rope_theta=10000.0,
+    pad_token_id=1,
+    bos_token_id=0,
+    eos_token_id=2,
+    mask_token_id=5,
+)
+
+
+def make_config(**overrides) -> ILLaDAConfig:
+    return ILLaDAConfig(**{**TINY, **overrides})
+
+
+def make_model(seed: int = 0, attn_implementation: str = "sdpa", **overrides) -> ILLaDAForCausalLM:
+    torch.manual_seed(seed)
+    config = make_config(**overrides)
+    model = ILLaDAForCausalLM._from_config(config, attn_implementation=attn_implementation)
+    return model.eval()
