@@ -12,6 +12,13 @@ from transformers import PretrainedConfig
 
 # The architecture is fixed by the paper. The released config.json still carries these keys, so we accept
 # them but only with the one value the model implements.
+# Where a saved folder's `auto_map` sends the Auto classes (the released checkpoints' mapping).
+AUTO_MAP = {
+    "AutoConfig": "configuration_illada.ILLaDAConfig",
+    "AutoModel": "modeling_illada.ILLaDAForCausalLM",
+    "AutoModelForCausalLM": "modeling_illada.ILLaDAForCausalLM",
+}
+
 _FIXED_ARCHITECTURE = {
     "hidden_act": "silu",  # SwiGLU MLP
     "attention_bias": False,
@@ -60,6 +67,8 @@ class ILLaDAConfig(PretrainedConfig):
 
     model_type = "illada"
     keys_to_ignore_at_inference: ClassVar[list[str]] = []
+    # Makes `save_pretrained` copy this file next to config.json, as on the Hub.
+    _auto_class: ClassVar[str | None] = "AutoConfig"
     default_theta = 500_000.0
 
     vocab_size: int = 155136
@@ -87,6 +96,8 @@ class ILLaDAConfig(PretrainedConfig):
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
         super().__post_init__(**kwargs)
+        if getattr(self, "auto_map", None) is None:
+            self.auto_map = dict(AUTO_MAP)
         self._validate_sizes()
         if self.head_dim is None:
             self.head_dim = self.hidden_size // self.num_attention_heads

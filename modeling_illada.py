@@ -210,6 +210,26 @@ class ILLaDAPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_attention_backend = True
 
+    @classmethod
+    def from_pretrained(cls, *args, strict: bool = True, output_loading_info: bool = False, **kwargs):
+        """[`PreTrainedModel.from_pretrained`], but a checkpoint that does not fill the model exactly is an error.
+
+        transformers only logs missing or unexpected tensors and silently re-initialises the missing ones; with
+        an 8B checkpoint saved by another transformers version that hides a broken model. Pass `strict=False`
+        to get the library's lenient behaviour.
+        """
+        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        unexpected = {k for k in info["unexpected_keys"] if not (cls is ILLaDAModel and k.startswith("lm_head."))}
+        problems = {"missing": sorted(info["missing_keys"]), "unexpected": sorted(unexpected),
+                    "mismatched": sorted(str(k) for k in info["mismatched_keys"])}
+        if strict and any(problems.values()):
+            details = "; ".join(f"{kind}: {keys[:8]}" for kind, keys in problems.items() if keys)
+            raise ValueError(
+                f"The checkpoint does not match {cls.__name__} ({details}). Check that it is an iLLaDA checkpoint "
+                f"with the released tensor names, or pass `strict=False` to load it anyway."
+            )
+        return (model, info) if output_loading_info else model
+
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
         if isinstance(module, ILLaDARotaryEmbedding):
@@ -394,6 +414,8 @@ class ILLaDAForCausalLM(ILLaDAGenerationMixin, ILLaDAScoringMixin, ILLaDAPreTrai
     """
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    # Makes `save_pretrained` / `push_to_hub` copy the code files, so the folder loads with trust_remote_code.
+    _auto_class = "AutoModelForCausalLM"
 
     def __init__(self, config: ILLaDAConfig) -> None:
         super().__init__(config)
