@@ -149,6 +149,7 @@ class ILLaDAAttention(nn.Module):
         hidden_states: torch.Tensor,
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
         attention_mask: torch.Tensor | None = None,
+        kv_cache: "DiffusionKVCache | None" = None,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         input_shape = hidden_states.shape[:-1]
@@ -157,6 +158,8 @@ class ILLaDAAttention(nn.Module):
         key_states = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
         value_states = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
         query_states, key_states = apply_rotary_pos_emb(query_states, key_states, *position_embeddings)
+        if kv_cache is not None:
+            key_states, value_states = kv_cache.update(self.layer_idx, key_states, value_states)
 
         attention_interface: Callable = eager_attention_forward
         if self.config._attn_implementation != "eager":
@@ -198,6 +201,41 @@ class ILLaDADecoderLayer(GradientCheckpointingLayer):
         residual = hidden_states
         hidden_states = self.mlp(self.post_attention_layernorm(hidden_states))
         return residual + hidden_states
+
+
+class DiffusionKVCache:
+    """Keys and values of a whole canvas, reused by later forwards over a span of it.
+
+    This is the prefix / dual cache of Fast-dLLM (arXiv 2505.22618) for diffusion sampling. A forward with
+    `kv_cache.span = None` (a refresh) runs on the full canvas and stores every layer's keys and values. A
+    forward with `kv_cache.span = (start, end)` takes only the tokens `canvas[:, start:end]`, computes their
+    queries, keys and values, and attends to the stored keys and values everywhere else. `end` equal to the
+    canvas length reuses only the prefix; a smaller `end` also reuses the suffix ("dual" cache).
+
+    In a bidirectional model the stored entries go stale as soon as the canvas changes, because every position
+    attends to every other: the cached forward is an approximation, exact right after a refresh.
+    """
+
+    def __init__(self) -> None:
+        self.keys: dict[int, torch.Tensor] = {}
+        self.values: dict[int, torch.Tensor] = {}
+        self.span: tuple[int, int] | None = None
+
+    @property
+    def seq_len(self) -> int:
+        """Length of the stored canvas (0 before the first refresh)."""
+        return next(iter(self.keys.values())).shape[2] if self.keys else 0
+
+    def update(self, layer_idx: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stores `key`/`value` `(batch, kv_heads, seq_len, head_dim)` on a refresh, else splices them into the span."""
+        if self.span is None:
+            self.keys[layer_idx], self.values[layer_idx] = key, value
+            return key, value
+        start, end = self.span
+        cached_key, cached_value = self.keys[layer_idx], self.values[layer_idx]
+        key = torch.cat([cached_key[:, :, :start], key, cached_key[:, :, end:]], dim=2)
+        value = torch.cat([cached_value[:, :, :start], value, cached_value[:, :, end:]], dim=2)
+        return key, value
 
 
 class ILLaDAPreTrainedModel(PreTrainedModel):
@@ -307,6 +345,33 @@ def build_bidirectional_mask(
     return mask.to(dtype)
 
 
+def build_span_mask(
+    attention_mask: torch.Tensor | None,
+    span: tuple[int, int],
+    key_len: int,
+    dtype: torch.dtype,
+    attn_implementation: str,
+) -> torch.Tensor | None:
+    """Key-padding mask for a cached forward: queries `span` of the canvas, keys the whole canvas."""
+    if attention_mask is None or attention_mask.bool().all():
+        return None
+    if attention_mask.dim() != 2 or attention_mask.shape[-1] != key_len:
+        raise ValueError(
+            f"With a `kv_cache` span, `attention_mask` must be the 2-D padding mask of the whole canvas "
+            f"(batch_size, {key_len}), got shape {tuple(attention_mask.shape)}."
+        )
+    if attn_implementation.startswith("flash"):
+        raise ValueError("A `kv_cache` span with padding needs `sdpa` or `eager` attention, not flash attention.")
+    start, end = span
+    keep = attention_mask.bool()[:, None, None, :].expand(-1, 1, end - start, key_len)
+    own_key = torch.zeros(end - start, key_len, dtype=torch.bool, device=keep.device)
+    own_key[:, start:end] = torch.eye(end - start, dtype=torch.bool, device=keep.device)
+    keep = keep | (~keep.any(-1, keepdim=True) & own_key)  # all-padding rows attend to themselves, not NaN
+    if attn_implementation == "eager":
+        return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(~keep, torch.finfo(dtype).min)
+    return keep
+
+
 class ILLaDAModel(ILLaDAPreTrainedModel):
     """The bidirectional Transformer backbone (embeddings, decoder layers, final norm)."""
 
@@ -326,6 +391,7 @@ class ILLaDAModel(ILLaDAPreTrainedModel):
         position_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
+        kv_cache: DiffusionKVCache | None = None,
         **kwargs,
     ) -> BaseModelOutput:
         """
@@ -339,12 +405,21 @@ class ILLaDAModel(ILLaDAPreTrainedModel):
                 attend only within themselves.
             inputs_embeds (`torch.Tensor` of shape `(batch, seq_len, hidden_size)`, *optional*).
             output_hidden_states (`bool`, *optional*): Also return the input of every layer and the final output.
+            kv_cache ([`DiffusionKVCache`], *optional*): With `kv_cache.span = None` the forward stores every
+                layer's keys and values; with `kv_cache.span = (start, end)` the inputs are the canvas tokens
+                `start:end` only, `position_ids` default to `arange(start, end)`, `attention_mask` is the 2-D
+                padding mask of the whole canvas, and the rest of the canvas comes from the cache.
         """
-        inputs_embeds, position_ids = self._check_inputs(input_ids, inputs_embeds, position_ids)
-        mask = build_bidirectional_mask(
-            attention_mask, position_ids, inputs_embeds.dtype, self.config._attn_implementation
-        )
-        if self.config._attn_implementation.startswith("flash") and mask is None:
+        span = kv_cache.span if kv_cache is not None else None
+        inputs_embeds, position_ids = self._check_inputs(input_ids, inputs_embeds, position_ids, span, kv_cache)
+        implementation = self.config._attn_implementation
+        if span is None:
+            mask = build_bidirectional_mask(attention_mask, position_ids, inputs_embeds.dtype, implementation)
+        else:
+            mask = build_span_mask(attention_mask, span, kv_cache.seq_len, inputs_embeds.dtype, implementation)
+        if kv_cache is not None:
+            kwargs["kv_cache"] = kv_cache
+        if implementation.startswith("flash") and mask is None and span is None:
             kwargs.setdefault("position_ids", position_ids)  # the flash kernel finds packed documents here
         hidden_states = inputs_embeds
         position_embeddings = self.rotary_emb(hidden_states, position_ids)
@@ -363,6 +438,8 @@ class ILLaDAModel(ILLaDAPreTrainedModel):
         input_ids: torch.LongTensor | None,
         inputs_embeds: torch.Tensor | None,
         position_ids: torch.LongTensor | None,
+        span: tuple[int, int] | None = None,
+        kv_cache: DiffusionKVCache | None = None,
     ) -> tuple[torch.Tensor, torch.LongTensor]:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`.")
@@ -378,8 +455,9 @@ class ILLaDAModel(ILLaDAPreTrainedModel):
                 f"got {tuple(inputs_embeds.shape)}."
             )
         batch_size, seq_len = inputs_embeds.shape[:2]
+        first = 0 if span is None else self._check_span(span, seq_len, kv_cache)
         if position_ids is None:
-            position_ids = torch.arange(seq_len, device=inputs_embeds.device).expand(batch_size, seq_len)
+            position_ids = torch.arange(first, first + seq_len, device=inputs_embeds.device).expand(batch_size, seq_len)
         else:
             if position_ids.dim() == 1:
                 position_ids = position_ids[None]
@@ -390,6 +468,17 @@ class ILLaDAModel(ILLaDAPreTrainedModel):
                 )
             position_ids = position_ids.expand(batch_size, seq_len)
         return inputs_embeds, position_ids
+
+    def _check_span(self, span: tuple[int, int], seq_len: int, kv_cache: DiffusionKVCache) -> int:
+        start, end = span
+        if len(kv_cache.keys) != self.config.num_hidden_layers:
+            raise ValueError("The `kv_cache` is empty: run a forward with `kv_cache.span = None` on the canvas first.")
+        if not 0 <= start < end <= kv_cache.seq_len or end - start != seq_len:
+            raise ValueError(
+                f"`kv_cache.span` {span} must satisfy 0 <= start < end <= {kv_cache.seq_len} (the cached canvas) "
+                f"with end - start equal to the input length {seq_len}."
+            )
+        return start
 
 
 class ILLaDAForCausalLM(ILLaDAGenerationMixin, ILLaDAScoringMixin, ILLaDAPreTrainedModel):
@@ -464,4 +553,4 @@ class ILLaDAForCausalLM(ILLaDAGenerationMixin, ILLaDAScoringMixin, ILLaDAPreTrai
         return MaskedLMOutput(logits=self.lm_head(hidden_states), hidden_states=outputs.hidden_states)
 
 
-__all__ = ["ILLaDAPreTrainedModel", "ILLaDAModel", "ILLaDAForCausalLM"]
+__all__ = ["ILLaDAPreTrainedModel", "ILLaDAModel", "ILLaDAForCausalLM", "DiffusionKVCache"]
