@@ -49,8 +49,8 @@ DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, 
 
 def truncate_at_stop(text: str, stop_sequences: list[str]) -> str:
     """Cuts `text` before the earliest occurrence of any of `stop_sequences`."""
-    cut = min((index for index in (text.find(stop) for stop in stop_sequences if stop) if index >= 0), default=len(text))
-    return text[:cut]
+    found = [text.find(stop) for stop in stop_sequences if stop]
+    return text[: min((index for index in found if index >= 0), default=len(text))]
 
 
 def _stop_sequences(until) -> list[str]:
@@ -151,7 +151,9 @@ class ILLaDAEvalHarness(TemplateLM):
         else:
             raise TypeError(f"`pretrained` must be a path, a Hub id or a model, got {type(pretrained).__name__}.")
         if not hasattr(model, "score_continuations"):
-            raise TypeError(f"`pretrained` must be an iLLaDA model (with `score_continuations`), got {type(model).__name__}.")
+            raise TypeError(
+                f"`pretrained` must be an iLLaDA model (with `score_continuations`), got {type(model).__name__}."
+            )
         return model.to(self._device).eval()
 
     @staticmethod

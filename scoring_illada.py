@@ -241,7 +241,9 @@ def confidence_scores(
 # --------------------------------------------------------------------------------------------- likelihood
 
 
-def stratified_mask_counts(lengths: torch.Tensor, group_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+def stratified_mask_counts(
+    lengths: torch.Tensor, group_size: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Numbers of masked tokens for groups of Monte-Carlo samples (LLaDA `forward_process`, stratified).
 
     Group `g` of continuation length `L` draws `k ~ U{0..L-1}` once; its sample `i` masks
@@ -356,7 +358,9 @@ def _as_ids(value, tokenizer, name: str, add_special_tokens: bool) -> list[int]:
         return value.tolist()
     if isinstance(value, Sequence) and all(isinstance(t, Integral) and not isinstance(t, bool) for t in value):
         return [int(t) for t in value]
-    raise TypeError(f"`{name}` must be a string, a 1-D integer tensor or a sequence of ints, got {type(value).__name__}.")
+    raise TypeError(
+        f"`{name}` must be a string, a 1-D integer tensor or a sequence of ints, got {type(value).__name__}."
+    )
 
 
 def _check_method(method: str) -> None:

@@ -133,7 +133,8 @@ def test_confidence_with_guidance_matches_reference(model, model64):
 def test_is_greedy_flags_exactly_the_greedy_decoding(model, model64):
     prompt = PROMPTS[2]
     greedy = reference_greedy_decode(model64, prompt, 3)
-    choices = [greedy, greedy[:2] + [(greedy[2] + 1) % 90 + 6], [60, 61, 62], reference_greedy_decode(model64, prompt, 1)]
+    other_last = (greedy[2] + 1) % 90 + 6  # any other non-special token
+    choices = [greedy, greedy[:2] + [other_last], [60, 61, 62], reference_greedy_decode(model64, prompt, 1)]
     result = model.score_choices(prompt, choices)
     assert result.is_greedy.tolist() == [True, False, choices[2] == greedy, True]
     with_likelihood = model.score_choices(prompt, choices, method="likelihood", check_greedy=True, mc_num=16)
