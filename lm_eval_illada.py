@@ -190,7 +190,10 @@ class ILLaDAEvalHarness(TemplateLM):
         """The context, cut from the left so that it leaves `reserved` tokens free within `max_length`."""
         room = self.max_length - reserved
         if room < 0:
-            raise ValueError(f"{reserved} continuation or new tokens exceed `max_length` = {self.max_length}.")
+            raise ValueError(
+                f"A continuation or generation budget of {reserved} tokens does not fit in `max_length` = "
+                f"{self.max_length}."
+            )
         return context[len(context) - room:] if len(context) > room else context
 
     # ------------------------------------------------------------------------------------------ scoring
@@ -240,16 +243,26 @@ class ILLaDAEvalHarness(TemplateLM):
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eot_token_id
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self._device)
         attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self._device)
-        sequences = self._call_generate(input_ids, attention_mask, max_new_tokens, temperature)
+        sequences = self.model.generate(
+            input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens, block_length=self.block_length,
+            steps=self.steps, temperature=temperature, cfg_scale=self.score_options["cfg_scale"],
+            stop_token_ids=self._stop_token_ids(stops),
+        )
         texts = self.tokenizer.batch_decode(sequences[:, width:], skip_special_tokens=True)
         return [truncate_at_stop(text, stops) for text in texts]
 
-    def _call_generate(self, input_ids, attention_mask, max_new_tokens: int, temperature: float) -> torch.Tensor:
-        output = self.model.generate(
-            input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens, block_length=self.block_length,
-            steps=self.steps, temperature=temperature, cfg_scale=self.score_options["cfg_scale"],
-        )
-        return output if isinstance(output, torch.Tensor) else output.sequences
+    def _stop_token_ids(self, stops: list[str]) -> list[int]:
+        """The model's own stop tokens plus every stop sequence that is one token on its own.
+
+        Generation then ends with the block that holds such a token instead of running to the budget. Stop
+        sequences of several tokens are honoured by the text cut only.
+        """
+        ids = list(getattr(self.model.generation_config, "stop_token_ids", None) or [])
+        for stop in stops:
+            tokens = self.tokenizer(stop, add_special_tokens=False)["input_ids"]
+            if len(tokens) == 1 and stop in self.tokenizer.decode(tokens) and tokens[0] not in ids:
+                ids.append(tokens[0])
+        return ids
 
     def generate_until(self, requests: list[Instance], disable_tqdm: bool = False) -> list[str]:
         answers: list[str | None] = [None] * len(requests)
