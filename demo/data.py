@@ -445,7 +445,7 @@ def corpus_fingerprint(texts: list[str]) -> str:
 
 
 __all__ = [
-    "DEMO_SEED", "HELDOUT_PERCENT", "NUM_CHOICES", "TASKS", "Example", "MultipleChoiceItem", "Task",
-    "FACT_HELDOUT_PERCENT", "is_heldout", "example_is_heldout", "make_examples", "make_multiple_choice", "to_messages", "fact_sentences",
-    "pretraining_texts", "tokenizer_texts", "corpus_fingerprint",
+    "DEMO_SEED", "HELDOUT_PERCENT", "FACT_HELDOUT_PERCENT", "NUM_CHOICES", "TASKS", "Example",
+    "MultipleChoiceItem", "Task", "is_heldout", "example_is_heldout", "make_examples", "make_multiple_choice",
+    "to_messages", "fact_sentences", "pretraining_texts", "tokenizer_texts", "corpus_fingerprint",
 ]

@@ -1,0 +1,254 @@
+"""Builds the small iLLaDA demo model shipped in `illada-demo/`, through the paper's two training stages.
+
+Run from the repository root (fixed seeds; about 30 minutes on 2 CPU cores, no network):
+
+    python -m demo.build_demo_model                     # the full recipe, writes illada-demo/
+    python -m demo.build_demo_model --smoke             # a few steps of each stage, writes runs/demo-build/smoke-model/
+    python -m demo.build_demo_model --help              # every knob (sizes, steps, learning rates)
+
+What it does, in `work_dir` (default `runs/demo-build/`):
+
+1. Data (`demo.data`): the pre-training corpus (Python's bundled reference pages plus one sentence per fact) as
+   `pretrain.jsonl` (`text`), and `sft_examples` training-split instruction examples as `sft.jsonl`
+   (`prompt`/`response`). The held-out split is never written.
+2. Tokenizer (`demo.tokenizer`): byte-level BPE with iLLaDA's special ids (bos 0, pad 1, eos 2, mask 5).
+3. Model config: a few-million-parameter iLLaDA (grouped-query attention, tied embeddings).
+4. Stage 1, pre-training: `train_sft.py --data_format pretrain --lr_schedule pretrain` from a random
+   initialisation (documents joined by EOS, cut into windows, 30% of windows split at a random point).
+5. Stage 2, SFT: `train_sft.py --data_format sft --lr_schedule sft` from stage 1: `prompt + response + EOS`
+   examples streamed into windows, masks over the whole window.
+6. Export: the weights, config (with `auto_map`), generation config, tokenizer and code files go to
+   `output_dir`, with `build_info.json` (arguments, versions, corpus fingerprint, stage times and losses).
+
+Both stages are plain `train_sft.py` command lines (printed before they run), so the recipe can also be run by
+hand.
+"""
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import tokenizers
+import torch
+import transformers
+from transformers import HfArgumentParser
+
+from configuration_illada import ILLaDAConfig
+from demo.data import DEMO_SEED, corpus_fingerprint, make_examples, pretraining_texts, tokenizer_texts
+from demo.tokenizer import train_tokenizer
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TRAIN_SCRIPT = REPO_ROOT / "train_sft.py"
+# What `output_dir` receives from the stage-2 folder: everything `from_pretrained` needs, nothing else.
+EXPORTED_FILES = (
+    "model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+    "special_tokens_map.json", "chat_template.jinja",
+)
+SMOKE_STEPS = 2
+SMOKE_SFT_EXAMPLES = 2000
+
+
+@dataclass
+class BuildArguments:
+    """Sizes, step counts and paths of the demo-model recipe (defaults: the committed model)."""
+
+    output_dir: str = field(default="illada-demo", metadata={"help": "Where the finished model folder goes."})
+    work_dir: str = field(default="runs/demo-build", metadata={"help": "Data, tokenizer and stage outputs."})
+    seed: int = field(default=DEMO_SEED, metadata={"help": "Seed of the data, the initialisation and the masks."})
+    smoke: bool = field(default=False, metadata={
+        "help": f"Check the pipeline: {SMOKE_STEPS} steps per stage on {SMOKE_SFT_EXAMPLES} SFT examples; the "
+                "model goes to `work_dir`/smoke-model unless `output_dir` is given."})
+    vocab_size: int = field(default=2048, metadata={"help": "Tokenizer vocabulary, special tokens included."})
+    hidden_size: int = field(default=192, metadata={"help": "Width of the residual stream."})
+    intermediate_size: int = field(default=512, metadata={"help": "Width of the SwiGLU MLP."})
+    num_hidden_layers: int = field(default=6, metadata={"help": "Decoder layers."})
+    num_attention_heads: int = field(default=4, metadata={"help": "Query heads."})
+    num_key_value_heads: int = field(default=2, metadata={"help": "Key/value heads (grouped-query attention)."})
+    max_position_embeddings: int = field(default=512, metadata={"help": "Longest prompt + answer the model takes."})
+    rope_theta: float = field(default=10000.0, metadata={"help": "RoPE base (short contexts need no larger)."})
+    max_seq_length: int = field(default=128, metadata={"help": "Training window length (tokens), both stages."})
+    batch_size: int = field(default=32, metadata={"help": "Windows per optimizer step, both stages."})
+    pretrain_steps: int = field(default=300, metadata={"help": "Stage-1 optimizer steps."})
+    pretrain_learning_rate: float = field(default=2e-3, metadata={"help": "Stage-1 peak learning rate."})
+    pretrain_min_lr: float = field(default=1e-4, metadata={"help": "Stage-1 floor of the cosine decay."})
+    sft_steps: int = field(default=2000, metadata={"help": "Stage-2 optimizer steps."})
+    sft_learning_rate: float = field(default=1e-3, metadata={"help": "Stage-2 peak learning rate."})
+    sft_min_lr: float = field(default=1e-4, metadata={"help": "Stage-2 floor of the linear decay."})
+    sft_examples: int = field(default=200_000, metadata={"help": "Training-split examples written for SFT."})
+    warmup_ratio: float = field(default=0.05, metadata={"help": "Share of each stage's steps spent warming up."})
+    num_threads: int | None = field(default=None, metadata={
+        "help": "Torch threads of the training processes (OMP_NUM_THREADS); default: one per core. On a machine "
+                "busy with other work use 1: two threads competing for two busy cores run several times slower."})
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "max_seq_length",
+                     "batch_size", "pretrain_steps", "sft_steps", "sft_examples"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+        if self.max_seq_length > self.max_position_embeddings:
+            raise ValueError(f"`max_seq_length`={self.max_seq_length} exceeds `max_position_embeddings`="
+                             f"{self.max_position_embeddings}.")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"`warmup_ratio` must be in [0, 1), got {self.warmup_ratio!r}.")
+        if self.num_threads is not None and (isinstance(self.num_threads, bool) or self.num_threads < 1):
+            raise ValueError(f"`num_threads` must be a positive integer, got {self.num_threads!r}.")
+        if self.smoke:
+            self.pretrain_steps = self.sft_steps = SMOKE_STEPS
+            self.sft_examples = SMOKE_SFT_EXAMPLES
+            if self.output_dir == BuildArguments.output_dir:
+                self.output_dir = str(Path(self.work_dir) / "smoke-model")
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    with path.open("w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def write_data(args: BuildArguments, work_dir: Path) -> dict[str, str]:
+    """Writes `pretrain.jsonl` and `sft.jsonl` (training split only); returns their paths."""
+    pretrain, sft = work_dir / "pretrain.jsonl", work_dir / "sft.jsonl"
+    _write_jsonl(pretrain, [{"text": text} for text in pretraining_texts()])
+    examples = make_examples("train", args.sft_examples, seed=args.seed)
+    _write_jsonl(sft, [{"prompt": e.prompt, "response": e.response, "task": e.task} for e in examples])
+    return {"pretrain": str(pretrain), "sft": str(sft)}
+
+
+def write_model_config(args: BuildArguments, folder: Path) -> ILLaDAConfig:
+    """Trains the tokenizer and saves it with a fresh model config into `folder` (stage 1's `--config_name`)."""
+    tokenizer = train_tokenizer(tokenizer_texts(seed=args.seed), args.vocab_size, args.max_position_embeddings)
+    config = ILLaDAConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=args.hidden_size,
+        intermediate_size=args.intermediate_size,
+        num_hidden_layers=args.num_hidden_layers,
+        num_attention_heads=args.num_attention_heads,
+        num_key_value_heads=args.num_key_value_heads,
+        max_position_embeddings=args.max_position_embeddings,
+        rope_theta=args.rope_theta,
+        bos_token_id=tokenizer.bos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        mask_token_id=tokenizer.mask_token_id,
+    )
+    config.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return config
+
+
+def stage_command(args: BuildArguments, stage: str, model_flag: list[str], train_file: str, output: Path) -> list[str]:
+    """The `train_sft.py` command line of one stage (`"pretrain"` or `"sft"`)."""
+    steps, lr, min_lr = (
+        (args.pretrain_steps, args.pretrain_learning_rate, args.pretrain_min_lr)
+        if stage == "pretrain"
+        else (args.sft_steps, args.sft_learning_rate, args.sft_min_lr)
+    )
+    flags = {
+        "--train_files": train_file, "--data_format": stage, "--lr_schedule": stage, "--output_dir": str(output),
+        "--max_seq_length": args.max_seq_length, "--per_device_train_batch_size": args.batch_size,
+        "--max_steps": steps, "--learning_rate": lr, "--min_lr": min_lr,
+        "--warmup_steps": max(1, round(args.warmup_ratio * steps)), "--seed": args.seed, "--data_seed": args.seed,
+        "--save_strategy": "no", "--logging_steps": max(1, min(50, steps // 10)), "--report_to": "none",
+        "--dtype": "float32", "--max_grad_norm": 1.0,
+    }
+    command = [sys.executable, str(TRAIN_SCRIPT), *model_flag, "--use_cpu"]
+    for flag, value in flags.items():
+        command += [flag, str(value)]
+    return command
+
+
+def run_stage(command: list[str], log_path: Path, num_threads: int | None = None) -> float:
+    """Runs one stage in a fresh process from the repository root, teeing its output to `log_path`."""
+    env = dict(os.environ) if num_threads is None else {**os.environ, "OMP_NUM_THREADS": str(num_threads)}
+    print("$", *(["OMP_NUM_THREADS=" + str(num_threads)] if num_threads else []), " ".join(command), flush=True)
+    start = time.perf_counter()
+    with log_path.open("w", encoding="utf-8") as log:
+        process = subprocess.Popen(
+            command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for line in process.stdout:
+            sys.stdout.write(line)
+            log.write(line)
+        if process.wait() != 0:
+            raise RuntimeError(f"Training stage failed with exit code {process.returncode}; see {log_path}.")
+    return time.perf_counter() - start
+
+
+def _train_loss(stage_dir: Path) -> float | None:
+    results = stage_dir / "train_results.json"
+    return json.loads(results.read_text()).get("train_loss") if results.is_file() else None
+
+
+def export_model(stage_dir: Path, output_dir: Path, info: dict) -> None:
+    """Copies the loadable files of the final stage (weights, configs, tokenizer, code) into `output_dir`."""
+    if output_dir.exists():
+        shutil.rmtree(output_dir)
+    output_dir.mkdir(parents=True)
+    for path in stage_dir.iterdir():
+        if path.name in EXPORTED_FILES or path.suffix == ".py":
+            shutil.copy2(path, output_dir / path.name)
+    weights = output_dir / "model.safetensors"
+    info["weights_sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    info["weights_mib"] = round(weights.stat().st_size / 2**20, 2)
+    (output_dir / "build_info.json").write_text(json.dumps(info, indent=2) + "\n")
+
+
+def build(args: BuildArguments) -> Path:
+    """Runs the whole recipe (see the module docstring) and returns the finished model folder."""
+    start = time.perf_counter()
+    work_dir, output_dir = Path(args.work_dir), Path(args.output_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    files = write_data(args, work_dir)
+    config = write_model_config(args, work_dir / "init")
+    stage1, stage2 = work_dir / "stage1-pretrain", work_dir / "stage2-sft"
+    times = {"data_and_tokenizer_s": time.perf_counter() - start}
+    times["pretrain_s"] = run_stage(
+        stage_command(args, "pretrain", ["--config_name", str(work_dir / "init")], files["pretrain"], stage1),
+        work_dir / "stage1.log",
+        args.num_threads,
+    )
+    times["sft_s"] = run_stage(
+        stage_command(args, "sft", ["--model_name_or_path", str(stage1)], files["sft"], stage2),
+        work_dir / "stage2.log",
+        args.num_threads,
+    )
+    times["total_s"] = time.perf_counter() - start
+    info = {
+        "arguments": asdict(args),
+        "parameters": sum(p.numel() for p in _parameter_shapes(config)),
+        "pretraining_corpus_sha256": corpus_fingerprint(pretraining_texts()),
+        "train_loss": {"pretrain": _train_loss(stage1), "sft": _train_loss(stage2)},
+        "seconds": {name: round(value, 1) for name, value in times.items()},
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "transformers": transformers.__version__, "tokenizers": tokenizers.__version__},
+    }
+    export_model(stage2, output_dir, info)
+    print(json.dumps({k: info[k] for k in ("parameters", "train_loss", "seconds", "weights_mib")}, indent=2))
+    print(f"Demo model written to {output_dir}", flush=True)
+    return output_dir
+
+
+def _parameter_shapes(config: ILLaDAConfig) -> list[torch.Tensor]:
+    """The model's parameters, built on the meta device (no memory, no compute): for the parameter count."""
+    from modeling_illada import ILLaDAForCausalLM
+
+    with torch.device("meta"):
+        model = ILLaDAForCausalLM(config)
+    return list(model.parameters())  # tied embeddings are listed once
+
+
+def main(argv: list[str] | None = None) -> None:
+    (args,) = HfArgumentParser(BuildArguments).parse_args_into_dataclasses(argv)
+    build(args)
+
+
+if __name__ == "__main__":
+    main()

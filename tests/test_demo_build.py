@@ -1,0 +1,136 @@
+"""The demo-model recipe (demo/build_demo_model.py): arguments, stage command lines, config, export, smoke build."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from demo.build_demo_model import (
+    EXPORTED_FILES,
+    BuildArguments,
+    export_model,
+    stage_command,
+    write_data,
+    write_model_config,
+)
+from demo.data import example_is_heldout, make_examples
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _flags(command: list[str]) -> dict[str, str]:
+    """`--name value` pairs of a command line (flags without a value map to "")."""
+    flags, i = {}, 0
+    while i < len(command):
+        if command[i].startswith("--"):
+            has_value = i + 1 < len(command) and not command[i + 1].startswith("--")
+            flags[command[i]] = command[i + 1] if has_value else ""
+            i += 2 if has_value else 1
+        else:
+            i += 1
+    return flags
+
+
+def test_stage_commands_follow_the_two_stage_recipe(tmp_path):
+    args = BuildArguments(work_dir=str(tmp_path), pretrain_steps=40, sft_steps=200, warmup_ratio=0.1)
+    pretrain = _flags(stage_command(args, "pretrain", ["--config_name", "init"], "p.jsonl", tmp_path / "s1"))
+    sft = _flags(stage_command(args, "sft", ["--model_name_or_path", "s1"], "s.jsonl", tmp_path / "s2"))
+    assert pretrain["--config_name"] == "init" and sft["--model_name_or_path"] == "s1"
+    assert (pretrain["--data_format"], pretrain["--lr_schedule"]) == ("pretrain", "pretrain")
+    assert (sft["--data_format"], sft["--lr_schedule"]) == ("sft", "sft")
+    assert (pretrain["--max_steps"], sft["--max_steps"]) == ("40", "200")
+    assert (pretrain["--warmup_steps"], sft["--warmup_steps"]) == ("4", "20")
+    assert float(pretrain["--learning_rate"]) == args.pretrain_learning_rate
+    assert float(sft["--learning_rate"]) == args.sft_learning_rate
+    for flags in (pretrain, sft):
+        assert "--use_cpu" in flags and flags["--seed"] == str(args.seed) and flags["--save_strategy"] == "no"
+
+
+def test_written_data_hold_only_the_training_split(tmp_path):
+    args = BuildArguments(work_dir=str(tmp_path), sft_examples=600)
+    files = write_data(args, tmp_path)
+    rows = [json.loads(line) for line in Path(files["sft"]).read_text().splitlines()]
+    assert len(rows) == 600
+    heldout_prompts = {e.prompt for e in make_examples("heldout", 240)}
+    assert not heldout_prompts & {row["prompt"] for row in rows}
+    examples = make_examples("train", 600, seed=args.seed)
+    assert [(r["prompt"], r["response"]) for r in rows] == [(e.prompt, e.response) for e in examples]
+    assert not any(example_is_heldout(e) for e in examples)
+    texts = [json.loads(line)["text"] for line in Path(files["pretrain"]).read_text().splitlines()]
+    assert len(texts) > 100 and all(texts)
+
+
+def test_model_config_matches_tokenizer(tmp_path):
+    args = BuildArguments(vocab_size=600, hidden_size=64, intermediate_size=128, num_hidden_layers=2)
+    config = write_model_config(args, tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    tokenizer_json = json.loads((tmp_path / "tokenizer.json").read_text())
+    assert saved["vocab_size"] == config.vocab_size == len(tokenizer_json["model"]["vocab"]) <= 600
+    assert (saved["bos_token_id"], saved["pad_token_id"], saved["eos_token_id"], saved["mask_token_id"]) == (0, 1, 2, 5)
+    assert saved["num_key_value_heads"] == 2 < saved["num_attention_heads"] == 4  # grouped-query attention
+    assert saved["tie_word_embeddings"] is True and "auto_map" in saved
+
+
+def test_export_copies_only_loadable_files(tmp_path):
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    for name in (*EXPORTED_FILES, "modeling_illada.py", "training_args.bin", "trainer_state.json"):
+        (stage / name).write_bytes(name.encode())
+    (stage / "checkpoint-10").mkdir()
+    export_model(stage, tmp_path / "out", {"note": "test"})
+    exported = {p.name for p in (tmp_path / "out").iterdir()}
+    assert exported == {*EXPORTED_FILES, "modeling_illada.py", "build_info.json"}
+    info = json.loads((tmp_path / "out" / "build_info.json").read_text())
+    assert info["note"] == "test" and len(info["weights_sha256"]) == 64
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(sft_steps=0), "`sft_steps`"),
+        (dict(hidden_size=1.5), "`hidden_size`"),
+        (dict(max_seq_length=1024), "`max_seq_length`"),
+        (dict(warmup_ratio=1.0), "`warmup_ratio`"),
+        (dict(num_threads=0), "`num_threads`"),
+    ],
+)
+def test_bad_build_arguments_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        BuildArguments(**kwargs)
+
+
+def test_smoke_shrinks_the_run_and_keeps_the_shipped_folder():
+    args = BuildArguments(smoke=True, work_dir="somewhere")
+    assert args.pretrain_steps == args.sft_steps == 2 and args.sft_examples < 10_000
+    assert Path(args.output_dir) == Path("somewhere") / "smoke-model"
+
+
+@pytest.mark.slow
+def test_smoke_build_loads_with_auto_classes(tmp_path):
+    """Both stages run through train_sft.py, and the exported folder loads offline with trust_remote_code."""
+    out = tmp_path / "model"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "demo.build_demo_model", "--smoke", "--work_dir", str(tmp_path / "work"),
+               "--output_dir", str(out), "--hidden_size", "64", "--intermediate_size", "128", "--num_hidden_layers",
+               "2", "--batch_size", "4"]
+    subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True, text=True, timeout=600)
+    check = (
+        "import sys, torch\n"
+        "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+        "model = AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=True)\n"
+        "tokenizer = AutoTokenizer.from_pretrained(sys.argv[1], trust_remote_code=True)\n"
+        "ids = tokenizer.apply_chat_template([{'role': 'user', 'content': 'What is 2 + 3?'}],\n"
+        "    add_generation_prompt=True, return_tensors='pt')['input_ids']\n"
+        "logits = model(ids).logits\n"
+        "assert logits.shape == (1, ids.shape[1], model.config.vocab_size), logits.shape\n"
+        "assert torch.isfinite(logits).all()\n"
+        "print(type(model).__name__, model.config.mask_token_id, tokenizer.mask_token_id)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", check, str(out)], cwd=tmp_path, env=env, check=True,
+                            capture_output=True, text=True, timeout=300)
+    assert result.stdout.split() == ["ILLaDAForCausalLM", "5", "5"]
+    info = json.loads((out / "build_info.json").read_text())
+    assert info["arguments"]["smoke"] is True and info["weights_mib"] < 20
