@@ -13,6 +13,10 @@
 - **Extras.** Unsupervised classifier-free guidance (LLaDA App. B.3), confidence-threshold parallel decoding
   (Fast-dLLM, arXiv 2505.22618, Sec. 3.3), a stop-token logit bias that grows with the generated length (the iLLaDA
   paper's fix for the Instruct model's loops), suppressed tokens.
+- **Key-value cache** (`use_cache="prefix"` / `"dual"`, Fast-dLLM Sec. 3.2): the first step of a block runs on the
+  whole canvas and stores keys and values; the other steps run on the block (and, for `"prefix"`, the canvas right
+  of it) and reuse the stored entries elsewhere. An approximation in a bidirectional model, exact when refreshed
+  at every step (`cache_refresh_steps=1`).
 
 Every answer is cut after its first stop token; the rest of the row is the pad id. Logits are computed only for
 the block being decoded, and finished rows leave the batch.
@@ -36,6 +40,8 @@ logger = logging.get_logger(__name__)
 
 REMASKING_STRATEGIES = ("low_confidence", "random", "margin", "entropy")
 CANVAS_MODES = ("variable", "fixed")
+# `use_cache` values: no cache (also `None` / `False`), Fast-dLLM's prefix cache, and its dual cache.
+CACHE_MODES = ("none", "prefix", "dual")
 # LLaDA generate.py's default answer length.
 DEFAULT_MAX_NEW_TOKENS = 128
 # The block length of most of the paper's evaluations (ILLADA.md §4).
@@ -125,6 +131,19 @@ class ILLaDAGenerationConfig(GenerationConfig):
             answer, against the Instruct model's thinking loops: `{"token_ids": [...], "slope": s, "start": a,
             "max_bias": m}` adds `min(m, s * max(0, i - a))` at answer position `i` (0-based). `start` defaults
             to 0, `max_bias` to no cap.
+        use_cache (`str`, *optional*): Key-value cache of the canvas (Fast-dLLM, arXiv 2505.22618, Sec. 3.2).
+            `"prefix"`: the first step of each block runs the model on the whole canvas and stores every layer's
+            keys and values; the other steps of the block run only on the block and the canvas right of it, and
+            take the prefix (prompt and earlier blocks) from the cache. `"dual"`: the other steps run on the block
+            alone, and take the suffix from the cache too. `None`, `False` or `"none"` (default): every step runs
+            on the whole canvas. **An approximation**: attention is bidirectional, so the cached keys and values
+            of a position depend on the whole canvas at the last refresh and miss the tokens committed since
+            (Fast-dLLM reports that this costs little accuracy). In `variable` mode the canvas ends with the block,
+            so `"prefix"` and `"dual"` do the same.
+        cache_refresh_steps (`int`, *optional*): With `use_cache`, also refresh the cache at every
+            `cache_refresh_steps`-th step of a block (steps 0, k, 2k, ...). `None`: at the first step of each block
+            only (Fast-dLLM). `1` refreshes at every step: the output then equals the uncached output exactly,
+            and nothing is saved.
         return_dict_in_generate (`bool`, *optional*, defaults to `False`): Return an [`ILLaDAGenerateOutput`]
             instead of the sequences alone.
         output_history (`bool`, *optional*, defaults to `False`): Add to the output the step at which each
@@ -149,6 +168,8 @@ class ILLaDAGenerationConfig(GenerationConfig):
         bos_token_id: int | None = None,
         suppress_tokens: list[int] | None = None,
         stop_token_bias: dict | None = None,
+        use_cache: str | bool | None = None,
+        cache_refresh_steps: int | None = None,
         return_dict_in_generate: bool = False,
         output_history: bool = False,
         **metadata,
@@ -173,6 +194,8 @@ class ILLaDAGenerationConfig(GenerationConfig):
         self.bos_token_id = bos_token_id
         self.suppress_tokens = copy.deepcopy(suppress_tokens)
         self.stop_token_bias = copy.deepcopy(stop_token_bias)
+        self.use_cache = use_cache
+        self.cache_refresh_steps = cache_refresh_steps
         self.return_dict_in_generate = return_dict_in_generate
         self.output_history = output_history
         self._from_model_config = metadata.get("_from_model_config")
@@ -190,6 +213,7 @@ class ILLaDAGenerationConfig(GenerationConfig):
         _check_positive_int("tokens_per_step", self.tokens_per_step, allow_none=True)
         self._validate_schedule()
         self._validate_choices()
+        self._validate_cache()
         self._validate_token_ids()
         _check_stop_token_bias(self.stop_token_bias)
         for name in ("return_dict_in_generate", "output_history"):
@@ -231,6 +255,21 @@ class ILLaDAGenerationConfig(GenerationConfig):
                 raise ValueError("`threshold` compares the model's confidence and cannot be used with "
                                  "`remasking='random'`: choose 'low_confidence', 'margin' or 'entropy'.")
 
+    def _validate_cache(self) -> None:
+        if self.use_cache not in (None, False, *CACHE_MODES):
+            raise ValueError(f"`use_cache` must be one of {CACHE_MODES} (or None / False for no cache), got "
+                             f"{self.use_cache!r}. The autoregressive `use_cache=True` has no meaning here: choose "
+                             f"'prefix' or 'dual'.")
+        _check_positive_int("cache_refresh_steps", self.cache_refresh_steps, allow_none=True)
+        if self.cache_refresh_steps is not None and self.cache_mode == "none":
+            raise ValueError(f"`cache_refresh_steps={self.cache_refresh_steps}` needs a cache: set `use_cache` to "
+                             f"'prefix' or 'dual', or leave `cache_refresh_steps` at None.")
+
+    @property
+    def cache_mode(self) -> str:
+        """`use_cache` as one of `CACHE_MODES` (`None` and `False` read as `"none"`)."""
+        return self.use_cache or "none"
+
     def _validate_token_ids(self) -> None:
         for name in ("mask_token_id", "pad_token_id", "bos_token_id"):
             value = getattr(self, name)
@@ -269,6 +308,8 @@ class ILLaDAGenerationConfig(GenerationConfig):
         stock_defaults = GenerationConfig().to_dict()
         ignored = {k: config_dict.pop(k) for k in list(config_dict)
                    if k in stock_defaults and k not in SETTINGS and k not in _METADATA_KEYS}
+        if isinstance(config_dict.get("use_cache"), bool):  # a stock file's autoregressive flag, not a cache mode
+            ignored["use_cache"] = config_dict.pop("use_cache")
         ignored_set = {k: v for k, v in ignored.items() if v != stock_defaults[k]}
         if ignored_set:
             logger.warning(f"Ignoring autoregressive generation options that diffusion decoding does not use: "
@@ -374,7 +415,7 @@ def denoiser_logits(
     """The one model call of a denoising step: logits `(rows, end - start, vocab)` of canvas columns `start:end`.
 
     Only the block's positions go through the LM head (`logits_to_keep`): over a 155k vocabulary, logits of the
-    whole canvas are the largest waste of a naive sampler. A key-value cache of the canvas plugs in here.
+    whole canvas are the largest waste of a naive sampler. With `use_cache`, `_BlockCache.logits` replaces it.
     """
     keep = torch.arange(start, end, device=tokens.device)
     return model(input_ids=tokens, attention_mask=attention_mask, position_ids=position_ids,
@@ -518,20 +559,26 @@ def _make_canvas(input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
 
 
 def _step_logits(model, canvas: _Canvas, rows: torch.Tensor, visible: int, start: int, end: int,
-                 config: ILLaDAGenerationConfig) -> torch.Tensor:
-    """Constrained float32 logits `(len(rows), end - start, vocab)` of one step, guided when `cfg_scale > 0`."""
+                 config: ILLaDAGenerationConfig, cache: "_BlockCache | None", step: int) -> torch.Tensor:
+    """Constrained float32 logits `(len(rows), end - start, vocab)` of one step, guided when `cfg_scale > 0`.
+
+    With CFG, the conditional and unconditional canvases run as one doubled batch (and share one cache).
+    """
     tokens = canvas.tokens[rows, :visible]
     mask = None if canvas.attention_mask is None else canvas.attention_mask[rows, :visible]
     positions = None if canvas.position_ids is None else canvas.position_ids[rows, :visible]
     if config.cfg_scale > 0:
         unconditional = tokens.clone()
         unconditional[:, : canvas.prompt_width] = config.mask_token_id
-        both = denoiser_logits(model, torch.cat([tokens, unconditional]),
-                               None if mask is None else torch.cat([mask, mask]),
-                               None if positions is None else torch.cat([positions, positions]), start, end)
-        logits = guided_logits(*both.float().chunk(2), config.cfg_scale)
-    else:
+        tokens = torch.cat([tokens, unconditional])
+        mask = None if mask is None else torch.cat([mask, mask])
+        positions = None if positions is None else torch.cat([positions, positions])
+    if cache is None:
         logits = denoiser_logits(model, tokens, mask, positions, start, end).float()
+    else:
+        logits = cache.logits(model, rows, tokens, mask, positions, start, end, step).float()
+    if config.cfg_scale > 0:
+        logits = guided_logits(*logits.chunk(2), config.cfg_scale)
     offsets = torch.arange(start - canvas.prompt_width, end - canvas.prompt_width, device=logits.device)
     return constrain_logits(logits, config, offsets)
 
@@ -548,20 +595,21 @@ def _report_step(canvas: _Canvas, rows: torch.Tensor, logits: torch.Tensor, visi
 
 
 def _denoise_block(model, canvas: _Canvas, start: int, end: int, visible: int, config: ILLaDAGenerationConfig,
-                   generator: torch.Generator | None, callback: StepCallback | None) -> None:
+                   generator: torch.Generator | None, callback: StepCallback | None,
+                   cache: "_BlockCache | None" = None) -> None:
     """Decodes canvas columns `start:end` of the unfinished rows (LLaDA Alg. 5, one block), seeing `:visible`.
 
     Per step: logits of the rows with masks left in the block, proposals `x0`, scores, top-`k` commits. Random
     draws per step, in order: the Gumbel noise `(rows, n, vocab)` if `temperature > 0`, then the `random` scores
     `(rows, n)`; `rows` are the active rows in batch order.
     """
-    for num_tokens in transfer_schedule(end - start, steps_in_block(end - start, config.steps,
-                                                                     config.tokens_per_step)):
+    schedule = transfer_schedule(end - start, steps_in_block(end - start, config.steps, config.tokens_per_step))
+    for step, num_tokens in enumerate(schedule):
         masked = canvas.tokens[:, start:end] == config.mask_token_id  # [B, n]
         rows = (masked.any(-1) & ~canvas.finished).nonzero().squeeze(-1)
         if rows.numel() == 0:  # threshold decoding finished the block early
             return
-        logits = _step_logits(model, canvas, rows, visible, start, end, config)  # [r, n, V]
+        logits = _step_logits(model, canvas, rows, visible, start, end, config, cache, step)  # [r, n, V]
         x0 = sample_tokens(logits, config.temperature, generator)
         scores = confidence_scores(logits, x0, config.remasking, generator)
         commit = select_commits(scores, masked[rows], num_tokens, config.threshold)
@@ -600,6 +648,71 @@ def _finish(canvas: _Canvas, generated: int, stop_ids: torch.Tensor, pad_token_i
         after_end = torch.arange(width, device=sequences.device) >= prompt_width + lengths[:, None]
         history = canvas.history[:, :width].masked_fill(after_end, NOT_GENERATED)
     return ILLaDAGenerateOutput(sequences=sequences, nfe=canvas.nfe, history=history)
+
+
+# --------------------------------------------------------------------------------------------- key-value cache
+
+
+def _kv_cache_class() -> type:
+    """`DiffusionKVCache`, imported when first needed: `modeling_illada` imports this module at its top."""
+    try:
+        from .modeling_illada import DiffusionKVCache
+    except ImportError:
+        from modeling_illada import DiffusionKVCache
+    return DiffusionKVCache
+
+
+@dataclass
+class _BlockCache:
+    """The key-value cache of the steps of a block: Fast-dLLM's prefix and dual caches (arXiv 2505.22618, Sec. 3.2).
+
+    A refresh (the first step of a block, and every `refresh_steps`-th step if set) runs the model on the whole
+    visible canvas and stores every layer's keys and values; the other steps run it only on the span
+    `start:visible` (`"prefix"`) or `start:end` (`"dual"`) and read the rest from the store. Rows only leave a
+    block (their masks run out), so the store is narrowed to the rows still decoding, never widened.
+    """
+
+    mode: str  # "prefix" or "dual"
+    refresh_steps: int | None
+    kv: object  # DiffusionKVCache
+    rows: torch.Tensor | None = None  # [r] batch rows of the stored keys and values, in batch order
+
+    def logits(self, model, rows: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor | None,
+               positions: torch.Tensor | None, start: int, end: int, step: int) -> torch.Tensor:
+        """Logits `(tokens.shape[0], end - start, vocab)` of canvas columns `start:end`, as [`denoiser_logits`].
+
+        `tokens` `(batch, visible)` holds the canvases of `rows` (twice, conditional then unconditional, with CFG).
+        """
+        if step == 0 or (self.refresh_steps is not None and step % self.refresh_steps == 0):
+            self.kv.span, self.rows = None, rows
+            keep = torch.arange(start, end, device=tokens.device)
+            return model(input_ids=tokens, attention_mask=mask, position_ids=positions, logits_to_keep=keep,
+                         kv_cache=self.kv).logits
+        self._narrow(rows, tokens.shape[0])
+        span_end = end if self.mode == "dual" else tokens.shape[1]
+        self.kv.span = (start, span_end)
+        keep = torch.arange(end - start, device=tokens.device)
+        return model(input_ids=tokens[:, start:span_end], attention_mask=mask,
+                     position_ids=None if positions is None else positions[:, start:span_end],
+                     logits_to_keep=keep, kv_cache=self.kv).logits
+
+    def _narrow(self, rows: torch.Tensor, batch: int) -> None:
+        """Keeps the stored keys and values of `rows` only (a subset of the stored rows)."""
+        if rows.numel() == self.rows.numel():
+            return
+        index = torch.searchsorted(self.rows, rows)
+        if batch == 2 * rows.numel():  # CFG: the unconditional copies follow the conditional ones
+            index = torch.cat([index, index + self.rows.numel()])
+        for layer in self.kv.keys:
+            self.kv.keys[layer] = self.kv.keys[layer][index]
+            self.kv.values[layer] = self.kv.values[layer][index]
+        self.rows = rows
+
+
+def _make_block_cache(config: ILLaDAGenerationConfig) -> _BlockCache | None:
+    if config.cache_mode == "none":
+        return None
+    return _BlockCache(config.cache_mode, config.cache_refresh_steps, _kv_cache_class()())
 
 
 # --------------------------------------------------------------------------------------------- entry point
@@ -679,12 +792,13 @@ class ILLaDAGenerationMixin:
         """The block loop; returns the number of answer columns decoded."""
         prompt_width, budget = canvas.prompt_width, config.max_new_tokens
         starts = range(0, budget, config.block_length)
+        cache = _make_block_cache(config)
         end = 0
         for block_start in tqdm(starts, desc="iLLaDA blocks", disable=not progress):
             end = min(block_start + config.block_length, budget)
             visible = prompt_width + (end if config.canvas == "variable" else budget)
             _denoise_block(self, canvas, prompt_width + block_start, prompt_width + end, visible, config,
-                           generator, step_callback)
+                           generator, step_callback, cache)
             _close_block(canvas, prompt_width + block_start, prompt_width + end, stop_ids, config.pad_token_id,
                          streamer)
             if canvas.finished.all():
@@ -755,6 +869,12 @@ class ILLaDAGenerationMixin:
         if config.cfg_scale > 0 and (input_ids.shape[1] == 0 or not real.any(-1).all()):
             raise ValueError(f"`cfg_scale={config.cfg_scale}` needs a prompt in every row: classifier-free guidance "
                              f"contrasts the prompt with its masked copy. Set `cfg_scale=0` for empty prompts.")
+        padded = attention_mask is not None and not real.all()
+        if padded and config.cache_mode != "none" and self.config._attn_implementation.startswith("flash"):
+            raise ValueError(f"`use_cache={config.use_cache!r}` with left padding needs `sdpa` or `eager` attention "
+                             f"(the cached span forward takes a padding mask that flash attention cannot), got "
+                             f"{self.config._attn_implementation!r}. Batch prompts of one length or load the model "
+                             f"with `attn_implementation='sdpa'`.")
         if streamer is not None and input_ids.shape[0] != 1:
             raise ValueError(f"`streamer` supports batch size 1 only, got a batch of {input_ids.shape[0]}.")
         return input_ids, attention_mask
