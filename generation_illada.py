@@ -29,12 +29,16 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from numbers import Integral, Real
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 from transformers.generation.streamers import BaseStreamer
 from transformers.utils import ModelOutput, logging
+
+if TYPE_CHECKING:
+    from modeling_illada import DiffusionKVCache
 
 logger = logging.get_logger(__name__)
 
@@ -674,7 +678,7 @@ class _BlockCache:
 
     mode: str  # "prefix" or "dual"
     refresh_steps: int | None
-    kv: object  # DiffusionKVCache
+    kv: "DiffusionKVCache"
     rows: torch.Tensor | None = None  # [r] batch rows of the stored keys and values, in batch order
 
     def logits(self, model, rows: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor | None,
@@ -756,7 +760,9 @@ class ILLaDAGenerationMixin:
             generator (`torch.Generator`, *optional*): Source of the sampling noise (`temperature > 0`,
                 `remasking="random"`). At temperature 0 with a model-based score, results do not depend on it.
             progress (`bool`, *optional*, defaults to `False`): Show a tqdm bar over blocks.
-            **kwargs: Any [`ILLaDAGenerationConfig`] setting, overriding `generation_config` for this call.
+            **kwargs: Any [`ILLaDAGenerationConfig`] setting, overriding `generation_config` for this call. For
+                speed: `threshold=0.9` (parallel decoding) and `use_cache="prefix"` or `"dual"` (a key-value cache
+                that is an approximation in this bidirectional model; `cache_refresh_steps=1` makes it exact).
 
         Returns:
             `torch.LongTensor` of shape `(batch_size, prompt_len + answer_len)` (prompt, then answers cut after

@@ -366,3 +366,37 @@ def test_cache_settings_round_trip_and_stock_flag_is_dropped(tmp_path):
     (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": 2, "use_cache": True}))
     stock = ILLaDAGenerationConfig.from_pretrained(tmp_path)  # an autoregressive file's flag is not a cache mode
     assert stock.cache_mode == "none" and stock.eos_token_id == 2
+
+
+# --------------------------------------------------------------------------------------------- benchmark
+
+
+def test_generation_benchmark_forces_the_answer_length_and_counts_work():
+    """The benchmark's random-model setup: the EOS hook (which must see cached spans) gives every sampler an answer
+    of budget / 8 tokens, the fixed canvas reproduces the baseline's answer, and the hook counts match hand counts."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "bench_generation.py"
+    spec = importlib.util.spec_from_file_location("bench_generation", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = bench.parse_args(["--setup", "random", "--layers", "1", "--hidden", "64", "--vocab", "300", "--prompt_len",
+                             "5", "--budget", "32", "--block", "4", "--tokens_per_step", "2", "--batch", "2",
+                             "--thresholds", "none", "--caches", "none,prefix,dual", "--no_write"])
+    model = bench.random_model(args)
+    prompts = [torch.randint(FIRST_ORDINARY_ID, 300, (2, 5), generator=torch.Generator().manual_seed(0))]
+    with bench.forced_eos(model, 5 + 32 // 8 - 1):
+        results = bench.run_settings(model, prompts, bench.settings_grid(args), 32, 4, 2, {EOS}, repeats=1)
+    baseline = results[0]
+    assert baseline.counts.forwards == 16 and baseline.counts.tokens == baseline.counts.logits == 16 * 2 * 37
+    for result in results:
+        assert all(len(answer) == 4 and answer[-1] == EOS for answer in result.answers)
+    by_setting = {(r.setting.canvas, r.setting.cache): r for r in results[1:]}
+    assert by_setting["fixed", "none"].answers == baseline.answers
+    for (canvas, cache), result in by_setting.items():
+        assert result.counts.forwards == 2  # one block of two steps, then EOS stops both rows
+        visible = 5 + (4 if canvas == "variable" else 32)
+        second_step = {"none": visible, "prefix": visible - 5, "dual": 4}[cache]  # refresh, then a cached step
+        assert result.counts.tokens == 2 * (visible + second_step)
+        assert result.counts.logits == 2 * 2 * 4
