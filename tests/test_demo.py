@@ -1,0 +1,263 @@
+"""demo.py: the README's first command, run in-process on the shipped demo model, and its output checked.
+
+The model folder is `$ILLADA_DEMO_MODEL` if set, else `illada-demo/`; tests that need a model skip without one.
+`demo.py` is loaded from its path: `import demo` finds the `demo/` package (the recipe) that sits next to it.
+"""
+
+import importlib.util
+import io
+import json
+import os
+import re
+import subprocess
+import struct
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_SCRIPT = REPO / "demo.py"
+SHIPPED_MODEL = REPO / "illada-demo"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+ANSWER_LINE = re.compile(r"^iLLaDA> (.*)$", re.MULTILINE)
+STATS_LINE = re.compile(
+    r"forward passes \(nfe\): (\d+) \| answer length: (\d+) tokens \(budget (\d+)\) \| (stopped at EOS|no EOS)"
+)
+
+
+def _model_dir() -> Path:
+    return Path(os.environ.get("ILLADA_DEMO_MODEL", SHIPPED_MODEL))
+
+
+needs_model = pytest.mark.skipif(
+    not (_model_dir() / "config.json").is_file(),
+    reason=f"no demo model at {_model_dir()}: build it with `python -m demo.build_demo_model` (or set "
+           "ILLADA_DEMO_MODEL)",
+)
+
+
+@pytest.fixture(scope="module")
+def cli():
+    """demo.py as a module; `load_model` memoised after its first (real) call, so each test does not reload."""
+    spec = importlib.util.spec_from_file_location("illada_demo_cli", DEMO_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    real_load, loaded = module.load_model, {}
+
+    def load_once(folder, device):
+        key = (str(folder), device)
+        if key not in loaded:
+            loaded[key] = real_load(folder, device)
+        return loaded[key]
+
+    module.load_model = load_once
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The demo model is tiny: one torch thread is fastest, and oversubscribed threads on a busy CI machine are
+    many times slower. Restored afterwards (demo.main restores its own setting too)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """The model and tokenizer loaded by the test itself, for an independent run of `generate`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = _model_dir()
+    model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+    return model, AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
+
+
+class FakeTokenizer:
+    """Decodes id `i` as `<i>`: enough to check how the live view lays out runs and masks."""
+
+    def decode(self, ids, skip_special_tokens=False):
+        return "".join(f"<{i}>" for i in ids)
+
+
+class TerminalBuffer(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def _answers(output: str) -> list[tuple[str, tuple[int, int, int, bool]]]:
+    texts, stats = ANSWER_LINE.findall(output), STATS_LINE.findall(output)
+    assert len(texts) == len(stats), output
+    return [(text, (int(n), int(k), int(b), s == "stopped at EOS")) for text, (n, k, b, s) in zip(texts, stats)]
+
+
+def _check_png(path: Path) -> None:
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR"
+    width, height = struct.unpack(">II", data[16:24])
+    assert width > 0 and height > 0
+    from matplotlib.image import imread
+
+    assert imread(path).shape[:2] == (height, width)
+
+
+# --------------------------------------------------------------------------------------------- without a model
+
+
+def test_missing_model_folder_is_a_clear_error(cli, tmp_path, capsys):
+    with pytest.raises(SystemExit) as raised:
+        cli.main(["--model", str(tmp_path / "absent")])
+    assert raised.value.code == 2
+    assert "No model folder" in capsys.readouterr().err
+
+
+def test_empty_prompt_is_rejected(cli, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--model", "unused", "  "])
+    assert "empty" in capsys.readouterr().err
+
+
+def test_render_tokens_decodes_runs_and_marks_masks(cli):
+    mask = 5
+    text = cli.render_tokens(FakeTokenizer(), [7, 8, mask, mask, 9, mask], mask, "#")
+    assert text == "<7><8>##<9>#"
+    assert cli.render_tokens(FakeTokenizer(), [mask, mask], mask, "#") == "##"
+
+
+def test_commit_grid_by_hand(cli):
+    # Position 0 committed at step 1, position 1 at step 0, position 2 at step 2.
+    grid = cli.commit_grid([1, 0, 2])
+    assert grid.tolist() == [[0, 2, 0], [2, 1, 0], [1, 1, 2]]
+
+
+def test_canvas_view_plain_prints_a_few_frames_then_live_redraws(cli):
+    mask, steps = 5, 9
+    canvases = [torch.tensor([[1, 1] + [11] * s + [mask] * (steps - s)]) for s in range(1, steps + 1)]
+    plain = io.StringIO()
+    view = cli.CanvasView(FakeTokenizer(), 2, mask, stream=plain, delay=0)
+    for step, canvas in enumerate(canvases):
+        view(step, canvas, None)
+    assert plain.getvalue() == ""  # nothing until close()
+    view.close()
+    lines = plain.getvalue().splitlines()
+    assert len(lines) == cli.PLAIN_FRAMES and lines[0].startswith("step   0") and lines[-1].startswith("step   8")
+    assert lines[-1].endswith("<11>" * steps) and "<1>" not in lines[0]  # the prompt is not drawn
+    terminal = TerminalBuffer()
+    view = cli.CanvasView(FakeTokenizer(), 2, mask, stream=terminal, delay=0)
+    for step, canvas in enumerate(canvases):
+        view(step, canvas, None)
+    view.close()
+    drawn = terminal.getvalue()
+    assert drawn.count("step ") == steps
+    assert drawn.count(cli.CLEAR_BELOW) == steps - 1  # every frame after the first erases the previous one
+
+
+def test_chat_messages_keep_the_last_exchanges(cli):
+    exchanges = [("q1", "a1"), ("q2", "a2")]
+    assert cli.chat_messages(exchanges, "q3", 0) == [{"role": "user", "content": "q3"}]
+    assert [m["content"] for m in cli.chat_messages(exchanges, "q3", 1)] == ["q2", "a2", "q3"]
+    assert [m["content"] for m in cli.chat_messages(exchanges, "q3", 5)] == ["q1", "a1", "q2", "a2", "q3"]
+
+
+# --------------------------------------------------------------------------------------------- on the model
+
+
+@needs_model
+def test_demo_answers_builtin_and_command_line_prompts(cli, reference, tmp_path, capsys):
+    prompt, plot = "What is 12 + 30?", tmp_path / "denoising.png"
+    answers = cli.main(["--model", str(_model_dir()), "--plot", str(plot), prompt])
+    output = capsys.readouterr().out
+    printed = _answers(output)
+    assert len(printed) == len(answers) == len(cli.BUILTIN_TASKS) + 1
+    model, tokenizer = reference
+    settings = json.loads((_model_dir() / "generation_config.json").read_text())
+    for (text, (nfe, length, budget, stopped)), answer in zip(printed, answers):
+        assert text.strip(), output  # non-empty
+        for leftover in (tokenizer.mask_token, cli.MASK_SYMBOL, tokenizer.eos_token):
+            assert leftover not in answer.text
+        assert model.config.mask_token_id not in answer.token_ids
+        assert budget == settings["max_new_tokens"] and length == len(answer.token_ids)
+        if settings["steps"] is None and settings["tokens_per_step"] is None and settings["threshold"] is None:
+            # One token per step: every block opened up to the one that holds EOS is decoded in full.
+            block = settings["block_length"]
+            expected = min(budget, (length // block + 1) * block) if stopped else budget
+            assert nfe == expected
+        assert nfe > 0 and len(answer.history) == length + stopped and max(answer.history) < nfe
+    if _model_dir() == SHIPPED_MODEL:
+        assert all(stats[3] for _, stats in printed), "the shipped model must end every built-in answer with EOS"
+    assert "step   0 |" in output  # plain frames of the live view (stdout is not a terminal here)
+    _check_png(plot)
+    _check_against_own_generate(reference, prompt, answers[-1])
+
+
+def _check_against_own_generate(reference, prompt: str, answer) -> None:
+    """The demo's answer is the row of `generate` up to the first EOS, and nothing but padding follows EOS."""
+    model, tokenizer = reference
+    input_ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                              return_tensors="pt", return_dict=True)["input_ids"]
+    row = model.generate(input_ids)[0, input_ids.shape[1]:].tolist()
+    eos = tokenizer.eos_token_id
+    if eos in row:
+        end = row.index(eos)
+        assert all(token == model.config.pad_token_id for token in row[end + 1:])
+        row = row[:end]
+    assert answer.token_ids == row
+    assert answer.text == tokenizer.decode(row, skip_special_tokens=False)
+
+
+@needs_model
+def test_chat_mode_answers_piped_lines_until_end_of_input(cli, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("What is 2 + 3?\nSay backwards: red sun\n"))
+    plot = tmp_path / "chat.png"
+    answers = cli.main(["--model", str(_model_dir()), "--chat", "--no-live", "--plot", str(plot)])
+    output = capsys.readouterr().out
+    assert [a.prompt for a in answers] == ["What is 2 + 3?", "Say backwards: red sun"]
+    assert output.count("you> ") == 3  # two questions, then the end of input
+    assert all(text.strip() and nfe > 0 for text, (nfe, *_) in _answers(output))
+    assert "step " not in output  # --no-live
+    _check_png(plot)
+
+
+@needs_model
+def test_chat_mode_stops_at_exit(cli, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\nWhat is 1 + 1?\nexit\nWhat is 5 + 5?\n"))
+    answers = cli.main(["--model", str(_model_dir()), "--chat", "--no-live", "--plot", "none"])
+    assert [a.prompt for a in answers] == ["What is 1 + 1?"]
+    assert "Denoising picture" not in capsys.readouterr().out
+
+
+@needs_model
+def test_live_view_redraws_in_place_on_a_terminal(cli, capsys, monkeypatch):
+    terminal = TerminalBuffer()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    monkeypatch.setattr(cli, "FRAME_DELAY_S", 0)
+    (answer,) = cli.main(["--model", str(_model_dir()), "--no-builtin", "--plot", "none", "What is 2 + 3?"])
+    drawn = terminal.getvalue()
+    assert drawn.count("step ") == answer.nfe  # one frame per forward pass
+    assert drawn.count(cli.CLEAR_BELOW) == answer.nfe - 1
+    assert cli.MASK_SYMBOL in drawn  # the first frames still hold masks
+
+
+@needs_model
+def test_bad_generation_setting_is_rejected_before_generating(cli, capsys):
+    with pytest.raises(SystemExit) as raised:
+        cli.main(["--model", str(_model_dir()), "--steps", "0"])
+    assert raised.value.code == 2
+    error = capsys.readouterr()
+    assert "`steps`" in error.err and "iLLaDA>" not in error.out
+
+
+@needs_model
+def test_readme_command_runs_as_a_script(cli, tmp_path):
+    """`python demo.py` itself (one subprocess): `import demo.data` must find the package next to the script."""
+    plot = tmp_path / "denoising.png"
+    result = subprocess.run([sys.executable, str(DEMO_SCRIPT), "--model", str(_model_dir()), "--plot", str(plot)],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert len(_answers(result.stdout)) == len(cli.BUILTIN_TASKS) and "Denoising picture written" in result.stdout
+    _check_png(plot)
