@@ -26,8 +26,12 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import ModelOutput
+from transformers.utils import logging as hf_logging
 
 REPO_ROOT = Path(__file__).resolve().parent
 DEFAULT_MODEL_DIR = "illada-demo"  # relative to the repository root
@@ -120,11 +124,8 @@ def resolve_model_dir(model: str | None) -> Path:
 # --------------------------------------------------------------------------------------------- model
 
 
-def load_model(folder: Path, device: str) -> tuple[torch.nn.Module, object]:
+def load_model(folder: Path, device: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Loads the model and tokenizer the way any Hub user would (remote code, offline from a local folder)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).to(device).eval()
@@ -132,7 +133,7 @@ def load_model(folder: Path, device: str) -> tuple[torch.nn.Module, object]:
     return model, tokenizer
 
 
-def generation_settings(model: torch.nn.Module, overrides: dict):
+def generation_settings(model: PreTrainedModel, overrides: dict) -> GenerationConfig:
     """The model's generation config updated by `overrides`, validated before any forward pass.
 
     Raises:
@@ -144,20 +145,20 @@ def generation_settings(model: torch.nn.Module, overrides: dict):
     return settings
 
 
-def stop_token_ids(model: torch.nn.Module, settings) -> set[int]:
+def stop_token_ids(model: PreTrainedModel, settings: GenerationConfig) -> set[int]:
     """EOS and the other stop tokens of the generation config (or of the model config)."""
     eos = settings.eos_token_id if settings.eos_token_id is not None else model.config.eos_token_ids
     eos = [eos] if isinstance(eos, int) else list(eos)
     return set(eos) | set(settings.stop_token_ids or [])
 
 
-def encode(tokenizer, messages: list[dict[str, str]]) -> torch.Tensor:
+def encode(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> torch.Tensor:
     """The conversation in the chat template, ending with the assistant header: `(1, prompt_len)` ids."""
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
                                          return_dict=True)["input_ids"]
 
 
-def check_prompt_fits(input_ids: torch.Tensor, settings, model: torch.nn.Module) -> None:
+def check_prompt_fits(input_ids: torch.Tensor, settings: GenerationConfig, model: PreTrainedModel) -> None:
     """Raises `ValueError` when the prompt plus the answer budget exceeds the model's context."""
     limit = model.config.max_position_embeddings
     if input_ids.shape[1] + settings.max_new_tokens > limit:
@@ -168,7 +169,7 @@ def check_prompt_fits(input_ids: torch.Tensor, settings, model: torch.nn.Module)
 # --------------------------------------------------------------------------------------------- live view
 
 
-def mask_symbol(stream) -> str:
+def mask_symbol(stream: TextIO) -> str:
     """`░`, or `_` when `stream` cannot encode it."""
     try:
         MASK_SYMBOL.encode(getattr(stream, "encoding", None) or "utf-8")
@@ -177,7 +178,7 @@ def mask_symbol(stream) -> str:
     return MASK_SYMBOL
 
 
-def render_tokens(tokenizer, token_ids: list[int], mask_token_id: int, symbol: str) -> str:
+def render_tokens(tokenizer: PreTrainedTokenizerBase, token_ids: list[int], mask_token_id: int, symbol: str) -> str:
     """One line of text: runs of committed tokens decoded together, one `symbol` per masked position."""
     parts, run = [], []
     for token_id in token_ids + [mask_token_id]:  # a trailing mask flushes the last run
@@ -198,7 +199,8 @@ class CanvasView:
     `close()` prints `PLAIN_FRAMES` of them, evenly spaced, the last one included.
     """
 
-    def __init__(self, tokenizer, prompt_len: int, mask_token_id: int, stream=None, delay: float | None = None):
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, prompt_len: int, mask_token_id: int,
+                 stream: TextIO | None = None, delay: float | None = None) -> None:
         self.tokenizer, self.prompt_len, self.mask_token_id = tokenizer, prompt_len, mask_token_id
         self.stream = sys.stdout if stream is None else stream
         self.live = self.stream.isatty()
@@ -236,8 +238,8 @@ class CanvasView:
 # --------------------------------------------------------------------------------------------- answering
 
 
-def generate_answer(model, tokenizer, messages: list[dict[str, str]], settings, live: bool,
-                    generator: torch.Generator | None = None) -> Answer:
+def generate_answer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]],
+                    settings: GenerationConfig, live: bool, generator: torch.Generator | None = None) -> Answer:
     """Answers the last user message of `messages` (batch of one), showing the canvas when `live`."""
     input_ids = encode(tokenizer, messages).to(model.device)
     check_prompt_fits(input_ids, settings, model)
@@ -250,7 +252,8 @@ def generate_answer(model, tokenizer, messages: list[dict[str, str]], settings, 
     return to_answer(tokenizer, messages[-1]["content"], out, prompt_len, stop_token_ids(model, settings))
 
 
-def to_answer(tokenizer, prompt: str, out, prompt_len: int, stop_ids: set[int]) -> Answer:
+def to_answer(tokenizer: PreTrainedTokenizerBase, prompt: str, out: ModelOutput, prompt_len: int,
+              stop_ids: set[int]) -> Answer:
     """Cuts the generated row at its first stop token and collects what the printout and plot need."""
     generated = out.sequences[0, prompt_len:].tolist()
     history = out.history[0, prompt_len:].tolist()
@@ -275,7 +278,8 @@ def print_answer(answer: Answer, budget: int) -> None:
     sys.stdout.flush()
 
 
-def ask(model, tokenizer, messages: list[dict[str, str]], settings, live: bool, generator,
+def ask(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]],
+        settings: GenerationConfig, live: bool, generator: torch.Generator | None,
         expected: str | None = None) -> Answer:
     """Prints the question, answers it, prints the answer."""
     print(f"\nuser> {messages[-1]['content']}", flush=True)
@@ -295,8 +299,8 @@ def builtin_questions() -> list[tuple[str, str]]:
     return [(e.prompt, e.response) for e in make_examples("heldout", len(BUILTIN_TASKS), tasks=BUILTIN_TASKS)]
 
 
-def run_prompts(model, tokenizer, questions: list[tuple[str, str | None]], settings, live: bool,
-                generator) -> list[Answer]:
+def run_prompts(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, questions: list[tuple[str, str | None]],
+                settings: GenerationConfig, live: bool, generator: torch.Generator | None) -> list[Answer]:
     """Answers each (prompt, expected-or-None) question on its own."""
     return [ask(model, tokenizer, [{"role": "user", "content": prompt}], settings, live, generator, expected)
             for prompt, expected in questions]
@@ -310,7 +314,8 @@ def chat_messages(exchanges: list[tuple[str, str]], question: str, keep: int) ->
     return messages + [{"role": "user", "content": question}]
 
 
-def run_chat(model, tokenizer, settings, live: bool, generator, keep: int) -> list[Answer]:
+def run_chat(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, settings: GenerationConfig, live: bool,
+             generator: torch.Generator | None, keep: int) -> list[Answer]:
     """Reads one question per stdin line until `exit`, `quit` or end of input; answers each."""
     print("Chat with the iLLaDA demo model: one question per line; `exit` or Ctrl-D ends.", flush=True)
     answers, exchanges = [], []
