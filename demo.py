@@ -4,7 +4,8 @@ The model loads through the Hub code path (`AutoModelForCausalLM.from_pretrained
 and `AutoTokenizer`), answers with variable-length masked-diffusion generation (one block of masks at a time,
 stopping after the block that holds EOS), and for every answer prints the text, the number of forward passes
 (nfe) and the answer length. While it decodes, a live view shows the answer canvas filling in (`░` = still
-masked); a PNG shows which answer position was committed at which step.
+masked, `.` = decoded after EOS, not part of the answer); a PNG shows which answer position was committed at
+which step.
 
 Commands (from the repository root):
 
@@ -41,6 +42,7 @@ DEFAULT_PLOT = "outputs/denoising.png"
 BUILTIN_TASKS = ("add", "reverse_words", "count_up", "capital")
 MASK_SYMBOL = "░"  # one per still-masked position in the live view
 FALLBACK_MASK_SYMBOL = "_"  # when the terminal's encoding has no `░`
+AFTER_STOP_SYMBOL = "."  # a position after the answer's stop token: decoded, but not part of the answer
 PLAIN_FRAMES = 4  # frames printed per answer when stdout is not a terminal
 FRAME_DELAY_S = 0.04  # pause after each live frame, so that a fast model's denoising stays visible
 EXIT_WORDS = ("exit", "quit")
@@ -178,10 +180,16 @@ def mask_symbol(stream: TextIO) -> str:
     return MASK_SYMBOL
 
 
-def render_tokens(tokenizer: PreTrainedTokenizerBase, token_ids: list[int], mask_token_id: int, symbol: str) -> str:
-    """One line of text: runs of committed tokens decoded together, one `symbol` per masked position."""
+def render_tokens(tokenizer: PreTrainedTokenizerBase, token_ids: list[int], mask_token_id: int, symbol: str,
+                  stop_ids: set[int] = frozenset()) -> str:
+    """One line of text: runs of committed tokens decoded together, one `symbol` per masked position.
+
+    Positions after the first committed stop token are decoded too (the block is finished) but are not part of the
+    answer: each shows as `AFTER_STOP_SYMBOL` (or `symbol` while still masked).
+    """
+    first_stop = next((i for i, token in enumerate(token_ids) if token in stop_ids), len(token_ids))
     parts, run = [], []
-    for token_id in token_ids + [mask_token_id]:  # a trailing mask flushes the last run
+    for token_id in token_ids[: first_stop + 1] + [mask_token_id]:  # a trailing mask flushes the last run
         if token_id != mask_token_id:
             run.append(token_id)
             continue
@@ -189,7 +197,8 @@ def render_tokens(tokenizer: PreTrainedTokenizerBase, token_ids: list[int], mask
             parts.append(tokenizer.decode(run, skip_special_tokens=False).replace("\n", "\\n"))
             run = []
         parts.append(symbol)
-    return "".join(parts[:-1])
+    tail = [symbol if token == mask_token_id else AFTER_STOP_SYMBOL for token in token_ids[first_stop + 1:]]
+    return "".join(parts[:-1] + tail)
 
 
 class CanvasView:
@@ -200,8 +209,9 @@ class CanvasView:
     """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, prompt_len: int, mask_token_id: int,
-                 stream: TextIO | None = None, delay: float | None = None) -> None:
+                 stop_ids: set[int] = frozenset(), stream: TextIO | None = None, delay: float | None = None) -> None:
         self.tokenizer, self.prompt_len, self.mask_token_id = tokenizer, prompt_len, mask_token_id
+        self.stop_ids = stop_ids
         self.stream = sys.stdout if stream is None else stream
         self.live = self.stream.isatty()
         self.symbol = mask_symbol(self.stream)
@@ -211,7 +221,8 @@ class CanvasView:
 
     def __call__(self, step: int, canvas: torch.Tensor, logits: torch.Tensor) -> None:
         answer = canvas[0, self.prompt_len:].tolist()
-        frame = f"step {step:3d} | " + render_tokens(self.tokenizer, answer, self.mask_token_id, self.symbol)
+        text = render_tokens(self.tokenizer, answer, self.mask_token_id, self.symbol, self.stop_ids)
+        frame = f"step {step:3d} | {text}"
         self.frames.append(frame)
         if self.live:
             self._redraw(frame)
@@ -245,11 +256,12 @@ def generate_answer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     check_prompt_fits(input_ids, settings, model)
     prompt_len = input_ids.shape[1]
     mask_token_id = model.config.mask_token_id if settings.mask_token_id is None else settings.mask_token_id
-    view = CanvasView(tokenizer, prompt_len, mask_token_id) if live else None
+    stop_ids = stop_token_ids(model, settings)
+    view = CanvasView(tokenizer, prompt_len, mask_token_id, stop_ids) if live else None
     out = model.generate(input_ids, generation_config=settings, step_callback=view, generator=generator)
     if view is not None:
         view.close()
-    return to_answer(tokenizer, messages[-1]["content"], out, prompt_len, stop_token_ids(model, settings))
+    return to_answer(tokenizer, messages[-1]["content"], out, prompt_len, stop_ids)
 
 
 def to_answer(tokenizer: PreTrainedTokenizerBase, prompt: str, out: ModelOutput, prompt_len: int,

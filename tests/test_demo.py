@@ -127,6 +127,9 @@ def test_render_tokens_decodes_runs_and_marks_masks(cli):
     text = cli.render_tokens(FakeTokenizer(), [7, 8, mask, mask, 9, mask], mask, "#")
     assert text == "<7><8>##<9>#"
     assert cli.render_tokens(FakeTokenizer(), [mask, mask], mask, "#") == "##"
+    # After the first stop token (2): committed positions are dots, masked ones stay masks.
+    text = cli.render_tokens(FakeTokenizer(), [7, mask, 2, 8, mask, 2, 9], mask, "#", stop_ids={2})
+    assert text == "<7>#<2>" + cli.AFTER_STOP_SYMBOL + "#" + cli.AFTER_STOP_SYMBOL * 2
 
 
 def test_commit_grid_by_hand(cli):
@@ -139,7 +142,7 @@ def test_canvas_view_plain_prints_a_few_frames_then_live_redraws(cli):
     mask, steps = 5, 9
     canvases = [torch.tensor([[1, 1] + [11] * s + [mask] * (steps - s)]) for s in range(1, steps + 1)]
     plain = io.StringIO()
-    view = cli.CanvasView(FakeTokenizer(), 2, mask, stream=plain, delay=0)
+    view = cli.CanvasView(FakeTokenizer(), 2, mask, {2}, stream=plain, delay=0)
     for step, canvas in enumerate(canvases):
         view(step, canvas, None)
     assert plain.getvalue() == ""  # nothing until close()
@@ -148,7 +151,7 @@ def test_canvas_view_plain_prints_a_few_frames_then_live_redraws(cli):
     assert len(lines) == cli.PLAIN_FRAMES and lines[0].startswith("step   0") and lines[-1].startswith("step   8")
     assert lines[-1].endswith("<11>" * steps) and "<1>" not in lines[0]  # the prompt is not drawn
     terminal = TerminalBuffer()
-    view = cli.CanvasView(FakeTokenizer(), 2, mask, stream=terminal, delay=0)
+    view = cli.CanvasView(FakeTokenizer(), 2, mask, {2}, stream=terminal, delay=0)
     for step, canvas in enumerate(canvases):
         view(step, canvas, None)
     view.close()
