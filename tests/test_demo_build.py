@@ -47,6 +47,9 @@ def test_stage_commands_follow_the_two_stage_recipe(tmp_path):
     assert float(sft["--learning_rate"]) == args.sft_learning_rate
     for flags in (pretrain, sft):
         assert "--use_cpu" in flags and flags["--seed"] == str(args.seed) and flags["--save_strategy"] == "no"
+        assert "--stratified_t" in flags
+    plain = BuildArguments(work_dir=str(tmp_path), stratified_t=False)
+    assert "--stratified_t" not in stage_command(plain, "sft", [], "s.jsonl", tmp_path / "s2")
 
 
 def test_written_data_hold_only_the_training_split(tmp_path):
