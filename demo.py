@@ -272,10 +272,15 @@ def to_answer(tokenizer: PreTrainedTokenizerBase, prompt: str, out: ModelOutput,
     end = next((i for i, token in enumerate(generated) if token in stop_ids), None)
     answer_ids = generated if end is None else generated[:end]
     kept = len(answer_ids) + (end is not None)  # the stop token was committed too: it belongs in the plot
-    labels = [tokenizer.decode([token], skip_special_tokens=False).replace("\n", "\\n") for token in generated[:kept]]
+    labels = [token_label(tokenizer, token) for token in generated[:kept]]
     return Answer(prompt=prompt, text=tokenizer.decode(answer_ids, skip_special_tokens=False),
                   token_ids=answer_ids, stopped=end is not None, nfe=int(out.nfe), history=history[:kept],
                   labels=labels)
+
+
+def token_label(tokenizer: PreTrainedTokenizerBase, token_id: int) -> str:
+    """One token as a visible plot label: spaces as `␣`, newlines as `↵` (both in matplotlib's DejaVu font)."""
+    return tokenizer.decode([token_id], skip_special_tokens=False).replace(" ", "␣").replace("\n", "↵")
 
 
 def print_answer(answer: Answer, budget: int) -> None:
