@@ -33,6 +33,8 @@ On a machine shared with other jobs the seconds are noisy; the ratios and the co
 import argparse
 import ctypes
 import gc
+import os
+import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -57,6 +59,9 @@ FORCE = 1e4
 # Answer length of the random-model setup as a fraction of the budget (the issue's "1/8 of the budget" target).
 ANSWER_FRACTION = 8
 PROC_STATUS, PROC_CLEAR_REFS = Path("/proc/self/status"), Path("/proc/self/clear_refs")
+# Whatever the model's generation_config.json says: greedy low-confidence remasking like the baseline.
+PLAIN_SAMPLING = dict(steps=None, temperature=0.0, remasking="low_confidence", cfg_scale=0.0, suppress_tokens=None,
+                      stop_token_bias=None, cache_refresh_steps=None)
 RESET_PEAK_RSS = "5"  # written to clear_refs: resets VmHWM to the current resident size (Linux >= 4.0)
 
 
@@ -67,12 +72,14 @@ class Setting:
     canvas: str | None
     threshold: float | None = None
     cache: str = "none"
+    skip_after_stop: bool = False
 
     @property
     def label(self) -> str:
         if self.canvas is None:
             return "LLaDA baseline (fixed, full logits, no cache)"
-        return f"{self.canvas}, threshold {self.threshold or '-'}, cache {self.cache}"
+        skip = ", skip after stop" if self.skip_after_stop else ""
+        return f"{self.canvas}, threshold {self.threshold or '-'}, cache {self.cache}{skip}"
 
 
 @dataclass
@@ -177,25 +184,29 @@ def our_answers(model, prompts: list[torch.Tensor], setting: Setting, budget: in
     answers = []
     for prompt in prompts:
         sequences = model.generate(prompt, max_new_tokens=budget, block_length=block, tokens_per_step=tokens_per_step,
-                                   canvas=setting.canvas, threshold=setting.threshold, use_cache=setting.cache)
+                                   canvas=setting.canvas, threshold=setting.threshold, use_cache=setting.cache,
+                                   skip_after_stop=setting.skip_after_stop, **PLAIN_SAMPLING)
         answers += [cut_answer(row, stop_ids) for row in sequences[:, prompt.shape[1]:].tolist()]
     return answers
 
 
-def settings_grid(args) -> list[Setting]:
+def settings_grid(args, skip_default: str) -> list[Setting]:
     thresholds = [None if t == "none" else float(t) for t in args.thresholds.split(",")]
-    return [Setting(canvas, threshold, cache) for canvas in args.canvases.split(",") for threshold in thresholds
-            for cache in args.caches.split(",")]
+    skips = [{"off": False, "on": True}[value] for value in (args.skip_after_stop or skip_default).split(",")]
+    return [Setting(canvas, threshold, cache, skip) for skip in skips for canvas in args.canvases.split(",")
+            for threshold in thresholds for cache in args.caches.split(",")]
 
 
 def run_settings(model, prompts, settings: list[Setting], budget: int, block: int, tokens_per_step: int,
                  stop_ids: set[int], repeats: int) -> list[Result]:
     """The baseline first, then every setting; prints one line per setting as it finishes. One warm-up call
     first, so that no setting pays for the kernels' one-time initialisation."""
-    model.generate(prompts[0], max_new_tokens=block, block_length=block, tokens_per_step=block, use_cache="dual")
+    model.generate(prompts[0], max_new_tokens=block, block_length=block, tokens_per_step=block, use_cache="dual",
+                   **PLAIN_SAMPLING)
     run = partial(baseline_answers, model, prompts, budget, block, budget // tokens_per_step, stop_ids)
     results = [measure(model, Setting(None), run, repeats)]
-    print(f"  {results[0].setting.label}: {results[0].seconds:.1f} s, {results[0].counts.forwards} forwards", flush=True)
+    baseline = results[0]
+    print(f"  {baseline.setting.label}: {baseline.seconds:.1f} s, {baseline.counts.forwards} forwards", flush=True)
     for setting in settings:
         run = partial(our_answers, model, prompts, setting, budget, block, tokens_per_step, stop_ids)
         results.append(measure(model, setting, run, repeats))
@@ -219,16 +230,12 @@ def result_rows(results: list[Result], num_prompts: int, quality: Callable[[Resu
     return rows
 
 
-HEADER = ["setting", "seconds", "speed-up", "CPU seconds", "CPU speed-up", "forwards / prompt", "tokens forwarded (k)", "logits positions (k)",
-          "answer tok/s", "peak MiB"]
+HEADER = ["setting", "seconds", "speed-up", "CPU seconds", "CPU speed-up", "forwards / prompt",
+          "tokens forwarded (k)", "logits positions (k)", "answer tok/s", "peak MiB"]
 
 
-def thread_option(args) -> str:
-    return f" --threads {args.threads}" if args.threads else ""
-
-
-def find(results: list[Result], canvas: str, threshold: float | None, cache: str) -> Result | None:
-    return next((r for r in results if r.setting == Setting(canvas, threshold, cache)), None)
+def find(results: list[Result], canvas: str, threshold: float | None, cache: str, skip: bool = False) -> Result | None:
+    return next((r for r in results if r.setting == Setting(canvas, threshold, cache, skip)), None)
 
 
 # --------------------------------------------------------------------------------------------- demo model
@@ -238,9 +245,8 @@ def demo_prompts(tokenizer, num_prompts: int):
     from demo.data import make_examples
 
     examples = make_examples("heldout", num_prompts)
-    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": e.prompt}],
-                                                           add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
-               for e in examples]
+    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": e.prompt}], add_generation_prompt=True,
+                                             return_tensors="pt", return_dict=True)["input_ids"] for e in examples]
     return examples, prompts
 
 
@@ -254,12 +260,13 @@ def demo_accuracy(tokenizer, examples, answers: list[list[int]], stop_ids: set[i
 
 def demo_targets(results: list[Result], accuracy: dict) -> list[str]:
     lines, baseline = [], results[0]
-    for canvas in ("variable", "fixed"):
-        fast, slow = find(results, canvas, 0.9, "prefix"), find(results, canvas, None, "none")
+    for canvas, skip in (("variable", False), ("fixed", False), ("variable", True), ("fixed", True)):
+        fast, slow = find(results, canvas, 0.9, "prefix", skip), find(results, canvas, None, "none")
         if fast is None or slow is None:
             continue
         lines.append(
-            f"- {canvas}, threshold 0.9 + prefix cache: {slow.counts.forwards / fast.counts.forwards:.1f}x fewer "
+            f"- {canvas}, threshold 0.9 + prefix cache{' + skip after stop' if skip else ''}: "
+            f"{slow.counts.forwards / fast.counts.forwards:.1f}x fewer "
             f"forward passes than one token per step (target >= 5x), {baseline.seconds / fast.seconds:.1f}x less "
             f"wall time ({baseline.cpu_seconds / fast.cpu_seconds:.1f}x less CPU time) than the baseline (target "
             f">= 5x); held-out accuracy {accuracy[fast.setting]:.1%} vs "
@@ -278,16 +285,16 @@ def run_demo(args) -> str:
     examples, prompts = demo_prompts(tokenizer, args.num_prompts)
     stop_ids = set(model.generation_config.stop_ids)
     print(f"demo model {path}: {len(prompts)} held-out prompts", flush=True)
-    results = run_settings(model, prompts, settings_grid(args), args.demo_budget, args.demo_block, 1, stop_ids,
-                           args.repeats)
+    grid = settings_grid(args, "off,on")
+    results = run_settings(model, prompts, grid, args.demo_budget, args.demo_block, 1, stop_ids, args.repeats)
     accuracy = {r.setting: demo_accuracy(tokenizer, examples, r.answers, stop_ids) for r in results}
     rows = result_rows(results, len(prompts), lambda r: f"{accuracy[r.setting]:.1%}")
     params = sum(p.numel() for p in model.parameters())
-    command = (f"python bench/bench_generation.py --setup demo --model {args.model} --num_prompts {args.num_prompts} "
-               f"--demo_budget {args.demo_budget} --demo_block {args.demo_block}{thread_option(args)}")
+    where = os.path.relpath(path.resolve(), REPO)
     return (
-        f"## Generation on the demo model\n\n`{command}` ({params / 1e6:.1f}M parameters, fp32, one prompt at a time, "
-        f"budget {args.demo_budget}, block {args.demo_block}, one token per step, greedy; {environment()})\n\n"
+        f"## Generation on the demo model\n\n`{args.command}` (model `{where}`, {params / 1e6:.1f}M parameters, "
+        f"fp32, {len(prompts)} held-out prompts one at a time, budget {args.demo_budget}, block {args.demo_block}, "
+        f"one token per step unless a threshold commits more, greedy; {environment()})\n\n"
         f"{markdown_table(HEADER + ['held-out exact match'], rows)}\n\n" + "\n".join(demo_targets(results, accuracy))
         + "\n\n" + MEASURE_NOTE
     )
@@ -358,21 +365,19 @@ def run_random(args) -> str:
     answer_length = args.budget // ANSWER_FRACTION
     print(f"random model: {args.layers} x {args.hidden}, vocab {args.vocab}, answer {answer_length}", flush=True)
     with forced_eos(model, args.prompt_len + answer_length - 1):
-        results = run_settings(model, prompts, settings_grid(args), args.budget, args.block, args.tokens_per_step,
-                               set(model.config.eos_token_ids), args.repeats)
+        results = run_settings(model, prompts, settings_grid(args, "off"), args.budget, args.block,
+                               args.tokens_per_step, set(model.config.eos_token_ids), args.repeats)
     baseline = results[0].answers
     rows = result_rows(results, args.batch, lambda r: f"{sum(a == b for a, b in zip(r.answers, baseline))}/"
                                                       f"{len(baseline)}")
     params = sum(p.numel() for p in model.parameters())
-    command = (f"python bench/bench_generation.py --setup random --layers {args.layers} --hidden {args.hidden} "
-               f"--vocab {args.vocab} --prompt_len {args.prompt_len} --budget {args.budget} --block {args.block} "
-               f"--batch {args.batch} --tokens_per_step {args.tokens_per_step}{thread_option(args)}")
     return (
-        f"## Generation cost on a larger random model\n\n`{command}` ({params / 1e6:.0f}M parameters, GQA "
+        f"## Generation cost on a larger random model\n\n`{args.command}` ({params / 1e6:.0f}M parameters, GQA "
         f"{model.config.num_attention_heads}/{model.config.num_key_value_heads} heads, fp32, batch {args.batch}, "
         f"prompt {args.prompt_len}, budget {args.budget}, block {args.block}, {args.tokens_per_step} token(s) per "
         f"step, EOS forced at answer position {answer_length - 1}; {environment()})\n\n"
-        f"{markdown_table(HEADER + ['answer equals baseline'], rows)}\n\n" + "\n".join(random_targets(results, answer_length))
+        f"{markdown_table(HEADER + ['answer equals baseline'], rows)}\n\n"
+        + "\n".join(random_targets(results, answer_length))
         + "\n\nThe variable canvas shows the model only the current block of masks, not the whole budget, so a random "
         "model proposes other tokens than on the baseline's canvas: equal output means an answer of the same length "
         "here. A random model is never confident, so thresholds commit nothing beyond the schedule (the forwards "
@@ -396,6 +401,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--canvases", default="fixed,variable", help="Comma-separated canvas modes.")
     parser.add_argument("--thresholds", default="none,0.9,0.8,0.7", help="Comma-separated; 'none' for no threshold.")
     parser.add_argument("--caches", default="none,prefix,dual", help="Comma-separated `use_cache` values.")
+    parser.add_argument("--skip_after_stop", default=None,
+                        help="Comma-separated `skip_after_stop` values, off / on (default: both on the demo model; off "
+                             "on the random model, whose forced EOS ends the block, so that skipping changes nothing).")
     parser.add_argument("--repeats", type=int, default=1, help="Runs per setting; the best wall time is kept.")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's choice). On a machine busy with other jobs, 1 avoids "
@@ -421,6 +429,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    args.command = shlex.join(["python", "bench/bench_generation.py", *(sys.argv[1:] if argv is None else argv)])
     if args.threads:
         torch.set_num_threads(args.threads)
     sections = []

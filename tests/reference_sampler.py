@@ -88,8 +88,11 @@ def reference_generate(
     suppress: tuple[int, ...] = (),
     stop_bias: dict | None = None,
     generator: torch.Generator | None = None,
+    skip_after_stop: bool = False,
 ) -> tuple[list[list[int]], int]:
-    """Returns each row's answer (cut after its first stop token) and the number of batched steps."""
+    """Returns each row's answer (cut after its first stop token) and the number of batched steps.
+
+    With `skip_after_stop`, a row decodes only the positions of its block before the first stop token it holds."""
     options = dict(mask_id=mask_id, temperature=temperature, remasking=remasking, suppress=suppress,
                    stop_bias=stop_bias)
     vocab = model.config.vocab_size
@@ -103,8 +106,12 @@ def reference_generate(
         num_steps = _steps_for(n, steps, tokens_per_step)
         schedule = [n // num_steps + (1 if s < n % num_steps else 0) for s in range(num_steps)]
         for step in range(num_steps):
-            active = [r for r in range(len(rows)) if not finished[r]
-                      and mask_id in rows[r][len(prompts[r]) + start : len(prompts[r]) + end]]
+            todo = {}  # row -> block offsets still to decode
+            for r in range(len(rows)):
+                block = rows[r][len(prompts[r]) + start : len(prompts[r]) + end]
+                last = next((j for j, t in enumerate(block) if t in stop_ids), n) if skip_after_stop else n
+                todo[r] = [j for j in range(last) if block[j] == mask_id]
+            active = [r for r in range(len(rows)) if not finished[r] and todo[r]]
             if not active:
                 break
             gumbel = torch.rand((len(active), n, vocab), dtype=torch.float64, generator=generator) \
@@ -116,9 +123,7 @@ def reference_generate(
                 visible = p + (end if canvas == "variable" else max_new_tokens)
                 logits = _row_logits(model, rows[r][:visible], p, cfg_scale, mask_id)
                 proposals = {}
-                for j in range(n):
-                    if rows[r][p + start + j] != mask_id:
-                        continue
+                for j in todo[r]:
                     proposals[j] = _propose(logits[p + start + j], start + j,
                                             None if gumbel is None else gumbel[i, j],
                                             None if random_scores is None else random_scores[i, j], options)

@@ -187,6 +187,9 @@ CASES = {
     "threshold": dict(canvas="variable", max_new_tokens=12, block_length=6, threshold=0.15),
     "entropy-threshold": dict(canvas="fixed", max_new_tokens=12, block_length=6, steps=3, remasking="entropy",
                               threshold=0.05),
+    "skip-after-stop": dict(canvas="variable", max_new_tokens=12, block_length=6, skip_after_stop=True),
+    "skip-after-stop-fixed-sampled": dict(canvas="fixed", max_new_tokens=12, block_length=6, steps=4,
+                                          temperature=0.7, threshold=0.3, skip_after_stop=True),
     "suppress-and-bias": dict(canvas="fixed", max_new_tokens=8, block_length=4, steps=2, suppress_tokens=[7, 8],
                               stop_token_bias={"token_ids": [9], "slope": 0.4, "start": 2, "max_bias": 2.0}),
 }

@@ -299,20 +299,45 @@ def test_cached_generation_stops_after_the_block_with_eos(mode, canvas):
     assert out.sequences[0, :5].tolist() == prompt
 
 
+@pytest.mark.parametrize("cache", ["none", "prefix"])
+def test_skip_after_stop_leaves_the_block_once_the_answer_before_the_stop_is_decoded(cache):
+    """EOS is the clear winner at answer position 2 of a block of 8 and banned elsewhere: one token per step, the
+    block takes 8 steps, or 3 with `skip_after_stop` (EOS first, then the two positions before it)."""
+    model = make_model(seed=4, **SHARP)
+    prompt = torch.tensor(random_prompts([5], seed=4))
+
+    def offsets(rows, positions):
+        out = torch.zeros(rows, len(positions), VOCAB)
+        out[..., EOS] = -50.0
+        out[:, positions == 5 + 2, EOS] = 50.0
+        return out
+
+    options = dict(max_new_tokens=16, block_length=8, use_cache=cache, return_dict_in_generate=True,
+                   output_history=True)
+    with logit_offsets(model, offsets):
+        whole = model.generate(prompt, **options)
+        skipped = model.generate(prompt, skip_after_stop=True, **options)
+    assert (whole.nfe, skipped.nfe) == (8, 3)
+    for out in (whole, skipped):
+        answer = out.sequences[0, 5:].tolist()
+        assert len(answer) == 3 and answer[-1] == EOS and MASK not in answer
+    assert skipped.history[0, 5:].tolist() == [1, 2, 0] or skipped.history[0, 5:].tolist() == [2, 1, 0]
+
+
 @settings(max_examples=15, deadline=None)
 @given(lengths=st.lists(st.integers(1, 6), min_size=1, max_size=3), block=st.integers(1, 5),
        blocks=st.integers(1, 3), steps_fraction=st.floats(0.01, 1.0), canvas=st.sampled_from(["variable", "fixed"]),
        mode=st.sampled_from(MODES), threshold=st.sampled_from([None, 0.5]), refresh=st.sampled_from([None, 2]),
-       seed=st.integers(0, 1000))
+       skip=st.booleans(), seed=st.integers(0, 1000))
 def test_cached_generation_invariants(sharp_model, lengths, block, blocks, steps_fraction, canvas, mode,
-                                      threshold, refresh, seed):
+                                      threshold, refresh, skip, seed):
     prompts = random_prompts(lengths, seed=seed)
     budget, steps = block * blocks, max(1, round(steps_fraction * block))
     stops = [EOS, FIRST_ORDINARY_ID + seed % (VOCAB - FIRST_ORDINARY_ID)]
     ids, mask = left_pad(prompts)
     out = sharp_model.generate(ids, attention_mask=mask, max_new_tokens=budget, block_length=block, steps=steps,
                                canvas=canvas, stop_token_ids=stops, use_cache=mode, cache_refresh_steps=refresh,
-                               threshold=threshold, return_dict_in_generate=True)
+                               threshold=threshold, skip_after_stop=skip, return_dict_in_generate=True)
     width = ids.shape[1]
     assert torch.equal(out.sequences[:, :width], ids)  # prompt unchanged
     assert not (out.sequences == MASK).any()
@@ -333,6 +358,7 @@ def test_cached_generation_invariants(sharp_model, lengths, block, blocks, steps
     (dict(use_cache="dual", cache_refresh_steps=1.5), "`cache_refresh_steps` must be a positive integer"),
     (dict(cache_refresh_steps=2), "`cache_refresh_steps=2` needs a cache"),
     (dict(use_cache="none", cache_refresh_steps=1), "needs a cache"),
+    (dict(skip_after_stop="yes"), "`skip_after_stop` must be True or False"),
 ])
 def test_bad_cache_settings_raise_before_any_forward(sharp_model, spec, message):
     ids, mask = left_pad(random_prompts([4, 2], seed=8))
@@ -387,7 +413,7 @@ def test_generation_benchmark_forces_the_answer_length_and_counts_work():
     model = bench.random_model(args)
     prompts = [torch.randint(FIRST_ORDINARY_ID, 300, (2, 5), generator=torch.Generator().manual_seed(0))]
     with bench.forced_eos(model, 5 + 32 // 8 - 1):
-        results = bench.run_settings(model, prompts, bench.settings_grid(args), 32, 4, 2, {EOS}, repeats=1)
+        results = bench.run_settings(model, prompts, bench.settings_grid(args, "off"), 32, 4, 2, {EOS}, repeats=1)
     baseline = results[0]
     assert baseline.counts.forwards == 16 and baseline.counts.tokens == baseline.counts.logits == 16 * 2 * 37
     for result in results:
