@@ -11,8 +11,9 @@
   at a time and a row stops after the block that contains a stop token (EOS or another one). `fixed` (LLaDA): the
   whole budget of masks is on the canvas from the start; later blocks are visible while earlier ones decode.
 - **Extras.** Unsupervised classifier-free guidance (LLaDA App. B.3), confidence-threshold parallel decoding
-  (Fast-dLLM, arXiv 2505.22618, Sec. 3.3), a stop-token logit bias that grows with the generated length (the iLLaDA
-  paper's fix for the Instruct model's loops), suppressed tokens.
+  (Fast-dLLM, arXiv 2505.22618, Sec. 3.3), skipping the positions after a committed stop token (`skip_after_stop`),
+  a stop-token logit bias that grows with the generated length (the iLLaDA paper's fix for the Instruct model's
+  loops), suppressed tokens.
 - **Key-value cache** (`use_cache="prefix"` / `"dual"`, Fast-dLLM Sec. 3.2): the first step of a block runs on the
   whole canvas and stores keys and values; the other steps run on the block (and, for `"prefix"`, the canvas right
   of it) and reuse the stored entries elsewhere. An approximation in a bidirectional model, exact when refreshed
@@ -135,6 +136,11 @@ class ILLaDAGenerationConfig(GenerationConfig):
             answer, against the Instruct model's thinking loops: `{"token_ids": [...], "slope": s, "start": a,
             "max_bias": m}` adds `min(m, s * max(0, i - a))` at answer position `i` (0-based). `start` defaults
             to 0, `max_bias` to no cap.
+        skip_after_stop (`bool`, *optional*, defaults to `False`): Leave undecoded the masked positions of a block
+            that follow a committed stop token. They are cut from the answer anyway, so a row leaves its block once
+            every position before its first stop token is committed, instead of decoding the whole block. Saves
+            most steps of short answers in long blocks, but changes the output: the model sees masks, not decoded
+            tokens, after the stop. Our addition; the iLLaDA paper decodes whole blocks.
         use_cache (`str`, *optional*): Key-value cache of the canvas (Fast-dLLM, arXiv 2505.22618, Sec. 3.2).
             `"prefix"`: the first step of each block runs the model on the whole canvas and stores every layer's
             keys and values; the other steps of the block run only on the block and the canvas right of it, and
@@ -172,6 +178,7 @@ class ILLaDAGenerationConfig(GenerationConfig):
         bos_token_id: int | None = None,
         suppress_tokens: list[int] | None = None,
         stop_token_bias: dict | None = None,
+        skip_after_stop: bool = False,
         use_cache: str | bool | None = None,
         cache_refresh_steps: int | None = None,
         return_dict_in_generate: bool = False,
@@ -198,6 +205,7 @@ class ILLaDAGenerationConfig(GenerationConfig):
         self.bos_token_id = bos_token_id
         self.suppress_tokens = copy.deepcopy(suppress_tokens)
         self.stop_token_bias = copy.deepcopy(stop_token_bias)
+        self.skip_after_stop = skip_after_stop
         self.use_cache = use_cache
         self.cache_refresh_steps = cache_refresh_steps
         self.return_dict_in_generate = return_dict_in_generate
@@ -220,7 +228,7 @@ class ILLaDAGenerationConfig(GenerationConfig):
         self._validate_cache()
         self._validate_token_ids()
         _check_stop_token_bias(self.stop_token_bias)
-        for name in ("return_dict_in_generate", "output_history"):
+        for name in ("return_dict_in_generate", "output_history", "skip_after_stop"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"`{name}` must be True or False, got {getattr(self, name)!r}.")
         if self.output_history and not self.return_dict_in_generate:
@@ -598,20 +606,29 @@ def _report_step(canvas: _Canvas, rows: torch.Tensor, logits: torch.Tensor, visi
     callback(canvas.nfe - 1, canvas.tokens[:, :visible].clone(), full)
 
 
+def undecided_positions(block: torch.Tensor, mask_token_id: int, stop_ids: torch.Tensor | None) -> torch.Tensor:
+    """Positions `(batch, n)` of a block still to decode: its masks, or with `stop_ids` (`skip_after_stop`) only the
+    masks before the block's first committed stop token."""
+    masked = block == mask_token_id
+    if stop_ids is None:
+        return masked
+    return masked & (torch.isin(block, stop_ids).cumsum(-1) == 0)
+
+
 def _denoise_block(model, canvas: _Canvas, start: int, end: int, visible: int, config: ILLaDAGenerationConfig,
                    generator: torch.Generator | None, callback: StepCallback | None,
-                   cache: "_BlockCache | None" = None) -> None:
+                   cache: "_BlockCache | None" = None, skip_after: torch.Tensor | None = None) -> None:
     """Decodes canvas columns `start:end` of the unfinished rows (LLaDA Alg. 5, one block), seeing `:visible`.
 
-    Per step: logits of the rows with masks left in the block, proposals `x0`, scores, top-`k` commits. Random
+    Per step: logits of the rows with positions left to decode, proposals `x0`, scores, top-`k` commits. Random
     draws per step, in order: the Gumbel noise `(rows, n, vocab)` if `temperature > 0`, then the `random` scores
-    `(rows, n)`; `rows` are the active rows in batch order.
+    `(rows, n)`; `rows` are the active rows in batch order. `skip_after` holds the stop ids with `skip_after_stop`.
     """
     schedule = transfer_schedule(end - start, steps_in_block(end - start, config.steps, config.tokens_per_step))
     for step, num_tokens in enumerate(schedule):
-        masked = canvas.tokens[:, start:end] == config.mask_token_id  # [B, n]
+        masked = undecided_positions(canvas.tokens[:, start:end], config.mask_token_id, skip_after)  # [B, n]
         rows = (masked.any(-1) & ~canvas.finished).nonzero().squeeze(-1)
-        if rows.numel() == 0:  # threshold decoding finished the block early
+        if rows.numel() == 0:  # threshold decoding or `skip_after_stop` finished the block early
             return
         logits = _step_logits(model, canvas, rows, visible, start, end, config, cache, step)  # [r, n, V]
         x0 = sample_tokens(logits, config.temperature, generator)
@@ -804,7 +821,7 @@ class ILLaDAGenerationMixin:
             end = min(block_start + config.block_length, budget)
             visible = prompt_width + (end if config.canvas == "variable" else budget)
             _denoise_block(self, canvas, prompt_width + block_start, prompt_width + end, visible, config,
-                           generator, step_callback, cache)
+                           generator, step_callback, cache, stop_ids if config.skip_after_stop else None)
             _close_block(canvas, prompt_width + block_start, prompt_width + end, stop_ids, config.pad_token_id,
                          streamer)
             if canvas.finished.all():
@@ -953,4 +970,5 @@ __all__ = [
     "confidence_scores",
     "sample_tokens",
     "cut_after_stop",
+    "undecided_positions",
 ]
