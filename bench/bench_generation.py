@@ -277,11 +277,11 @@ def demo_targets(results: list[Result], accuracy: dict) -> list[str]:
 
 
 def run_demo(args) -> str:
-    from transformers import AutoTokenizer
+    from transformers import PreTrainedTokenizerFast  # not AutoTokenizer: it would ask about the folder's code files
 
     path = Path(args.model)
     model = ILLaDAForCausalLM.from_pretrained(path).eval()
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
     examples, prompts = demo_prompts(tokenizer, args.num_prompts)
     stop_ids = set(model.generation_config.stop_ids)
     print(f"demo model {path}: {len(prompts)} held-out prompts", flush=True)
