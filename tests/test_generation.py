@@ -22,10 +22,9 @@ from generation_illada import (
     transfer_schedule,
 )
 from reference_sampler import llada_generate, reference_generate
-from tiny import TINY, make_model
+from tiny import FIRST_ORDINARY_ID, TINY, left_pad, make_model, random_prompts
 
 MASK, PAD, EOS, VOCAB = TINY["mask_token_id"], TINY["pad_token_id"], TINY["eos_token_id"], TINY["vocab_size"]
-FIRST_ORDINARY_ID = 6  # ids 0-5 are special in the tiny vocabulary
 # A random tiny model with the default 0.02 init is almost uniform; a wider init gives confidences that differ.
 SHARP = dict(initializer_range=0.3)
 PROPERTY_SETTINGS = settings(max_examples=25, deadline=None)
@@ -43,18 +42,6 @@ def one_thread():
 @pytest.fixture(scope="module")
 def sharp_model():
     return make_model(seed=3, **SHARP)
-
-
-def random_prompts(lengths: list[int], seed: int = 0) -> list[list[int]]:
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randint(FIRST_ORDINARY_ID, VOCAB, (n,), generator=g).tolist() for n in lengths]
-
-
-def left_pad(prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(p) for p in prompts)
-    ids = torch.tensor([[PAD] * (width - len(p)) + p for p in prompts])
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-    return ids, mask
 
 
 def answers_match(sequences: torch.Tensor, prompt_width: int, expected: list[list[int]]) -> None:

@@ -30,3 +30,21 @@ def make_model(seed: int = 0, attn_implementation: str = "sdpa", **overrides) ->
     config = make_config(**overrides)
     model = ILLaDAForCausalLM._from_config(config, attn_implementation=attn_implementation)
     return model.eval()
+
+
+FIRST_ORDINARY_ID = 6  # ids 0-5 are special in the tiny vocabulary
+
+
+def random_prompts(lengths: list[int], seed: int = 0) -> list[list[int]]:
+    """Prompts of the given lengths, ordinary (non-special) token ids only."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(FIRST_ORDINARY_ID, TINY["vocab_size"], (n,), generator=g).tolist() for n in lengths]
+
+
+def left_pad(prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A left-padded batch and its attention mask."""
+    width = max(len(p) for p in prompts)
+    pad = TINY["pad_token_id"]
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    return ids, mask
