@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # the demo model is tiny: one thread is fastest
+
 REPO = Path(__file__).resolve().parents[1]
 DEMO_SCRIPT = REPO / "demo.py"
 SHIPPED_MODEL = REPO / "illada-demo"
@@ -56,16 +58,6 @@ def cli():
     module.load_model = load_once
     yield module
     sys.modules.pop(spec.name, None)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The demo model is tiny: one torch thread is fastest, and oversubscribed threads on a busy CI machine are
-    many times slower. Restored afterwards (demo.main restores its own setting too)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

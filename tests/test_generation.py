@@ -22,26 +22,12 @@ from generation_illada import (
     transfer_schedule,
 )
 from reference_sampler import llada_generate, reference_generate
-from tiny import FIRST_ORDINARY_ID, TINY, left_pad, make_model, random_prompts
+from tiny import FIRST_ORDINARY_ID, SHARP, TINY, left_pad, make_model, random_prompts
 
 MASK, PAD, EOS, VOCAB = TINY["mask_token_id"], TINY["pad_token_id"], TINY["eos_token_id"], TINY["vocab_size"]
-# A random tiny model with the default 0.02 init is almost uniform; a wider init gives confidences that differ.
-SHARP = dict(initializer_range=0.3)
 PROPERTY_SETTINGS = settings(max_examples=25, deadline=None)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny forwards are ~1000x slower with two OpenMP threads on a shared, loaded 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def sharp_model():
-    return make_model(seed=3, **SHARP)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def answers_match(sequences: torch.Tensor, prompt_width: int, expected: list[list[int]]) -> None:

@@ -13,25 +13,12 @@ from hypothesis import strategies as st
 
 from generation_illada import ILLaDAGenerationConfig
 from modeling_illada import DiffusionKVCache
-from tiny import FIRST_ORDINARY_ID, TINY, left_pad, make_model, random_prompts
+from tiny import FIRST_ORDINARY_ID, SHARP, TINY, left_pad, make_model, random_prompts
 
 MASK, PAD, EOS, VOCAB = TINY["mask_token_id"], TINY["pad_token_id"], TINY["eos_token_id"], TINY["vocab_size"]
-SHARP = dict(initializer_range=0.3)  # confidences that differ (a 0.02 init gives an almost uniform model)
 MODES = ("prefix", "dual")
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny forwards are far slower with two OpenMP threads on a shared, loaded 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def sharp_model():
-    return make_model(seed=3, **SHARP)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @contextmanager
