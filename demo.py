@@ -273,7 +273,7 @@ def to_answer(tokenizer: PreTrainedTokenizerBase, prompt: str, out: ModelOutput,
     answer_ids = generated if end is None else generated[:end]
     kept = len(answer_ids) + (end is not None)  # the stop token was committed too: it belongs in the plot
     labels = [token_label(tokenizer, token) for token in generated[:kept]]
-    return Answer(prompt=prompt, text=tokenizer.decode(answer_ids, skip_special_tokens=False),
+    return Answer(prompt=prompt, text=tokenizer.decode(answer_ids, skip_special_tokens=False).strip(),
                   token_ids=answer_ids, stopped=end is not None, nfe=int(out.nfe), history=history[:kept],
                   labels=labels)
 

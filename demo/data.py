@@ -433,7 +433,8 @@ def tokenizer_texts(num_examples: int = TOKENIZER_EXAMPLES, seed: int = DEMO_SEE
     Only training-split examples are included, so the held-out split stays unseen by every trained piece.
     """
     examples = make_examples("train", num_examples, seed)
-    return pretraining_texts() + [f"{example.prompt}\n{example.response}" for example in examples]
+    # Prompts and responses apart, as training and generation tokenise them (each with the tokenizer's leading space).
+    return pretraining_texts() + [text for example in examples for text in (example.prompt, example.response)]
 
 
 def corpus_fingerprint(texts: list[str]) -> str:

@@ -2,24 +2,25 @@
 
 The special tokens sit where iLLaDA's vocabulary has them (`<bos>` 0, `<pad>` 1, `<eos>` 2, `<[MASK]>` 5), so
 every algorithm of the package runs on the demo model with the ids it reads from the config. Ids 3 and 4
-hold the chat-turn markers. Digits are always split into single tokens (`Digits(individual_digits=True)`
-before the byte-level split), which keeps arithmetic positional; bytes make every string encodable, so the
-tokenizer needs no unknown token.
+hold the chat-turn markers. Every digit is a token of its own (with the space before it, if any), which keeps
+arithmetic positional; every text between special tokens gets a leading space, so that a word is one and the same
+token wherever it stands (tokenised alone as an answer, or inside the question). Bytes make every string
+encodable, so the tokenizer needs no unknown token. Decoded text therefore starts with a space: strip it.
 
 Example:
 
 ```python
->>> from demo.data import pretraining_texts
+>>> from demo.data import tokenizer_texts
 >>> from demo.tokenizer import train_tokenizer
->>> tokenizer = train_tokenizer(pretraining_texts(), vocab_size=1024)
+>>> tokenizer = train_tokenizer(tokenizer_texts())
 >>> tokenizer.mask_token_id, tokenizer.convert_ids_to_tokens(tokenizer("12 + 7").input_ids)
-(5, ['1', '2', 'Ġ+', 'Ġ', '7'])
+(5, ['Ġ1', '2', 'Ġ+', 'Ġ7'])
 ```
 """
 
 from collections.abc import Iterable
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 # Ordered so that the ids match iLLaDA's: bos 0, pad 1, eos 2, mask 5 (ILLADA.md section 2).
@@ -32,16 +33,21 @@ _MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)
 # A pair must occur this often to become a merge: single occurrences only waste vocabulary on noise.
 _MIN_MERGE_FREQUENCY = 2
 
-# One EOS closes every assistant turn: SFT trains on `prompt + response + EOS`, and generation stops there.
+# A digit and the space before it form one piece, so `"1 3 5"` is three tokens and a number's digits stay apart.
+_DIGIT_PIECE = Regex(r" ?\d")
+
+# One EOS closes every assistant turn: SFT trains on `prompt + response + EOS`, and generation stops there. Each
+# turn's text directly follows its marker: the tokenizer puts a space before every text between special tokens, so
+# a word is the same token at the start of an answer as inside the question (`dog` in "Copy: dog" -> `Ġdog`).
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
     "{% for message in messages %}"
-    "{% if message['role'] == 'user' %}{{ '<|user|>\n' + message['content'] + '\n' }}"
-    "{% elif message['role'] == 'assistant' %}{{ '<|assistant|>\n' + message['content'] + eos_token }}"
+    "{% if message['role'] == 'user' %}{{ '<|user|>' + message['content'] + '\n' }}"
+    "{% elif message['role'] == 'assistant' %}{{ '<|assistant|>' + message['content'] + eos_token }}"
     "{% else %}{{ raise_exception('Only `user` and `assistant` roles are supported, got ' + message['role']) }}"
     "{% endif %}"
     "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
 )
 
 
@@ -55,8 +61,11 @@ def _check_vocab_size(vocab_size: int) -> None:
 
 def _bpe_tokenizer() -> Tokenizer:
     tokenizer = Tokenizer(models.BPE())
+    # Every text between special tokens starts with a space (as a word inside a sentence does): the first word of
+    # an answer, tokenised on its own, is then the same token as that word in the question.
+    tokenizer.normalizer = normalizers.Prepend(" ")
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+        [pre_tokenizers.Split(_DIGIT_PIECE, behavior="isolated"), pre_tokenizers.ByteLevel(add_prefix_space=False)]
     )
     tokenizer.decoder = decoders.ByteLevel()
     return tokenizer

@@ -202,7 +202,7 @@ def _check_against_own_generate(reference, prompt: str, answer) -> None:
         assert all(token == model.config.pad_token_id for token in row[end + 1:])
         row = row[:end]
     assert answer.token_ids == row
-    assert answer.text == tokenizer.decode(row, skip_special_tokens=False)
+    assert answer.text == tokenizer.decode(row, skip_special_tokens=False).strip()  # the leading space stripped
 
 
 @needs_model
