@@ -17,6 +17,7 @@ from demo.build_demo_model import (
     write_model_config,
 )
 from demo.data import example_is_heldout, make_examples
+from generation_illada import ILLaDAGenerationConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -83,11 +84,13 @@ def test_export_copies_only_loadable_files(tmp_path):
     for name in (*EXPORTED_FILES, "modeling_illada.py", "training_args.bin", "trainer_state.json"):
         (stage / name).write_bytes(name.encode())
     (stage / "checkpoint-10").mkdir()
-    export_model(stage, tmp_path / "out", {"note": "test"})
+    ILLaDAGenerationConfig(block_length=32).save_pretrained(stage)
+    export_model(stage, tmp_path / "out", {"note": "test"}, block_length=16)
     exported = {p.name for p in (tmp_path / "out").iterdir()}
     assert exported == {*EXPORTED_FILES, "modeling_illada.py", "build_info.json"}
     info = json.loads((tmp_path / "out" / "build_info.json").read_text())
     assert info["note"] == "test" and len(info["weights_sha256"]) == 64
+    assert json.loads((tmp_path / "out" / "generation_config.json").read_text())["block_length"] == 16
 
 
 @pytest.mark.parametrize(
