@@ -1,0 +1,188 @@
+"""iLLaDA model configuration.
+
+iLLaDA ("Improved Large Language Diffusion Models", arXiv 2606.25331) is a masked diffusion language model
+with a Llama-shaped, fully bidirectional Transformer. The config uses the Llama key names of the released
+checkpoints (`GSAI-ML/iLLaDA-8B-Base`, `GSAI-ML/iLLaDA-8B-Instruct`) so their `config.json` loads as is,
+and adds `mask_token_id`, which the release lacks.
+"""
+
+from typing import ClassVar
+
+from transformers import PretrainedConfig
+
+# The architecture is fixed by the paper. The released config.json still carries these keys, so we accept
+# them but only with the one value the model implements.
+# Where a saved folder's `auto_map` sends the Auto classes (the released checkpoints' mapping).
+AUTO_MAP = {
+    "AutoConfig": "configuration_illada.ILLaDAConfig",
+    "AutoModel": "modeling_illada.ILLaDAForCausalLM",
+    "AutoModelForCausalLM": "modeling_illada.ILLaDAForCausalLM",
+}
+
+_FIXED_ARCHITECTURE = {
+    "hidden_act": "silu",  # SwiGLU MLP
+    "attention_bias": False,
+    "mlp_bias": False,
+    "tie_word_embeddings": True,
+}
+
+
+class ILLaDAConfig(PretrainedConfig):
+    r"""
+    Configuration of an [`ILLaDAModel`] / [`ILLaDAForCausalLM`]. The defaults describe iLLaDA 8B.
+
+    Args:
+        vocab_size (`int`, *optional*, defaults to 155136): Size of the vocabulary.
+        hidden_size (`int`, *optional*, defaults to 4096): Width of the residual stream.
+        intermediate_size (`int`, *optional*, defaults to 14336): Width of the SwiGLU MLP.
+        num_hidden_layers (`int`, *optional*, defaults to 32): Number of decoder layers.
+        num_attention_heads (`int`, *optional*, defaults to 32): Number of query heads.
+        num_key_value_heads (`int`, *optional*, defaults to 8): Number of key/value heads (grouped-query
+            attention); must divide `num_attention_heads`. `None` means one per query head.
+        head_dim (`int`, *optional*): Per-head width; derived as `hidden_size // num_attention_heads`.
+        max_position_embeddings (`int`, *optional*, defaults to 8192): Longest sequence the model supports.
+        rms_norm_eps (`float`, *optional*, defaults to 1e-5): RMSNorm epsilon. Not published for iLLaDA:
+            1e-5 is LLaDA's value, and a checkpoint's own config.json overrides it.
+        rope_parameters (`dict`, *optional*): `{"rope_type": "default", "rope_theta": ...}`. Only the default
+            RoPE is implemented. The legacy keys `rope_theta` / `rope_scaling` of the released config.json
+            are accepted and converted. `rope_theta` defaults to 500000 (LLaDA's; not published for iLLaDA).
+        attention_dropout (`float`, *optional*, defaults to 0.0): Dropout on attention probabilities.
+        initializer_range (`float`, *optional*, defaults to 0.02): Std of the normal weight initialisation.
+        pad_token_id (`int`, *optional*, defaults to 1), bos_token_id (`int`, *optional*, defaults to 0),
+        eos_token_id (`int` or `list[int]`, *optional*, defaults to 2): Special tokens of iLLaDA's vocabulary.
+        mask_token_id (`int`, *optional*, defaults to 5): The `<[MASK]>` token every diffusion algorithm reads.
+        hidden_act, attention_bias, mlp_bias, tie_word_embeddings: Present in the released config.json; only
+            `"silu"`, `False`, `False`, `True` are accepted, because that is the architecture.
+
+    Example:
+
+    ```python
+    >>> from configuration_illada import ILLaDAConfig
+    >>> config = ILLaDAConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    ...                       num_attention_heads=4, num_key_value_heads=2, vocab_size=128)
+    >>> config.head_dim
+    16
+    ```
+    """
+
+    model_type = "illada"
+    keys_to_ignore_at_inference: ClassVar[list[str]] = []
+    # Makes `save_pretrained` copy this file next to config.json, as on the Hub.
+    _auto_class: ClassVar[str | None] = "AutoConfig"
+    default_theta = 500_000.0
+
+    vocab_size: int = 155136
+    hidden_size: int = 4096
+    intermediate_size: int = 14336
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 32
+    num_key_value_heads: int | None = 8
+    head_dim: int | None = None
+    hidden_act: str = "silu"
+    max_position_embeddings: int = 8192
+    initializer_range: float = 0.02
+    rms_norm_eps: float = 1e-5
+    rope_parameters: dict | None = None
+    attention_bias: bool = False
+    attention_dropout: float = 0.0
+    mlp_bias: bool = False
+    tie_word_embeddings: bool = True
+    pad_token_id: int | None = 1
+    bos_token_id: int | None = 0
+    eos_token_id: int | list[int] | None = 2
+    mask_token_id: int = 5
+
+    def __post_init__(self, **kwargs):
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        super().__post_init__(**kwargs)
+        if getattr(self, "auto_map", None) is None:
+            self.auto_map = dict(AUTO_MAP)
+        self._validate_sizes()
+        if self.head_dim is None:
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        self._validate_fixed_architecture()
+        self._validate_rope()
+        self._validate_token_ids()
+
+    def _validate_sizes(self) -> None:
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                     "num_attention_heads", "num_key_value_heads", "max_position_embeddings"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+        if self.hidden_size % self.num_attention_heads != 0:
+            raise ValueError(
+                f"`hidden_size` ({self.hidden_size}) must be divisible by `num_attention_heads` "
+                f"({self.num_attention_heads})."
+            )
+        if self.num_attention_heads % self.num_key_value_heads != 0:
+            raise ValueError(
+                f"`num_attention_heads` ({self.num_attention_heads}) must be divisible by `num_key_value_heads` "
+                f"({self.num_key_value_heads}) for grouped-query attention."
+            )
+        if self.head_dim is not None and self.head_dim * self.num_attention_heads != self.hidden_size:
+            raise ValueError(
+                f"`head_dim` ({self.head_dim}) times `num_attention_heads` ({self.num_attention_heads}) must equal "
+                f"`hidden_size` ({self.hidden_size}); leave `head_dim` unset to derive it."
+            )
+        if self.head_dim is not None and self.head_dim % 2:
+            raise ValueError(f"`head_dim` must be even for rotary embeddings, got {self.head_dim}.")
+        if (self.hidden_size // self.num_attention_heads) % 2:
+            raise ValueError(
+                f"`hidden_size // num_attention_heads` must be even for rotary embeddings, got "
+                f"{self.hidden_size // self.num_attention_heads}."
+            )
+        if not self.rms_norm_eps > 0:
+            raise ValueError(f"`rms_norm_eps` must be positive, got {self.rms_norm_eps!r}.")
+        if not 0.0 <= self.attention_dropout < 1.0:
+            raise ValueError(f"`attention_dropout` must be in [0, 1), got {self.attention_dropout!r}.")
+
+    def _validate_fixed_architecture(self) -> None:
+        for name, allowed in _FIXED_ARCHITECTURE.items():
+            if getattr(self, name) != allowed:
+                raise ValueError(
+                    f"`{name}={getattr(self, name)!r}` is not supported: iLLaDA's architecture has "
+                    f"`{name}={allowed!r}`."
+                )
+
+    def _validate_rope(self) -> None:
+        rope_type = self.rope_parameters.get("rope_type", "default")
+        if rope_type != "default":
+            raise ValueError(
+                f"Only the default RoPE is implemented, got `rope_type={rope_type!r}` in `rope_parameters` "
+                f"(or `rope_scaling`). Remove the scaling entry to use plain RoPE."
+            )
+        theta = self.rope_parameters.get("rope_theta")
+        if not isinstance(theta, (int, float)) or theta <= 0:
+            raise ValueError(f"`rope_theta` must be a positive number, got {theta!r}.")
+
+    def _validate_token_ids(self) -> None:
+        if not isinstance(self.mask_token_id, int) or not 0 <= self.mask_token_id < self.vocab_size:
+            raise ValueError(
+                f"`mask_token_id` must be an integer in [0, vocab_size={self.vocab_size}), got {self.mask_token_id!r}."
+            )
+        if self.pad_token_id is not None and self.pad_token_id == self.mask_token_id:
+            raise ValueError(
+                f"`pad_token_id` and `mask_token_id` are both {self.mask_token_id}: padding would be read as "
+                f"masked positions. Use a different pad token."
+            )
+        for name in ("pad_token_id", "bos_token_id"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < self.vocab_size:
+                raise ValueError(f"`{name}` must be in [0, vocab_size={self.vocab_size}), got {value}.")
+        for eos in self.eos_token_ids:
+            if not 0 <= eos < self.vocab_size:
+                raise ValueError(f"`eos_token_id` must be in [0, vocab_size={self.vocab_size}), got {eos}.")
+            if eos == self.mask_token_id:
+                raise ValueError(f"`eos_token_id` {eos} equals `mask_token_id`: the mask can never be output.")
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        """The stop tokens of the config as a list (`eos_token_id` may be an int, a list or `None`)."""
+        if self.eos_token_id is None:
+            return []
+        return [self.eos_token_id] if isinstance(self.eos_token_id, int) else list(self.eos_token_id)
+
+
+__all__ = ["ILLaDAConfig"]

@@ -1,0 +1,556 @@
+"""PyTorch iLLaDA: the bidirectional Transformer of "Improved Large Language Diffusion Models" (arXiv 2606.25331).
+
+The network is Llama-shaped (pre-norm RMSNorm, SwiGLU, RoPE, grouped-query attention, no biases, tied
+embeddings) with one difference that matters everywhere: attention is fully bidirectional. It predicts the
+clean token at every masked position of a partially masked sequence; the diffusion time is never an input.
+Sampling lives in `generation_illada.py`, the training loss in `train_sft.py`.
+"""
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, slice_logits_to_keep
+
+try:  # as Hub remote code (a package made by transformers)
+    from .configuration_illada import ILLaDAConfig
+    from .generation_illada import ILLaDAGenerationMixin
+    from .scoring_illada import ILLaDAScoringMixin
+except ImportError:  # from a checkout, with the repo root on sys.path
+    from configuration_illada import ILLaDAConfig
+    from generation_illada import ILLaDAGenerationMixin
+    from scoring_illada import ILLaDAScoringMixin
+
+
+class ILLaDARMSNorm(nn.Module):
+    def __init__(self, hidden_size: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        # Normalise in float32, cast back, then scale (no +1 offset), as the release does.
+        input_dtype = hidden_states.dtype
+        hidden_states = hidden_states.to(torch.float32)
+        variance = hidden_states.pow(2).mean(-1, keepdim=True)
+        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
+        return self.weight * hidden_states.to(input_dtype)
+
+    def extra_repr(self) -> str:
+        return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}"
+
+
+class ILLaDARotaryEmbedding(nn.Module):
+    """Default (unscaled) RoPE; computes `(cos, sin)` once per forward for all layers."""
+
+    def __init__(self, config: ILLaDAConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.inv_freq = nn.Buffer(self.compute_inv_freq(config), persistent=False)
+
+    @staticmethod
+    def compute_inv_freq(config: ILLaDAConfig) -> torch.Tensor:
+        base = config.rope_parameters["rope_theta"]
+        dim = config.head_dim
+        return 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+
+    @torch.no_grad()
+    def forward(self, hidden_states: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # Angles in float32 whatever the model dtype: bf16 positions above 256 lose integer precision.
+        inv_freq = self.inv_freq.to(device=hidden_states.device, dtype=torch.float32)
+        freqs = position_ids[..., None].float() * inv_freq  # [B, L, D/2]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(hidden_states.dtype), emb.sin().to(hidden_states.dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """Rotates half the hidden dims of the input (non-interleaved RoPE)."""
+    x1 = x[..., : x.shape[-1] // 2]
+    x2 = x[..., x.shape[-1] // 2 :]
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary_pos_emb(
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Applies RoPE to `q`, `k` of shape `(batch, heads, seq_len, head_dim)`; `cos`/`sin` are `(batch, seq_len, head_dim)`."""
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    return (q * cos) + (rotate_half(q) * sin), (k * cos) + (rotate_half(k) * sin)
+
+
+class ILLaDAMLP(nn.Module):
+    def __init__(self, config: ILLaDAConfig) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_proj(hidden_states)) * self.up_proj(hidden_states))
+
+
+def repeat_kv(hidden_states: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """(batch, kv_heads, seq_len, head_dim) -> (batch, kv_heads * n_rep, seq_len, head_dim)."""
+    batch, num_key_value_heads, slen, head_dim = hidden_states.shape
+    if n_rep == 1:
+        return hidden_states
+    hidden_states = hidden_states[:, :, None, :, :].expand(batch, num_key_value_heads, n_rep, slen, head_dim)
+    return hidden_states.reshape(batch, num_key_value_heads * n_rep, slen, head_dim)
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference attention; `attention_mask` is additive, `(batch, 1|heads, q_len, k_len)`."""
+    key_states = repeat_kv(key, module.num_key_value_groups)
+    value_states = repeat_kv(value, module.num_key_value_groups)
+    attn_weights = torch.matmul(query, key_states.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask
+    attn_weights = nn.functional.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = nn.functional.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value_states)
+    return attn_output.transpose(1, 2).contiguous(), attn_weights
+
+
+class ILLaDAAttention(nn.Module):
+    """Grouped-query self-attention, bidirectional (`is_causal = False`), kernel chosen by the attention interface."""
+
+    def __init__(self, config: ILLaDAConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.head_dim = config.head_dim
+        self.num_key_value_groups = config.num_attention_heads // config.num_key_value_heads
+        self.scaling = self.head_dim**-0.5
+        self.attention_dropout = config.attention_dropout
+        # iLLaDA: bidirectional. The SDPA and flash integrations read this flag and default to causal without it.
+        self.is_causal = False
+        self.q_proj = nn.Linear(config.hidden_size, config.num_attention_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(config.hidden_size, config.num_key_value_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(config.hidden_size, config.num_key_value_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(config.num_attention_heads * self.head_dim, config.hidden_size, bias=False)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        attention_mask: torch.Tensor | None = None,
+        kv_cache: "DiffusionKVCache | None" = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        input_shape = hidden_states.shape[:-1]
+        hidden_shape = (*input_shape, -1, self.head_dim)
+        query_states = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        key_states = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        value_states = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        query_states, key_states = apply_rotary_pos_emb(query_states, key_states, *position_embeddings)
+        if kv_cache is not None:
+            key_states, value_states = kv_cache.update(self.layer_idx, key_states, value_states)
+
+        attention_interface: Callable = eager_attention_forward
+        if self.config._attn_implementation != "eager":
+            attention_interface = ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation]
+        attn_output, attn_weights = attention_interface(
+            self,
+            query_states,
+            key_states,
+            value_states,
+            attention_mask,
+            dropout=0.0 if not self.training else self.attention_dropout,
+            scaling=self.scaling,
+            is_causal=False,
+            **kwargs,
+        )
+        attn_output = attn_output.reshape(*input_shape, -1).contiguous()
+        return self.o_proj(attn_output), attn_weights
+
+
+class ILLaDADecoderLayer(GradientCheckpointingLayer):
+    def __init__(self, config: ILLaDAConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.self_attn = ILLaDAAttention(config=config, layer_idx=layer_idx)
+        self.mlp = ILLaDAMLP(config)
+        self.input_layernorm = ILLaDARMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = ILLaDARMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        attention_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        residual = hidden_states
+        hidden_states = self.input_layernorm(hidden_states)
+        hidden_states, _ = self.self_attn(hidden_states, position_embeddings, attention_mask, **kwargs)
+        hidden_states = residual + hidden_states
+        residual = hidden_states
+        hidden_states = self.mlp(self.post_attention_layernorm(hidden_states))
+        return residual + hidden_states
+
+
+class DiffusionKVCache:
+    """Keys and values of a whole canvas, reused by later forwards over a span of it.
+
+    This is the prefix / dual cache of Fast-dLLM (arXiv 2505.22618) for diffusion sampling. A forward with
+    `kv_cache.span = None` (a refresh) runs on the full canvas and stores every layer's keys and values. A
+    forward with `kv_cache.span = (start, end)` takes only the tokens `canvas[:, start:end]`, computes their
+    queries, keys and values, and attends to the stored keys and values everywhere else. `end` equal to the
+    canvas length reuses only the prefix; a smaller `end` also reuses the suffix ("dual" cache).
+
+    In a bidirectional model the stored entries go stale as soon as the canvas changes, because every position
+    attends to every other: the cached forward is an approximation, exact right after a refresh.
+    """
+
+    def __init__(self) -> None:
+        self.keys: dict[int, torch.Tensor] = {}
+        self.values: dict[int, torch.Tensor] = {}
+        self.span: tuple[int, int] | None = None
+
+    @property
+    def seq_len(self) -> int:
+        """Length of the stored canvas (0 before the first refresh)."""
+        return next(iter(self.keys.values())).shape[2] if self.keys else 0
+
+    def update(self, layer_idx: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stores `key`/`value` `(batch, kv_heads, seq_len, head_dim)` on a refresh, else splices them into the span."""
+        if self.span is None:
+            self.keys[layer_idx], self.values[layer_idx] = key, value
+            return key, value
+        start, end = self.span
+        cached_key, cached_value = self.keys[layer_idx], self.values[layer_idx]
+        key = torch.cat([cached_key[:, :, :start], key, cached_key[:, :, end:]], dim=2)
+        value = torch.cat([cached_value[:, :, :start], value, cached_value[:, :, end:]], dim=2)
+        return key, value
+
+
+class ILLaDAPreTrainedModel(PreTrainedModel):
+    config_class = ILLaDAConfig
+    config: ILLaDAConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["ILLaDADecoderLayer"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_attention_backend = True
+
+    @classmethod
+    def from_pretrained(cls, *args, strict: bool = True, output_loading_info: bool = False, **kwargs):
+        """[`PreTrainedModel.from_pretrained`], but a checkpoint that does not fill the model exactly is an error.
+
+        transformers only logs missing or unexpected tensors and silently re-initialises the missing ones; with
+        an 8B checkpoint saved by another transformers version that hides a broken model. Pass `strict=False`
+        to get the library's lenient behaviour.
+        """
+        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        unexpected = {k for k in info["unexpected_keys"] if not (cls is ILLaDAModel and k.startswith("lm_head."))}
+        problems = {"missing": sorted(info["missing_keys"]), "unexpected": sorted(unexpected),
+                    "mismatched": sorted(str(k) for k in info["mismatched_keys"])}
+        if strict and any(problems.values()):
+            details = "; ".join(f"{kind}: {keys[:8]}" for kind, keys in problems.items() if keys)
+            raise ValueError(
+                f"The checkpoint does not match {cls.__name__} ({details}). Check that it is an iLLaDA checkpoint "
+                f"with the released tensor names, or pass `strict=False` to load it anyway."
+            )
+        return (model, info) if output_loading_info else model
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, ILLaDARotaryEmbedding):
+            # Non-persistent buffers are not in the checkpoint and come back uninitialised from
+            # `from_pretrained` under transformers 5: recompute them.
+            init.copy_(module.inv_freq, module.compute_inv_freq(module.config))
+
+
+def _document_ids(position_ids: torch.Tensor) -> torch.Tensor | None:
+    """Per-token document index of packed rows (a document starts where `position_ids` is 0), or `None`
+    when no row holds more than one document."""
+    starts = position_ids == 0  # [B, L]
+    if not starts[:, 1:].any():
+        return None
+    return starts.cumsum(-1)
+
+
+def _attention_mask_4d(mask: torch.Tensor, batch_size: int, seq_len: int) -> torch.Tensor:
+    """Checks a user mask (2-D key padding, 3-D or 4-D, bool or additive) and returns it as 4-D."""
+    if mask.dim() == 2:
+        if mask.shape != (batch_size, seq_len):
+            raise ValueError(
+                f"A 2-D `attention_mask` must have shape (batch_size, seq_len) = {(batch_size, seq_len)}, "
+                f"got {tuple(mask.shape)}."
+            )
+        return mask.bool()[:, None, None, :].expand(batch_size, 1, seq_len, seq_len)
+    if mask.dim() == 3:
+        mask = mask[:, None]
+    if mask.dim() != 4 or mask.shape[0] not in (1, batch_size) or mask.shape[-2:] != (seq_len, seq_len):
+        raise ValueError(
+            f"`attention_mask` must be 2-D (batch_size, seq_len), 3-D (batch_size, seq_len, seq_len) or 4-D "
+            f"(batch_size, 1 or heads, seq_len, seq_len) with batch_size={batch_size}, seq_len={seq_len}; "
+            f"got shape {tuple(mask.shape)}."
+        )
+    if mask.dtype != torch.bool and not mask.is_floating_point():
+        mask = mask.bool()  # 0/1 integer masks mean keep/drop
+    return mask
+
+
+def build_bidirectional_mask(
+    attention_mask: torch.Tensor | None,
+    position_ids: torch.Tensor,
+    dtype: torch.dtype,
+    attn_implementation: str,
+) -> torch.Tensor | None:
+    """The attention mask handed to the kernels: never causal.
+
+    Combines key padding (or a user 4-D mask) with the block-diagonal mask of packed documents found in
+    `position_ids`. Returns `None` when every token may attend to every token. For `eager` the result is
+    additive; for the other kernels a boolean `(batch, 1, seq_len, seq_len)` mask (True = attend). flash
+    attention gets the 2-D padding mask (or `None`, and finds packed documents in `position_ids` itself).
+    """
+    batch_size, seq_len = position_ids.shape
+    if attn_implementation.startswith("flash"):
+        if attention_mask is not None and attention_mask.dim() != 2:
+            raise ValueError("`flash_attention_2` takes only a 2-D padding `attention_mask`; use `sdpa` for 4-D masks.")
+        return None if attention_mask is None or attention_mask.bool().all() else attention_mask
+    mask = None if attention_mask is None else _attention_mask_4d(attention_mask, batch_size, seq_len)
+    doc_ids = _document_ids(position_ids)
+    if doc_ids is not None:
+        same_doc = (doc_ids[:, :, None] == doc_ids[:, None, :])[:, None]  # [B, 1, L, L]
+        if mask is None or mask.dtype == torch.bool:
+            mask = same_doc if mask is None else mask & same_doc
+        else:
+            mask = mask.masked_fill(~same_doc, torch.finfo(mask.dtype).min)
+    if mask is None or (mask.dtype == torch.bool and mask.all()):
+        return None
+    if mask.dtype == torch.bool:
+        # A row with no visible key (an all-padding row) attends to itself rather than producing NaN.
+        eye = torch.eye(seq_len, dtype=torch.bool, device=mask.device)
+        mask = mask | (~mask.any(-1, keepdim=True) & eye)
+        if attn_implementation == "eager":
+            return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+        return mask
+    return mask.to(dtype)
+
+
+def build_span_mask(
+    attention_mask: torch.Tensor | None,
+    span: tuple[int, int],
+    key_len: int,
+    dtype: torch.dtype,
+    attn_implementation: str,
+) -> torch.Tensor | None:
+    """Key-padding mask for a cached forward: queries `span` of the canvas, keys the whole canvas."""
+    if attention_mask is None or attention_mask.bool().all():
+        return None
+    if attention_mask.dim() != 2 or attention_mask.shape[-1] != key_len:
+        raise ValueError(
+            f"With a `kv_cache` span, `attention_mask` must be the 2-D padding mask of the whole canvas "
+            f"(batch_size, {key_len}), got shape {tuple(attention_mask.shape)}."
+        )
+    if attn_implementation.startswith("flash"):
+        raise ValueError("A `kv_cache` span with padding needs `sdpa` or `eager` attention, not flash attention.")
+    start, end = span
+    keep = attention_mask.bool()[:, None, None, :].expand(-1, 1, end - start, key_len)
+    own_key = torch.zeros(end - start, key_len, dtype=torch.bool, device=keep.device)
+    own_key[:, start:end] = torch.eye(end - start, dtype=torch.bool, device=keep.device)
+    keep = keep | (~keep.any(-1, keepdim=True) & own_key)  # all-padding rows attend to themselves, not NaN
+    if attn_implementation == "eager":
+        return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(~keep, torch.finfo(dtype).min)
+    return keep
+
+
+class ILLaDAModel(ILLaDAPreTrainedModel):
+    """The bidirectional Transformer backbone (embeddings, decoder layers, final norm)."""
+
+    def __init__(self, config: ILLaDAConfig) -> None:
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+        self.layers = nn.ModuleList(ILLaDADecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = ILLaDARMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = ILLaDARotaryEmbedding(config=config)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        kv_cache: DiffusionKVCache | None = None,
+        **kwargs,
+    ) -> BaseModelOutput:
+        """
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch, seq_len)`): Token ids, masked positions holding
+                `config.mask_token_id`. Give either this or `inputs_embeds`.
+            attention_mask (`torch.Tensor`, *optional*): 2-D `(batch, seq_len)` key padding (1 = token,
+                0 = padding), or a 3-D / 4-D boolean (True = attend) or additive mask. Never causal.
+            position_ids (`torch.LongTensor` of shape `(batch, seq_len)`, *optional*): Defaults to
+                `arange(seq_len)`. A restart at 0 inside a row starts a new packed document: documents then
+                attend only within themselves.
+            inputs_embeds (`torch.Tensor` of shape `(batch, seq_len, hidden_size)`, *optional*).
+            output_hidden_states (`bool`, *optional*): Also return the input of every layer and the final output.
+            kv_cache ([`DiffusionKVCache`], *optional*): With `kv_cache.span = None` the forward stores every
+                layer's keys and values; with `kv_cache.span = (start, end)` the inputs are the canvas tokens
+                `start:end` only, `position_ids` default to `arange(start, end)`, `attention_mask` is the 2-D
+                padding mask of the whole canvas, and the rest of the canvas comes from the cache.
+        """
+        span = kv_cache.span if kv_cache is not None else None
+        inputs_embeds, position_ids = self._check_inputs(input_ids, inputs_embeds, position_ids, span, kv_cache)
+        implementation = self.config._attn_implementation
+        if span is None:
+            mask = build_bidirectional_mask(attention_mask, position_ids, inputs_embeds.dtype, implementation)
+        else:
+            mask = build_span_mask(attention_mask, span, kv_cache.seq_len, inputs_embeds.dtype, implementation)
+        if kv_cache is not None:
+            kwargs["kv_cache"] = kv_cache
+        if implementation.startswith("flash") and mask is None and span is None:
+            kwargs.setdefault("position_ids", position_ids)  # the flash kernel finds packed documents here
+        hidden_states = inputs_embeds
+        position_embeddings = self.rotary_emb(hidden_states, position_ids)
+        all_hidden_states = () if output_hidden_states else None
+        for decoder_layer in self.layers:
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            hidden_states = decoder_layer(hidden_states, position_embeddings, mask, **kwargs)
+        hidden_states = self.norm(hidden_states)
+        if output_hidden_states:
+            all_hidden_states += (hidden_states,)
+        return BaseModelOutput(last_hidden_state=hidden_states, hidden_states=all_hidden_states)
+
+    def _check_inputs(
+        self,
+        input_ids: torch.LongTensor | None,
+        inputs_embeds: torch.Tensor | None,
+        position_ids: torch.LongTensor | None,
+        span: tuple[int, int] | None = None,
+        kv_cache: DiffusionKVCache | None = None,
+    ) -> tuple[torch.Tensor, torch.LongTensor]:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`.")
+        if input_ids is not None:
+            if input_ids.dim() != 2:
+                raise ValueError(f"`input_ids` must be 2-D (batch_size, seq_len), got shape {tuple(input_ids.shape)}.")
+            if input_ids.dtype.is_floating_point:
+                raise TypeError(f"`input_ids` must be an integer tensor, got dtype {input_ids.dtype}.")
+            inputs_embeds = self.embed_tokens(input_ids)
+        elif inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.config.hidden_size:
+            raise ValueError(
+                f"`inputs_embeds` must have shape (batch_size, seq_len, {self.config.hidden_size}), "
+                f"got {tuple(inputs_embeds.shape)}."
+            )
+        batch_size, seq_len = inputs_embeds.shape[:2]
+        first = 0 if span is None else self._check_span(span, seq_len, kv_cache)
+        if position_ids is None:
+            position_ids = torch.arange(first, first + seq_len, device=inputs_embeds.device).expand(batch_size, seq_len)
+        else:
+            if position_ids.dim() == 1:
+                position_ids = position_ids[None]
+            if position_ids.dim() != 2 or position_ids.shape[-1] != seq_len or position_ids.shape[0] not in (1, batch_size):
+                raise ValueError(
+                    f"`position_ids` must have shape (batch_size, seq_len) = {(batch_size, seq_len)} "
+                    f"(or (1, seq_len)), got {tuple(position_ids.shape)}."
+                )
+            position_ids = position_ids.expand(batch_size, seq_len)
+        return inputs_embeds, position_ids
+
+    def _check_span(self, span: tuple[int, int], seq_len: int, kv_cache: DiffusionKVCache) -> int:
+        start, end = span
+        if len(kv_cache.keys) != self.config.num_hidden_layers:
+            raise ValueError("The `kv_cache` is empty: run a forward with `kv_cache.span = None` on the canvas first.")
+        if not 0 <= start < end <= kv_cache.seq_len or end - start != seq_len:
+            raise ValueError(
+                f"`kv_cache.span` {span} must satisfy 0 <= start < end <= {kv_cache.seq_len} (the cached canvas) "
+                f"with end - start equal to the input length {seq_len}."
+            )
+        return start
+
+
+class ILLaDAForCausalLM(ILLaDAGenerationMixin, ILLaDAScoringMixin, ILLaDAPreTrainedModel):
+    """iLLaDA with its (tied) LM head: predicts the clean token at every position.
+
+    The name is the one the released `config.json` points at; despite it, the model is not autoregressive.
+    Use `model.generate(...)` for diffusion sampling and `MaskedDiffusionTrainer` (train_sft.py) for training.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from configuration_illada import ILLaDAConfig
+    >>> from modeling_illada import ILLaDAForCausalLM
+    >>> config = ILLaDAConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    ...                       num_attention_heads=4, num_key_value_heads=2)
+    >>> model = ILLaDAForCausalLM(config)
+    >>> ids = torch.tensor([[7, 8, config.mask_token_id, 9]])
+    >>> model(ids).logits.shape
+    torch.Size([1, 4, 128])
+    ```
+    """
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    # Makes `save_pretrained` / `push_to_hub` copy the code files, so the folder loads with trust_remote_code.
+    _auto_class = "AutoModelForCausalLM"
+
+    def __init__(self, config: ILLaDAConfig) -> None:
+        super().__init__(config)
+        self.model = ILLaDAModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> MaskedLMOutput:
+        """
+        Args: as [`ILLaDAModel.forward`], plus
+            logits_to_keep (`int` or `torch.Tensor`, *optional*, defaults to 0): which positions get logits:
+                `0` all; an int `n` the last `n`; a 1-D index tensor the same positions in every row; a 2-D
+                boolean `(batch, seq_len)` mask the selected positions, flattened to `(num_selected, vocab)`.
+                Computing the LM head only where it is needed is the largest saving for a 155k vocabulary.
+            labels: not supported. A shifted autoregressive loss is wrong for this model and the
+                masked-diffusion loss needs the diffusion time of each row: train with `MaskedDiffusionTrainer`.
+
+        Returns:
+            [`~modeling_outputs.MaskedLMOutput`] with `logits` (float, model dtype) and optional `hidden_states`.
+        """
+        if labels is not None:
+            raise ValueError(
+                "`labels` is not supported by ILLaDAForCausalLM: iLLaDA is a masked diffusion model, and its loss "
+                "needs the diffusion time of every row. Use `train_sft.MaskedDiffusionTrainer` (or "
+                "`train_sft.masked_diffusion_loss`) instead."
+            )
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            output_hidden_states=output_hidden_states,
+            **kwargs,
+        )
+        hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
+        return MaskedLMOutput(logits=self.lm_head(hidden_states), hidden_states=outputs.hidden_states)
+
+
+__all__ = ["ILLaDAPreTrainedModel", "ILLaDAModel", "ILLaDAForCausalLM", "DiffusionKVCache"]
