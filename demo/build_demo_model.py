@@ -20,7 +20,8 @@ What it does, in `work_dir` (default `runs/demo-build/`):
 5. Stage 2, SFT: `train_sft.py --data_format sft --lr_schedule sft` from stage 1: `prompt + response + EOS`
    examples streamed into windows, masks over the whole window.
 6. Export: the weights, config (with `auto_map`), generation config (`block_length` set to
-   `generation_block_length`), tokenizer and code files go to `output_dir`, with `build_info.json` (arguments, versions, corpus fingerprint, stage times and losses).
+   `generation_block_length`), tokenizer and code files go to `output_dir`, with `build_info.json` (arguments,
+   versions, corpus fingerprint, stage times and losses).
 
 Both stages are plain `train_sft.py` command lines (printed before they run), so the recipe can also be run by
 hand.
