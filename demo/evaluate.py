@@ -53,6 +53,7 @@ class TaskResult:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command-line options (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(DEFAULT_MODEL_DIR), help="Model folder (default: illada-demo/).")
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_arguments(args: argparse.Namespace) -> None:
+    """Raises `ValueError` for a non-positive count or a folder without a model, before anything is loaded."""
     if args.per_task < 1:
         raise ValueError(f"`--per-task` must be a positive integer, got {args.per_task}.")
     if args.threads < 1:
@@ -144,6 +146,7 @@ def summarise(rows: list[dict], mc: dict[str, list[bool]], examples: list[Exampl
 
 
 def print_table(summary: dict[str, TaskResult], budget: int) -> None:
+    """The figures as a markdown table (the README's)."""
     methods = list(summary["all"].mc_accuracy)
     header = ["task", "n", "exact match", "answer tokens", "stopped", "forward passes"] + [f"MC {m}" for m in methods]
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
