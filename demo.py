@@ -30,9 +30,10 @@ from pathlib import Path
 from typing import TextIO
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import ModelOutput
-from transformers.utils import logging as hf_logging
+
+from demo.loading import encode, load_model, stop_token_ids
 
 REPO_ROOT = Path(__file__).resolve().parent
 DEFAULT_MODEL_DIR = "illada-demo"  # relative to the repository root
@@ -126,15 +127,6 @@ def resolve_model_dir(model: str | None) -> Path:
 # --------------------------------------------------------------------------------------------- model
 
 
-def load_model(folder: Path, device: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Loads the model and tokenizer the way any Hub user would (remote code, offline from a local folder)."""
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
-    return model, tokenizer
-
-
 def generation_settings(model: PreTrainedModel, overrides: dict) -> GenerationConfig:
     """The model's generation config updated by `overrides`, validated before any forward pass.
 
@@ -145,19 +137,6 @@ def generation_settings(model: PreTrainedModel, overrides: dict) -> GenerationCo
     settings.update(**overrides, return_dict_in_generate=True, output_history=True)
     settings.validate()
     return settings
-
-
-def stop_token_ids(model: PreTrainedModel, settings: GenerationConfig) -> set[int]:
-    """EOS and the other stop tokens of the generation config (or of the model config)."""
-    eos = settings.eos_token_id if settings.eos_token_id is not None else model.config.eos_token_ids
-    eos = [eos] if isinstance(eos, int) else list(eos)
-    return set(eos) | set(settings.stop_token_ids or [])
-
-
-def encode(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> torch.Tensor:
-    """The conversation in the chat template, ending with the assistant header: `(1, prompt_len)` ids."""
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                         return_dict=True)["input_ids"]
 
 
 def check_prompt_fits(input_ids: torch.Tensor, settings: GenerationConfig, model: PreTrainedModel) -> None:

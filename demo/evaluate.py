@@ -25,10 +25,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
-from transformers.utils import logging as hf_logging
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from demo.data import TASKS, Example, make_examples, make_multiple_choice
+from demo.loading import encode, load_model, stop_token_ids
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL_DIR = REPO_ROOT / "illada-demo"
@@ -78,27 +78,12 @@ def check_arguments(args: argparse.Namespace) -> None:
                          "with `python -m demo.build_demo_model`.")
 
 
-def load(folder: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The model and tokenizer, loaded as a Hub user would."""
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
-    return model, AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
-
-
-def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str) -> torch.Tensor:
-    """One user turn in the chat template, ending with the assistant header: `(1, prompt_len)` ids."""
-    messages = [{"role": "user", "content": prompt}]
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                         return_dict=True)["input_ids"]
-
-
 def generate_one(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, example: Example) -> dict:
     """Answers one question with the model's generation config; returns correctness, length, stop and nfe."""
-    input_ids = prompt_ids(tokenizer, example.prompt)
+    input_ids = encode(tokenizer, [{"role": "user", "content": example.prompt}])
     out = model.generate(input_ids, return_dict_in_generate=True)
     generated = out.sequences[0, input_ids.shape[1]:].tolist()
-    stops = set(model.config.eos_token_ids) | set(model.generation_config.stop_token_ids or [])
+    stops = stop_token_ids(model, model.generation_config)
     end = next((i for i, token in enumerate(generated) if token in stops), None)
     answer_ids = generated if end is None else generated[:end]
     text = tokenizer.decode(answer_ids, skip_special_tokens=True).strip()
@@ -111,7 +96,7 @@ def multiple_choice(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     """Per method, whether each held-out item's gold candidate scores highest."""
     items = make_multiple_choice(examples, seed=seed)
     eos = model.config.eos_token_ids[0]
-    prompts = [prompt_ids(tokenizer, item.prompt)[0].tolist() for item in items]
+    prompts = [encode(tokenizer, [{"role": "user", "content": item.prompt}])[0].tolist() for item in items]
     choices = [[tokenizer(c, add_special_tokens=False)["input_ids"] + [eos] for c in item.choices] for item in items]
     results = {}
     for method in SCORING_METHODS:
@@ -187,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
     except ValueError as error:
         sys.exit(f"error: {error}")
     torch.set_num_threads(args.threads)
-    model, tokenizer = load(args.model)
+    model, tokenizer = load_model(args.model)
     results = evaluate(model, tokenizer, args.per_task, args.seed, with_mc=not args.no_mc)
     results["command"] = "python -m demo.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])
     print_table({k: TaskResult(**v) for k, v in results["summary"].items()}, results["generation"]["max_new_tokens"])
