@@ -30,7 +30,6 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from numbers import Integral, Real
-from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
@@ -38,8 +37,10 @@ from transformers import GenerationConfig
 from transformers.generation.streamers import BaseStreamer
 from transformers.utils import ModelOutput, logging
 
-if TYPE_CHECKING:
-    from modeling_illada import DiffusionKVCache
+try:  # as Hub remote code (a package made by transformers)
+    from .cache_illada import DiffusionKVCache
+except ImportError:  # from a checkout, with the repo root on sys.path
+    from cache_illada import DiffusionKVCache
 
 logger = logging.get_logger(__name__)
 
@@ -674,15 +675,6 @@ def _finish(canvas: _Canvas, generated: int, stop_ids: torch.Tensor, pad_token_i
 # --------------------------------------------------------------------------------------------- key-value cache
 
 
-def _kv_cache_class() -> type:
-    """`DiffusionKVCache`, imported when first needed: `modeling_illada` imports this module at its top."""
-    try:
-        from .modeling_illada import DiffusionKVCache
-    except ImportError:
-        from modeling_illada import DiffusionKVCache
-    return DiffusionKVCache
-
-
 @dataclass
 class _BlockCache:
     """The key-value cache of the steps of a block: Fast-dLLM's prefix and dual caches (arXiv 2505.22618, Sec. 3.2).
@@ -695,7 +687,7 @@ class _BlockCache:
 
     mode: str  # "prefix" or "dual"
     refresh_steps: int | None
-    kv: "DiffusionKVCache"
+    kv: DiffusionKVCache
     rows: torch.Tensor | None = None  # [r] batch rows of the stored keys and values, in batch order
 
     def logits(self, model, rows: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor | None,
@@ -733,7 +725,7 @@ class _BlockCache:
 def _make_block_cache(config: ILLaDAGenerationConfig) -> _BlockCache | None:
     if config.cache_mode == "none":
         return None
-    return _BlockCache(config.cache_mode, config.cache_refresh_steps, _kv_cache_class()())
+    return _BlockCache(config.cache_mode, config.cache_refresh_steps, DiffusionKVCache())
 
 
 # --------------------------------------------------------------------------------------------- entry point

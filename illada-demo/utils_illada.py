@@ -1,0 +1,104 @@
+"""Pieces shared by every iLLaDA module: argument checks, dtype names and classifier-free guidance.
+
+Each check raises the error the style guide asks for: `ValueError` for a bad value, `TypeError` for a wrong type,
+with the argument's name in backticks, the value received and what is allowed. The Hub folder carries this file
+next to `modeling_illada.py` (transformers copies the modules the model file imports with a relative import).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from numbers import Integral, Real
+from typing import Any
+
+import torch
+
+# Names accepted wherever a dtype is chosen by a string (CLI flags, lm-eval model args); "auto" keeps the
+# checkpoint's own dtype.
+DTYPES: dict[str, Any] = {
+    "auto": "auto",
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+def is_int(value: Any) -> bool:
+    """True for Python and numpy integers, False for `bool` (which is an `int` subclass)."""
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def is_finite_number(value: Any) -> bool:
+    """True for a finite real number that is not a `bool`."""
+    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_positive_int(name: str, value: Any, allow_none: bool = False) -> None:
+    """`value` is an integer >= 1 (or None when `allow_none`)."""
+    if value is None and allow_none:
+        return
+    if not is_int(value) or value < 1:
+        raise ValueError(f"`{name}` must be a positive integer{' or None' if allow_none else ''}, got {value!r}.")
+
+
+def check_non_negative_int(name: str, value: Any, allow_none: bool = False) -> None:
+    """`value` is an integer >= 0 (or None when `allow_none`)."""
+    if value is None and allow_none:
+        return
+    if not is_int(value) or value < 0:
+        raise ValueError(f"`{name}` must be an integer >= 0{' or None' if allow_none else ''}, got {value!r}.")
+
+
+def check_choice(name: str, value: Any, choices: Iterable) -> None:
+    """`value` is one of `choices`."""
+    choices = list(choices)
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {choices}, got {value!r}.")
+
+
+def check_range(
+    name: str, value: Any, low: float, high: float, *, low_open: bool = False, high_open: bool = False
+) -> None:
+    """`value` is a finite number in the interval from `low` to `high` (open or closed at each end).
+
+    NaN and infinities are refused even when the interval is unbounded (`high=math.inf`).
+    """
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"`{name}` must be a number, got {type(value).__name__} {value!r}.")
+    interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    if not math.isfinite(value):
+        raise ValueError(f"`{name}` must be a finite number in {interval}, got {value!r}.")
+    if (value <= low if low_open else value < low) or (value >= high if high_open else value > high):
+        raise ValueError(f"`{name}` must be in {interval}, got {value!r}.")
+
+
+def check_token_ids(name: str, value: Any, allow_int: bool = False, allow_none: bool = True) -> None:
+    """`value` is a list/tuple of token ids (non-negative integers), or one id when `allow_int`."""
+    if (value is None and allow_none) or (allow_int and is_int(value) and value >= 0):
+        return
+    if not isinstance(value, (list, tuple)) or not all(is_int(t) and t >= 0 for t in value):
+        kind = "a token id or a list of token ids" if allow_int else "a list of token ids"
+        none = "None or " if allow_none else ""
+        raise ValueError(f"`{name}` must be {none}{kind} (non-negative integers), got {value!r}.")
+
+
+def as_id_list(value: Any) -> list[int]:
+    """None -> [], one id -> [id], a sequence of ids -> list of ints (checked by `check_token_ids` first)."""
+    if value is None:
+        return []
+    return [int(value)] if is_int(value) else [int(t) for t in value]
+
+
+def resolve_dtype(name: str, argument: str = "dtype") -> Any:
+    """The torch dtype (or "auto") for a name of `DTYPES`; `argument` names the option in the error."""
+    check_choice(argument, name, DTYPES)
+    return DTYPES[name]
+
+
+def guided_logits(conditional: torch.Tensor, unconditional: torch.Tensor, cfg_scale: float) -> torch.Tensor:
+    """Unsupervised classifier-free guidance (LLaDA App. B.3, after Nie et al. 2024): `u + (s + 1) (c - u)`.
+
+    Used by generation and by scoring; `cfg_scale = 0` gives back the conditional logits.
+    """
+    return unconditional + (cfg_scale + 1) * (conditional - unconditional)
