@@ -16,12 +16,17 @@ that are scored.
   of the mask counts `l`; the prompt is never masked. With `L = 1` the bound is exact and takes one forward.
 """
 
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from numbers import Integral
 
 import torch
 from tqdm.auto import tqdm
+
+try:  # as Hub remote code (a package made by transformers)
+    from .utils_illada import check_choice, check_positive_int, check_range, guided_logits, is_int
+except ImportError:  # from a checkout, with the repo root on sys.path
+    from utils_illada import check_choice, check_positive_int, check_range, guided_logits, is_int
 
 METHODS = ("confidence", "likelihood")
 # LLaDA (App. B.5) found 128 Monte-Carlo samples enough for stable likelihoods.
@@ -135,8 +140,7 @@ def _log_probs(
     logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep).logits
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     if cfg_scale > 0:
-        conditional, unconditional = logits.chunk(2)
-        logits = unconditional + (cfg_scale + 1) * (conditional - unconditional)
+        logits = guided_logits(*logits.chunk(2), cfg_scale)
     return logits.log_softmax(-1)
 
 
@@ -356,7 +360,7 @@ def _as_ids(value, tokenizer, name: str, add_special_tokens: bool) -> list[int]:
         if value.dim() != 1 or value.dtype.is_floating_point or value.dtype == torch.bool:
             raise TypeError(f"`{name}` must be a 1-D integer tensor, got shape {tuple(value.shape)} and {value.dtype}.")
         return value.tolist()
-    if isinstance(value, Sequence) and all(isinstance(t, Integral) and not isinstance(t, bool) for t in value):
+    if isinstance(value, Sequence) and all(is_int(t) for t in value):
         return [int(t) for t in value]
     raise TypeError(
         f"`{name}` must be a string, a 1-D integer tensor or a sequence of ints, got {type(value).__name__}."
@@ -364,38 +368,46 @@ def _as_ids(value, tokenizer, name: str, add_special_tokens: bool) -> list[int]:
 
 
 def _check_method(method: str) -> None:
-    if method not in METHODS:
-        raise ValueError(f"`method` must be one of {METHODS}, got {method!r}.")
+    check_choice("method", method, METHODS)
 
 
-def _check_options(method: str, mc_num: int, mc_batch_size: int, batch_size: int, cfg_scale: float, generator) -> None:
+def _check_options(method: str, mc_num: int, mc_batch_size: int, batch_size: int, generator) -> None:
     _check_method(method)
     for name, value in (("mc_num", mc_num), ("mc_batch_size", mc_batch_size), ("batch_size", batch_size)):
-        if not isinstance(value, Integral) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
-    if mc_num % mc_batch_size:
+        check_positive_int(name, value)
+    if method == "likelihood" and mc_num % mc_batch_size:
         raise ValueError(
             f"`mc_num` ({mc_num}) must be a multiple of `mc_batch_size` ({mc_batch_size}): the samples come in "
             f"groups that share one stratified draw of mask counts."
         )
-    if not isinstance(cfg_scale, (int, float)) or isinstance(cfg_scale, bool) or not cfg_scale >= 0:
-        raise ValueError(f"`cfg_scale` must be a number >= 0 (0 turns guidance off), got {cfg_scale!r}.")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"`generator` must be a `torch.Generator` or None, got {type(generator).__name__}.")
     if generator is not None and generator.device.type != "cpu":
         raise ValueError(f"`generator` must be a CPU generator (draws are made on the CPU), got {generator.device}.")
 
 
-def _check_pairs(config, prompts: list[list[int]], continuations: list[list[int]], names: list[str]) -> None:
-    """Checks token ids, continuation contents and lengths; `names[k]` names continuation `k` in errors."""
+def _check_pairs(config, prompts: list[list[int]], continuations: list[list[int]], prompt_names: list[str],
+                 names: list[str], cfg_scale: float) -> None:
+    """Checks token ids, prompt and continuation contents and lengths; `prompt_names[k]` and `names[k]` name
+    pair `k` in errors."""
     if not continuations:
         raise ValueError("There is nothing to score: give at least one continuation (choice).")
-    limit = config.max_position_embeddings
-    for prompt, continuation, name in zip(prompts, continuations, names):
+    limit, mask = config.max_position_embeddings, config.mask_token_id
+    for prompt, continuation, prompt_name, name in zip(prompts, continuations, prompt_names, names):
         if not continuation:
             raise ValueError(f"`{name}` is empty (or tokenises to nothing): every choice needs at least one token.")
-        if config.mask_token_id in continuation:
-            raise ValueError(f"`{name}` contains the mask token id {config.mask_token_id}, which cannot be scored.")
+        if mask in continuation:
+            raise ValueError(f"`{name}` contains the mask token id {mask}, which cannot be scored.")
+        if mask in prompt:
+            raise ValueError(
+                f"`{prompt_name}` contains the mask token id {mask}. Scoring fills only the continuation's masks, so "
+                f"a masked prompt position would never be filled; remove it."
+            )
+        if cfg_scale > 0 and not prompt:
+            raise ValueError(
+                f"`cfg_scale={cfg_scale}` needs a non-empty prompt, and `{prompt_name}` is empty: classifier-free "
+                f"guidance contrasts the prompt with its masked copy. Set `cfg_scale=0` for empty prompts."
+            )
         if len(prompt) + len(continuation) > limit:
             raise ValueError(
                 f"The prompt ({len(prompt)} tokens) plus `{name}` ({len(continuation)} tokens) is longer than the "
@@ -404,6 +416,18 @@ def _check_pairs(config, prompts: list[list[int]], continuations: list[list[int]
         bad = [t for t in prompt + continuation if not 0 <= t < config.vocab_size]
         if bad:
             raise ValueError(f"Token ids must lie in [0, {config.vocab_size}); the pair with `{name}` has {bad[:5]}.")
+
+
+def _check_finite(result: ContinuationScores, names: list[str]) -> None:
+    """A NaN score (non-finite logits: float16 overflow, broken weights) must not be ranked as if it were one."""
+    bad = torch.isnan(result.scores).nonzero().flatten().tolist()
+    if bad:
+        listed = ", ".join(f"`{names[k]}`" for k in bad[:5])
+        raise FloatingPointError(
+            f"Scoring gave NaN for {len(bad)} continuation(s) ({listed}{', ...' if len(bad) > 5 else ''}): the model "
+            f"produced non-finite logits. Check the weights and the dtype (float16 overflows easily; use float32 "
+            f"or bfloat16)."
+        )
 
 
 class ILLaDAScoringMixin:
@@ -417,7 +441,7 @@ class ILLaDAScoringMixin:
         method: str = "confidence",
         *,
         batch_size: int = DEFAULT_BATCH_SIZE,
-        cfg_scale: float = 0.0,
+        cfg_scale: float | None = None,
         mc_num: int = DEFAULT_MC_NUM,
         mc_batch_size: int = DEFAULT_MC_BATCH_SIZE,
         check_greedy: bool = False,
@@ -432,10 +456,12 @@ class ILLaDAScoringMixin:
             method (`str`, *optional*, defaults to `"confidence"`): `"confidence"` (the iLLaDA paper's scoring,
                 `L` forward passes for `L` tokens) or `"likelihood"` (Monte-Carlo ELBO, LLaDA).
             batch_size (`int`, *optional*, defaults to 32): sequences per forward pass.
-            cfg_scale (`float`, *optional*, defaults to 0): unsupervised classifier-free guidance scale.
+            cfg_scale (`float`, *optional*): unsupervised classifier-free guidance scale, a finite number >= 0.
+                Defaults to the `cfg_scale` of the model's generation config (`generation_config.json`; 0 when
+                unset), so that scoring and generation use the checkpoint's guidance unless told otherwise.
             mc_num (`int`, *optional*, defaults to 128): `likelihood` samples per continuation longer than 1.
             mc_batch_size (`int`, *optional*, defaults to 16): samples sharing one stratified draw of mask
-                counts; must divide `mc_num`.
+                counts; with `likelihood`, must divide `mc_num`.
             check_greedy (`bool`, *optional*, defaults to `False`): with `likelihood`, also run the confidence
                 passes to fill `is_greedy` (`confidence` always fills it).
             generator (`torch.Generator`, *optional*): CPU generator for the `likelihood` mask draws.
@@ -445,19 +471,55 @@ class ILLaDAScoringMixin:
             [`ContinuationScores`].
 
         Raises:
-            ValueError: unknown `method`, bad option values, an empty continuation, a pair longer than
-                `config.max_position_embeddings`, token ids outside the vocabulary or a masked continuation.
-            TypeError: inputs that are not token ids.
+            ValueError: unknown `method`, bad option values (a non-finite `cfg_scale` included), an empty
+                continuation, a pair longer than `config.max_position_embeddings`, token ids outside the
+                vocabulary, the mask token in a prompt or a continuation, guidance with an empty prompt.
+            TypeError: inputs that are not token ids, a `cfg_scale` that is not a number.
+            FloatingPointError: a score came out NaN (the model's logits are not finite).
         """
-        _check_options(method, mc_num, mc_batch_size, batch_size, cfg_scale, generator)
         if len(prompts) != len(continuations):
             raise ValueError(f"Got {len(prompts)} `prompts` for {len(continuations)} `continuations`: give one each.")
-        prompt_ids = [_as_ids(p, None, f"prompts[{k}]", True) for k, p in enumerate(prompts)]
+        prompt_names = [f"prompts[{k}]" for k in range(len(prompts))]
+        prompt_ids = [_as_ids(p, None, name, True) for p, name in zip(prompts, prompt_names)]
         names = [f"continuations[{k}]" for k in range(len(continuations))]
         continuation_ids = [_as_ids(c, None, name, False) for c, name in zip(continuations, names)]
-        _check_pairs(self.config, prompt_ids, continuation_ids, names)
-        return self._score_ids(prompt_ids, continuation_ids, method, batch_size, cfg_scale, mc_num, mc_batch_size,
-                               check_greedy, generator, show_progress)
+        return self._score_checked(prompt_ids, continuation_ids, prompt_names, names, method, batch_size=batch_size,
+                                   cfg_scale=cfg_scale, mc_num=mc_num, mc_batch_size=mc_batch_size,
+                                   check_greedy=check_greedy, generator=generator, show_progress=show_progress)
+
+    @torch.no_grad()
+    def _score_checked(
+        self,
+        prompts: list[list[int]],
+        continuations: list[list[int]],
+        prompt_names: list[str],
+        names: list[str],
+        method: str,
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        cfg_scale: float | None = None,
+        mc_num: int = DEFAULT_MC_NUM,
+        mc_batch_size: int = DEFAULT_MC_BATCH_SIZE,
+        check_greedy: bool = False,
+        generator: torch.Generator | None = None,
+        show_progress: bool = False,
+    ) -> ContinuationScores:
+        """Checks options and token-id pairs (named `prompt_names[k]` / `names[k]` in errors), then scores them."""
+        _check_options(method, mc_num, mc_batch_size, batch_size, generator)
+        cfg_scale = self._guidance_scale(cfg_scale)
+        _check_pairs(self.config, prompts, continuations, prompt_names, names, cfg_scale)
+        result = self._score_ids(prompts, continuations, method, batch_size, cfg_scale, mc_num, mc_batch_size,
+                                 check_greedy, generator, show_progress)
+        _check_finite(result, names)
+        return result
+
+    def _guidance_scale(self, cfg_scale: float | None) -> float:
+        """`cfg_scale`, checked, or the generation config's when None (one source of the checkpoint's settings)."""
+        if cfg_scale is None:
+            cfg_scale = getattr(getattr(self, "generation_config", None), "cfg_scale", None)
+            cfg_scale = 0.0 if cfg_scale is None else cfg_scale
+        check_range("cfg_scale", cfg_scale, 0.0, math.inf)
+        return float(cfg_scale)
 
     def _score_ids(self, prompts, continuations, method, batch_size, cfg_scale, mc_num, mc_batch_size,
                    check_greedy, generator, show_progress) -> ContinuationScores:
@@ -514,23 +576,24 @@ class ILLaDAScoringMixin:
         """[`~ILLaDAScoringMixin.score_choices`] for many questions at once: every candidate of every question
         shares the forward passes. `choices[q]` are the candidates of `prompts[q]`. Returns one [`ChoiceScores`]
         per question."""
-        _check_method(method)  # before tokenising; the other options are checked by `score_continuations`
+        _check_method(method)  # before tokenising; the other options are checked by `_score_checked`
         if len(prompts) != len(choices):
             raise ValueError(f"Got {len(prompts)} `prompts` for {len(choices)} lists of `choices`: give one each.")
-        pair_prompts, pair_choices, names, sizes = [], [], [], []
+        pair_prompts, pair_choices, prompt_names, names, sizes = [], [], [], [], []
         for q, (prompt, question_choices) in enumerate(zip(prompts, choices)):
             if isinstance(question_choices, (str, torch.Tensor)) or not len(question_choices):
                 raise ValueError(f"The choices of question {q} must be a non-empty list of candidates, "
                                  f"got {question_choices!r}.")
-            prompt_ids = _as_ids(prompt, tokenizer, "prompt" if len(prompts) == 1 else f"prompts[{q}]", True)
+            prompt_name = "prompt" if len(prompts) == 1 else f"prompts[{q}]"
+            prompt_ids = _as_ids(prompt, tokenizer, prompt_name, True)
             for c, choice in enumerate(question_choices):
                 name = f"choices[{c}]" if len(prompts) == 1 else f"choices[{q}][{c}]"
                 pair_prompts.append(prompt_ids)
                 pair_choices.append(_as_ids(choice, tokenizer, name, False))
+                prompt_names.append(prompt_name)
                 names.append(name)
             sizes.append(len(question_choices))
-        _check_pairs(self.config, pair_prompts, pair_choices, names)
-        result = self.score_continuations(pair_prompts, pair_choices, method, **options)
+        result = self._score_checked(pair_prompts, pair_choices, prompt_names, names, method, **options)
         return _split_by_question(result, sizes)
 
 

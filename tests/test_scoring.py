@@ -269,6 +269,10 @@ def test_strings_with_a_tokenizer_equal_token_ids(model):
         (dict(choices=[[7, 8]], method="likelihood", mc_num=10, mc_batch_size=4), ValueError, "multiple of"),
         (dict(choices=[[7]], batch_size=0), ValueError, "`batch_size` must be a positive integer"),
         (dict(choices=[[7]], cfg_scale=-1.0), ValueError, "`cfg_scale`"),
+        (dict(choices=[[7]], cfg_scale=math.inf), ValueError, "`cfg_scale` must be a finite number"),
+        (dict(choices=[[7]], cfg_scale=math.nan), ValueError, "`cfg_scale` must be a finite number"),
+        (dict(choices=[[7]], cfg_scale="abc"), TypeError, "`cfg_scale` must be a number"),
+        (dict(choices=[[7]], method="likelihood", mc_num=0), ValueError, "`mc_num` must be a positive integer"),
         (dict(choices=[[7]], generator=0), TypeError, "`generator`"),
         (dict(choices=[[7]], temperature=1.0), TypeError, "temperature"),
     ],
@@ -288,3 +292,55 @@ def test_prompt_plus_choice_longer_than_the_model_is_rejected(model):
     model.score_choices([0] * (limit - 2), [[7, 8]])  # exactly the maximum is fine
     with pytest.raises(ValueError, match=f"= {limit}"):
         model.score_choices([0] * (limit - 1), [[7], [7, 8]])
+
+
+def test_confidence_ignores_the_monte_carlo_options(model):
+    # `mc_num` and `mc_batch_size` belong to `likelihood`; confidence scoring neither uses nor checks their ratio.
+    expected = model.score_choices(PROMPTS[0], CHOICES[0])
+    result = model.score_choices(PROMPTS[0], CHOICES[0], mc_num=10, mc_batch_size=4)
+    torch.testing.assert_close(result.scores, expected.scores, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("method", ["confidence", "likelihood"])
+def test_a_prompt_holding_the_mask_token_is_rejected_like_generate(model, method):
+    # generate() refuses such a prompt too: nothing would ever fill that position.
+    sizes, handle = count_forwards(model)
+    try:
+        with pytest.raises(ValueError, match=r"`prompt` contains the mask token id 5"):
+            model.score_choices([0, MASK, 10], [[7], [8]], method=method)
+        with pytest.raises(ValueError, match=r"`prompts\[1\]` contains the mask token id 5"):
+            model.score_continuations([[0, 10], [0, MASK]], [[7], [8]], method)
+    finally:
+        handle.remove()
+    assert sizes == []
+
+
+def test_guidance_with_an_empty_prompt_is_rejected_like_generate(model, model64):
+    with pytest.raises(ValueError, match=r"`cfg_scale=1.5` needs a non-empty prompt, and `prompt` is empty"):
+        model.score_choices([], [[7], [8]], cfg_scale=1.5)
+    with pytest.raises(ValueError, match=r"`prompts\[0\]` is empty"):
+        model.score_continuations([[], [0, 10]], [[7], [8]], cfg_scale=1.5)
+    # Without guidance an empty prompt is fine (unconditional scoring).
+    result = model.score_choices([], [[7, 8]])
+    assert result.scores.item() == pytest.approx(reference_confidence(model64, [], [7, 8])[0], abs=SCORE_ATOL)
+
+
+@pytest.mark.parametrize("method", ["confidence", "likelihood"])
+def test_nan_scores_raise_instead_of_ranking(model, method):
+    broken = copy.deepcopy(model)
+    with torch.no_grad():
+        broken.model.norm.weight[0] = math.nan  # every logit becomes NaN
+    with pytest.raises(FloatingPointError, match=r"NaN for 3 continuation\(s\) \(`choices\[0\]`, `choices\[1\]`"):
+        broken.score_choices(PROMPTS[0], CHOICES[0], method=method, mc_num=4, mc_batch_size=4)
+
+
+def test_guidance_defaults_to_the_generation_config(model, model64):
+    guided = copy.deepcopy(model)
+    guided.generation_config.cfg_scale = 1.5  # as a checkpoint's generation_config.json would set it
+    expected = [reference_confidence(model64, PROMPTS[0], choice, cfg_scale=1.5)[0] for choice in CHOICES[0]]
+    result = guided.score_choices(PROMPTS[0], CHOICES[0])
+    torch.testing.assert_close(result.scores, torch.tensor(expected, dtype=torch.float64), rtol=0, atol=SCORE_ATOL)
+    # What the caller sets wins over the checkpoint.
+    unguided = guided.score_choices(PROMPTS[0], CHOICES[0], cfg_scale=0)
+    expected = [reference_confidence(model64, PROMPTS[0], choice)[0] for choice in CHOICES[0]]
+    torch.testing.assert_close(unguided.scores, torch.tensor(expected, dtype=torch.float64), rtol=0, atol=SCORE_ATOL)
