@@ -519,5 +519,10 @@ class ILLaDAForCausalLM(ILLaDAGenerationMixin, ILLaDAScoringMixin, ILLaDAPreTrai
         hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
         return MaskedLMOutput(logits=self.lm_head(hidden_states), hidden_states=outputs.hidden_states)
 
+    def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, **kwargs) -> dict:
+        """The forward's inputs for a denoising step: the whole canvas, as given. Diffusion `generate` does not call
+        this; PEFT's `PeftModelForCausalLM` (`task_type="CAUSAL_LM"`) requires a causal LM to have it."""
+        return {"input_ids": input_ids, **kwargs}
+
 
 __all__ = ["ILLaDAPreTrainedModel", "ILLaDAModel", "ILLaDAForCausalLM", "DiffusionKVCache"]
