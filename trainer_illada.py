@@ -1,0 +1,602 @@
+"""The masked-diffusion objective of iLLaDA and its trainer, a subclass of trl's `SFTTrainer`.
+
+The objective is the one of "Improved Large Language Diffusion Models" (arXiv 2606.25331, section 3): per row draw
+t ~ U[eps, 1], replace every maskable token by the mask token with probability t, and minimise the cross-entropy of
+the clean tokens at the masked positions weighted by 1/t,
+
+    loss = sum_{rows b, masked positions i} CE(logits[b, i], x0[b, i]) / t_b  /  N,
+
+where N is the number of loss-eligible (maskable, non-padding) tokens of the whole optimizer step: every
+micro-batch of the gradient accumulation on every process. With fixed-length windows this is LLaDA's
+"batch x length" normalisation, and gradient accumulation and data parallelism give exactly the gradient of one
+large batch. The masks of a step are drawn from a generator seeded by (`seed`, step) for the whole global batch,
+and each process takes the rows it holds: with rows of equal padded length, the run is the same whatever the
+process count and accumulation.
+
+A trl user changes one class: `SFTTrainer` -> [`DiffusionSFTTrainer`], `SFTConfig` -> [`DiffusionSFTConfig`]. The
+data layer is trl's (its dataset formats, packing strategies and packed position ids, see `data_illada.py`); what
+differs is the loss (whole-sequence masking by default, `completion_only_loss=True` for LLaDA's response-only
+masking) and the defaults of the paper's recipe.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.optim.lr_scheduler import LambdaLR
+from transformers import AutoConfig, PreTrainedTokenizerBase, TrainingArguments
+from transformers.utils import ModelOutput
+from trl import SFTConfig, SFTTrainer
+from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+try:  # as Hub remote code (a package made by transformers)
+    from .data_illada import DEFAULT_MAX_LENGTH, DEFAULT_SPLIT_PROBABILITY, prepare_dataset, resolve_max_length
+    from .utils_illada import check_choice, check_range
+except ImportError:  # from a checkout, with the repo root on sys.path
+    from data_illada import DEFAULT_MAX_LENGTH, DEFAULT_SPLIT_PROBABILITY, prepare_dataset, resolve_max_length
+    from utils_illada import check_choice, check_range
+
+logger = logging.getLogger(__name__)
+
+# LLaDA's reference code masks with probability (1 - eps) * u + eps, so that 1/t stays below 1/eps.
+DEFAULT_EPS = 1e-3
+# Both paper schedules decay over the last 10% of the steps.
+DEFAULT_DECAY_FRACTION = 0.1
+# Keeps the (seed, step) pairs that seed the mask generator distinct for any run shorter than 2**32 steps; evaluation
+# batches use seeds from a second range so that they never reuse a training step's masks.
+_STEP_SEED_STRIDE = 2**32
+_EVAL_SEED_OFFSET = 2**31
+PACKING_STRATEGIES = ("wrapped", "bfd", "bfd_split")
+DATA_FORMATS = ("sft", "pretrain")
+LR_SCHEDULES = ("sft", "pretrain", "trainer")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Objective
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def sample_mask(
+    input_ids: torch.LongTensor,
+    maskable: torch.BoolTensor,
+    mask_token_id: int,
+    eps: float = DEFAULT_EPS,
+    generator: torch.Generator | None = None,
+    stratified: bool = False,
+    row_offset: int = 0,
+    num_rows: int | None = None,
+) -> tuple[torch.LongTensor, torch.BoolTensor, torch.Tensor]:
+    """Forward process of masked diffusion: masks each maskable token independently with its row's probability t.
+
+    The noise is drawn for `num_rows` rows (the global batch) and rows `row_offset : row_offset + batch` are
+    used, so every process and micro-batch of one optimizer step can draw from the same generator state.
+
+    Args:
+        input_ids (`torch.LongTensor` of shape `(batch, seq_len)`): Clean tokens.
+        maskable (`torch.BoolTensor` of shape `(batch, seq_len)`): Tokens that may be masked (never padding).
+        mask_token_id (`int`): Id written at the masked positions.
+        eps (`float`, *optional*, defaults to 1e-3): t = eps + (1 - eps) * u with u ~ U[0, 1].
+        generator (`torch.Generator`, *optional*): Source of randomness, on the device of `input_ids`.
+        stratified (`bool`, *optional*, defaults to `False`): u of row j is (perm(j) + U[0, 1]) / num_rows.
+        row_offset (`int`, *optional*, defaults to 0): First row of the global batch that this batch holds.
+        num_rows (`int`, *optional*): Rows of the global batch; defaults to `batch`.
+
+    Returns:
+        `tuple`: `noisy_ids` `(batch, seq_len)`, `masked` `(batch, seq_len)` bool and `t` `(batch,)` float32.
+    """
+    batch_size, seq_len = input_ids.shape
+    num_rows = batch_size if num_rows is None else num_rows
+    if maskable.shape != input_ids.shape or maskable.dtype != torch.bool:
+        raise ValueError(f"`maskable` must be a bool tensor of shape {tuple(input_ids.shape)}, got "
+                         f"{maskable.dtype} {tuple(maskable.shape)}.")
+    if not 0 <= row_offset <= num_rows - batch_size:
+        raise ValueError(f"Rows {row_offset}..{row_offset + batch_size} do not fit in `num_rows`={num_rows}.")
+    device = input_ids.device
+    u = torch.rand(num_rows, generator=generator, device=device)  # [N]
+    if stratified:
+        u = (torch.randperm(num_rows, generator=generator, device=device) + u) / num_rows
+    t = eps + (1 - eps) * u  # [N]
+    coins = torch.rand(num_rows, seq_len, generator=generator, device=device)  # [N, L]
+    rows = slice(row_offset, row_offset + batch_size)
+    t, coins = t[rows], coins[rows]  # [B], [B, L]
+    masked = (coins < t[:, None]) & maskable  # [B, L]
+    return input_ids.masked_fill(masked, mask_token_id), masked, t
+
+
+def masked_diffusion_loss(
+    logits: torch.Tensor, targets: torch.LongTensor, t: torch.Tensor, normaliser: int | torch.Tensor
+) -> torch.Tensor:
+    """sum_i CE(logits_i, targets_i) / t_i / normaliser, over the masked tokens i (cross-entropy in float32).
+
+    Args:
+        logits (`torch.Tensor` of shape `(num_masked, vocab)`): Logits at the masked positions only.
+        targets (`torch.LongTensor` of shape `(num_masked,)`): The clean tokens there.
+        t (`torch.Tensor` of shape `(num_masked,)`): Masking probability of each token's row.
+        normaliser (`int` or `torch.Tensor`): Number of loss-eligible tokens (at least 1 is used).
+    """
+    token_loss = F.cross_entropy(logits.float(), targets, reduction="none")  # [N]
+    return (token_loss / t).sum() / torch.as_tensor(normaliser, device=token_loss.device).clamp(min=1)
+
+
+def diffusion_lr_lambda(
+    step: int, *, warmup_steps: int, total_steps: int, decay_fraction: float, min_lr_ratio: float, decay: str
+) -> float:
+    """LR multiplier of the paper's schedules at optimizer step `step` (0-based): linear warmup (step k < warmup
+    gets (k + 1) / warmup_steps, so no step is wasted at 0), constant, then `decay` ('linear' or 'cosine') to
+    `min_lr_ratio` over the last `decay_fraction` of `total_steps` (never before the warmup ends)."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    decay_start = max(warmup_steps, total_steps - math.ceil(decay_fraction * total_steps))
+    if step < decay_start:
+        return 1.0
+    progress = min(1.0, (step - decay_start) / max(1, total_steps - decay_start))
+    shape = 1 - progress if decay == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
+    return min_lr_ratio + (1 - min_lr_ratio) * shape
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Configuration
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DiffusionSFTConfig(SFTConfig):
+    """[`trl.SFTConfig`] for the masked-diffusion loss; the defaults follow the paper's SFT recipe.
+
+    Defaults that differ from trl's: `learning_rate` 5e-6 and `weight_decay` 0.1 (AdamW, paper); activation
+    checkpointing off (trl turns it on); `bf16` on only where a CUDA device supports it (trl turns it on everywhere,
+    30x slower on CPU); `max_length` 8192 capped by the model's `max_position_embeddings`; `packing=True` with
+    `packing_strategy="wrapped"` (all examples in one stream cut into windows, paper); `completion_only_loss=False`
+    (prompt, response and EOS all maskable: trl's `None` would mean completion-only for prompt-completion data);
+    `remove_unused_columns=False`, `label_names=["maskable"]`, `prediction_loss_only=True` (evaluation reports the
+    diffusion loss) and `ddp_find_unused_parameters=False`.
+
+    Not supported (a clear error): `padding_free=True` (rows keep their own t, packing is carried by position ids),
+    `assistant_only_loss=True` (use `completion_only_loss`), `loss_type` other than "nll".
+    """
+
+    learning_rate: float = field(default=5e-6, metadata={"help": "Peak learning rate (paper SFT: 5e-6)."})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay (paper: 0.1)."})
+    gradient_checkpointing: bool | None = field(
+        default=None, metadata={"help": "Deprecated alias of `activation_checkpointing` (off by default here)."}
+    )
+    bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision; default: on if CUDA supports it."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep the collator's columns."})
+    prediction_loss_only: bool = field(default=True, metadata={"help": "Evaluation computes the loss only."})
+    ddp_find_unused_parameters: bool | None = field(
+        default=False, metadata={"help": "Every parameter takes part in the loss: DDP need not search for unused ones."}
+    )
+    max_length: int | None = field(
+        default=None,
+        metadata={"help": f"Window length in tokens; default {DEFAULT_MAX_LENGTH} capped by the model's "
+                  "`max_position_embeddings`.", "aliases": ["--max_seq_length"]},
+    )
+    packing: bool = field(default=True, metadata={"help": "Pack examples into windows of `max_length` tokens."})
+    packing_strategy: str = field(
+        default="wrapped",
+        metadata={"help": "'wrapped': one stream of all examples cut into windows (paper); 'bfd': whole examples "
+                  "packed best-fit, positions restart per example; 'bfd_split': the same, long examples split.",
+                  "choices": list(PACKING_STRATEGIES)},
+    )
+    completion_only_loss: bool | None = field(
+        default=False,
+        metadata={"help": "False: prompt, response and EOS are maskable (iLLaDA); True: only the completion "
+                  "(response and EOS) is masked and scored (LLaDA)."},
+    )
+    data_format: str = field(
+        default="sft",
+        metadata={"help": "'sft': trl's formats (`messages`, `prompt`/`completion`, `text`); 'pretrain': `text` "
+                  "documents joined by EOS, windows split at random.", "choices": list(DATA_FORMATS)},
+    )
+    split_probability: float = field(
+        default=DEFAULT_SPLIT_PROBABILITY,
+        metadata={"help": "Pre-training: probability that a window is split into two independent segments."},
+    )
+    diffusion_eps: float = field(
+        default=DEFAULT_EPS, metadata={"help": "Masking probability t = eps + (1 - eps) * u, u ~ U[0, 1]."}
+    )
+    stratified_t: bool = field(
+        default=False, metadata={"help": "Stratify t over the global batch (one draw per 1/N-wide stratum)."}
+    )
+    lr_schedule: str = field(
+        default="sft",
+        metadata={"help": "'sft': warmup, constant, linear decay to `min_lr` over the last `decay_fraction`; "
+                  "'pretrain': the same with a cosine decay; 'trainer': use `lr_scheduler_type`.",
+                  "choices": list(LR_SCHEDULES)},
+    )
+    min_lr: float = field(default=5e-7, metadata={"help": "Floor of the 'sft'/'pretrain' schedules (paper: 5e-7)."})
+    decay_fraction: float = field(
+        default=DEFAULT_DECAY_FRACTION, metadata={"help": "Fraction of the steps, at the end, over which LR decays."}
+    )
+    resume: bool = field(
+        default=False, metadata={"help": "Resume from the newest checkpoint in `output_dir` (if there is one)."}
+    )
+
+    def __post_init__(self) -> None:
+        check_range("diffusion_eps", self.diffusion_eps, 0, 1, low_open=True, high_open=True)
+        check_choice("packing_strategy", self.packing_strategy, PACKING_STRATEGIES)
+        check_choice("data_format", self.data_format, DATA_FORMATS)
+        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        check_range("split_probability", self.split_probability, 0, 1)
+        check_range("decay_fraction", self.decay_fraction, 0, 1)
+        check_range("learning_rate", self.learning_rate, 0, math.inf, low_open=True)
+        check_range("min_lr", self.min_lr, 0, math.inf)
+        if self.min_lr > self.learning_rate:
+            raise ValueError(f"`min_lr`={self.min_lr} is above `learning_rate`={self.learning_rate}: the schedules "
+                             "decay from `learning_rate` down to `min_lr`.")
+        if self.max_length is not None and (isinstance(self.max_length, bool) or not isinstance(self.max_length, int)
+                                            or self.max_length < 2):
+            raise ValueError(f"`max_length` must be an integer >= 2 or None, got {self.max_length!r}.")
+        self.completion_only_loss = bool(self.completion_only_loss)
+        if self.completion_only_loss and self.data_format == "pretrain":
+            raise ValueError("`completion_only_loss=True` needs `data_format='sft'`: pre-training text has no "
+                             "completion.")
+        for name, value, fix in [
+            ("padding_free", self.padding_free, "packed rows carry their documents in `position_ids` already"),
+            ("assistant_only_loss", self.assistant_only_loss, "use `completion_only_loss=True`"),
+        ]:
+            if value:
+                raise ValueError(f"`{name}=True` is not supported by the diffusion trainer: {fix}.")
+        if self.loss_type not in ("nll", "chunked_nll"):
+            raise ValueError(f"`loss_type`={self.loss_type!r} is a next-token loss option; the diffusion trainer has "
+                             "one loss (leave `loss_type` unset).")
+        if self.label_names is None:
+            self.label_names = ["maskable"]
+        if self.bf16 is None:
+            self.bf16 = not self.use_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        super().__post_init__()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Batches
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DiffusionDataCollator:
+    """Pads prepared rows into a batch of `input_ids`, `position_ids` and the `maskable` flags the trainer masks from.
+
+    Rows come from `data_illada.prepare_dataset`: `input_ids`, `completion_mask` and, for packed rows, trl's
+    `seq_lengths` (the lengths of the documents in the row), from which the position ids restart at 0 at every
+    document, as trl's padding-free collator computes them. Unlike that collator the rows are not flattened into one
+    (each row keeps its own diffusion time t). Padding is appended as a separate packed segment (its positions restart
+    at 0), so real tokens never attend to it and no attention mask is needed; it is never maskable.
+
+    Args:
+        pad_token_id (`int`): Id of the padding token.
+        completion_only_loss (`bool`, *optional*, defaults to `False`): Only `completion_mask` tokens are maskable.
+        pad_to_multiple_of (`int`, *optional*): Pad the length up to a multiple of this (e.g. `max_length`,
+            which makes the masks independent of the batch layout, see [`DiffusionSFTTrainer`]).
+    """
+
+    pad_token_id: int
+    completion_only_loss: bool = False
+    pad_to_multiple_of: int | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.completion_only_loss, str):  # the old `mask_scope` argument
+            warnings.warn("`mask_scope` is deprecated: pass `completion_only_loss` (True for 'response_only').",
+                          FutureWarning, stacklevel=3)
+            check_choice("mask_scope", self.completion_only_loss, ["whole", "response_only"])
+            self.completion_only_loss = self.completion_only_loss == "response_only"
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        if self.completion_only_loss and any("completion_mask" not in f for f in features):
+            raise ValueError("`completion_only_loss=True` needs a `completion_mask` in every row (SFT data).")
+        lengths = [len(f["input_ids"]) for f in features]
+        seq_len = max(lengths)
+        if self.pad_to_multiple_of:
+            seq_len = -(-seq_len // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        # Padding restarts at position 0: it becomes a segment of its own that real tokens never attend to.
+        position_ids = (torch.arange(seq_len) - torch.tensor(lengths)[:, None]).clamp(min=0)  # [B, L]
+        input_ids = torch.full((len(features), seq_len), self.pad_token_id, dtype=torch.long)  # [B, L]
+        maskable = torch.zeros(len(features), seq_len, dtype=torch.bool)  # [B, L]
+        for row, (feature, length) in enumerate(zip(features, lengths)):
+            input_ids[row, :length] = torch.as_tensor(feature["input_ids"])
+            documents = feature.get("seq_lengths") or [length]
+            position_ids[row, :length] = DataCollatorForLanguageModeling.get_position_ids_from_packed_seq_lengths(
+                [documents])[0]
+            flags = feature["completion_mask"] if self.completion_only_loss else [True] * length
+            maskable[row, :length] = torch.as_tensor(flags, dtype=torch.bool)
+        return {"input_ids": input_ids, "position_ids": position_ids, "maskable": maskable}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Trainer
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MaskNoise:
+    """Where a micro-batch's masks come from: generator seed, its first row and the rows of the global batch."""
+
+    seed: int
+    row_offset: int
+    num_rows: int
+
+
+@dataclass
+class MaskedDiffusionOutput(ModelOutput):
+    """`compute_loss(..., return_outputs=True)` output: loss, logits `(num_masked, vocab)` at the masked positions,
+    `masked` `(batch, seq_len)`, `t` `(batch,)` and the `noisy_input_ids` `(batch, seq_len)` the model saw."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    masked: torch.BoolTensor | None = None
+    t: torch.Tensor | None = None
+    noisy_input_ids: torch.LongTensor | None = None
+
+
+class DiffusionSFTTrainer(SFTTrainer):
+    """trl's [`SFTTrainer`] with the masked-diffusion loss of iLLaDA; `args` is a [`DiffusionSFTConfig`].
+
+    Data: trl's formats (`messages`, `prompt`/`completion` plain or conversational, `text`) are tokenised, closed by
+    exactly one EOS and packed by `data_illada.prepare_dataset`; batches come from [`DiffusionDataCollator`].
+
+    Normalisation: the sum over masked tokens of CE / t is divided by the number of `maskable` tokens of the optimizer
+    step, counted over its micro-batches and (with `average_tokens_across_devices`, the default) gathered over
+    processes, and multiplied by the process count because data parallelism averages gradients. One step's masks come
+    from a generator seeded by (`args.seed`, global step) for the whole global batch, rows taken by process and
+    micro-batch in data-loader order: with equal padded lengths the masks, losses and gradients do not depend on how
+    the global batch is split over processes and accumulation steps. Evaluation masks come from a generator seeded by
+    (`args.seed`, evaluation batch index), so an evaluation gives the same loss every time.
+
+    Example:
+
+    ```python
+    >>> trainer = DiffusionSFTTrainer(model=model, args=DiffusionSFTConfig("out", max_steps=10),
+    ...                               train_dataset=load_dataset("json", data_files="chat.jsonl", split="train"),
+    ...                               processing_class=tokenizer)
+    >>> trainer.train()
+    ```
+    """
+
+    _tag_names = ["trl", "sft", "illada", "diffusion"]
+    _name = "Diffusion SFT"
+    # The loss is normalised by the whole step's token count already: Trainer must not divide it by the
+    # accumulation steps again.
+    loss_is_scaled_for_ga = True
+
+    def __init__(
+        self,
+        model: Any,
+        args: DiffusionSFTConfig | TrainingArguments | None = None,
+        data_collator: Any = None,
+        train_dataset: Any = None,
+        eval_dataset: Any = None,
+        processing_class: PreTrainedTokenizerBase | None = None,
+        **kwargs: Any,
+    ) -> None:
+        args = _as_diffusion_config(args, model)
+        config = AutoConfig.from_pretrained(model, trust_remote_code=args.trust_remote_code) if isinstance(
+            model, str) else model.config
+        args.max_length = resolve_max_length(args.max_length, config.max_position_embeddings)
+        self._eval_batches = 0
+        # trl's own collator flattens rows and shifts labels; it is replaced once trl's setup is done.
+        super().__init__(model, args, None, train_dataset, eval_dataset, processing_class, **kwargs)
+        # trl patched the model's forward with a next-token log-prob head: give the model its own forward back.
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        base.__dict__.pop("forward", None)
+        self.data_collator = data_collator or DiffusionDataCollator(
+            self._tokenizer.pad_token_id, completion_only_loss=args.completion_only_loss,
+            pad_to_multiple_of=args.pad_to_multiple_of,
+        )
+
+    def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
+        """trl's data preparation, with exactly one EOS per example and the pre-training window splits."""
+        return prepare_dataset(
+            dataset, self._tokenizer, max_length=args.max_length, packing=packing,
+            packing_strategy=args.packing_strategy, data_format=args.data_format,
+            split_probability=args.split_probability, seed=args.seed if args.data_seed is None else args.data_seed,
+            text_field=args.dataset_text_field, formatting_func=formatting_func, num_proc=args.dataset_num_proc,
+            shuffle=args.shuffle_dataset, name=dataset_name,
+        )
+
+    def _set_signature_columns_if_needed(self) -> None:
+        if self._signature_columns is None:
+            self._signature_columns = ["input_ids", "completion_mask", "seq_lengths"]
+
+    def get_batch_samples(self, epoch_iterator, num_batches: int, device: torch.device) -> tuple[list, torch.Tensor]:
+        """Prefetches the step's micro-batches, counts their `maskable` tokens and tags each with its [`MaskNoise`].
+
+        (Trainer's own count reads `labels`, and for a `*ForCausalLM` class it skips the first token of every
+        row: the wrong count for this loss.)
+        """
+        batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if not batch_samples:
+            return batch_samples, None
+        count = sum(_maskable(batch).sum() for batch in batch_samples).to(device)
+        if self._across_processes():
+            count = self.accelerator.gather(count).sum()
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        rows = self.args.per_device_train_batch_size
+        seed = self.args.seed * _STEP_SEED_STRIDE + self.state.global_step
+        for micro, batch in enumerate(batch_samples):
+            batch["mask_noise"] = MaskNoise(seed, (micro * world + rank) * rows, len(batch_samples) * world * rows)
+        return batch_samples, count
+
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, MaskedDiffusionOutput]:
+        """Masked-diffusion loss of one micro-batch (see the class docstring for the normalisation)."""
+        inputs = dict(inputs)
+        maskable, input_ids = _maskable(inputs), inputs.pop("input_ids")  # [B, L], [B, L]
+        del inputs["maskable"]
+        noise = inputs.pop("mask_noise", None) or self._evaluation_noise(len(input_ids))
+        # 1. Noise: t per row, then each maskable token is masked with probability t.
+        generator = torch.Generator(device=input_ids.device).manual_seed(noise.seed)
+        noisy_ids, masked, t = sample_mask(
+            input_ids, maskable, self.model.config.mask_token_id, self.args.diffusion_eps, generator,
+            self.args.stratified_t, noise.row_offset, noise.num_rows,
+        )  # [B, L], [B, L], [B]
+        # 2. Forward; the LM head runs only at the masked positions.
+        logits = model(input_ids=noisy_ids, logits_to_keep=masked, **inputs).logits  # [N, V]
+        # 3. Normaliser: the step's eligible tokens, or this micro-batch's when Trainer gives no count (evaluation).
+        scale = 1
+        if num_items_in_batch is None:
+            num_items_in_batch = maskable.sum()
+        elif self._across_processes():
+            scale = self.accelerator.num_processes  # DDP averages gradients over processes
+        # 4. Loss: sum of CE / t over the masked tokens, divided by the normaliser.
+        t_per_token = t[:, None].expand_as(masked)[masked]  # [N]
+        loss = masked_diffusion_loss(logits, input_ids[masked], t_per_token, num_items_in_batch) * scale
+        if return_outputs:
+            return loss, MaskedDiffusionOutput(loss, logits, masked, t, noisy_ids)
+        return loss
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+        """trl's `evaluate`; every evaluation draws its masks from the same seeds (batch 0, 1, ...)."""
+        self._eval_batches = 0
+        return super().evaluate(*args, **kwargs)
+
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
+        """The paper's schedules for `lr_schedule` 'sft' (linear decay) and 'pretrain' (cosine decay)."""
+        if self.args.lr_schedule == "trainer":
+            return super().create_scheduler(num_training_steps, optimizer)
+        if self.lr_scheduler is None:
+            lr_lambda = partial(
+                diffusion_lr_lambda,
+                warmup_steps=self.args.get_warmup_steps(num_training_steps),
+                total_steps=num_training_steps,
+                decay_fraction=self.args.decay_fraction,
+                min_lr_ratio=self.args.min_lr / self.args.learning_rate,
+                decay="linear" if self.args.lr_schedule == "sft" else "cosine",
+            )
+            self.lr_scheduler = LambdaLR(self.optimizer if optimizer is None else optimizer, lr_lambda)
+            self._created_lr_scheduler = True
+        return self.lr_scheduler
+
+    def create_model_card(
+        self, model_name: str | None = None, dataset_name: str | None = None, tags: str | list[str] | None = None
+    ) -> None:
+        """Writes `README.md` in `output_dir`: a model card for the diffusion model (see [`build_model_card`])."""
+        if not self.is_world_process_zero():
+            return
+        tags = [tags] if isinstance(tags, str) else list(tags or [])
+        card = build_model_card(self.model, self.args, model_name=model_name, dataset_name=dataset_name, tags=tags)
+        Path(self.args.output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(self.args.output_dir) / "README.md").write_text(card, encoding="utf-8")
+
+    def _evaluation_noise(self, num_rows: int) -> MaskNoise:
+        """Seeded masks for a batch without a training step's noise (evaluation, or a direct `compute_loss` call)."""
+        seed = self.args.seed * _STEP_SEED_STRIDE + _EVAL_SEED_OFFSET + self._eval_batches
+        self._eval_batches += 1
+        return MaskNoise(seed, 0, num_rows)
+
+    def _across_processes(self) -> bool:
+        return self.args.average_tokens_across_devices and self.accelerator.num_processes > 1
+
+
+def _maskable(batch: dict[str, Any]) -> torch.BoolTensor:
+    if "maskable" not in batch:
+        raise ValueError(f"The batch has no `maskable` tensor (keys: {sorted(batch)}): build batches with "
+                         "`DiffusionDataCollator`.")
+    return batch["maskable"]
+
+
+def _as_diffusion_config(args: TrainingArguments | None, model: Any) -> DiffusionSFTConfig:
+    """`args` as a [`DiffusionSFTConfig`]: `None` gives the defaults, a plain `TrainingArguments`/`SFTConfig` is
+    converted (its values kept, the diffusion options at their defaults)."""
+    if isinstance(args, DiffusionSFTConfig):
+        return args
+    if args is None:
+        name = model if isinstance(model, str) else (model.config.name_or_path or "illada")
+        return DiffusionSFTConfig(f"{Path(name).name}-diffusion-sft")
+    if not isinstance(args, TrainingArguments):
+        raise TypeError(f"`args` must be a `DiffusionSFTConfig`, got {type(args).__name__}.")
+    values = {k: v for k, v in args.to_dict().items() if k in DiffusionSFTConfig.__dataclass_fields__}
+    values["hub_token"] = args.hub_token
+    for trl_default in ("completion_only_loss", "gradient_checkpointing", "max_length", "packing", "bf16"):
+        values.pop(trl_default, None)  # trl's defaults do not fit the diffusion loss: take ours
+    return DiffusionSFTConfig(**values)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Model card
+# ----------------------------------------------------------------------------------------------------------------
+
+MODEL_CARD_TAGS = ("illada", "diffusion", "masked-diffusion", "custom_code", "text-generation")
+_CARD_SETTINGS = ("learning_rate", "min_lr", "lr_schedule", "weight_decay", "max_length", "packing_strategy",
+                  "completion_only_loss", "data_format", "diffusion_eps", "per_device_train_batch_size",
+                  "gradient_accumulation_steps", "max_steps", "num_train_epochs", "seed")
+
+
+def build_model_card(
+    model: Any,
+    args: DiffusionSFTConfig,
+    model_name: str | None = None,
+    dataset_name: str | None = None,
+    tags: list[str] | None = None,
+) -> str:
+    """The README.md of a model fine-tuned with [`DiffusionSFTTrainer`]: YAML metadata (tags, base model, library,
+    pipeline), how to load and generate with `trust_remote_code=True`, and the training settings.
+
+    Args:
+        model: The trained model (or its PEFT wrapper: the card then describes an adapter).
+        args ([`DiffusionSFTConfig`]): The training settings.
+        model_name (`str`, *optional*): Title; defaults to the name of `output_dir`.
+        dataset_name (`str`, *optional*): Training dataset, listed in the metadata.
+        tags (`list[str]`, *optional*): Extra tags.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base_model = getattr(base.config, "_name_or_path", "") or getattr(base.config, "name_or_path", "")
+    is_adapter = hasattr(model, "peft_config")
+    all_tags = list(dict.fromkeys([*MODEL_CARD_TAGS, "trl", "sft", *(["lora", "peft"] if is_adapter else []),
+                                   *(tags or [])]))
+    name = model_name or Path(args.output_dir).name
+    metadata = ["---", "library_name: " + ("peft" if is_adapter else "transformers"), "pipeline_tag: text-generation"]
+    if base_model and not Path(base_model).is_dir():
+        metadata.append(f"base_model: {base_model}")
+    if dataset_name:
+        metadata.append(f"datasets:\n- {dataset_name}")
+    metadata += ["tags:", *(f"- {tag}" for tag in all_tags), "---"]
+    load = ("from peft import AutoPeftModelForCausalLM\n"
+            'model = AutoPeftModelForCausalLM.from_pretrained("REPO_OR_FOLDER", trust_remote_code=True)'
+            if is_adapter else
+            'model = AutoModelForCausalLM.from_pretrained("REPO_OR_FOLDER", trust_remote_code=True)')
+    settings = "\n".join(f"| `{key}` | {getattr(args, key)!r} |" for key in _CARD_SETTINGS)
+    objective = ("only the completion (response and EOS) masked, LLaDA-style" if args.completion_only_loss
+                 else "the whole sequence (prompt, response and EOS) maskable, as in iLLaDA")
+    body = f"""
+# {name}
+
+A fine-tune of {f"`{base_model}`" if base_model else "an iLLaDA model"}: iLLaDA is a masked *diffusion* language
+model (bidirectional attention, generation by block-wise low-confidence remasking), so it is not an autoregressive
+model and its code ships with the weights (`trust_remote_code=True`).
+
+## How to load and generate
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+tokenizer = AutoTokenizer.from_pretrained("REPO_OR_FOLDER")
+{load}
+messages = [{{"role": "user", "content": "What is 2 plus 3?"}}]
+inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+output = model.generate(**inputs, max_new_tokens=64, block_length=32)
+print(tokenizer.decode(output.sequences[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+```
+
+## Training
+
+Trained with `DiffusionSFTTrainer` (trl `SFTTrainer` with the masked-diffusion loss): per row t ~ U[eps, 1], each
+maskable token masked with probability t, loss = sum of CE / t over the masked tokens divided by the step's
+maskable tokens; {objective}.
+
+| setting | value |
+|---|---|
+{settings}
+"""
+    return "\n".join(metadata) + "\n" + body
