@@ -1,0 +1,180 @@
+"""Shared pieces of the property-based and fuzz suite (issue 12): the case runner, the tally and value strategies.
+
+Every fuzz case states, from an oracle written in the test (independent of the package's own checks), which
+arguments or files it gets wrong. `run_case` then demands one of two outcomes:
+
+- the case is valid: the call returns, and the properties of its result hold ("correct");
+- the case is invalid: the call raises `ValueError` or `TypeError` whose message names one of the offending
+  arguments in backticks (`` `temperature` ``) or one of the offending files by name ("clear error").
+
+Anything else (a bad value accepted, a result that breaks a property, another exception type, an error that
+names nothing the case got wrong) fails the test and is counted as "wrong".
+
+The counts per area are recorded as hypothesis events (`pytest --hypothesis-show-statistics`) and in `TALLY`;
+with `FUZZ_TABLE=-` (stderr) or `FUZZ_TABLE=path` the table is written when the test process exits:
+
+    FUZZ_TABLE=- .venv/bin/python -m pytest -q tests/test_fuzz_*.py
+
+While a property fails, hypothesis shrinks the failing case and the tally counts the shrink attempts too. For
+exact counts of a failing suite, `FUZZ_SURVEY=1` records a wrong case instead of failing the test (so every test
+runs its examples once, without shrinking) and lists the distinct failures after the table. A survey never
+fails: use it to count, never as the test.
+"""
+
+from __future__ import annotations
+
+import atexit
+import math
+import os
+import sys
+from collections import Counter
+from collections.abc import Callable, Collection
+from typing import Any
+
+from hypothesis import event, settings
+from hypothesis import strategies as st
+
+CORRECT, CLEAR_ERROR, WRONG = "correct", "clear error", "wrong"
+TALLY: Counter = Counter()  # (area, outcome) -> number of cases
+SURVEY = os.environ.get("FUZZ_SURVEY") == "1"
+FAILURES: Counter = Counter()  # survey mode: first line of each distinct failure -> cases
+FAILURE_CASES: dict[str, str] = {}  # survey mode: first line -> the first case that showed it
+
+# Reproducible in CI: the same examples on every run. `deadline=None`: a busy shared CPU makes timings noisy.
+def fuzz_settings(max_examples: int) -> settings:
+    return settings(max_examples=max_examples, deadline=None, derandomize=True, database=None)
+
+
+class FuzzFailure(AssertionError):
+    """A case that gave a silent wrong result, an unclear error or an unexpected exception."""
+
+
+def _record(area: str, outcome: str) -> None:
+    TALLY[area, outcome] += 1
+    event(f"{area}: {outcome}")
+
+
+def _fail(area: str, message: str, cause: BaseException | None = None) -> None:
+    _record(area, WRONG)
+    if SURVEY:
+        first, _, case = message.partition("\n")
+        FAILURES[first[:300]] += 1
+        FAILURE_CASES.setdefault(first[:300], case.strip()[:600])
+        return
+    raise FuzzFailure(message) from cause
+
+
+def names_one_of(message: str, bad: Collection[str], bad_files: Collection[str]) -> bool:
+    """Whether `message` names one of the arguments `bad` (in backticks; `` `name`` or `` `name[...]`` etc.)
+    or one of the files `bad_files` (by name)."""
+    return any(f"`{name}" in message for name in bad) or any(name in message for name in bad_files)
+
+
+def run_case(
+    area: str,
+    call: Callable[[], Any],
+    bad: Collection[str] = (),
+    bad_files: Collection[str] = (),
+    check: Callable[[Any], None] | None = None,
+    describe: str = "",
+    doubtful: Collection[str] = (),
+) -> Any:
+    """Runs one case; see the module docstring. Returns the result of a valid case (None after a clear error).
+
+    Args:
+        area: the row of the table.
+        call: the call under test.
+        bad: the arguments the case gets wrong (empty: a valid case).
+        bad_files: the files the case gets wrong (names that an error message must contain).
+        check: asserts the properties of a valid case's result.
+        describe: shown in failures (e.g. the drawn arguments).
+        doubtful: arguments with legal but extreme values (e.g. a huge finite float) that the package may refuse
+            with a clear error; if it accepts them, the result must still pass `check`.
+    """
+    invalid = bool(bad) or bool(bad_files)
+    try:
+        result = call()
+    except (ValueError, TypeError) as error:
+        message = f"{type(error).__name__}: {error}"
+        if not invalid and doubtful and names_one_of(str(error), doubtful, ()):
+            _record(area, CLEAR_ERROR)
+            return None
+        if not invalid:
+            return _fail(area, f"[{area}] a valid case raised {message}\n  case: {describe}", error)
+        if not names_one_of(str(error), bad, bad_files):
+            return _fail(area, f"[{area}] the error does not name the offending argument(s) {sorted(bad)} or "
+                               f"file(s) {sorted(bad_files)}: {message}\n  case: {describe}", error)
+        _record(area, CLEAR_ERROR)
+        return None
+    except Exception as error:  # any other type is an unclear error by definition
+        return _fail(area, f"[{area}] raised {type(error).__name__} (not ValueError/TypeError) for bad "
+                           f"{sorted(bad)} {sorted(bad_files)}: {error}\n  case: {describe}", error)
+    if invalid:
+        return _fail(area, f"[{area}] accepted bad {sorted(bad)} {sorted(bad_files)} silently\n  case: {describe}")
+    if check is not None:
+        try:
+            check(result)
+        except AssertionError as failure:
+            return _fail(area, f"[{area}] wrong result: {failure}\n  case: {describe}", failure)
+    _record(area, CORRECT)
+    return result
+
+
+def table() -> str:
+    """The tally as a markdown table: cases per area and outcome."""
+    areas = sorted({area for area, _ in TALLY})
+    lines = ["| area | cases | correct result | clear error | wrong (silent / unclear) |", "|---|---|---|---|---|"]
+    for area in areas:
+        counts = [TALLY[area, outcome] for outcome in (CORRECT, CLEAR_ERROR, WRONG)]
+        lines.append(f"| {area} | {sum(counts)} | {' | '.join(map(str, counts))} |")
+    totals = [sum(TALLY[area, outcome] for area in areas) for outcome in (CORRECT, CLEAR_ERROR, WRONG)]
+    lines.append(f"| **all** | {sum(totals)} | {' | '.join(map(str, totals))} |")
+    return "\n".join(lines)
+
+
+def _write_table() -> None:
+    target = os.environ.get("FUZZ_TABLE")
+    if not target or not TALLY:
+        return
+    text = table()
+    if FAILURES:
+        text += "\n\nDistinct failures (survey):\n" + "\n".join(
+            f"{n:4d} x {m}\n         e.g. {FAILURE_CASES[m]}" for m, n in FAILURES.most_common())
+    if target == "-":
+        print("\n" + text, file=sys.stderr)
+    else:
+        with open(target, "w", encoding="utf-8") as handle:
+            handle.write(text + "\n")
+
+
+atexit.register(_write_table)
+
+
+# ------------------------------------------------------------------------------------------------- strategies
+
+NON_FINITE = (math.nan, math.inf, -math.inf)
+HUGE = (1e308, -1e308, 1e30, 2**63, -(2**63))
+
+
+def weird_numbers() -> st.SearchStrategy:
+    """Numbers a hostile user passes: non-finite, huge, tiny, negative, zero, booleans."""
+    return st.one_of(
+        st.sampled_from((*NON_FINITE, *HUGE, 0, 0.0, -0.0, -1, -1.5, 5e-324, True, False)),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.integers(min_value=-(2**70), max_value=2**70),
+    )
+
+
+def wrong_types() -> st.SearchStrategy:
+    """Values of the wrong type for a number or a token id."""
+    return st.sampled_from(("1", "abc", "", None, [1], (2,), {"a": 1}, b"1", 1j, object()))
+
+
+def is_int(value: Any) -> bool:
+    """A Python integer that is not a bool (the oracle's own definition, not the package's)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_real(value: Any) -> bool:
+    """A finite real number that is not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
