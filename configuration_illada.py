@@ -6,12 +6,16 @@ checkpoints (`GSAI-ML/iLLaDA-8B-Base`, `GSAI-ML/iLLaDA-8B-Instruct`) so their `c
 and adds `mask_token_id`, which the release lacks.
 """
 
+import math
 from typing import ClassVar
 
 from transformers import PretrainedConfig
 
-# The architecture is fixed by the paper. The released config.json still carries these keys, so we accept
-# them but only with the one value the model implements.
+try:  # as Hub remote code (a package made by transformers)
+    from .utils_illada import check_positive_int, check_range, check_token_ids, is_int
+except ImportError:  # from a checkout, with the repo root on sys.path
+    from utils_illada import check_positive_int, check_range, check_token_ids, is_int
+
 # Where a saved folder's `auto_map` sends the Auto classes (the released checkpoints' mapping).
 AUTO_MAP = {
     "AutoConfig": "configuration_illada.ILLaDAConfig",
@@ -19,6 +23,8 @@ AUTO_MAP = {
     "AutoModelForCausalLM": "modeling_illada.ILLaDAForCausalLM",
 }
 
+# The architecture is fixed by the paper. The released config.json still carries these keys, so we accept
+# them but only with the one value the model implements.
 _FIXED_ARCHITECTURE = {
     "hidden_act": "silu",  # SwiGLU MLP
     "attention_bias": False,
@@ -101,6 +107,7 @@ class ILLaDAConfig(PretrainedConfig):
         self._validate_sizes()
         if self.head_dim is None:
             self.head_dim = self.hidden_size // self.num_attention_heads
+        self._validate_floats()
         self._validate_fixed_architecture()
         self._validate_rope()
         self._validate_token_ids()
@@ -108,9 +115,8 @@ class ILLaDAConfig(PretrainedConfig):
     def _validate_sizes(self) -> None:
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                      "num_attention_heads", "num_key_value_heads", "max_position_embeddings"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+            check_positive_int(name, getattr(self, name))
+        check_positive_int("head_dim", self.head_dim, allow_none=True)
         if self.hidden_size % self.num_attention_heads != 0:
             raise ValueError(
                 f"`hidden_size` ({self.hidden_size}) must be divisible by `num_attention_heads` "
@@ -126,17 +132,15 @@ class ILLaDAConfig(PretrainedConfig):
                 f"`head_dim` ({self.head_dim}) times `num_attention_heads` ({self.num_attention_heads}) must equal "
                 f"`hidden_size` ({self.hidden_size}); leave `head_dim` unset to derive it."
             )
-        if self.head_dim is not None and self.head_dim % 2:
-            raise ValueError(f"`head_dim` must be even for rotary embeddings, got {self.head_dim}.")
-        if (self.hidden_size // self.num_attention_heads) % 2:
-            raise ValueError(
-                f"`hidden_size // num_attention_heads` must be even for rotary embeddings, got "
-                f"{self.hidden_size // self.num_attention_heads}."
-            )
-        if not self.rms_norm_eps > 0:
-            raise ValueError(f"`rms_norm_eps` must be positive, got {self.rms_norm_eps!r}.")
-        if not 0.0 <= self.attention_dropout < 1.0:
-            raise ValueError(f"`attention_dropout` must be in [0, 1), got {self.attention_dropout!r}.")
+        head_dim = self.hidden_size // self.num_attention_heads
+        if head_dim % 2:
+            raise ValueError(f"`head_dim` (`hidden_size // num_attention_heads`) must be even for rotary embeddings, "
+                             f"got {head_dim}.")
+
+    def _validate_floats(self) -> None:
+        check_range("rms_norm_eps", self.rms_norm_eps, 0.0, math.inf, low_open=True, high_open=True)
+        check_range("initializer_range", self.initializer_range, 0.0, math.inf, high_open=True)
+        check_range("attention_dropout", self.attention_dropout, 0.0, 1.0, high_open=True)
 
     def _validate_fixed_architecture(self) -> None:
         for name, allowed in _FIXED_ARCHITECTURE.items():
@@ -153,24 +157,21 @@ class ILLaDAConfig(PretrainedConfig):
                 f"Only the default RoPE is implemented, got `rope_type={rope_type!r}` in `rope_parameters` "
                 f"(or `rope_scaling`). Remove the scaling entry to use plain RoPE."
             )
-        theta = self.rope_parameters.get("rope_theta")
-        if not isinstance(theta, (int, float)) or theta <= 0:
-            raise ValueError(f"`rope_theta` must be a positive number, got {theta!r}.")
+        check_range("rope_theta", self.rope_parameters.get("rope_theta"), 0.0, math.inf, low_open=True, high_open=True)
 
     def _validate_token_ids(self) -> None:
-        if not isinstance(self.mask_token_id, int) or not 0 <= self.mask_token_id < self.vocab_size:
-            raise ValueError(
-                f"`mask_token_id` must be an integer in [0, vocab_size={self.vocab_size}), got {self.mask_token_id!r}."
-            )
-        if self.pad_token_id is not None and self.pad_token_id == self.mask_token_id:
+        for name in ("mask_token_id", "pad_token_id", "bos_token_id"):
+            value = getattr(self, name)
+            if (value is not None or name == "mask_token_id") and not (is_int(value) and 0 <= value < self.vocab_size):
+                raise ValueError(
+                    f"`{name}` must be an integer in [0, vocab_size={self.vocab_size}), got {value!r}."
+                )
+        if self.pad_token_id == self.mask_token_id:
             raise ValueError(
                 f"`pad_token_id` and `mask_token_id` are both {self.mask_token_id}: padding would be read as "
                 f"masked positions. Use a different pad token."
             )
-        for name in ("pad_token_id", "bos_token_id"):
-            value = getattr(self, name)
-            if value is not None and not 0 <= value < self.vocab_size:
-                raise ValueError(f"`{name}` must be in [0, vocab_size={self.vocab_size}), got {value}.")
+        check_token_ids("eos_token_id", self.eos_token_id, allow_int=True)
         for eos in self.eos_token_ids:
             if not 0 <= eos < self.vocab_size:
                 raise ValueError(f"`eos_token_id` must be in [0, vocab_size={self.vocab_size}), got {eos}.")
@@ -182,7 +183,7 @@ class ILLaDAConfig(PretrainedConfig):
         """The stop tokens of the config as a list (`eos_token_id` may be an int, a list or `None`)."""
         if self.eos_token_id is None:
             return []
-        return [self.eos_token_id] if isinstance(self.eos_token_id, int) else list(self.eos_token_id)
+        return [self.eos_token_id] if is_int(self.eos_token_id) else list(self.eos_token_id)
 
 
 __all__ = ["ILLaDAConfig"]

@@ -47,17 +47,46 @@ def test_eos_token_ids_is_always_a_list():
         ({"eos_token_id": 5}, "equals `mask_token_id`"),
         ({"eos_token_id": 200}, "`eos_token_id` must be in"),
         ({"rope_scaling": {"rope_type": "linear", "factor": 2.0}}, "Only the default RoPE"),
-        ({"rope_theta": -1.0}, "`rope_theta` must be a positive number"),
+        ({"rope_theta": -1.0}, r"`rope_theta` must be in \(0.0, inf\), got -1.0"),
         ({"attention_bias": True}, "`attention_bias=True` is not supported"),
         ({"mlp_bias": True}, "`mlp_bias=True` is not supported"),
         ({"hidden_act": "gelu"}, "`hidden_act='gelu'` is not supported"),
         ({"tie_word_embeddings": False}, "`tie_word_embeddings=False` is not supported"),
         ({"head_dim": 16}, "`head_dim` \\(16\\) times `num_attention_heads`"),
-        ({"hidden_size": 12, "num_attention_heads": 4, "num_key_value_heads": 4}, "must be even"),
-        ({"rms_norm_eps": 0.0}, "`rms_norm_eps` must be positive"),
-        ({"attention_dropout": 1.0}, "`attention_dropout` must be in"),
+        ({"hidden_size": 12, "num_attention_heads": 4, "num_key_value_heads": 4}, "`head_dim` .* must be even"),
+        ({"head_dim": 0}, "`head_dim` must be a positive integer"),
+        ({"rms_norm_eps": 0.0}, r"`rms_norm_eps` must be in \(0.0, inf\), got 0.0"),
+        ({"attention_dropout": 1.0}, r"`attention_dropout` must be in \[0.0, 1.0\), got 1.0"),
+        ({"pad_token_id": 1.5}, "`pad_token_id` must be an integer in"),
+        ({"bos_token_id": -1}, "`bos_token_id` must be an integer in"),
+        ({"eos_token_id": [2, "3"]}, "`eos_token_id` must be None or a token id or a list of token ids"),
+        ({"mask_token_id": True}, "`mask_token_id` must be an integer"),
     ],
 )
 def test_invalid_configs_raise_clear_errors(overrides, match):
     with pytest.raises(ValueError, match=match):
         ILLaDAConfig(**{**TINY, **overrides})
+
+
+FLOAT_FIELDS = ["initializer_range", "rms_norm_eps", "rope_theta", "attention_dropout"]
+
+
+@pytest.mark.parametrize("name", FLOAT_FIELDS)
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf"), -0.5])
+def test_float_fields_must_be_finite_and_in_range(name, value):
+    with pytest.raises(ValueError, match=f"`{name}` must be"):
+        ILLaDAConfig(**{**TINY, name: value})
+
+
+@pytest.mark.parametrize("name", FLOAT_FIELDS)
+def test_float_fields_must_be_numbers(name):
+    with pytest.raises(TypeError, match=f"`{name}` must be a number, got str"):
+        ILLaDAConfig(**{**TINY, name: "0.1"})
+
+
+@pytest.mark.parametrize("overrides", [{"initializer_range": 0.0}, {"attention_dropout": 0.0},
+                                       {"rms_norm_eps": 1e-12}, {"rope_theta": 1.5}, {"head_dim": 8}])
+def test_boundary_values_are_accepted(overrides):
+    config = ILLaDAConfig(**{**TINY, **overrides})
+    assert all(getattr(config, k) == v for k, v in overrides.items() if k != "rope_theta")
+    assert config.rope_parameters["rope_theta"] == overrides.get("rope_theta", TINY["rope_theta"])
