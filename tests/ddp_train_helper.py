@@ -1,4 +1,4 @@
-"""Trains the tiny model a few steps with `MaskedDiffusionTrainer`; the 1-process / 2-process comparison runs it.
+"""Trains the tiny model a few steps with `DiffusionSFTTrainer`; the 1-process / 2-process comparison runs it.
 
 `python -m torch.distributed.run --standalone --nproc_per_node 2 tests/ddp_train_helper.py OUT PER_DEVICE ACCUM`
 writes the logged losses to `OUT/losses.json` and the final weights to `OUT/final/` (rank 0 writes).
@@ -14,51 +14,45 @@ from datasets import Dataset  # noqa: E402
 
 from tiny import make_model  # noqa: E402
 from tiny_tokenizer import make_tiny_tokenizer  # noqa: E402
-from train_sft import (  # noqa: E402
-    DataArguments,
-    DiffusionDataCollator,
-    DiffusionTrainingArguments,
-    MaskedDiffusionTrainer,
-    build_dataset,
-)
+from trainer_illada import DiffusionSFTConfig, DiffusionSFTTrainer  # noqa: E402
 
 WINDOW = 24
 
 
-def sft_rows(num_examples: int = 48) -> Dataset:
-    """Packed SFT rows of varying length and prompt share, so micro-batches hold different token counts."""
-    raw = Dataset.from_list([
-        {"prompt": " ".join(str((i + k) % 50) for k in range(1 + i % 5)), "response": " ".join(["cat"] * (1 + i % 4))}
+def sft_examples(num_examples: int = 48) -> Dataset:
+    """Conversations of varying length and prompt share, so micro-batches hold different token counts."""
+    return Dataset.from_list([
+        {"messages": [{"role": "user", "content": " ".join(str((i + k) % 50) for k in range(1 + i % 5))},
+                      {"role": "assistant", "content": " ".join(["cat"] * (1 + i % 4))}]}
         for i in range(num_examples)
     ])
-    return build_dataset(raw, make_tiny_tokenizer(), DataArguments(max_seq_length=WINDOW, packing="packed"))
 
 
 def make_trainer(
     output_dir: str, per_device: int, accumulation: int, max_steps: int = 4, model=None, callbacks=None, **overrides
-) -> MaskedDiffusionTrainer:
-    """A trainer on `sft_rows()` with response-only masking and rows padded to the window length."""
+) -> DiffusionSFTTrainer:
+    """A trainer on `sft_examples()`: whole examples packed best-fit into rows padded to the window length, with
+    response-only masking (rows then hold different numbers of maskable tokens)."""
     settings = dict(
         max_steps=max_steps, per_device_train_batch_size=per_device, gradient_accumulation_steps=accumulation,
-        learning_rate=1e-2, min_lr=1e-3, warmup_steps=1, mask_scope="response_only", use_cpu=True, report_to="none",
-        logging_steps=1, save_strategy="no", disable_tqdm=True, max_grad_norm=0.0, seed=3,
+        learning_rate=1e-2, min_lr=1e-3, warmup_steps=1, completion_only_loss=True, packing_strategy="bfd",
+        max_length=WINDOW, pad_to_multiple_of=WINDOW, use_cpu=True, report_to="none", logging_steps=1,
+        save_strategy="no", disable_tqdm=True, max_grad_norm=0.0, seed=3,
     )
-    args = DiffusionTrainingArguments(output_dir, **{**settings, **overrides})
-    tokenizer = make_tiny_tokenizer()
-    return MaskedDiffusionTrainer(
-        model=make_model(seed=1) if model is None else model, args=args, train_dataset=sft_rows(),
-        processing_class=tokenizer, callbacks=callbacks,
-        data_collator=DiffusionDataCollator(tokenizer.pad_token_id, args.mask_scope, pad_to_multiple_of=WINDOW),
+    args = DiffusionSFTConfig(output_dir, **{**settings, **overrides})
+    return DiffusionSFTTrainer(
+        model=make_model(seed=1) if model is None else model, args=args, train_dataset=sft_examples(),
+        processing_class=make_tiny_tokenizer(), callbacks=callbacks,
     )
 
 
-def train(output_dir: str, per_device: int, accumulation: int, **kwargs) -> MaskedDiffusionTrainer:
+def train(output_dir: str, per_device: int, accumulation: int, **kwargs) -> DiffusionSFTTrainer:
     trainer = make_trainer(output_dir, per_device, accumulation, **kwargs)
     trainer.train()
     return trainer
 
 
-def logged_losses(trainer: MaskedDiffusionTrainer) -> list[float]:
+def logged_losses(trainer: DiffusionSFTTrainer) -> list[float]:
     return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
 
 

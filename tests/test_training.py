@@ -1,13 +1,16 @@
-"""Tests of train_sft.py: the masked-diffusion loss against float64 loops, accumulation and resume equivalence,
-the SFT / pre-training data pipelines, LoRA, the learning rate schedules, a real learning check and the errors.
+"""Tests of the diffusion trainer (trainer_illada.py), its data layer (data_illada.py) and the train_sft.py script:
+the masked-diffusion loss against float64 loops, accumulation and resume equivalence, the SFT / pre-training data
+pipelines, LoRA, the learning rate schedules, a real learning check and the errors.
 
-The 2-process torchrun comparison is in `test_training_ddp.py`.
+The 2-process torchrun comparison is in `test_training_ddp.py`; trl's formats, the exact-ELBO check and the guards
+against next-token trainers in `test_trl.py`; the command line on every data source in `test_train_cli.py`.
 """
 
 import copy
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,19 +19,17 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
+import data_illada
 import train_sft
+from data_illada import check_tokenizer, prepare_dataset
 from ddp_train_helper import WINDOW, logged_losses, make_trainer, train
 from tiny import make_config, make_model
 from tiny_tokenizer import make_tiny_tokenizer
-from train_sft import (
-    DataArguments,
+from train_sft import DataArguments, ModelArguments, add_lora
+from trainer_illada import (
     DiffusionDataCollator,
-    DiffusionTrainingArguments,
-    MaskedDiffusionTrainer,
-    ModelArguments,
-    add_lora,
-    build_dataset,
-    check_tokenizer,
+    DiffusionSFTConfig,
+    DiffusionSFTTrainer,
     diffusion_lr_lambda,
     masked_diffusion_loss,
     sample_mask,
@@ -46,9 +47,30 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def trainer_args(tmp_path, **overrides) -> DiffusionTrainingArguments:
+def trainer_args(tmp_path, **overrides) -> DiffusionSFTConfig:
     settings = dict(use_cpu=True, report_to="none", save_strategy="no", disable_tqdm=True, logging_steps=1)
-    return DiffusionTrainingArguments(str(tmp_path / "out"), **{**settings, **overrides})
+    return DiffusionSFTConfig(str(tmp_path / "out"), **{**settings, **overrides})
+
+
+def make_diffusion_trainer(tmp_path, model, rows, **overrides) -> DiffusionSFTTrainer:
+    return DiffusionSFTTrainer(model=model, args=trainer_args(tmp_path, **overrides), train_dataset=rows,
+                               processing_class=make_tiny_tokenizer())
+
+
+def packed_rows(examples: list[dict], length: int = WINDOW, tokenizer=None):
+    """Whole examples packed best-fit (trl's "bfd") into rows of at most `length` tokens."""
+    return prepare_dataset(Dataset.from_list(examples), tokenizer or make_tiny_tokenizer(), max_length=length,
+                           packing_strategy="bfd")
+
+
+def segments(rows) -> list[tuple[list[int], list[int]]]:
+    """The (ids, completion flags) of every packed example, cut at the rows' `seq_lengths`."""
+    pieces = []
+    for ids, flags, lengths in zip(rows["input_ids"], rows["completion_mask"], rows["seq_lengths"]):
+        assert sum(lengths) == len(ids)
+        starts = [sum(lengths[:k]) for k in range(len(lengths) + 1)]
+        pieces += [(ids[a:b], flags[a:b]) for a, b in zip(starts, starts[1:])]
+    return pieces
 
 
 def pair_examples(n: int, offset: int = 0) -> list[dict]:
@@ -82,10 +104,9 @@ def reference_loss(model, input_ids, position_ids, maskable, masked, t, noisy_id
     return total / int(maskable.sum())
 
 
-def padded_batch(mask_scope: str = "whole") -> dict:
-    rows = build_dataset(Dataset.from_list(pair_examples(12)), make_tiny_tokenizer(),
-                         DataArguments(max_seq_length=WINDOW, packing="packed"))
-    return DiffusionDataCollator(PAD_ID, mask_scope)([rows[i] for i in range(len(rows))])
+def padded_batch(completion_only_loss: bool = False) -> dict:
+    rows = packed_rows(pair_examples(12))
+    return DiffusionDataCollator(PAD_ID, completion_only_loss)([rows[i] for i in range(len(rows))])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -93,13 +114,14 @@ def padded_batch(mask_scope: str = "whole") -> dict:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mask_scope", ["whole", "response_only"])
-def test_loss_equals_float64_formula(tmp_path, mask_scope):
+@pytest.mark.parametrize("completion_only_loss", [False, True])
+def test_loss_equals_float64_formula(tmp_path, completion_only_loss):
     model = make_model(seed=2)
-    batch = padded_batch(mask_scope)
+    batch = padded_batch(completion_only_loss)
     assert (batch["input_ids"] == PAD_ID).any(), "the batch should contain padding"
-    trainer = MaskedDiffusionTrainer(model=model, args=trainer_args(tmp_path, mask_scope=mask_scope))
-    torch.manual_seed(0)
+    assert (~batch["maskable"] & (batch["input_ids"] != PAD_ID)).any() == completion_only_loss
+    trainer = make_diffusion_trainer(tmp_path, model, packed_rows(pair_examples(12)),
+                                     completion_only_loss=completion_only_loss)
     loss, out = trainer.compute_loss(model, dict(batch), return_outputs=True)
 
     ids, maskable, masked = batch["input_ids"], batch["maskable"], out.masked
@@ -121,8 +143,7 @@ def test_unmasked_tokens_contribute_nothing(tmp_path):
     model.model.norm.register_forward_hook(lambda module, args, output: output.retain_grad())
     head_rows = []
     model.lm_head.register_forward_hook(lambda module, args, output: head_rows.append(args[0].shape[0]))
-    trainer = MaskedDiffusionTrainer(model=model, args=trainer_args(tmp_path))
-    torch.manual_seed(1)
+    trainer = make_diffusion_trainer(tmp_path, model, packed_rows(pair_examples(12)))
     loss, out = trainer.compute_loss(model, dict(batch), return_outputs=True)
     loss.backward()
     grad_norm = captured["hidden"].grad.norm(dim=-1)  # [B, L]
@@ -302,7 +323,7 @@ def test_lora_changes_only_adapters_and_merges_exactly(tmp_path):
 
 def test_main_trains_and_saves_a_loadable_folder_and_resumes(tmp_path):
     """The command line end to end: a fresh model from a config folder, chat-templated JSONL data, checkpoints,
-    `--resume`, and a saved folder that AutoModelForCausalLM loads with trust_remote_code."""
+    `--resume`, a saved folder that AutoModelForCausalLM loads with trust_remote_code, and its model card."""
     make_config().save_pretrained(tmp_path / "init")
     make_tiny_tokenizer(chat_template=True).save_pretrained(tmp_path / "init")
     data = tmp_path / "train.jsonl"
@@ -331,16 +352,30 @@ def test_main_trains_and_saves_a_loadable_folder_and_resumes(tmp_path):
             assert torch.equal(tensor, weights[name]), name
     assert type(loaded).__name__ == "ILLaDAForCausalLM"
     assert math.isfinite(json.loads((out / "eval_results.json").read_text())["eval_loss"])
+    card = (out / "README.md").read_text()
+    for tag in ("- illada", "- diffusion", "- custom_code", "trust_remote_code=True", "| `max_length` | 32 |",
+                "| `learning_rate` | 0.001 |"):
+        assert tag in card, tag
 
 
 def test_arguments_parse_from_a_json_file(tmp_path):
     path = tmp_path / "args.json"
     path.write_text(json.dumps({"config_name": "cfg", "train_files": ["a.jsonl"], "output_dir": str(tmp_path),
-                                "mask_scope": "response_only", "use_cpu": True, "lr_schedule": "pretrain"}))
+                                "completion_only_loss": True, "use_cpu": True, "lr_schedule": "pretrain"}))
     model_args, data_args, args = train_sft.parse_arguments([str(path)])
-    assert (model_args.config_name, data_args.train_files, args.mask_scope, args.lr_schedule) == (
-        "cfg", ["a.jsonl"], "response_only", "pretrain")
+    assert (model_args.config_name, data_args.train_files, args.completion_only_loss, args.lr_schedule) == (
+        "cfg", ["a.jsonl"], True, "pretrain")
     assert args.weight_decay == 0.1 and args.label_names == ["maskable"] and args.bf16 is False
+
+
+def test_config_defaults_are_the_papers_not_trls(tmp_path):
+    """trl's SFTConfig turns on activation checkpointing and bf16, uses lr 2e-5, windows of 1024, no packing and
+    (for prompt-completion data) completion-only loss: the diffusion config keeps the paper's recipe."""
+    args = DiffusionSFTConfig(str(tmp_path), use_cpu=True)
+    assert (args.learning_rate, args.weight_decay, args.activation_checkpointing, args.bf16) == (5e-6, 0.1, False, False)
+    assert (args.packing, args.packing_strategy, args.completion_only_loss, args.max_length) == (
+        True, "wrapped", False, None)
+    assert (args.lr_schedule, args.data_format, args.split_probability) == ("sft", "sft", 0.3)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -357,101 +392,98 @@ def plain_example_ids(tokenizer, example: dict) -> tuple[list[int], list[int]]:
 
 @pytest.mark.parametrize("chunk", [1000, 7])
 def test_sft_stream_windows_reassemble_to_the_examples(monkeypatch, chunk):
-    monkeypatch.setattr(train_sft, "STREAM_CHUNK_EXAMPLES", chunk)
+    """trl's "wrapped" packing (the default): one stream of `prompt + response + EOS` cut into full windows."""
+    monkeypatch.setattr(data_illada, "STREAM_CHUNK_EXAMPLES", chunk)
     tokenizer, examples, length = make_tiny_tokenizer(), pair_examples(30), 11
-    rows = build_dataset(Dataset.from_list(examples), tokenizer, DataArguments(max_seq_length=length))
+    rows = prepare_dataset(Dataset.from_list(examples), tokenizer, max_length=length)
     expected_ids, expected_flags = [], []
     for example in examples:
         prompt, response = plain_example_ids(tokenizer, example)
         assert response.count(EOS_ID) == 1 and response[-1] == EOS_ID
         expected_ids += prompt + response
-        expected_flags += [False] * len(prompt) + [True] * len(response)
+        expected_flags += [0] * len(prompt) + [1] * len(response)
     stream = [token for row in rows["input_ids"] for token in row]
     assert stream == expected_ids  # nothing lost, duplicated or reordered
-    assert [f for row in rows["response_mask"] for f in row] == expected_flags
+    assert [f for row in rows["completion_mask"] for f in row] == expected_flags
     assert stream.count(EOS_ID) == len(examples)
-    # Every window is full except the last of each chunk of examples, and positions never restart in SFT windows.
+    # Every window is full except the last of each chunk of examples, and SFT windows are never split.
     full = [len(row) == length for row in rows["input_ids"]]
     assert sum(not f for f in full) <= math.ceil(len(examples) / chunk)
-    assert all(row == list(range(len(row))) for row in rows["position_ids"])
+    assert rows["seq_lengths"] == [[len(row)] for row in rows["input_ids"]]
 
 
 def test_sft_chat_template_gets_exactly_one_eos():
     tokenizer = make_tiny_tokenizer(chat_template=True)
     examples = [as_messages(e) for e in pair_examples(6)]
-    rows = build_dataset(Dataset.from_list(examples), tokenizer, DataArguments(max_seq_length=WINDOW, packing="packed"))
-    pieces = []
-    for ids, positions, flags in zip(rows["input_ids"], rows["position_ids"], rows["response_mask"]):
-        starts = [i for i, p in enumerate(positions) if p == 0] + [len(ids)]
-        pieces += [(ids[a:b], flags[a:b]) for a, b in zip(starts, starts[1:])]
+    pieces = segments(packed_rows(examples, tokenizer=tokenizer))
     assert len(pieces) == len(examples)
-    for (ids, flags), example in zip(pieces, examples):
+    expected = []
+    for example in examples:
         # The template closes the turn with its own EOS: it must not be doubled.
         rendered = tokenizer.apply_chat_template(example["messages"], tokenize=False)
-        assert ids == tokenizer(rendered, add_special_tokens=False).input_ids
-        assert ids.count(EOS_ID) == 1 and ids[-1] == EOS_ID
+        ids = tokenizer(rendered, add_special_tokens=False).input_ids
         response = tokenizer(example["messages"][-1]["content"], add_special_tokens=False).input_ids
-        assert [t for t, f in zip(ids, flags) if f] == response + [EOS_ID]
+        assert ids.count(EOS_ID) == 1 and ids[-1] == EOS_ID
+        expected.append((ids, [0] * (len(ids) - len(response) - 1) + [1] * (len(response) + 1)))
+    assert sorted(pieces) == sorted(expected)  # best-fit packing reorders whole examples
 
 
 def test_sft_packing_keeps_examples_whole():
     tokenizer, examples, length = make_tiny_tokenizer(), pair_examples(25), 16
-    rows = build_dataset(Dataset.from_list(examples), tokenizer, DataArguments(max_seq_length=length, packing="packed"))
-    segments = []
-    for ids, positions in zip(rows["input_ids"], rows["position_ids"]):
-        assert len(ids) <= length and positions[0] == 0
-        starts = [i for i, p in enumerate(positions) if p == 0] + [len(ids)]
-        for a, b in zip(starts, starts[1:]):
-            assert positions[a:b] == list(range(b - a))
-            segments.append(ids[a:b])
-    assert segments == [sum(plain_example_ids(tokenizer, e), []) for e in examples]
-    # Greedy packing: the next example did not fit in the row that was closed before it.
-    lengths = [len(row) for row in rows["input_ids"]]
-    first_segment = [row[: ([i for i, p in enumerate(pos) if p == 0] + [len(row)])[1]]
-                     for row, pos in zip(rows["input_ids"], rows["position_ids"])]
-    assert all(lengths[r] + len(first_segment[r + 1]) > length for r in range(len(lengths) - 1))
+    rows = packed_rows(examples, length)
+    assert all(len(ids) <= length for ids in rows["input_ids"])
+    expected = [sum(plain_example_ids(tokenizer, e), []) for e in examples]
+    assert sorted(ids for ids, _ in segments(rows)) == sorted(expected)
+    # Position ids restart at every example (document-separated attention).
+    batch = DiffusionDataCollator(PAD_ID)([rows[i] for i in range(len(rows))])
+    for row, lengths in enumerate(rows["seq_lengths"]):
+        positions = [p for n in lengths for p in range(n)]
+        assert batch["position_ids"][row, :len(positions)].tolist() == positions
+    # Best fit opens a row only for an example that fits in no open row: no two rows fit in one.
+    lengths = [len(ids) for ids in rows["input_ids"]]
+    assert all(lengths[r] + lengths[s] > length for r in range(len(lengths)) for s in range(r + 1, len(lengths)))
 
 
 def test_pretrain_splits_windows_at_the_requested_rate():
     tokenizer, length, p = make_tiny_tokenizer(), 9, 0.3
     docs = [" ".join(str((7 * i + k) % 50) for k in range(3 + i % 11)) for i in range(3000)]
-    rows = build_dataset(Dataset.from_dict({"text": docs}), tokenizer,
-                         DataArguments(data_format="pretrain", max_seq_length=length, split_probability=p), seed=5)
+    rows = prepare_dataset(Dataset.from_dict({"text": docs}), tokenizer, max_length=length, data_format="pretrain",
+                           split_probability=p, seed=5)
     stream = [t for row in rows["input_ids"] for t in row]
     assert stream == [t for d in docs for t in tokenizer(d, add_special_tokens=False).input_ids + [EOS_ID]]
     splits, points = 0, []
-    for ids, positions in zip(rows["input_ids"], rows["position_ids"]):
-        restarts = [i for i, pos in enumerate(positions) if pos == 0]
-        assert restarts[0] == 0 and len(restarts) <= 2
-        if len(restarts) == 2:
-            splits, r = splits + 1, restarts[1]
-            points.append(r)
-            assert 1 <= r <= len(ids) - 1 and positions == list(range(r)) + list(range(len(ids) - r))
-        else:
-            assert positions == list(range(len(ids)))
+    for ids, lengths in zip(rows["input_ids"], rows["seq_lengths"]):
+        assert sum(lengths) == len(ids) and len(lengths) <= 2
+        if len(lengths) == 2:
+            splits += 1
+            points.append(lengths[0])
+            assert 1 <= lengths[0] <= len(ids) - 1
     n = len(rows)
     assert abs(splits / n - p) < 4 * math.sqrt(p * (1 - p) / n)  # binomial, 4 sigma
     assert set(points) == set(range(1, length))  # every split point occurs
-    none = build_dataset(Dataset.from_dict({"text": docs[:200]}), tokenizer,
-                         DataArguments(data_format="pretrain", max_seq_length=length, split_probability=0.0))
-    assert all(pos == list(range(len(pos))) for pos in none["position_ids"])
+    none = prepare_dataset(Dataset.from_dict({"text": docs[:200]}), tokenizer, max_length=length,
+                           data_format="pretrain", split_probability=0.0)
+    assert all(len(lengths) == 1 for lengths in none["seq_lengths"])
 
 
 def test_collator_pads_as_a_separate_unmaskable_segment():
-    features = [{"input_ids": [7, 8, 9], "position_ids": [0, 1, 0], "response_mask": [False, True, True]},
-                {"input_ids": [10, 11, 12, 13, 14], "position_ids": [0, 1, 2, 3, 4], "response_mask": [True] * 5}]
+    features = [{"input_ids": [7, 8, 9], "seq_lengths": [2, 1], "completion_mask": [0, 1, 1]},
+                {"input_ids": [10, 11, 12, 13, 14], "seq_lengths": [5], "completion_mask": [1] * 5}]
     batch = DiffusionDataCollator(PAD_ID)(features)
     assert batch["input_ids"].tolist() == [[7, 8, 9, PAD_ID, PAD_ID], [10, 11, 12, 13, 14]]
     assert batch["position_ids"].tolist() == [[0, 1, 0, 0, 1], [0, 1, 2, 3, 4]]
     assert batch["maskable"].tolist() == [[True] * 3 + [False] * 2, [True] * 5]
-    response = DiffusionDataCollator(PAD_ID, "response_only", pad_to_multiple_of=4)(features)
+    response = DiffusionDataCollator(PAD_ID, completion_only_loss=True, pad_to_multiple_of=4)(features)
     assert response["input_ids"].shape == (2, 8)
     assert response["maskable"].tolist() == [[False, True, True] + [False] * 5, [True] * 5 + [False] * 3]
     assert response["position_ids"][1].tolist() == [0, 1, 2, 3, 4, 0, 1, 2]
+    with pytest.warns(FutureWarning, match="`mask_scope` is deprecated"):
+        old = DiffusionDataCollator(PAD_ID, "response_only", pad_to_multiple_of=4)(features)
+    assert torch.equal(old["maskable"], response["maskable"])
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".parquet", ".txt"])
-def test_load_raw_dataset_reads_local_files(tmp_path, suffix):
+def test_load_data_files_reads_local_files(tmp_path, suffix):
     texts = ["the cat sat", "a dog ran"]
     path = tmp_path / f"data{suffix}"
     if suffix == ".jsonl":
@@ -460,7 +492,7 @@ def test_load_raw_dataset_reads_local_files(tmp_path, suffix):
         Dataset.from_dict({"text": texts}).to_parquet(str(path))
     else:
         path.write_text("\n".join(texts) + "\n")
-    assert train_sft.load_raw_dataset([str(path)])["text"] == texts
+    assert data_illada.load_data_files([str(path)])["text"] == texts
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -472,8 +504,8 @@ def counting_rows(num_docs: int = 400, length: int = 13) -> Dataset:
     """Runs of 12 consecutive numbers mod 50 from random starts: any masked number follows from a visible one."""
     starts = torch.randint(0, 50, (num_docs,), generator=torch.Generator().manual_seed(0)).tolist()
     docs = [" ".join(str((s + k) % 50) for k in range(length - 1)) for s in starts]
-    return build_dataset(Dataset.from_dict({"text": docs}), make_tiny_tokenizer(),
-                         DataArguments(data_format="pretrain", max_seq_length=length, split_probability=0.0))
+    return prepare_dataset(Dataset.from_dict({"text": docs}), make_tiny_tokenizer(), max_length=length,
+                           data_format="pretrain", split_probability=0.0)
 
 
 def fixed_mask_loss(model, batch) -> float:
@@ -491,10 +523,10 @@ def learning_check(tmp_path, steps: int, hidden: int) -> tuple[float, float]:
     held_out = DiffusionDataCollator(PAD_ID)([rows[i] for i in range(64)])
     model = make_model(seed=0, hidden_size=hidden, intermediate_size=2 * hidden)
     before = fixed_mask_loss(model, held_out)
-    args = trainer_args(tmp_path, max_steps=steps, per_device_train_batch_size=16, learning_rate=3e-3, min_lr=3e-4,
-                        warmup_steps=10, weight_decay=0.0, logging_steps=50)
-    trainer = MaskedDiffusionTrainer(model=model, args=args, train_dataset=rows,
-                                     data_collator=DiffusionDataCollator(PAD_ID))
+    trainer = make_diffusion_trainer(
+        tmp_path, model, rows, max_steps=steps, per_device_train_batch_size=16, learning_rate=3e-3, min_lr=3e-4,
+        warmup_steps=10, weight_decay=0.0, logging_steps=50, data_format="pretrain",
+    )
     trainer.train()
     return before, fixed_mask_loss(model, held_out)
 
@@ -526,45 +558,54 @@ def test_tokenizer_errors():
 
 @pytest.mark.parametrize("data_format,columns,match", [
     ("sft", {"question": ["a"], "answer": ["b"]},
-     r"`messages` column or `prompt` and `response` columns; the dataset has \['answer', 'question'\]"),
-    ("pretrain", {"content": ["a"]}, r"`text` column; the dataset has \['content'\]"),
+     r"`messages` column, `prompt` and `completion` columns, or a `text` column; example 0 of the train dataset has "
+     r"\['answer', 'question'\]"),
+    ("pretrain", {"content": ["a"]}, r"`text` column; example 0 of the train dataset has \['content'\]"),
 ])
 def test_dataset_column_errors(data_format, columns, match):
     with pytest.raises(ValueError, match=match):
-        build_dataset(Dataset.from_dict(columns), make_tiny_tokenizer(), DataArguments(data_format=data_format))
+        prepare_dataset(Dataset.from_dict(columns), make_tiny_tokenizer(), 16, data_format=data_format)
 
 
 def test_empty_dataset_and_missing_response_errors():
     tokenizer = make_tiny_tokenizer()
-    with pytest.raises(ValueError, match="The dataset is empty"):
-        build_dataset(Dataset.from_dict({"text": []}), tokenizer, DataArguments(data_format="pretrain"))
-    with pytest.raises(ValueError, match="SFT example 1 has no response"):
-        build_dataset(Dataset.from_list([{"prompt": "a", "response": "b"}, {"prompt": "a", "response": ""}]),
-                      tokenizer, DataArguments())
+    with pytest.raises(ValueError, match="The train dataset is empty"):
+        prepare_dataset(Dataset.from_dict({"text": []}), tokenizer, 16, data_format="pretrain")
+    with pytest.raises(ValueError, match="Example 1: `response` is empty"):
+        prepare_dataset(Dataset.from_list([{"prompt": "a", "response": "b"}, {"prompt": "a", "response": ""}]),
+                        tokenizer, 16)
     user_last = [{"messages": [{"role": "user", "content": "a"}]}]
-    with pytest.raises(ValueError, match="SFT example 0 has no response"):
-        build_dataset(Dataset.from_list(user_last), tokenizer, DataArguments())
-    with pytest.raises(ValueError, match="longer than `max_seq_length`=4"):
-        build_dataset(Dataset.from_list(pair_examples(3)), tokenizer, DataArguments(max_seq_length=4, packing="packed"))
+    with pytest.raises(ValueError, match="Example 0 has no response"):
+        prepare_dataset(Dataset.from_list(user_last), tokenizer, 16)
+    with pytest.raises(ValueError, match="longer than `max_length`=4"):
+        packed_rows(pair_examples(3), 4)
     with pytest.raises(TypeError, match="must be a `datasets.Dataset`"):
-        build_dataset({"text": ["a"]}, tokenizer, DataArguments())
+        prepare_dataset({"text": ["a"]}, tokenizer, 16)
 
 
 def test_max_seq_length_above_the_model_limit_fails_before_loading(tmp_path, monkeypatch):
     make_config().save_pretrained(tmp_path)  # max_position_embeddings = 256
     make_tiny_tokenizer().save_pretrained(tmp_path)
     monkeypatch.setattr(train_sft, "load_model", lambda *a: pytest.fail("weights loaded before the check"))
-    with pytest.raises(ValueError, match="`max_seq_length`=512 exceeds the model's `max_position_embeddings`=256"):
+    with pytest.raises(ValueError, match=r"`max_length` \(`--max_seq_length`\)=512 exceeds the model's "
+                                         "`max_position_embeddings`=256"):
         train_sft.main(["--config_name", str(tmp_path), "--train_files", "x.jsonl", "--max_seq_length", "512",
                         "--output_dir", str(tmp_path / "out"), "--use_cpu", "--report_to", "none"])
 
 
 @pytest.mark.parametrize("kwargs,match", [
     (dict(diffusion_eps=0.0), r"`diffusion_eps` must be in \(0, 1\), got 0.0"),
-    (dict(mask_scope="prompt"), r"`mask_scope` must be one of \['whole', 'response_only'\], got 'prompt'"),
+    (dict(packing_strategy="greedy"), r"`packing_strategy` must be one of \['wrapped', 'bfd', 'bfd_split'\]"),
     (dict(lr_schedule="linear"), r"`lr_schedule` must be one of"),
     (dict(learning_rate=1e-5, min_lr=1e-4), r"`min_lr`=0.0001 is above `learning_rate`=1e-05"),
     (dict(decay_fraction=1.5), r"`decay_fraction` must be in \[0, 1\]"),
+    (dict(split_probability=1.5), r"`split_probability` must be in \[0, 1\], got 1.5"),
+    (dict(data_format="chat"), r"`data_format` must be one of \['sft', 'pretrain'\]"),
+    (dict(max_length=1), "`max_length` must be an integer >= 2 or None, got 1"),
+    (dict(completion_only_loss=True, data_format="pretrain"), "`completion_only_loss=True` needs `data_format='sft'`"),
+    (dict(padding_free=True), "`padding_free=True` is not supported by the diffusion trainer"),
+    (dict(assistant_only_loss=True), "use `completion_only_loss=True`"),
+    (dict(loss_type="dft"), "`loss_type`='dft' is a next-token loss option"),
 ])
 def test_training_argument_errors(tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -577,10 +618,8 @@ def test_training_argument_errors(tmp_path, kwargs, match):
     (ModelArguments, dict(config_name="b", merge_lora=True), "`merge_lora=True` needs `use_lora=True`"),
     (ModelArguments, dict(config_name="b", use_lora=True, lora_r=0), "`lora_r` must be a positive integer, got 0"),
     (ModelArguments, dict(config_name="b", dtype="fp8"), r"`dtype` must be one of"),
-    (DataArguments, dict(max_seq_length=1), "`max_seq_length` must be an integer >= 2, got 1"),
-    (DataArguments, dict(split_probability=1.5), r"`split_probability` must be in \[0, 1\], got 1.5"),
-    (DataArguments, dict(data_format="pretrain", packing="packed"), "`packing='packed'` applies to"),
-    (DataArguments, dict(data_format="chat"), r"`data_format` must be one of \['sft', 'pretrain'\]"),
+    (DataArguments, dict(train_files=["a"], dataset_name="b"), "Give one of `train_files` and `dataset_name`"),
+    (DataArguments, dict(train_files=["a"], eval_split="test"), "`eval_split` selects a split of `dataset_name`"),
 ])
 def test_model_and_data_argument_errors(cls, kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -588,21 +627,40 @@ def test_model_and_data_argument_errors(cls, kwargs, match):
 
 
 def test_combination_file_collator_and_batch_errors(tmp_path):
-    with pytest.raises(ValueError, match="`mask_scope='response_only'` needs `data_format='sft'`"):
-        train_sft.check_arguments(ModelArguments(config_name="c"),
-                                  DataArguments(data_format="pretrain", train_files=["a"]),
-                                  trainer_args(tmp_path, mask_scope="response_only"))
+    with pytest.raises(ValueError, match="No training data: pass `--train_files`"):
+        train_sft.check_arguments(ModelArguments(config_name="c"), DataArguments(), trainer_args(tmp_path))
     with pytest.raises(ValueError, match="Data files not found"):
-        train_sft.load_raw_dataset([str(tmp_path / "missing.jsonl")])
+        data_illada.load_data_files([str(tmp_path / "missing.jsonl")])
     (tmp_path / "data.xml").write_text("<a/>")
     with pytest.raises(ValueError, match="Data files must all be one of"):
-        train_sft.load_raw_dataset([str(tmp_path / "data.xml")])
-    with pytest.raises(ValueError, match="needs a `response_mask` in every row"):
-        DiffusionDataCollator(PAD_ID, "response_only")([{"input_ids": [7, 8]}])
+        data_illada.load_data_files([str(tmp_path / "data.xml")])
+    with pytest.raises(ValueError, match="needs a `completion_mask` in every row"):
+        DiffusionDataCollator(PAD_ID, completion_only_loss=True)([{"input_ids": [7, 8]}])
     model = make_model()
-    trainer = MaskedDiffusionTrainer(model=model, args=trainer_args(tmp_path))
+    trainer = make_diffusion_trainer(tmp_path, model, packed_rows(pair_examples(4)))
     with pytest.raises(ValueError, match="no `maskable` tensor"):
         trainer.compute_loss(model, {"input_ids": torch.tensor([[7, 8]])})
     with pytest.raises(ValueError, match="do not fit in `num_rows`=4"):
         sample_mask(torch.ones(2, 3, dtype=torch.long), torch.ones(2, 3, dtype=torch.bool), MASK_ID, row_offset=3,
                     num_rows=4)
+
+
+def test_old_names_still_work_with_a_future_warning(tmp_path):
+    """The trainer before trl: `DiffusionTrainingArguments(mask_scope=...)`, `MaskedDiffusionTrainer`,
+    `build_dataset(raw, tokenizer, data_args)` and `load_raw_dataset` warn and do what they did."""
+    with pytest.warns(FutureWarning, match="`DiffusionTrainingArguments` is deprecated"):
+        args = train_sft.DiffusionTrainingArguments(str(tmp_path), use_cpu=True, report_to="none",
+                                                    mask_scope="response_only")
+    assert args.completion_only_loss is True
+    with pytest.warns(FutureWarning, match="`build_dataset` is deprecated"):
+        rows = train_sft.build_dataset(Dataset.from_list(pair_examples(12)), make_tiny_tokenizer(),
+                                       SimpleNamespace(max_seq_length=WINDOW, packing="packed"))
+    assert rows["input_ids"] == packed_rows(pair_examples(12))["input_ids"]
+    with pytest.warns(FutureWarning, match="`MaskedDiffusionTrainer` is deprecated"):
+        trainer = train_sft.MaskedDiffusionTrainer(model=make_model(), args=args, train_dataset=rows,
+                                                   processing_class=make_tiny_tokenizer())
+    assert isinstance(trainer, DiffusionSFTTrainer) and trainer.data_collator.completion_only_loss
+    path = tmp_path / "a.jsonl"
+    path.write_text(json.dumps({"text": "the cat"}) + "\n")
+    with pytest.warns(FutureWarning, match="`load_raw_dataset` is deprecated"):
+        assert train_sft.load_raw_dataset([str(path)])["text"] == ["the cat"]
