@@ -1,0 +1,314 @@
+"""Crash-safe training checkpoints for `train_sft.py`: atomic saves, completeness checks, and what `--resume` does.
+
+A process killed during a save (kill -9, out of memory, a preempted node) used to leave a `checkpoint-N` folder
+without `trainer_state.json` or with a truncated `optimizer.pt`, and `--resume`, which took the highest number,
+then failed (or, with the optimizer file missing, silently restarted the optimizer). Three pieces prevent it:
+
+- [`AtomicCheckpointMixin`] (mixed into the trainer): every checkpoint is written into
+  `output_dir/.incomplete-checkpoints/checkpoint-N` and renamed to `output_dir/checkpoint-N` only once every file
+  of every process is written, so an interrupted save never has a checkpoint's name.
+- [`last_complete_checkpoint`]: the newest `checkpoint-N` whose files are all there and whole (checked from file
+  sizes and headers, without loading tensors); every newer folder it passes over is logged with the reason. It
+  also protects against folders that this package did not write atomically (older runs, copies, a full disk).
+- [`plan_resume`]: what the command line does with an existing `output_dir`: resume from the newest complete
+  checkpoint, do nothing when that checkpoint already reached `max_steps`, and refuse to start a new run over an
+  old run's checkpoints unless asked to delete them (else a later `--resume` would pick the old run's).
+
+The guarantee is for a crashed *process*: files are not fsync'ed, so after a power loss the operating system may
+lose the last writes; the completeness checks then skip the damaged checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import struct
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+# Where checkpoints are written before being renamed into place; its name never matches `CHECKPOINT_NAME`.
+STAGING_DIR = ".incomplete-checkpoints"
+TRAINER_STATE = "trainer_state.json"
+# Left in a checkpoint by transformers' just-in-time (SIGTERM) save until it finishes.
+JIT_SENTINEL = "checkpoint-is-incomplete.txt"
+# A safetensors file: 8-byte little-endian header length, JSON header, tensor bytes (safetensors format spec).
+SAFETENSORS_LENGTH_BYTES = 8
+SAFE_WEIGHTS = ("model.safetensors", "adapter_model.safetensors")
+SAFE_INDEX = "model.safetensors.index.json"
+TORCH_WEIGHTS = ("pytorch_model.bin", "adapter_model.bin")
+# Sharded (FSDP) and DeepSpeed states are folders whose contents this module does not inspect.
+SHARDED_WEIGHT_DIRS = ("pytorch_model_fsdp_", "global_step")
+SHARDED_OPTIMIZER_DIRS = ("optimizer_", "global_step")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Completeness
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why the safetensors file `path` is not whole (`None` when it is): the header must parse and the file must
+    end exactly where the last tensor's bytes end. Reads the header only."""
+    size = path.stat().st_size
+    if size < SAFETENSORS_LENGTH_BYTES:
+        return f"`{path.name}` is {size} bytes, too short for a safetensors header"
+    with path.open("rb") as file:
+        (header_length,) = struct.unpack("<Q", file.read(SAFETENSORS_LENGTH_BYTES))
+        if SAFETENSORS_LENGTH_BYTES + header_length > size:
+            return f"`{path.name}` is {size} bytes but its header alone claims {header_length} (truncated?)"
+        try:
+            header = json.loads(file.read(header_length))
+            data_end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"),
+                           default=0)
+        except (ValueError, TypeError, KeyError, IndexError) as error:
+            return f"`{path.name}` has a corrupt header ({error})"
+    expected = SAFETENSORS_LENGTH_BYTES + header_length + data_end
+    if size != expected:
+        return f"`{path.name}` is {size} bytes, its header describes {expected} (truncated?)"
+    return None
+
+
+def torch_file_problem(path: Path) -> str | None:
+    """Why the `torch.save` file `path` is not whole (`None` when it is). torch writes a zip archive whose central
+    directory comes last, so a truncated file has none; the tensors themselves are not read."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            end = max((info.header_offset + info.compress_size for info in archive.infolist()), default=0)
+    except (zipfile.BadZipFile, OSError, ValueError) as error:
+        return f"`{path.name}` is not a complete torch archive (truncated?): {error}"
+    if end > path.stat().st_size:
+        return f"`{path.name}` lists data past its end (truncated?)"
+    return None
+
+
+def _json_problem(path: Path) -> tuple[Any, str | None]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")), None
+    except (ValueError, OSError) as error:
+        return None, f"`{path.name}` is not valid JSON (truncated?): {error}"
+
+
+def _weights_problem(folder: Path) -> str | None:
+    """The model (or adapter) weights: a safetensors file, a sharded index with all its shards, a torch file, or an
+    FSDP/DeepSpeed folder."""
+    for name in SAFE_WEIGHTS:
+        if (folder / name).is_file():
+            return safetensors_problem(folder / name)
+    if (folder / SAFE_INDEX).is_file():
+        index, problem = _json_problem(folder / SAFE_INDEX)
+        if problem:
+            return problem
+        shards = sorted(set(index.get("weight_map", {}).values())) if isinstance(index, dict) else []
+        if not shards:
+            return f"`{SAFE_INDEX}` names no shards"
+        for shard in shards:
+            problem = safetensors_problem(folder / shard) if (folder / shard).is_file() else f"shard `{shard}` is missing"
+            if problem:
+                return problem
+        return None
+    for name in TORCH_WEIGHTS:
+        if (folder / name).is_file():
+            return torch_file_problem(folder / name)
+    if any(path.is_dir() and path.name.startswith(SHARDED_WEIGHT_DIRS) for path in folder.iterdir()):
+        return None
+    return ("no model weights (`model.safetensors`, a sharded index, `adapter_model.safetensors`, "
+            "`pytorch_model.bin` or an FSDP/DeepSpeed folder)")
+
+
+def _training_state_problem(folder: Path) -> str | None:
+    """Optimizer, scheduler, gradient scaler and RNG states: present where Trainer needs them, and whole."""
+    has_sharded_optimizer = any(p.is_dir() and p.name.startswith(SHARDED_OPTIMIZER_DIRS) for p in folder.iterdir())
+    if not (folder / "optimizer.pt").is_file() and not has_sharded_optimizer:
+        return ("no optimizer state (`optimizer.pt`): saved with `save_only_model`, from which Trainer cannot "
+                "resume exactly")
+    rng_files = sorted(folder.glob("rng_state*.pth"))
+    if not rng_files:
+        return "no RNG state (`rng_state*.pth`)"
+    for path in [folder / "optimizer.pt", folder / "scheduler.pt", folder / "scaler.pt", *rng_files]:
+        problem = torch_file_problem(path) if path.is_file() else None
+        if problem:
+            return problem
+    return None
+
+
+def checkpoint_problem(folder: str | os.PathLike) -> str | None:
+    """Why Trainer cannot resume from the checkpoint `folder`, or `None` when it is complete.
+
+    Complete means: `trainer_state.json` parses and its `global_step` is the folder's number (`checkpoint-N`);
+    the weights (full model, sharded, LoRA adapter, or an FSDP/DeepSpeed folder) are whole; the optimizer and RNG
+    states (and the scheduler and scaler states when present) are whole torch archives; no unfinished
+    just-in-time save. "Whole" is judged from headers and sizes, so checking an 8B checkpoint reads a few kB.
+
+    Args:
+        folder (`str` or `os.PathLike`): A `checkpoint-N` folder.
+
+    Returns:
+        `str | None`: The first problem found, in words, or `None`.
+    """
+    folder = Path(folder)
+    match = CHECKPOINT_NAME.match(folder.name)
+    if not folder.is_dir() or match is None:
+        return f"not a `{PREFIX_CHECKPOINT_DIR}-<step>` folder"
+    if (folder / JIT_SENTINEL).exists():
+        return f"holds `{JIT_SENTINEL}`: a just-in-time save did not finish"
+    if not (folder / TRAINER_STATE).is_file():
+        return f"no `{TRAINER_STATE}` (Trainer writes it last: the save was interrupted)"
+    state, problem = _json_problem(folder / TRAINER_STATE)
+    if problem:
+        return problem
+    step = state.get("global_step") if isinstance(state, dict) else None
+    if step != int(match.group(1)):
+        return f"`{TRAINER_STATE}` says global_step {step!r}, the folder name says {match.group(1)}"
+    return _weights_problem(folder) or _training_state_problem(folder)
+
+
+def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """The `checkpoint-N` folders of `output_dir`, newest (highest N) first; empty if `output_dir` does not exist."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return []
+    folders = [path for path in output_dir.iterdir() if path.is_dir() and CHECKPOINT_NAME.match(path.name)]
+    return sorted(folders, key=lambda path: int(CHECKPOINT_NAME.match(path.name).group(1)), reverse=True)
+
+
+def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
+    """The newest complete `checkpoint-N` folder of `output_dir` (see [`checkpoint_problem`]), or `None`.
+
+    Each newer, incomplete folder is skipped with a warning that names it and says why; it is left on disk.
+    """
+    for folder in list_checkpoints(output_dir):
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            return str(folder)
+        logger.warning("Skipping %s: %s.", folder, problem)
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Atomic saves
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class AtomicCheckpointMixin:
+    """[`Trainer`] mixin (`class MyTrainer(AtomicCheckpointMixin, Trainer)`): checkpoints appear atomically.
+
+    Trainer writes each checkpoint into `output_dir/.incomplete-checkpoints/checkpoint-N`; when every process has
+    written its files, the main process renames the folder to `output_dir/checkpoint-N` (replacing a folder of
+    that name) and only then deletes old checkpoints beyond `save_total_limit`. A crash at any point leaves either
+    the previous checkpoints untouched or the new one complete; leftovers of an interrupted save are deleted at
+    the next save. Needs the output directory on a file system shared by the saving processes, as Trainer does.
+    """
+
+    _staging_checkpoint = False
+
+    def _get_output_dir(self, trial: Any) -> str:
+        run_dir = super()._get_output_dir(trial)
+        return os.path.join(run_dir, STAGING_DIR) if self._staging_checkpoint else run_dir
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        run_dir = Path(self._get_output_dir(trial))
+        staging_root, name = run_dir / STAGING_DIR, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if self.args.should_save:
+            shutil.rmtree(staging_root, ignore_errors=True)  # an earlier interrupted save
+        self.accelerator.wait_for_everyone()
+        self._staging_checkpoint = True
+        try:
+            super()._save_checkpoint(model, trial)  # also rotates inside the staging folder: it holds one checkpoint
+        finally:
+            self._staging_checkpoint = False
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            self._publish_checkpoint(staging_root / name, run_dir / name)
+            shutil.rmtree(staging_root, ignore_errors=True)
+            rotate_checkpoints(output_dir=str(run_dir), save_total_limit=self.args.save_total_limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+        self.accelerator.wait_for_everyone()
+
+    def _publish_checkpoint(self, staged: Path, final: Path) -> None:
+        """Points the saved state's best checkpoint at `output_dir` (Trainer looked for it in the staging folder),
+        then renames `staged` to `final`."""
+        best_step = self.state.best_global_step
+        if best_step:
+            best = final.parent / f"{PREFIX_CHECKPOINT_DIR}-{best_step}"
+            if best == final or best.is_dir():
+                self.state.best_model_checkpoint = str(best)
+                self.state.save_to_json(str(staged / TRAINER_STATE))
+        if final.exists():  # a folder of the same step (an older run's, or a JIT save's sentinel folder)
+            replaced = staged.parent / f"replaced-{final.name}"
+            os.replace(final, replaced)
+        os.replace(staged, final)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# What the command line does with an existing output directory
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ResumePlan:
+    """Decision of [`plan_resume`]: the checkpoint to resume from (`None`: start afresh) and whether that
+    checkpoint already reached `max_steps` (then there is nothing to train)."""
+
+    checkpoint: str | None
+    finished: bool = False
+
+
+def plan_resume(output_dir: str | os.PathLike, resume: bool, max_steps: int, overwrite: bool = False) -> ResumePlan:
+    """Decides how a training run starts in `output_dir`.
+
+    - `resume`: continue from the newest *complete* checkpoint (incomplete ones are skipped with a warning), or
+      start afresh when there is none. If that checkpoint's step is already `max_steps` (> 0), `finished` is set:
+      the caller must not train (Trainer would run one step past `max_steps`).
+    - not `resume`, and `output_dir` holds `checkpoint-*` folders: with `overwrite` they are deleted (so that a
+      later `--resume` cannot pick an old run's checkpoint); without it, a `ValueError` says what to pass.
+
+    Call it on every process before training; with `overwrite`, call it from the main process first
+    (`args.main_process_first()`).
+
+    Args:
+        output_dir (`str` or `os.PathLike`): The run's output directory (need not exist).
+        resume (`bool`): `--resume` was given.
+        max_steps (`int`): The run's `max_steps`; <= 0 when the run length is given in epochs.
+        overwrite (`bool`, *optional*, defaults to `False`): Delete an earlier run's checkpoints.
+
+    Returns:
+        [`ResumePlan`].
+
+    Raises:
+        `ValueError`: `output_dir` holds checkpoints, and neither `resume` nor `overwrite` is set.
+    """
+    checkpoints = list_checkpoints(output_dir)
+    if not resume:
+        if checkpoints and not overwrite:
+            names = ", ".join(path.name for path in checkpoints[:3]) + (", ..." if len(checkpoints) > 3 else "")
+            raise ValueError(
+                f"`output_dir` {str(output_dir)!r} holds checkpoints of an earlier run ({names}): pass `--resume` to "
+                "continue that run, `--overwrite_output_dir` to delete them and start afresh, or choose another "
+                "`--output_dir`."
+            )
+        for path in checkpoints:
+            logger.warning("Deleting %s of an earlier run (`overwrite_output_dir`).", path)
+            shutil.rmtree(path, ignore_errors=True)
+        shutil.rmtree(Path(output_dir) / STAGING_DIR, ignore_errors=True)
+        return ResumePlan(None)
+    checkpoint = last_complete_checkpoint(output_dir)
+    if checkpoint is None:
+        logger.warning("`--resume`: no complete checkpoint in %s, starting afresh.", output_dir)
+        return ResumePlan(None)
+    step = int(CHECKPOINT_NAME.match(Path(checkpoint).name).group(1))
+    if 0 < max_steps <= step:
+        logger.warning("`--resume`: %s already reached `max_steps`=%d: nothing to train. Raise `--max_steps` to "
+                       "train further.", checkpoint, max_steps)
+        return ResumePlan(checkpoint, finished=True)
+    logger.info("Resuming from %s.", checkpoint)
+    return ResumePlan(checkpoint)
