@@ -28,6 +28,9 @@ BOS_TOKEN, PAD_TOKEN, EOS_TOKEN, MASK_TOKEN = "<bos>", "<pad>", "<eos>", "<[MASK
 USER_TOKEN, ASSISTANT_TOKEN = "<|user|>", "<|assistant|>"
 SPECIAL_TOKENS = (BOS_TOKEN, PAD_TOKEN, EOS_TOKEN, USER_TOKEN, ASSISTANT_TOKEN, MASK_TOKEN)
 DEFAULT_VOCAB_SIZE = 2048
+# Batched diffusion generation needs left padding (every answer starts in the same column), as decoder-only
+# generation does.
+PADDING_SIDE = "left"
 # Byte-level BPE starts from the 256 byte symbols; the vocabulary must hold them and the special tokens.
 _MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)
 # A pair must occur this often to become a merge: single occurrences only waste vocabulary on noise.
@@ -39,12 +42,16 @@ _DIGIT_PIECE = Regex(r" ?\d")
 # One EOS closes every assistant turn: SFT trains on `prompt + response + EOS`, and generation stops there. Each
 # turn's text directly follows its marker: the tokenizer puts a space before every text between special tokens, so
 # a word is the same token at the start of an answer as inside the question (`dog` in "Copy: dog" -> `Ġdog`).
+# A `system` turn (which the demo model never saw in training) is its text on a line of its own, without a marker,
+# so that user and assistant turns render exactly as in training.
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
     "{% for message in messages %}"
-    "{% if message['role'] == 'user' %}{{ '<|user|>' + message['content'] + '\n' }}"
+    "{% if message['role'] == 'system' %}{{ message['content'] + '\n' }}"
+    "{% elif message['role'] == 'user' %}{{ '<|user|>' + message['content'] + '\n' }}"
     "{% elif message['role'] == 'assistant' %}{{ '<|assistant|>' + message['content'] + eos_token }}"
-    "{% else %}{{ raise_exception('Only `user` and `assistant` roles are supported, got ' + message['role']) }}"
+    "{% else %}{{ raise_exception('Only `system`, `user` and `assistant` roles are supported, got ' + "
+    "message['role']) }}"
     "{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
@@ -85,7 +92,8 @@ def train_tokenizer(
         model_max_length (`int`, *optional*): Passed to `wrap_tokenizer`.
 
     Returns:
-        `PreTrainedTokenizerFast`: With `bos`/`pad`/`eos`/`mask` tokens at ids 0/1/2/5 and `CHAT_TEMPLATE`.
+        `PreTrainedTokenizerFast`: With `bos`/`pad`/`eos`/`mask` tokens at ids 0/1/2/5, `CHAT_TEMPLATE` and left
+        padding.
         No special token is added by plain `tokenizer(text)` calls: the chat template adds `<bos>`.
     """
     _check_vocab_size(vocab_size)
@@ -125,11 +133,12 @@ def wrap_tokenizer(tokenizer: Tokenizer, model_max_length: int | None = None) ->
         mask_token=MASK_TOKEN,
         additional_special_tokens=[USER_TOKEN, ASSISTANT_TOKEN],
         chat_template=CHAT_TEMPLATE,
+        padding_side=PADDING_SIDE,
         **({} if model_max_length is None else {"model_max_length": model_max_length}),
     )
 
 
 __all__ = [
     "BOS_TOKEN", "PAD_TOKEN", "EOS_TOKEN", "MASK_TOKEN", "USER_TOKEN", "ASSISTANT_TOKEN", "SPECIAL_TOKENS",
-    "DEFAULT_VOCAB_SIZE", "CHAT_TEMPLATE", "train_tokenizer", "wrap_tokenizer",
+    "DEFAULT_VOCAB_SIZE", "PADDING_SIDE", "CHAT_TEMPLATE", "train_tokenizer", "wrap_tokenizer",
 ]

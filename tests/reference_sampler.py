@@ -47,8 +47,9 @@ def _propose(logits: torch.Tensor, answer_pos: int, uniform: torch.Tensor | None
     if options["temperature"] == 0:
         token = int(torch.argmax(scores))
     else:
+        allowed = _nucleus_and_top_k(scores, options["temperature"], options["top_k"], options["top_p"])
         noisy = torch.exp(scores) / (-torch.log(uniform)) ** options["temperature"]
-        token = int(torch.argmax(noisy))
+        token = max(allowed, key=lambda t: (float(noisy[t]), -t))
     probs = _softmax(scores)
     remasking = options["remasking"]
     if remasking == "random":
@@ -60,6 +61,26 @@ def _propose(logits: torch.Tensor, answer_pos: int, uniform: torch.Tensor | None
         return token, ordered[0] - ordered[1]
     entropy = -sum(p * math.log(p) for p in probs.tolist() if p > 0)
     return token, math.exp(-entropy)
+
+
+def _nucleus_and_top_k(scores: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None) -> list[int]:
+    """Tokens a sampled draw may pick: Dream's order, the nucleus of `softmax(scores / T)` first (smallest
+    most-likely prefix whose probability exceeds `top_p`, by a sorted Python list), then those whose score is at
+    least the `top_k`-th best among what is left."""
+    tokens = [t for t in range(len(scores)) if scores[t] > -math.inf]
+    if top_p is not None and top_p < 1:
+        probs = _softmax(scores / temperature)
+        kept, total = [], 0.0
+        for t in sorted(tokens, key=lambda t: (-float(probs[t]), t)):
+            kept.append(t)
+            total += float(probs[t])
+            if total > top_p:
+                break
+        tokens = kept
+    if top_k is not None and top_k < len(tokens):
+        kth = sorted((float(scores[t]) for t in tokens), reverse=True)[top_k - 1]
+        tokens = [t for t in tokens if float(scores[t]) >= kth]
+    return tokens
 
 
 def _steps_for(n: int, steps: int | None, tokens_per_step: int | None) -> int:
@@ -89,12 +110,14 @@ def reference_generate(
     stop_bias: dict | None = None,
     generator: torch.Generator | None = None,
     skip_after_stop: bool = False,
+    top_k: int | None = None,
+    top_p: float | None = None,
 ) -> tuple[list[list[int]], int]:
     """Returns each row's answer (cut after its first stop token) and the number of batched steps.
 
     With `skip_after_stop`, a row decodes only the positions of its block before the first stop token it holds."""
     options = dict(mask_id=mask_id, temperature=temperature, remasking=remasking, suppress=suppress,
-                   stop_bias=stop_bias)
+                   stop_bias=stop_bias, top_k=top_k, top_p=top_p)
     vocab = model.config.vocab_size
     rows = [list(p) + [mask_id] * max_new_tokens for p in prompts]
     finished = [False] * len(rows)

@@ -163,6 +163,10 @@ CASES = {
     "skip-after-stop": dict(canvas="variable", max_new_tokens=12, block_length=6, skip_after_stop=True),
     "skip-after-stop-fixed-sampled": dict(canvas="fixed", max_new_tokens=12, block_length=6, steps=4,
                                           temperature=0.7, threshold=0.3, skip_after_stop=True),
+    "top-k-sampled": dict(canvas="variable", max_new_tokens=8, block_length=4, steps=2, temperature=1.5, top_k=3),
+    "top-p-sampled": dict(canvas="fixed", max_new_tokens=8, block_length=4, steps=2, temperature=1.2, top_p=0.3),
+    "top-p-top-k-sampled": dict(canvas="variable", max_new_tokens=8, block_length=4, temperature=2.0, top_p=0.6,
+                                top_k=5),
     "suppress-and-bias": dict(canvas="fixed", max_new_tokens=8, block_length=4, steps=2, suppress_tokens=[7, 8],
                               stop_token_bias={"token_ids": [9], "slope": 0.4, "start": 2, "max_bias": 2.0}),
 }
@@ -356,7 +360,21 @@ ERRORS = [
     (dict(canvas="sliding"), ValueError, "`canvas` must be one of"),
     (dict(remasking="lowest_confidence"), ValueError, "`remasking` must be one of"),
     (dict(remasking="random", threshold=0.9), ValueError, "cannot be used with `remasking='random'`"),
-    (dict(temperature=-1.0), ValueError, "`temperature` must be a finite number >= 0"),
+    (dict(temperature=-1.0), ValueError, "`temperature` must be in [0, 10000.0]"),
+    (dict(temperature=1e308), ValueError, "`temperature` must be in [0, 10000.0]"),
+    (dict(temperature=float("inf")), ValueError, "`temperature` must be a finite number"),
+    (dict(top_k=0), ValueError, "`top_k` must be a positive integer"),
+    (dict(top_p=0.0), ValueError, "`top_p` must be in (0, 1]"),
+    (dict(top_p=1.5), ValueError, "`top_p` must be in (0, 1]"),
+    (dict(do_sample="yes"), ValueError, "`do_sample` must be None, True or False"),
+    (dict(num_return_sequences=0), ValueError, "`num_return_sequences` must be a positive integer"),
+    (dict(max_length=4, max_new_tokens=None), ValueError, "`max_length` (4) counts the prompt (4 columns)"),
+    (dict(max_length=20), ValueError, "Give `max_new_tokens` (8) or `max_length` (20), not both"),
+    (dict(empty_batch=True), ValueError, "`input_ids` is an empty batch"),
+    (dict(encoding_extra_key=True), TypeError, "holds keys ['pixel_values']"),
+    (dict(encoding_without_ids=True), TypeError, "without `input_ids`"),
+    (dict(list_ids=True), TypeError, "`input_ids` must be a 2-D integer tensor"),
+    (dict(stock_config_beams=True), TypeError, "`num_beams` is an autoregressive option"),
     (dict(cfg_scale=float("nan")), ValueError, "`cfg_scale`"),
     (dict(output_history=True), ValueError, "needs `return_dict_in_generate=True`"),
     (dict(suppress_tokens=[VOCAB + 3]), ValueError, "outside the vocabulary"),
@@ -368,11 +386,13 @@ ERRORS = [
     (dict(right_padding=True), ValueError, "left padding"),
     (dict(empty_prompt=True, cfg_scale=1.0), ValueError, "needs a prompt in every row"),
     (dict(padded_out_row=True, cfg_scale=1.0), ValueError, "needs a prompt in every row"),
-    (dict(streamer_batch=True), ValueError, "batch size 1"),
+    (dict(streamer_batch=True), ValueError, "one answer at a time"),
+    (dict(streamer_batch=True, num_return_sequences=2, one_row=True), ValueError, "one answer at a time"),
     (dict(float_ids=True), TypeError, "integer tensor"),
     (dict(stepz=4), TypeError, "`stepz` (did you mean `steps`?)"),
-    (dict(top_p=0.9), TypeError, "`top_p` is an autoregressive option"),
-    (dict(stock_config=True), TypeError, "must be an ILLaDAGenerationConfig"),
+    (dict(repetition_penalty=1.2), TypeError, "`repetition_penalty` is an autoregressive option"),
+    (dict(num_beams=4), TypeError, "`num_beams` is an autoregressive option"),
+    (dict(generation_config={"steps": 2}), TypeError, "must be an ILLaDAGenerationConfig or a transformers"),
     (dict(step_callback=3), TypeError, "`step_callback` must be callable"),
 ]
 
@@ -405,8 +425,21 @@ def bad_call(model, spec: dict):
         spec["streamer"] = RecordingStreamer()
     if spec.pop("float_ids", False):
         ids = ids.float()
-    if spec.pop("stock_config", False):
-        spec["generation_config"] = GenerationConfig(max_new_tokens=4)
+    if spec.pop("one_row", False):
+        ids, mask = ids[:1], mask[:1]
+    if spec.pop("stock_config_beams", False):
+        spec["generation_config"] = GenerationConfig(num_beams=4)
+    if spec.pop("empty_batch", False):
+        ids, mask = ids[:0], mask[:0]
+    if spec.pop("encoding_extra_key", False):
+        ids, mask = {"input_ids": ids, "attention_mask": mask, "pixel_values": ids}, None
+    if spec.pop("encoding_without_ids", False):
+        ids, mask = {"attention_mask": mask}, None
+    if spec.pop("list_ids", False):
+        ids, mask = ids.tolist(), None
+    if spec.get("max_new_tokens", 8) is None:
+        spec.pop("max_new_tokens")
+        return model.generate(ids, attention_mask=mask, **spec)
     return model.generate(ids, attention_mask=mask, max_new_tokens=spec.pop("max_new_tokens", 8), **spec)
 
 
@@ -598,7 +631,187 @@ def test_config_file_with_autoregressive_keys_loads(tmp_path):
          "transformers_version": "4.57.1"}))
     config = ILLaDAGenerationConfig.from_pretrained(tmp_path)
     assert (config.bos_token_id, config.eos_token_id, config.pad_token_id, config.max_new_tokens) == (0, 2, 1, 128)
-    assert not hasattr(config, "top_p")
+    assert (config.do_sample, config.top_p) == (True, 0.9)  # habitual options with a diffusion meaning are kept
+    assert config.sampling_temperature == 1.0
+    (tmp_path / "generation_config.json").write_text(json.dumps({"num_beams": 4, "max_length": 20}))
+    assert not hasattr(ILLaDAGenerationConfig.from_pretrained(tmp_path), "num_beams")
     (tmp_path / "generation_config.json").write_text(json.dumps({"blok_length": 4}))
     with pytest.raises(TypeError, match="blok_length"):
         ILLaDAGenerationConfig.from_pretrained(tmp_path)
+
+
+# --------------------------------------------------------------------------------------------- transformers arguments
+
+
+def test_do_sample_false_is_greedy_whatever_the_temperature(sharp_model):
+    prompts = random_prompts([5, 3], seed=20)
+    ids, mask = left_pad(prompts)
+    options = dict(max_new_tokens=8, block_length=4, steps=2, eos_token_id=[])
+    got = sharp_model.generate(ids, attention_mask=mask, do_sample=False, temperature=1.7,
+                               generator=torch.Generator().manual_seed(1), **options)
+    expected, _ = reference_generate(sharp_model, prompts, mask_id=MASK, **options_for_reference(options))
+    answers_match(got, ids.shape[1], expected)
+
+
+def options_for_reference(options: dict) -> dict:
+    return {k: v for k, v in options.items() if k != "eos_token_id"}
+
+
+def test_top_k_1_sampling_is_greedy(sharp_model):
+    prompts = random_prompts([4, 6], seed=21)
+    ids, mask = left_pad(prompts)
+    options = dict(max_new_tokens=8, block_length=4, steps=2, eos_token_id=[])
+    sampled = sharp_model.generate(ids, attention_mask=mask, do_sample=True, temperature=3.0, top_k=1,
+                                   generator=torch.Generator().manual_seed(2), **options)
+    greedy, _ = reference_generate(sharp_model, prompts, mask_id=MASK, **options_for_reference(options))
+    answers_match(sampled, ids.shape[1], greedy)
+    unfiltered = sharp_model.generate(ids, attention_mask=mask, do_sample=True, temperature=3.0,
+                                      generator=torch.Generator().manual_seed(2), **options)
+    assert not torch.equal(unfiltered, sampled)  # at this temperature, sampling without top_k=1 departs from greedy
+
+
+def test_do_sample_true_at_temperature_0_samples_at_the_default_temperature(sharp_model):
+    prompts = random_prompts([5], seed=22)
+    options = dict(max_new_tokens=8, block_length=4, steps=2, eos_token_id=[])
+    got = sharp_model.generate(torch.tensor(prompts), do_sample=True, temperature=0.0,
+                               generator=torch.Generator().manual_seed(3), **options)
+    expected, _ = reference_generate(sharp_model, prompts, mask_id=MASK, temperature=1.0,
+                                     generator=torch.Generator().manual_seed(3), **options_for_reference(options))
+    answers_match(got, 5, expected)
+
+
+def test_num_return_sequences_gives_adjacent_rows_per_prompt(sharp_model):
+    prompts = random_prompts([4, 6], seed=23)
+    ids, mask = left_pad(prompts)
+    options = dict(max_new_tokens=8, block_length=4, steps=2, eos_token_id=[], temperature=1.0)
+    out = sharp_model.generate(ids, attention_mask=mask, num_return_sequences=3,
+                               generator=torch.Generator().manual_seed(4), **options)
+    assert out.shape[0] == 6
+    repeated = [p for p in prompts for _ in range(3)]
+    expected, _ = reference_generate(sharp_model, repeated, mask_id=MASK, generator=torch.Generator().manual_seed(4),
+                                     **options_for_reference(options))
+    answers_match(out, ids.shape[1], expected)
+    assert len({tuple(row) for row in out[:3].tolist()}) > 1  # sampled copies differ
+    greedy = sharp_model.generate(ids, attention_mask=mask, num_return_sequences=3, **{**options, "temperature": 0})
+    assert torch.equal(greedy[0], greedy[2]) and torch.equal(greedy[3], greedy[5])
+
+
+def test_max_length_counts_the_prompt(sharp_model):
+    prompts = random_prompts([5, 3], seed=24)
+    ids, mask = left_pad(prompts)
+    out = sharp_model.generate(ids, attention_mask=mask, max_length=ids.shape[1] + 6, block_length=4, steps=2,
+                               eos_token_id=[])
+    expected, _ = reference_generate(sharp_model, prompts, mask_id=MASK, max_new_tokens=6, block_length=4, steps=2)
+    answers_match(out, ids.shape[1], expected)
+
+
+def test_plain_generation_config_overrides_only_what_it_sets(sharp_model):
+    prompts = random_prompts([5], seed=25)
+    stock = GenerationConfig(max_new_tokens=6, do_sample=False, num_beams=1)
+    out = sharp_model.generate(torch.tensor(prompts), generation_config=stock, return_dict_in_generate=True)
+    # Diffusion settings stay the model's defaults: one block of 32 > 6 tokens, one token per step.
+    expected, nfe = reference_generate(sharp_model, prompts, mask_id=MASK, max_new_tokens=6, block_length=32,
+                                       stop_ids=(EOS,))
+    answers_match(out.sequences, 5, expected)
+    assert out.nfe == nfe
+    by_length = sharp_model.generate(torch.tensor(prompts), generation_config=GenerationConfig(max_length=11))
+    assert torch.equal(by_length, out.sequences)
+
+
+def test_generation_config_from_the_folder_keeps_the_checkpoint_diffusion_settings(tmp_path):
+    model = make_model(seed=3, **SHARP)
+    model.generation_config = ILLaDAGenerationConfig(max_new_tokens=8, block_length=4, steps=2, eos_token_id=[],
+                                                     mask_token_id=MASK, pad_token_id=PAD)
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path, trust_remote_code=True)
+    prompts = random_prompts([4], seed=26)
+    stock = GenerationConfig.from_pretrained(tmp_path)  # knows max_new_tokens, not block_length or steps
+    out = loaded.generate(torch.tensor(prompts), generation_config=stock, return_dict_in_generate=True)
+    expected, nfe = reference_generate(model, prompts, mask_id=MASK, max_new_tokens=8, block_length=4, steps=2)
+    answers_match(out.sequences, 4, expected)
+    assert out.nfe == nfe == 4
+
+
+def test_batch_encoding_or_dict_as_first_argument(sharp_model):
+    from transformers import BatchEncoding
+
+    prompts = random_prompts([5, 2], seed=27)
+    ids, mask = left_pad(prompts)
+    options = dict(max_new_tokens=8, block_length=4, steps=2, eos_token_id=[])
+    expected, _ = reference_generate(sharp_model, prompts, mask_id=MASK, **options_for_reference(options))
+    for inputs in (BatchEncoding({"input_ids": ids, "attention_mask": mask}),
+                   {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}):
+        answers_match(sharp_model.generate(inputs, **options), ids.shape[1], expected)
+
+
+def test_out_of_vocabulary_ids_under_padding_read_as_pad(sharp_model):
+    prompts = random_prompts([5, 2], seed=28)
+    ids, mask = left_pad(prompts)
+    dirty = ids.clone()
+    dirty[1, 0], dirty[1, 1] = 10**6, -3
+    options = dict(max_new_tokens=8, block_length=4, steps=2, eos_token_id=[])
+    expected, _ = reference_generate(sharp_model, prompts, mask_id=MASK, **options_for_reference(options))
+    out = sharp_model.generate(dirty, attention_mask=mask, **options)
+    answers_match(out, ids.shape[1], expected)
+    assert torch.equal(out[:, : ids.shape[1]], ids)  # returned as the pad id
+
+
+def test_huge_temperature_never_emits_mask_or_suppressed_tokens(sharp_model):
+    from generation_config_illada import MAX_TEMPERATURE
+
+    ids = torch.tensor(random_prompts([4], seed=29))
+
+    def prefer_banned(ids_, positions):
+        out = torch.zeros(ids_.shape[0], len(positions), VOCAB)
+        out[..., MASK] = 1e30
+        out[..., 40] = 1e30
+        return out
+
+    with logit_offsets(sharp_model, prefer_banned):
+        out = sharp_model.generate(ids, max_new_tokens=32, block_length=8, eos_token_id=[], suppress_tokens=[40],
+                                   temperature=MAX_TEMPERATURE, generator=torch.Generator().manual_seed(0))
+    answer = out[0, 4:]
+    assert not ((answer == MASK) | (answer == 40)).any() and len(set(answer.tolist())) > 10  # near-uniform draws
+
+
+def test_answer_lengths_and_stop_reasons():
+    model = make_model(seed=4, **SHARP)
+    prompts = random_prompts([5, 5], seed=5)
+    prompts[1][0] = prompts[0][0] + 1 if prompts[0][0] + 1 < VOCAB else FIRST_ORDINARY_ID
+    with logit_offsets(model, eos_in_second_block(5, 4, marker=prompts[0][0])):
+        out = model.generate(torch.tensor(prompts), max_new_tokens=16, block_length=4, steps=2,
+                             return_dict_in_generate=True)
+    # Row 0: EOS planted at answer position 4 + 2 = 6, so six answer tokens and a stop; row 1: the whole budget.
+    assert out.answer_lengths.tolist() == [6, 16] and out.stopped.tolist() == [True, False]
+
+
+def test_fixed_canvas_shows_the_whole_budget_and_variable_grows(sharp_model):
+    """The canvases differ in what the model sees (max_new_tokens > block_length, where they are not the same)."""
+    ids = torch.tensor(random_prompts([3], seed=30))
+    widths = {}
+    for canvas in ("fixed", "variable"):
+        with count_forwards(sharp_model) as calls:
+            sharp_model.generate(ids, max_new_tokens=12, block_length=4, steps=2, eos_token_id=[], canvas=canvas)
+        widths[canvas] = [shape[1] for shape in calls]
+    assert widths == {"fixed": [15] * 6, "variable": [7, 7, 11, 11, 15, 15]}
+
+
+def test_invalid_generation_config_file_names_the_file(tmp_path):
+    make_model().save_pretrained(tmp_path)
+    path = tmp_path / "generation_config.json"
+    path.write_text(path.read_text()[:40])  # truncated
+    with pytest.raises(ValueError, match="generation_config.json"):
+        AutoModelForCausalLM.from_pretrained(tmp_path, trust_remote_code=True)
+    path.unlink()
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path, trust_remote_code=True)  # absent: model defaults
+    assert loaded.generation_config.max_new_tokens == 128
+
+
+def test_confidence_scores_is_a_deprecated_alias():
+    import generation_illada
+
+    logits = torch.randn(1, 3, VOCAB)
+    x0 = logits.argmax(-1)
+    with pytest.warns(FutureWarning, match="remasking_confidence"):
+        old = generation_illada.confidence_scores(logits, x0, "low_confidence", None)
+    assert torch.equal(old, generation_illada.remasking_confidence(logits, x0, "low_confidence", None))
