@@ -21,8 +21,10 @@ greedy confidence decoding produces. `generate_until` calls the model's diffusio
 text at the first stop sequence.
 """
 
+import inspect
 import json
 import logging
+import math
 from collections.abc import Iterator
 
 import torch
@@ -34,17 +36,16 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 try:
     from .scoring_illada import DEFAULT_MC_BATCH_SIZE, DEFAULT_MC_NUM, METHODS
+    from .utils_illada import check_choice, check_positive_int, check_range, is_int, resolve_dtype
 except ImportError:
     from scoring_illada import DEFAULT_MC_BATCH_SIZE, DEFAULT_MC_NUM, METHODS
+    from utils_illada import check_choice, check_positive_int, check_range, is_int, resolve_dtype
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 16
-# lm-eval's own default generation budget (`max_gen_toks`) when a task sets none.
-DEFAULT_MAX_GEN_TOKS = 256
-# iLLaDA's evaluation block length for the Base model (paper: 1024 tokens in blocks of 32).
-DEFAULT_BLOCK_LENGTH = 32
-DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Generation settings the harness needs for itself: it reads the sequences, not an output object.
+_RESERVED_SETTINGS = ("return_dict_in_generate", "output_history")
 
 
 def truncate_at_stop(text: str, stop_sequences: list[str]) -> str:
@@ -63,17 +64,53 @@ def _stop_sequences(until) -> list[str]:
     raise ValueError(f"`until` must be a string or a list of strings, got {until!r}.")
 
 
+def _settings_of(generation_config) -> set[str]:
+    """The setting names of the model's own generation-config class (Hub code or a checkout)."""
+    parameters = inspect.signature(type(generation_config).__init__).parameters.values()
+    return {p.name for p in parameters if p.name != "self" and p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD}
+
+
+def _check_generation_settings(model: PreTrainedModel, settings: dict, where: str) -> None:
+    """Applies `settings` to a copy of the model's generation config, which raises on an unknown name or a bad
+    value, so that a mistake shows before any request runs; `where` says where the settings came from."""
+    config = model.generation_config
+    unknown = sorted(set(settings) - (_settings_of(config) - set(_RESERVED_SETTINGS)))
+    if unknown:
+        known = sorted(_settings_of(config) - set(_RESERVED_SETTINGS))
+        raise ValueError(f"Unknown {where} {unknown} for the `illada` model; the generation settings are {known}.")
+    type(config).from_dict({**config.to_dict(), **settings})
+
+
+def _translate_do_sample(options: dict, known: set[str]) -> None:
+    """For Hub code whose generation config has no `do_sample`: `do_sample=False` becomes temperature 0 (greedy),
+    and `do_sample=True` needs a temperature (it has no default sampling temperature)."""
+    if "do_sample" in known or "do_sample" not in options:
+        return
+    do_sample = options.pop("do_sample")
+    if do_sample is False:
+        options["temperature"] = 0.0
+    elif do_sample is not True:
+        raise ValueError(f"`do_sample` must be True or False, got {do_sample!r}.")
+    elif not options.get("temperature"):
+        raise ValueError("`do_sample=True` needs a `temperature` > 0 in the generation kwargs with this model's code "
+                         "(its generation config has no `do_sample`).")
+
+
 @register_model("illada")
 class ILLaDAEvalHarness(TemplateLM):
     """lm-eval model for iLLaDA (registered as `illada`).
+
+    Generation settings come from the checkpoint's `generation_config.json`; only what is set overrides them:
+    the task's `generation_kwargs` (and lm-eval's `--gen_kwargs`), then, above those, the model args below.
 
     Args:
         pretrained (`str` or `PreTrainedModel`): a checkpoint path or Hub id, or a loaded iLLaDA model.
         tokenizer (`str` or tokenizer, *optional*): defaults to the tokenizer saved with `pretrained`.
         method (`str`, *optional*, defaults to `"confidence"`): `loglikelihood` scoring, `"confidence"` (the
             iLLaDA paper's) or `"likelihood"` (LLaDA's Monte-Carlo ELBO).
-        mc_num, mc_batch_size, cfg_scale: see `ILLaDAScoringMixin.score_continuations` (`cfg_scale` also guides
-            generation).
+        mc_num, mc_batch_size: see `ILLaDAScoringMixin.score_continuations` (`likelihood` only).
+        cfg_scale (`float`, *optional*): classifier-free guidance of scoring and generation; defaults to the
+            generation config's.
         check_greedy (`bool`, *optional*, defaults to `True`): fill `is_greedy`. Free with `confidence`; with
             `likelihood` it adds the confidence passes, and `False` reports `is_greedy=False` (as LLaDA does).
         batch_size (`int`, *optional*, defaults to 16): sequences per forward pass (scoring) or per `generate`.
@@ -81,13 +118,17 @@ class ILLaDAEvalHarness(TemplateLM):
             defaults to `cuda:0`; without CUDA the CPU is used, with a warning).
         dtype (`str`, *optional*, defaults to `"auto"`): `auto`, `float32`, `bfloat16` or `float16`.
         trust_remote_code (`bool`, *optional*, defaults to `False`): passed to `from_pretrained`.
-        add_bos_token (`bool`, *optional*, defaults to `False`): let the tokenizer add its special tokens.
+        add_bos_token (`bool`, *optional*, defaults to `False`): let the tokenizer add its special tokens (not to
+            a text that already starts with the BOS token, as a chat-templated prompt does).
+        enable_thinking (`bool`, *optional*): passed to the chat template (`--apply_chat_template`) when set.
         max_length (`int`, *optional*): longest prompt + continuation; prompts are cut from the left to fit.
             Defaults to `config.max_position_embeddings`.
-        max_new_tokens (`int`, *optional*): generation budget; defaults to the task's `max_gen_toks`.
-        block_length (`int`, *optional*, defaults to 32), steps (`int`, *optional*): diffusion sampling blocks
-            and steps per block (default: one token per step).
-        seed (`int`, *optional*): seeds the Monte-Carlo mask draws (otherwise torch's global generator).
+        max_new_tokens (`int`, *optional*): generation budget, above the task's `max_gen_toks`; defaults to the
+            task's, else the generation config's.
+        seed (`int`, *optional*): seeds the Monte-Carlo mask draws and the sampling noise (otherwise torch's
+            global generator).
+        **generation_settings: any other setting of the model's generation config (`block_length`, `steps`,
+            `temperature`, `threshold`, `use_cache`, ...), overriding the checkpoint's for every request.
     """
 
     def __init__(
@@ -97,7 +138,7 @@ class ILLaDAEvalHarness(TemplateLM):
         method: str = "confidence",
         mc_num: int = DEFAULT_MC_NUM,
         mc_batch_size: int = DEFAULT_MC_BATCH_SIZE,
-        cfg_scale: float = 0.0,
+        cfg_scale: float | None = None,
         check_greedy: bool = True,
         batch_size: int | str = DEFAULT_BATCH_SIZE,
         max_batch_size: int | None = None,
@@ -105,31 +146,46 @@ class ILLaDAEvalHarness(TemplateLM):
         dtype: str = "auto",
         trust_remote_code: bool = False,
         add_bos_token: bool = False,
+        enable_thinking: bool | None = None,
         max_length: int | None = None,
         max_new_tokens: int | None = None,
-        block_length: int = DEFAULT_BLOCK_LENGTH,
-        steps: int | None = None,
         seed: int | None = None,
         revision: str | None = None,
+        **generation_settings,
     ) -> None:
         super().__init__()
-        if method not in METHODS:
-            raise ValueError(f"`method` must be one of {METHODS}, got {method!r}.")
-        if not str(batch_size).isdigit() or int(batch_size) < 1 or max_batch_size is not None:
-            raise ValueError(f"`batch_size` must be a positive integer (no 'auto'), got {batch_size!r}.")
-        if dtype not in DTYPES:
-            raise ValueError(f"`dtype` must be one of {sorted(DTYPES)}, got {dtype!r}.")
+        self._check_model_args(method, mc_num, mc_batch_size, cfg_scale, batch_size, max_batch_size, max_length,
+                               max_new_tokens, seed)
         self._device = self._pick_device(device)
-        self.model = self._load_model(pretrained, dtype, trust_remote_code, revision)
+        self.model = self._load_model(pretrained, resolve_dtype(dtype), trust_remote_code, revision)
         self.tokenizer = self._load_tokenizer(tokenizer, pretrained, trust_remote_code, revision)
         self.method, self.check_greedy, self.add_bos_token = method, bool(check_greedy), bool(add_bos_token)
+        self.chat_template_args = {} if enable_thinking is None else {"enable_thinking": bool(enable_thinking)}
         self.batch_size = int(batch_size)
-        self.score_options = dict(batch_size=self.batch_size, cfg_scale=float(cfg_scale), mc_num=int(mc_num),
-                                  mc_batch_size=int(mc_batch_size))
-        self.max_length = int(max_length or self.model.config.max_position_embeddings)
-        self.max_new_tokens = None if max_new_tokens is None else int(max_new_tokens)
-        self.block_length, self.steps = int(block_length), None if steps is None else int(steps)
-        self.generator = None if seed is None else torch.Generator().manual_seed(int(seed))
+        self.score_options = dict(batch_size=self.batch_size, cfg_scale=cfg_scale, mc_num=mc_num,
+                                  mc_batch_size=mc_batch_size)
+        self.max_length = self.model.config.max_position_embeddings if max_length is None else max_length
+        self.max_new_tokens = max_new_tokens
+        # Only what the user set: everything else comes from the checkpoint's generation config.
+        self.generation_settings = {**generation_settings, **({} if cfg_scale is None else {"cfg_scale": cfg_scale})}
+        _check_generation_settings(self.model, self.generation_settings, "model arg(s)")
+        self.generator = None if seed is None else torch.Generator().manual_seed(seed)
+
+    @staticmethod
+    def _check_model_args(method, mc_num, mc_batch_size, cfg_scale, batch_size, max_batch_size, max_length,
+                          max_new_tokens, seed) -> None:
+        """Model args arrive as parsed strings (`seed=abc` stays a string): each is checked by name."""
+        check_choice("method", method, METHODS)
+        check_positive_int("mc_num", mc_num)
+        check_positive_int("mc_batch_size", mc_batch_size)
+        if cfg_scale is not None:
+            check_range("cfg_scale", cfg_scale, 0.0, math.inf)
+        if not str(batch_size).isdigit() or int(batch_size) < 1 or max_batch_size is not None:
+            raise ValueError(f"`batch_size` must be a positive integer (no 'auto'), got {batch_size!r}.")
+        check_positive_int("max_length", max_length, allow_none=True)
+        check_positive_int("max_new_tokens", max_new_tokens, allow_none=True)
+        if seed is not None and not is_int(seed):
+            raise ValueError(f"`seed` must be an integer, got {seed!r}.")
 
     @staticmethod
     def _pick_device(device: str | None) -> torch.device:
@@ -141,12 +197,12 @@ class ILLaDAEvalHarness(TemplateLM):
             return torch.device("cpu")
         return torch.device(device)
 
-    def _load_model(self, pretrained, dtype: str, trust_remote_code: bool, revision: str | None) -> PreTrainedModel:
+    def _load_model(self, pretrained, dtype, trust_remote_code: bool, revision: str | None) -> PreTrainedModel:
         if isinstance(pretrained, PreTrainedModel):
             model = pretrained
         elif isinstance(pretrained, str):
             model = AutoModelForCausalLM.from_pretrained(
-                pretrained, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, revision=revision
+                pretrained, dtype=dtype, trust_remote_code=trust_remote_code, revision=revision
             )
         else:
             raise TypeError(f"`pretrained` must be a path, a Hub id or a model, got {type(pretrained).__name__}.")
@@ -183,8 +239,23 @@ class ILLaDAEvalHarness(TemplateLM):
         return self.tokenizer.name_or_path.replace("/", "__")
 
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
-        add_special_tokens = self.add_bos_token if add_special_tokens is None else add_special_tokens
+        if add_special_tokens is None:
+            # A chat-templated prompt already starts with the BOS token: do not add a second one.
+            bos = self.tokenizer.bos_token
+            add_special_tokens = self.add_bos_token and not (bos and string.startswith(bos))
         return self.tokenizer(string, add_special_tokens=add_special_tokens)["input_ids"]
+
+    def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        """The prompt text of `chat_history` in the tokenizer's chat template (lm-eval's `--apply_chat_template`;
+        with `--fewshot_as_multiturn` the few-shot examples are earlier user/assistant turns).
+
+        `add_generation_prompt=False` is lm-eval's way of asking to continue the last (assistant) message, for a
+        task's `gen_prefix`.
+        """
+        return self.tokenizer.apply_chat_template(
+            chat_history, tokenize=False, add_generation_prompt=add_generation_prompt,
+            continue_final_message=not add_generation_prompt, **self.chat_template_args,
+        )
 
     def _fit(self, context: list[int], reserved: int) -> list[int]:
         """The context, cut from the left so that it leaves `reserved` tokens free within `max_length`."""
@@ -229,35 +300,46 @@ class ILLaDAEvalHarness(TemplateLM):
             for start in range(0, len(indices), self.batch_size):
                 yield indices[start:start + self.batch_size]
 
-    def _generate_batch(self, contexts: list[str], gen_kwargs: dict) -> list[str]:
+    def _generation_options(self, gen_kwargs: dict) -> tuple[list[str], dict]:
+        """The stop sequences and the settings to pass to `generate` for one request's `gen_kwargs`: only what the
+        task or the user set (model args above the task), the checkpoint's generation config for the rest."""
         options = dict(gen_kwargs)
         stops = _stop_sequences(options.pop("until", None))
-        max_new_tokens = int(options.pop("max_gen_toks", DEFAULT_MAX_GEN_TOKS))
-        max_new_tokens = self.max_new_tokens or max_new_tokens
-        temperature = float(options.pop("temperature", 1.0))  # lm-eval: greedy unless `do_sample`
-        temperature = temperature if options.pop("do_sample", False) else 0.0
-        if options:
-            logger.warning("iLLaDA's diffusion sampler ignores the generation kwargs %s.", sorted(options))
-        prompts = [self._fit(self.tok_encode(context), max_new_tokens) for context in contexts]
+        max_gen_toks = options.pop("max_gen_toks", None)
+        check_positive_int("max_gen_toks", max_gen_toks, allow_none=True)
+        _translate_do_sample(options, _settings_of(self.model.generation_config))
+        settings = {**options, **self.generation_settings}
+        max_new_tokens = self.max_new_tokens if self.max_new_tokens is not None else max_gen_toks
+        if max_new_tokens is not None:
+            settings["max_new_tokens"] = max_new_tokens
+        own_stop_ids = list(settings.get("stop_token_ids", self.model.generation_config.stop_token_ids) or [])
+        extra_stop_ids = [t for t in self._single_token_stops(stops) if t not in own_stop_ids]
+        if extra_stop_ids:
+            settings["stop_token_ids"] = own_stop_ids + extra_stop_ids
+        _check_generation_settings(self.model, settings, "generation kwarg(s)")
+        return stops, settings
+
+    def _generate_batch(self, contexts: list[str], gen_kwargs: dict) -> list[str]:
+        stops, settings = self._generation_options(gen_kwargs)
+        budget = settings.get("max_new_tokens", self.model.generation_config.max_new_tokens)
+        prompts = [self._fit(self.tok_encode(context), budget) for context in contexts]
         width = max(len(p) for p in prompts)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eot_token_id
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self._device)
         attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self._device)
-        sequences = self.model.generate(
-            input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens, block_length=self.block_length,
-            steps=self.steps, temperature=temperature, cfg_scale=self.score_options["cfg_scale"],
-            stop_token_ids=self._stop_token_ids(stops),
-        )
+        if self.generator is not None:
+            settings["generator"] = self.generator
+        sequences = self.model.generate(input_ids, attention_mask=attention_mask, **settings)
         texts = self.tokenizer.batch_decode(sequences[:, width:], skip_special_tokens=True)
         return [truncate_at_stop(text, stops) for text in texts]
 
-    def _stop_token_ids(self, stops: list[str]) -> list[int]:
-        """The model's own stop tokens plus every stop sequence that is one token on its own.
+    def _single_token_stops(self, stops: list[str]) -> list[int]:
+        """The ids of the stop sequences that are one token on their own, added to the stop tokens of `generate`.
 
         Generation then ends with the block that holds such a token instead of running to the budget. Stop
         sequences of several tokens are honoured by the text cut only.
         """
-        ids = list(getattr(self.model.generation_config, "stop_token_ids", None) or [])
+        ids = []
         for stop in stops:
             tokens = self.tokenizer(stop, add_special_tokens=False)["input_ids"]
             if len(tokens) == 1 and stop in self.tokenizer.decode(tokens) and tokens[0] not in ids:
