@@ -247,7 +247,9 @@ def draw_answer_masks(
     for length, seed in zip(answer_lengths.cpu().tolist(), seeds):
         generator = torch.Generator().manual_seed(seed)
         row_counts = stratified_mask_counts(torch.tensor([length]), num_samples, generator)[0]  # [n]
-        spans.append(random_subset_mask(torch.full((num_samples,), length), row_counts, max_len, generator))
+        # Drawn at the answer's own length: the draws, hence the masks, do not depend on the other rows.
+        span = random_subset_mask(torch.full((num_samples,), length), row_counts, length, generator)  # [n, L]
+        spans.append(F.pad(span, (0, max_len - length)))
         counts.append(row_counts)
     return torch.stack(counts).to(answer_lengths.device), torch.stack(spans).to(answer_lengths.device)
 
