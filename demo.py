@@ -13,14 +13,13 @@ Commands (from the repository root):
     python demo.py "What is 12 + 30?" "Say backwards: red sun"    # your own prompts (one answer each)
     python demo.py --chat                            # interactive: one question per line; `exit` or Ctrl-D ends
     python demo.py --threshold 0.9 --no-live         # fewer forward passes (confidence threshold), plain output
-    python demo.py --model path/to/folder            # another model folder (or set ILLADA_DEMO_MODEL)
+    python demo.py --model path/to/folder --trust-remote-code   # another model folder (or set ILLADA_DEMO_MODEL)
     python demo.py --help                            # every option
 
 When stdout is not a terminal (a pipe, a log file, CI), the live view prints a few frames one under the other.
 """
 
 import argparse
-import copy
 import os
 import shutil
 import sys
@@ -33,7 +32,7 @@ import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import ModelOutput
 
-from demo.loading import encode, load_model, stop_token_ids
+from demo.loading import encode, load_model
 
 REPO_ROOT = Path(__file__).resolve().parent
 DEFAULT_MODEL_DIR = "illada-demo"  # relative to the repository root
@@ -88,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("prompts", nargs="*", help="Questions to answer after the built-in ones.")
     parser.add_argument("--model", default=None, help=f"Model folder; default: ${MODEL_ENV_VAR} or "
                         f"{DEFAULT_MODEL_DIR}/ in the repository root.")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help=f"Needed for any folder but the shipped {DEFAULT_MODEL_DIR}/: loading a model folder runs "
+                        "its Python files.")
     parser.add_argument("--chat", action="store_true", help="Interactive mode: read questions from stdin.")
     parser.add_argument("--chat-history", type=int, default=0, metavar="N",
                         help="Chat: earlier exchanges kept in the prompt (default 0: the demo model was trained "
@@ -128,15 +130,13 @@ def resolve_model_dir(model: str | None) -> Path:
 
 
 def generation_settings(model: PreTrainedModel, overrides: dict) -> GenerationConfig:
-    """The model's generation config updated by `overrides`, validated before any forward pass.
+    """The settings `generate` will use: the model's generation config updated by `overrides` (the model resolves
+    them, token ids included), validated before any forward pass.
 
     Raises:
         ValueError: A setting is out of range (the message names it).
     """
-    settings = copy.deepcopy(model.generation_config)
-    settings.update(**overrides, return_dict_in_generate=True, output_history=True)
-    settings.validate()
-    return settings
+    return model.resolve_generation_config(**overrides, return_dict_in_generate=True, output_history=True)
 
 
 def check_prompt_fits(input_ids: torch.Tensor, settings: GenerationConfig, model: PreTrainedModel) -> None:
@@ -234,27 +234,23 @@ def generate_answer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     input_ids = encode(tokenizer, messages).to(model.device)
     check_prompt_fits(input_ids, settings, model)
     prompt_len = input_ids.shape[1]
-    mask_token_id = model.config.mask_token_id if settings.mask_token_id is None else settings.mask_token_id
-    stop_ids = stop_token_ids(model, settings)
-    view = CanvasView(tokenizer, prompt_len, mask_token_id, stop_ids) if live else None
+    view = CanvasView(tokenizer, prompt_len, settings.mask_token_id, set(settings.stop_ids)) if live else None
     out = model.generate(input_ids, generation_config=settings, step_callback=view, generator=generator)
     if view is not None:
         view.close()
-    return to_answer(tokenizer, messages[-1]["content"], out, prompt_len, stop_ids)
+    return to_answer(tokenizer, messages[-1]["content"], out, prompt_len)
 
 
-def to_answer(tokenizer: PreTrainedTokenizerBase, prompt: str, out: ModelOutput, prompt_len: int,
-              stop_ids: set[int]) -> Answer:
-    """Cuts the generated row at its first stop token and collects what the printout and plot need."""
-    generated = out.sequences[0, prompt_len:].tolist()
-    history = out.history[0, prompt_len:].tolist()
-    end = next((i for i, token in enumerate(generated) if token in stop_ids), None)
-    answer_ids = generated if end is None else generated[:end]
-    kept = len(answer_ids) + (end is not None)  # the stop token was committed too: it belongs in the plot
-    labels = [token_label(tokenizer, token) for token in generated[:kept]]
+def to_answer(tokenizer: PreTrainedTokenizerBase, prompt: str, out: ModelOutput, prompt_len: int) -> Answer:
+    """Collects what the printout and plot need from `generate`'s output (its answer length and stop reason)."""
+    length, stopped = int(out.answer_lengths[0]), bool(out.stopped[0])
+    kept = length + stopped  # the stop token was committed too: it belongs in the plot
+    generated = out.sequences[0, prompt_len : prompt_len + kept].tolist()
+    answer_ids = generated[:length]
+    labels = [token_label(tokenizer, token) for token in generated]
     return Answer(prompt=prompt, text=tokenizer.decode(answer_ids, skip_special_tokens=False).strip(),
-                  token_ids=answer_ids, stopped=end is not None, nfe=int(out.nfe), history=history[:kept],
-                  labels=labels)
+                  token_ids=answer_ids, stopped=stopped, nfe=int(out.nfe),
+                  history=out.history[0, prompt_len : prompt_len + kept].tolist(), labels=labels)
 
 
 def token_label(tokenizer: PreTrainedTokenizerBase, token_id: int) -> str:
@@ -400,7 +396,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[Answe
     """Loads the model and runs the chosen mode; returns the answers."""
     try:
         folder = resolve_model_dir(args.model)
-        model, tokenizer = load_model(folder, args.device)
+        model, tokenizer = load_model(folder, args.device, trust_remote_code=args.trust_remote_code)
         settings = generation_settings(model, generation_overrides(args))
     except ValueError as error:
         parser.error(str(error))

@@ -133,6 +133,20 @@ class ILLaDAGenerationMixin:
                 attention_mask = attention_mask.repeat_interleave(config.num_return_sequences, dim=0)
         return run_sampler(self, input_ids, attention_mask, config, generator, step_callback, streamer, progress)
 
+    def resolve_generation_config(self, generation_config: ILLaDAGenerationConfig | GenerationConfig | None = None,
+                                  **kwargs) -> ILLaDAGenerationConfig:
+        """The complete, validated settings that `generate(..., generation_config, **kwargs)` would use: the
+        model's generation config overridden by the caller's options, every token id filled in (e.g. its
+        `stop_ids` and `mask_token_id`). A demo or an evaluation harness reads them here instead of re-deriving.
+
+        Raises:
+            ValueError: a bad setting, or `max_length` (which needs the prompt: pass it to `generate`).
+        """
+        config, max_length = self._prepare_generation_config(generation_config, kwargs)
+        if max_length is not None:
+            raise ValueError(f"`max_length` ({max_length}) depends on the prompt width; give `max_new_tokens` here.")
+        return config
+
     def _prepare_generation_config(self, generation_config, kwargs: dict) -> tuple[ILLaDAGenerationConfig, int | None]:
         """The call's complete settings: the model's generation config (or `generation_config`), copied, updated by
         the caller's options, token ids filled from the model config. Returns them and the call's `max_length`."""

@@ -4,7 +4,7 @@ multiple-choice accuracy with confidence scoring versus likelihood scoring.
 Run from the repository root (offline; about two minutes on one CPU thread for the shipped model):
 
     python -m demo.evaluate                               # illada-demo/, writes illada-demo/eval_results.json
-    python -m demo.evaluate --model my-demo --output none  # print only
+    python -m demo.evaluate --model my-demo --trust-remote-code --output none  # another folder, print only
     python -m demo.evaluate --help
 
 Every question comes from `demo.data.make_examples("heldout", ...)`: problems (and, for facts, wordings) that
@@ -28,7 +28,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from demo.data import TASKS, Example, make_examples, make_multiple_choice
-from demo.loading import encode, load_model, stop_token_ids
+from demo.loading import encode, load_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL_DIR = REPO_ROOT / "illada-demo"
@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(DEFAULT_MODEL_DIR), help="Model folder (default: illada-demo/).")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="Needed for any folder but the shipped illada-demo/: loading a model folder runs its "
+                        "Python files.")
     parser.add_argument("--per-task", type=int, default=DEFAULT_PER_TASK,
                         help=f"Held-out questions per task (default {DEFAULT_PER_TASK}).")
     parser.add_argument("--seed", type=int, default=EVAL_SEED, help="Seed of the held-out draws.")
@@ -82,12 +85,10 @@ def generate_one(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, exa
     """Answers one question with the model's generation config; returns correctness, length, stop and nfe."""
     input_ids = encode(tokenizer, [{"role": "user", "content": example.prompt}])
     out = model.generate(input_ids, return_dict_in_generate=True)
-    generated = out.sequences[0, input_ids.shape[1]:].tolist()
-    stops = stop_token_ids(model, model.generation_config)
-    end = next((i for i, token in enumerate(generated) if token in stops), None)
-    answer_ids = generated if end is None else generated[:end]
+    length = int(out.answer_lengths[0])
+    answer_ids = out.sequences[0, input_ids.shape[1] : input_ids.shape[1] + length].tolist()
     text = tokenizer.decode(answer_ids, skip_special_tokens=True).strip()
-    return {"correct": text == example.response.strip(), "tokens": len(answer_ids), "stopped": end is not None,
+    return {"correct": text == example.response.strip(), "tokens": length, "stopped": bool(out.stopped[0]),
             "nfe": int(out.nfe), "answer": text}
 
 
@@ -172,7 +173,10 @@ def main(argv: list[str] | None = None) -> dict:
     except ValueError as error:
         sys.exit(f"error: {error}")
     torch.set_num_threads(args.threads)
-    model, tokenizer = load_model(args.model)
+    try:
+        model, tokenizer = load_model(args.model, trust_remote_code=args.trust_remote_code)
+    except ValueError as error:
+        sys.exit(f"error: {error}")
     results = evaluate(model, tokenizer, args.per_task, args.seed, with_mc=not args.no_mc)
     results["command"] = "python -m demo.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])
     print_table({k: TaskResult(**v) for k, v in results["summary"].items()}, results["generation"]["max_new_tokens"])

@@ -1,15 +1,34 @@
-"""Loading the demo model as a Hub user would, and the prompt and stop-token helpers `demo.py` and
-`demo.evaluate` share."""
+"""Loading the demo model as a Hub user would, and the prompt helper `demo.py` and `demo.evaluate` share.
+
+Loading a model folder runs its Python files (`trust_remote_code=True`). The shipped `illada-demo/` folder of this
+repository is trusted; any other folder is loaded only when the caller says so (`--trust-remote-code`).
+"""
 
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
+SHIPPED_MODEL_DIR = Path(__file__).resolve().parents[1] / "illada-demo"
 
-def load_model(folder: str | Path, device: str = "cpu") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Loads the model and tokenizer the way any Hub user would (remote code, offline from a local folder)."""
+
+def is_shipped_model(folder: str | Path) -> bool:
+    """Whether `folder` is this repository's `illada-demo/` (whose code files are the repository's own)."""
+    return Path(folder).resolve() == SHIPPED_MODEL_DIR
+
+
+def load_model(folder: str | Path, device: str = "cpu",
+               trust_remote_code: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Loads the model and tokenizer the way any Hub user would (remote code, offline from a local folder).
+
+    Raises:
+        ValueError: `folder` is not the shipped `illada-demo/` and `trust_remote_code` is not set: loading it would
+            run its Python files.
+    """
+    if not (trust_remote_code or is_shipped_model(folder)):
+        raise ValueError(f"{folder} is not the shipped illada-demo/ folder: loading it runs the Python files it "
+                         f"holds (modeling_illada.py, ...). If you trust them, pass `--trust-remote-code`.")
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).to(device).eval()
@@ -21,10 +40,3 @@ def encode(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -
     """The conversation in the chat template, ending with the assistant header: `(1, prompt_len)` ids."""
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
                                          return_dict=True)["input_ids"]
-
-
-def stop_token_ids(model: PreTrainedModel, settings: GenerationConfig) -> set[int]:
-    """EOS and the other stop tokens of the generation config (or of the model config)."""
-    eos = settings.eos_token_id if settings.eos_token_id is not None else model.config.eos_token_ids
-    eos = [eos] if isinstance(eos, int) else list(eos)
-    return set(eos) | set(settings.stop_token_ids or [])

@@ -33,6 +33,12 @@ def _model_dir() -> Path:
     return Path(os.environ.get("ILLADA_DEMO_MODEL", SHIPPED_MODEL))
 
 
+def _model_args() -> list[str]:
+    """`--model DIR`, plus `--trust-remote-code` for any folder but the shipped one."""
+    trust = [] if _model_dir().resolve() == SHIPPED_MODEL.resolve() else ["--trust-remote-code"]
+    return ["--model", str(_model_dir()), *trust]
+
+
 needs_model = pytest.mark.skipif(
     not (_model_dir() / "config.json").is_file(),
     reason=f"no demo model at {_model_dir()}: build it with `python -m demo.build_demo_model` (or set "
@@ -49,10 +55,10 @@ def cli():
     spec.loader.exec_module(module)
     real_load, loaded = module.load_model, {}
 
-    def load_once(folder, device):
+    def load_once(folder, device, trust_remote_code=False):
         key = (str(folder), device)
         if key not in loaded:
-            loaded[key] = real_load(folder, device)
+            loaded[key] = real_load(folder, device, trust_remote_code=trust_remote_code)
         return loaded[key]
 
     module.load_model = load_once
@@ -106,6 +112,17 @@ def test_missing_model_folder_is_a_clear_error(cli, tmp_path, capsys):
         cli.main(["--model", str(tmp_path / "absent")])
     assert raised.value.code == 2
     assert "No model folder" in capsys.readouterr().err
+
+
+def test_other_model_folder_needs_trust_remote_code(cli, tmp_path, capsys, monkeypatch):
+    (tmp_path / "config.json").write_text("{}")
+    for argv, env in ((["--model", str(tmp_path)], None), ([], str(tmp_path))):
+        if env is not None:
+            monkeypatch.setenv(cli.MODEL_ENV_VAR, env)
+        with pytest.raises(SystemExit) as raised:
+            cli.main(argv)
+        assert raised.value.code == 2
+        assert "--trust-remote-code" in capsys.readouterr().err
 
 
 def test_empty_prompt_is_rejected(cli, capsys):
@@ -165,7 +182,7 @@ def test_chat_messages_keep_the_last_exchanges(cli):
 @needs_model
 def test_demo_answers_builtin_and_command_line_prompts(cli, reference, tmp_path, capsys):
     prompt, plot = "What is 12 + 30?", tmp_path / "denoising.png"
-    answers = cli.main(["--model", str(_model_dir()), "--plot", str(plot), prompt])
+    answers = cli.main([*_model_args(), "--plot", str(plot), prompt])
     output = capsys.readouterr().out
     printed = _answers(output)
     assert len(printed) == len(answers) == len(cli.BUILTIN_TASKS) + 1
@@ -209,7 +226,7 @@ def _check_against_own_generate(reference, prompt: str, answer) -> None:
 def test_chat_mode_answers_piped_lines_until_end_of_input(cli, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(sys, "stdin", io.StringIO("What is 2 + 3?\nSay backwards: red sun\n"))
     plot = tmp_path / "chat.png"
-    answers = cli.main(["--model", str(_model_dir()), "--chat", "--no-live", "--plot", str(plot)])
+    answers = cli.main([*_model_args(), "--chat", "--no-live", "--plot", str(plot)])
     output = capsys.readouterr().out
     assert [a.prompt for a in answers] == ["What is 2 + 3?", "Say backwards: red sun"]
     assert output.count("you> ") == 3  # two questions, then the end of input
@@ -221,7 +238,7 @@ def test_chat_mode_answers_piped_lines_until_end_of_input(cli, tmp_path, capsys,
 @needs_model
 def test_chat_mode_stops_at_exit(cli, capsys, monkeypatch):
     monkeypatch.setattr(sys, "stdin", io.StringIO("\nWhat is 1 + 1?\nexit\nWhat is 5 + 5?\n"))
-    answers = cli.main(["--model", str(_model_dir()), "--chat", "--no-live", "--plot", "none"])
+    answers = cli.main([*_model_args(), "--chat", "--no-live", "--plot", "none"])
     assert [a.prompt for a in answers] == ["What is 1 + 1?"]
     assert "Denoising picture" not in capsys.readouterr().out
 
@@ -231,7 +248,7 @@ def test_live_view_redraws_in_place_on_a_terminal(cli, capsys, monkeypatch):
     terminal = TerminalBuffer()
     monkeypatch.setattr(sys, "stdout", terminal)
     monkeypatch.setattr(cli, "FRAME_DELAY_S", 0)
-    (answer,) = cli.main(["--model", str(_model_dir()), "--no-builtin", "--plot", "none", "What is 2 + 3?"])
+    (answer,) = cli.main([*_model_args(), "--no-builtin", "--plot", "none", "What is 2 + 3?"])
     drawn = terminal.getvalue()
     assert drawn.count("step ") == answer.nfe  # one frame per forward pass
     assert drawn.count(cli.CLEAR_BELOW) == answer.nfe - 1
@@ -241,7 +258,7 @@ def test_live_view_redraws_in_place_on_a_terminal(cli, capsys, monkeypatch):
 @needs_model
 def test_bad_generation_setting_is_rejected_before_generating(cli, capsys):
     with pytest.raises(SystemExit) as raised:
-        cli.main(["--model", str(_model_dir()), "--steps", "0"])
+        cli.main([*_model_args(), "--steps", "0"])
     assert raised.value.code == 2
     error = capsys.readouterr()
     assert "`steps`" in error.err and "iLLaDA>" not in error.out
@@ -251,7 +268,7 @@ def test_bad_generation_setting_is_rejected_before_generating(cli, capsys):
 def test_readme_command_runs_as_a_script(cli, tmp_path):
     """`python demo.py` itself (one subprocess): `import demo.data` must find the package next to the script."""
     plot = tmp_path / "denoising.png"
-    result = subprocess.run([sys.executable, str(DEMO_SCRIPT), "--model", str(_model_dir()), "--plot", str(plot)],
+    result = subprocess.run([sys.executable, str(DEMO_SCRIPT), *_model_args(), "--plot", str(plot)],
                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert len(_answers(result.stdout)) == len(cli.BUILTIN_TASKS) and "Denoising picture written" in result.stdout

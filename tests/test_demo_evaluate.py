@@ -49,7 +49,10 @@ class ScriptedModel:
         answer = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         tail = {"right": [EOS], "wrong": [EOS], "right+junk": [EOS] + JUNK, "no_stop": JUNK}[plan]
         sequences = torch.tensor([input_ids[0].tolist() + answer + tail])
-        return SimpleNamespace(sequences=sequences, nfe=k + 1)
+        stopped = plan != "no_stop"
+        length = len(answer) if stopped else len(answer) + len(tail)  # without a stop, the junk is answer too
+        return SimpleNamespace(sequences=sequences, nfe=k + 1, answer_lengths=torch.tensor([length]),
+                               stopped=torch.tensor([stopped]))
 
     def score_choices_batch(self, prompts, choices, method, **options):
         self.seen_choices += [c for question in choices for c in question]
@@ -90,11 +93,18 @@ def test_answer_length_counts_tokens_before_the_first_stop(tokenizer):
     (["--per-task", "0"], "--per-task"),
     (["--threads", "0"], "--threads"),
     (["--model", "/nonexistent-folder"], "No model folder"),
+    (["--model", str(REPO / "tests")], "No model folder"),
 ])
 def test_bad_arguments_exit_with_a_message(argv, match, capsys):
     with pytest.raises(SystemExit) as exit_info:
         ev.main(argv)
     assert match in str(exit_info.value)
+
+
+def test_other_model_folder_needs_trust_remote_code(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(SystemExit, match="--trust-remote-code"):
+        ev.main(["--model", str(tmp_path), "--output", "none"])
 
 
 @pytest.mark.usefixtures("one_thread")
@@ -128,7 +138,7 @@ def test_rebuild_reproduces_the_committed_quality(tmp_path):
     arguments = {k: v for k, v in committed.items() if k in BuildArguments.__dataclass_fields__}
     arguments.update(output_dir=str(tmp_path / "model"), work_dir=str(tmp_path / "work"))
     folder = build(BuildArguments(**arguments))
-    rebuilt = ev.main(["--model", str(folder), "--output", "none"])["summary"]["all"]
+    rebuilt = ev.main(["--model", str(folder), "--trust-remote-code", "--output", "none"])["summary"]["all"]
     expected = json.loads((SHIPPED / ev.RESULTS_FILE).read_text())["summary"]["all"]
     assert rebuilt["exact_match"] == pytest.approx(expected["exact_match"], abs=REBUILD_TOLERANCE)
     for method in ev.SCORING_METHODS:
