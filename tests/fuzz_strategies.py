@@ -115,7 +115,8 @@ def run_case(
         try:
             check(result)
         except AssertionError as failure:
-            return _fail(area, f"[{area}] wrong result: {failure}\n  case: {describe}", failure)
+            reason = str(failure).split("\n")[0]  # without pytest's rewritten-assertion details
+            return _fail(area, f"[{area}] wrong result: {reason}\n  case: {describe}", failure)
     _record(area, CORRECT)
     return result
 
