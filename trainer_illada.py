@@ -24,11 +24,12 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.optim.lr_scheduler import LambdaLR
@@ -50,10 +51,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_EPS = 1e-3
 # Both paper schedules decay over the last 10% of the steps.
 DEFAULT_DECAY_FRACTION = 0.1
-# Keeps the (seed, step) pairs that seed the mask generator distinct for any run shorter than 2**32 steps; evaluation
-# batches use seeds from a second range so that they never reuse a training step's masks.
-_STEP_SEED_STRIDE = 2**32
-_EVAL_SEED_OFFSET = 2**31
+# Marks the evaluation seeds (seed, _EVAL_STREAM, batch) apart from the training ones (seed, step).
+_EVAL_STREAM = 1
 PACKING_STRATEGIES = ("wrapped", "bfd", "bfd_split")
 DATA_FORMATS = ("sft", "pretrain")
 LR_SCHEDULES = ("sft", "pretrain", "trainer")
@@ -418,7 +417,7 @@ class DiffusionSFTTrainer(SFTTrainer):
             count = self.accelerator.gather(count).sum()
         world, rank = self.accelerator.num_processes, self.accelerator.process_index
         rows = self.args.per_device_train_batch_size
-        seed = self.args.seed * _STEP_SEED_STRIDE + self.state.global_step
+        seed = mask_seed(self.args.seed, self.state.global_step)
         for micro, batch in enumerate(batch_samples):
             batch["mask_noise"] = MaskNoise(seed, (micro * world + rank) * rows, len(batch_samples) * world * rows)
         return batch_samples, count
@@ -491,12 +490,18 @@ class DiffusionSFTTrainer(SFTTrainer):
 
     def _evaluation_noise(self, num_rows: int) -> MaskNoise:
         """Seeded masks for a batch without a training step's noise (evaluation, or a direct `compute_loss` call)."""
-        seed = self.args.seed * _STEP_SEED_STRIDE + _EVAL_SEED_OFFSET + self._eval_batches
+        seed = mask_seed(self.args.seed, _EVAL_STREAM, self._eval_batches)
         self._eval_batches += 1
         return MaskNoise(seed, 0, num_rows)
 
     def _across_processes(self) -> bool:
         return self.args.average_tokens_across_devices and self.accelerator.num_processes > 1
+
+
+def mask_seed(*key: int) -> int:
+    """A 32-bit generator seed mixed from `key` (e.g. (seed, step)). torch's CPU generator keeps only the low 32 bits
+    of a seed, so `seed * 2**32 + step` would drop `seed`: numpy's `SeedSequence` hashes the whole key instead."""
+    return int(np.random.SeedSequence(list(key)).generate_state(1)[0])
 
 
 def _maskable(batch: dict[str, Any]) -> torch.BoolTensor:
@@ -507,8 +512,10 @@ def _maskable(batch: dict[str, Any]) -> torch.BoolTensor:
 
 
 def _as_diffusion_config(args: TrainingArguments | None, model: Any) -> DiffusionSFTConfig:
-    """`args` as a [`DiffusionSFTConfig`]: `None` gives the defaults, a plain `TrainingArguments`/`SFTConfig` is
-    converted (its values kept, the diffusion options at their defaults)."""
+    """`args` as a [`DiffusionSFTConfig`]: `None` gives the defaults; a plain `TrainingArguments`/`SFTConfig` is
+    converted, its values kept except the ones whose trl defaults do not fit (checkpointing, bf16, completion-only
+    loss, window length, packing, and an `SFTConfig`'s learning rate, which cannot be told from trl's default):
+    those, and the diffusion options, take [`DiffusionSFTConfig`]'s defaults."""
     if isinstance(args, DiffusionSFTConfig):
         return args
     if args is None:
@@ -516,9 +523,10 @@ def _as_diffusion_config(args: TrainingArguments | None, model: Any) -> Diffusio
         return DiffusionSFTConfig(f"{Path(name).name}-diffusion-sft")
     if not isinstance(args, TrainingArguments):
         raise TypeError(f"`args` must be a `DiffusionSFTConfig`, got {type(args).__name__}.")
-    values = {k: v for k, v in args.to_dict().items() if k in DiffusionSFTConfig.__dataclass_fields__}
-    values["hub_token"] = args.hub_token
-    for trl_default in ("completion_only_loss", "gradient_checkpointing", "max_length", "packing", "bf16"):
+    ours = {f.name for f in fields(DiffusionSFTConfig) if f.init}
+    values = {f.name: getattr(args, f.name) for f in fields(args) if f.init and f.name in ours}
+    for trl_default in ("completion_only_loss", "gradient_checkpointing", "activation_checkpointing", "max_length",
+                        "packing", "packing_strategy", "bf16", "learning_rate" if type(args) is SFTConfig else ""):
         values.pop(trl_default, None)  # trl's defaults do not fit the diffusion loss: take ours
     return DiffusionSFTConfig(**values)
 
@@ -585,8 +593,8 @@ tokenizer = AutoTokenizer.from_pretrained("REPO_OR_FOLDER")
 {load}
 messages = [{{"role": "user", "content": "What is 2 plus 3?"}}]
 inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-output = model.generate(**inputs, max_new_tokens=64, block_length=32)
-print(tokenizer.decode(output.sequences[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+output = model.generate(**inputs, max_new_tokens=64)  # diffusion sampling: block-wise low-confidence remasking
+print(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
 ```
 
 ## Training

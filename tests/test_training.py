@@ -20,6 +20,7 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 import data_illada
+import trainer_illada
 import train_sft
 from data_illada import check_tokenizer, prepare_dataset
 from ddp_train_helper import WINDOW, logged_losses, make_trainer, train
@@ -664,3 +665,13 @@ def test_old_names_still_work_with_a_future_warning(tmp_path):
     path.write_text(json.dumps({"text": "the cat"}) + "\n")
     with pytest.warns(FutureWarning, match="`load_raw_dataset` is deprecated"):
         assert train_sft.load_raw_dataset([str(path)])["text"] == ["the cat"]
+
+
+def test_mask_seeds_depend_on_the_run_seed_and_the_step():
+    """torch's CPU generator keeps only the low 32 bits of a seed: the (seed, step) key is hashed, not packed as
+    `seed * 2**32 + step` (which made every run seed draw the same masks)."""
+    seeds = {trainer_illada.mask_seed(seed, step) for seed in range(4) for step in range(100)}
+    assert len(seeds) == 400 and all(0 <= s < 2**32 for s in seeds)
+    draws = [torch.rand(8, generator=torch.Generator().manual_seed(trainer_illada.mask_seed(seed, 0)))
+             for seed in (5, 6)]
+    assert not torch.equal(*draws)
