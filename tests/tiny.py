@@ -1,6 +1,9 @@
 """Builders of a tiny iLLaDA built in-process (no downloads), fp32 on CPU."""
 
+from pathlib import Path
+
 import torch
+from safetensors.torch import save_file
 
 from configuration_illada import ILLaDAConfig
 from modeling_illada import ILLaDAForCausalLM
@@ -51,3 +54,35 @@ def left_pad(prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
     return ids, mask
+
+
+RELEASED_KEYS = [
+    "model.embed_tokens.weight", "model.norm.weight", "lm_head.weight",
+    *[f"model.layers.{{i}}.self_attn.{p}_proj.weight" for p in "qkvo"],
+    *[f"model.layers.{{i}}.mlp.{p}_proj.weight" for p in ("gate", "up", "down")],
+    "model.layers.{i}.input_layernorm.weight", "model.layers.{i}.post_attention_layernorm.weight",
+]
+
+
+def released_state_dict(config: ILLaDAConfig) -> dict[str, torch.Tensor]:
+    """A state dict spelled with the released checkpoint's tensor names (ILLADA.md §1), shapes from the config."""
+    h, kv = config.hidden_size, config.num_key_value_heads * config.head_dim
+    shapes = {"embed_tokens": (config.vocab_size, h), "lm_head": (config.vocab_size, h), "norm": (h,),
+              "q_proj": (h, h), "k_proj": (kv, h), "v_proj": (kv, h), "o_proj": (h, h),
+              "gate_proj": (config.intermediate_size, h), "up_proj": (config.intermediate_size, h),
+              "down_proj": (h, config.intermediate_size), "layernorm": (h,)}
+    g = torch.Generator().manual_seed(0)
+    state = {}
+    for template in RELEASED_KEYS:
+        for i in range(config.num_hidden_layers) if "{i}" in template else [None]:
+            key = template.format(i=i)
+            shape = next(s for part, s in shapes.items() if part in key)
+            state[key] = torch.randn(shape, generator=g)
+    state["lm_head.weight"] = state["model.embed_tokens.weight"].clone()
+    return state
+
+
+def write_checkpoint(folder: Path, state: dict[str, torch.Tensor], config: ILLaDAConfig) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(folder)
+    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
