@@ -113,11 +113,17 @@ def check_answers(out, input_ids: torch.Tensor, kw: dict, attention_mask: torch.
 
 def check_rows_alone(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, kw: dict,
                      sequences: torch.Tensor) -> None:
-    """Row independence: each prompt generated alone (unpadded) gives the same answer as in the batch."""
+    """Row independence: each prompt generated alone (unpadded) gives the same answer as in the batch.
+
+    Rows without prompt tokens are skipped: their masked positions are symmetric, so confidences tie exactly, and
+    the leftmost-wins tie-break then rests on float noise (~1e-6) that differs between a batch and a single row.
+    """
     width, pad = input_ids.shape[1], effective_settings(kw)["pad"]
     copies = kw.get("num_return_sequences", 1)
     for r in range(input_ids.shape[0]):
         real = input_ids[r] if attention_mask is None else input_ids[r][attention_mask[r].bool()]
+        if real.numel() == 0:
+            continue
         alone = MODEL.generate(real[None], **kw)
         alone = alone.sequences if kw.get("return_dict_in_generate") else alone
         answer = alone[0, real.numel():].tolist()
