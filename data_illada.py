@@ -153,7 +153,7 @@ def check_example(example: dict[str, Any], fmt: str, text_field: str, where: str
 
 def _check_string(value: Any, name: str, where: str, non_empty: bool = False) -> None:
     if not isinstance(value, str):
-        raise TypeError(f"{where}: `{name}` must be a string, got {type(value).__name__} {str(value)[:80]!r}.")
+        raise TypeError(f"{where}: `{name}` must be a string, got {type(value).__name__} {repr(value)[:80]}.")
     if non_empty and not value:
         raise ValueError(f"{where}: `{name}` is empty: there is no response to train on.")
 
@@ -161,11 +161,11 @@ def _check_string(value: Any, name: str, where: str, non_empty: bool = False) ->
 def _check_turns(turns: Any, name: str, where: str, final_response: bool = False) -> None:
     if not isinstance(turns, list):
         raise TypeError(f"{where}: `{name}` must be a list of {{'role', 'content'}} turns, got "
-                        f"{type(turns).__name__} {str(turns)[:80]!r}.")
+                        f"{type(turns).__name__} {repr(turns)[:80]}.")
     for k, turn in enumerate(turns):
         if not (isinstance(turn, dict) and isinstance(turn.get("role"), str) and isinstance(turn.get("content"), str)):
             raise TypeError(f"{where}: turn {k} of `{name}` must be a dict with string `role` and `content`, got "
-                            f"{str(turn)[:80]!r}.")
+                            f"{repr(turn)[:80]}.")
     if final_response and (not turns or turns[-1]["role"] != "assistant" or not turns[-1]["content"]):
         raise ValueError(f"{where} has no response: the last turn of `{name}` must be a non-empty assistant turn, "
                          f"got {str(turns)[:200]}.")
