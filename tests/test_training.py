@@ -39,13 +39,7 @@ from trainer_illada import (
 MASK_ID, PAD_ID, EOS_ID = 5, 1, 2
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The CI machine's two cores are shared: two spinning OpenMP threads make tiny matmuls 20x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny matmuls are 20x slower on two busy threads
 
 
 def trainer_args(tmp_path, **overrides) -> DiffusionSFTConfig:
