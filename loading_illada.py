@@ -3,8 +3,9 @@ head really tied. Errors name the file or the tensors and say what to do.
 
 transformers 5 logs missing tensors and re-initialises them, raises "look at the above report" for a shape
 mismatch, lets safetensors' header errors through without the file name, and loads an untied head with a warning
-although the config ties it. `ILLaDAPreTrainedModel.from_pretrained` calls the two checks below: the files before
-loading (local folders; Hub downloads are verified by huggingface_hub), the loaded state after.
+although the config ties it. `StrictLoadingMixin.from_pretrained` (inherited by `ILLaDAPreTrainedModel`) runs the
+checks below: the files and shapes before loading (local folders; Hub downloads are verified by huggingface_hub,
+and a shape error there is named from the cache), the loaded state after.
 """
 
 from __future__ import annotations
@@ -149,3 +150,35 @@ def check_loaded_state(model: nn.Module, info: dict, ignore_lm_head: bool) -> No
             "shared tensor (drop `lm_head.weight`, or copy `model.embed_tokens.weight` into it), or pass "
             "`strict=False` to load it untied anyway."
         )
+
+
+class StrictLoadingMixin:
+    """Mixed into `ILLaDAPreTrainedModel` before `PreTrainedModel`: `from_pretrained` with the checks above."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, strict: bool = True,
+                        output_loading_info: bool = False, **kwargs):
+        """[`PreTrainedModel.from_pretrained`], but a checkpoint that does not fill the model exactly is an error.
+
+        transformers logs missing or unexpected tensors and silently re-initialises the missing ones; with an 8B
+        checkpoint saved by another transformers version that hides a broken model. With `strict=True` (default)
+        unreadable weight files, missing, unexpected or mis-shaped tensors and an untied head raise a `ValueError`
+        that names them; a local folder is checked before anything is loaded. Pass
+        `strict=False` for the library's lenient behaviour.
+        """
+        if not strict:
+            return super().from_pretrained(pretrained_model_name_or_path, *args,
+                                           output_loading_info=output_loading_info, **kwargs)
+        folder = os.path.join(str(pretrained_model_name_or_path), kwargs.get("subfolder", ""))
+        if os.path.isdir(folder):
+            check_checkpoint_folder(cls, folder, kwargs)
+        try:
+            model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True,
+                                                  **kwargs)
+        except RuntimeError as error:  # transformers' "look at the above report": name the tensors instead
+            snapshot = None if os.path.isdir(folder) else cached_folder(str(pretrained_model_name_or_path), kwargs)
+            if "ignore_mismatched_sizes" in str(error) and snapshot is not None:
+                check_checkpoint_folder(cls, snapshot, kwargs)
+            raise
+        check_loaded_state(model, info, ignore_lm_head=not cls._tied_weights_keys)  # the backbone has no head
+        return (model, info) if output_loading_info else model

@@ -6,7 +6,6 @@ clean token at every masked position of a partially masked sequence; the diffusi
 Sampling lives in `generation_illada.py`, the training loss in `train_sft.py`.
 """
 
-import os
 from collections.abc import Callable
 
 import torch
@@ -22,13 +21,13 @@ try:  # as Hub remote code (a package made by transformers)
     from .cache_illada import DiffusionKVCache
     from .configuration_illada import ILLaDAConfig
     from .generation_illada import ILLaDAGenerationMixin
-    from .loading_illada import cached_folder, check_checkpoint_folder, check_loaded_state
+    from .loading_illada import StrictLoadingMixin
     from .scoring_illada import ILLaDAScoringMixin
 except ImportError:  # from a checkout, with the repo root on sys.path
     from cache_illada import DiffusionKVCache
     from configuration_illada import ILLaDAConfig
     from generation_illada import ILLaDAGenerationMixin
-    from loading_illada import cached_folder, check_checkpoint_folder, check_loaded_state
+    from loading_illada import StrictLoadingMixin
     from scoring_illada import ILLaDAScoringMixin
 
 
@@ -208,7 +207,10 @@ class ILLaDADecoderLayer(GradientCheckpointingLayer):
         return residual + hidden_states
 
 
-class ILLaDAPreTrainedModel(PreTrainedModel):
+class ILLaDAPreTrainedModel(StrictLoadingMixin, PreTrainedModel):
+    """Weight init and strict loading (`StrictLoadingMixin`: a checkpoint that does not fill the model exactly is
+    a `ValueError`; `from_pretrained(..., strict=False)` for transformers' lenient behaviour)."""
+
     config_class = ILLaDAConfig
     config: ILLaDAConfig
     base_model_prefix = "model"
@@ -217,34 +219,6 @@ class ILLaDAPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_attention_backend = True
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, strict: bool = True,
-                        output_loading_info: bool = False, **kwargs):
-        """[`PreTrainedModel.from_pretrained`], but a checkpoint that does not fill the model exactly is an error.
-
-        transformers logs missing or unexpected tensors and silently re-initialises the missing ones; with an 8B
-        checkpoint saved by another transformers version that hides a broken model. With `strict=True` (default)
-        unreadable weight files, missing, unexpected or mis-shaped tensors and an untied head raise a `ValueError`
-        that names them (`loading_illada.py`); a local folder is checked before anything is loaded. Pass
-        `strict=False` for the library's lenient behaviour.
-        """
-        if not strict:
-            return super().from_pretrained(pretrained_model_name_or_path, *args,
-                                           output_loading_info=output_loading_info, **kwargs)
-        folder = os.path.join(str(pretrained_model_name_or_path), kwargs.get("subfolder", ""))
-        if os.path.isdir(folder):
-            check_checkpoint_folder(cls, folder, kwargs)
-        try:
-            model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True,
-                                                  **kwargs)
-        except RuntimeError as error:  # transformers' "look at the above report": name the tensors instead
-            snapshot = None if os.path.isdir(folder) else cached_folder(str(pretrained_model_name_or_path), kwargs)
-            if "ignore_mismatched_sizes" in str(error) and snapshot is not None:
-                check_checkpoint_folder(cls, snapshot, kwargs)
-            raise
-        check_loaded_state(model, info, ignore_lm_head=cls is ILLaDAModel)
-        return (model, info) if output_loading_info else model
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
