@@ -52,6 +52,7 @@ from transformers import HfArgumentParser
 
 from configuration_illada import ILLaDAConfig
 from generation_illada import ILLaDAGenerationConfig
+from utils_illada import check_positive_int, check_range
 from demo.data import DEMO_SEED, corpus_fingerprint, make_examples, pretraining_texts, tokenizer_texts
 from demo.tokenizer import train_tokenizer
 
@@ -109,16 +110,12 @@ class BuildArguments:
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "max_seq_length",
                      "batch_size", "pretrain_steps", "sft_steps", "sft_examples", "generation_block_length"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+            check_positive_int(name, getattr(self, name))
         if self.max_seq_length > self.max_position_embeddings:
             raise ValueError(f"`max_seq_length`={self.max_seq_length} exceeds `max_position_embeddings`="
                              f"{self.max_position_embeddings}.")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ValueError(f"`warmup_ratio` must be in [0, 1), got {self.warmup_ratio!r}.")
-        if self.num_threads is not None and (isinstance(self.num_threads, bool) or self.num_threads < 1):
-            raise ValueError(f"`num_threads` must be a positive integer, got {self.num_threads!r}.")
+        check_range("warmup_ratio", self.warmup_ratio, 0, 1, high_open=True)
+        check_positive_int("num_threads", self.num_threads, allow_none=True)
         if self.smoke:
             self.pretrain_steps = self.sft_steps = SMOKE_STEPS
             self.sft_examples = SMOKE_SFT_EXAMPLES
