@@ -322,9 +322,10 @@ def test_threshold_decoding_spends_fewer_steps(sharp_model):
 @PROPERTY_SETTINGS
 @given(lengths=st.lists(st.integers(0, 6), min_size=1, max_size=3), block=st.integers(1, 6),
        blocks=st.integers(1, 3), extra=st.integers(0, 5), steps_fraction=st.floats(0.01, 1.0),
-       canvas=st.sampled_from(["variable", "fixed"]), temperature=st.sampled_from([0.0, 1.0]),
-       seed=st.integers(0, 1000))
-def test_generation_invariants(sharp_model, lengths, block, blocks, extra, steps_fraction, canvas, temperature, seed):
+       canvas=st.sampled_from(["variable", "fixed"]), temperature=st.sampled_from([0.0, 1.0, 1e4]),
+       top_p=st.sampled_from([None, 0.5]), top_k=st.sampled_from([None, 1, 3]), seed=st.integers(0, 1000))
+def test_generation_invariants(sharp_model, lengths, block, blocks, extra, steps_fraction, canvas, temperature, top_p,
+                               top_k, seed):
     if max(lengths) == 0:
         lengths = [*lengths[:-1], 1]
     prompts = random_prompts(lengths, seed=seed)
@@ -333,7 +334,7 @@ def test_generation_invariants(sharp_model, lengths, block, blocks, extra, steps
     stops = [EOS, FIRST_ORDINARY_ID + seed % (VOCAB - FIRST_ORDINARY_ID)]
     ids, mask = left_pad(prompts)
     out = sharp_model.generate(ids, attention_mask=mask, max_new_tokens=budget, block_length=block, steps=steps,
-                               canvas=canvas, temperature=temperature, stop_token_ids=stops,
+                               canvas=canvas, temperature=temperature, stop_token_ids=stops, top_p=top_p, top_k=top_k,
                                generator=torch.Generator().manual_seed(seed), return_dict_in_generate=True)
     width = ids.shape[1]
     assert torch.equal(out.sequences[:, :width], ids)  # prompt unchanged
@@ -815,3 +816,14 @@ def test_confidence_scores_is_a_deprecated_alias():
     with pytest.warns(FutureWarning, match="remasking_confidence"):
         old = generation_illada.confidence_scores(logits, x0, "low_confidence", None)
     assert torch.equal(old, generation_illada.remasking_confidence(logits, x0, "low_confidence", None))
+
+
+def test_resolve_generation_config_gives_the_settings_a_call_uses(sharp_model):
+    config = sharp_model.resolve_generation_config(steps=2, block_length=4, stop_token_ids=[9])
+    assert (config.steps, config.block_length, config.max_new_tokens) == (2, 4, 128)  # the rest: model defaults
+    assert (config.mask_token_id, config.pad_token_id, config.stop_ids) == (MASK, PAD, [EOS, 9])
+    ids = torch.tensor(random_prompts([4], seed=31))
+    assert torch.equal(sharp_model.generate(ids, generation_config=config, max_new_tokens=8),
+                       sharp_model.generate(ids, steps=2, block_length=4, stop_token_ids=[9], max_new_tokens=8))
+    with pytest.raises(ValueError, match="`max_length`"):
+        sharp_model.resolve_generation_config(max_length=20)
