@@ -9,6 +9,8 @@ The 2-process torchrun comparison is in `test_vrpo_ddp.py`; the gradient-varianc
 import itertools
 import json
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -342,3 +344,19 @@ def test_trainer_and_data_errors(tmp_path):
                                  tokenizer, 64, MASK_ID)
     with pytest.raises(ValueError, match="exactly one of `train_files` and `dataset_name`"):
         train_vrpo.PreferenceDataArguments()
+
+
+def test_antithetic_masks_lower_the_loss_and_gradient_variance_near_the_reference(tmp_path):
+    """A policy a few small steps from the reference (the regime of LLaDA 1.5's 5e-7 learning rate): sharing the
+    masks makes the loss almost noise-free and lowers the gradient's variance (β = 5, where the sigmoid's weight
+    varies most). Figures for the demo model: `bench/bench_vrpo.py` (bench/RESULTS.md)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from bench_vrpo import variances
+
+    trainer = make_trainer(str(tmp_path), max_steps=3, learning_rate=1e-4)
+    trainer.train()
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(6)])
+    result = variances(trainer.model, trainer.ref_model, batch, beta=5.0, draws=12, samples=4)
+    (loss_antithetic, gradient_antithetic), (loss_independent, gradient_independent) = result.values()
+    assert loss_antithetic * 10 < loss_independent
+    assert gradient_antithetic < gradient_independent
