@@ -53,7 +53,7 @@ class ILLaDAConfig(PretrainedConfig):
             RoPE is implemented. The legacy keys `rope_theta` / `rope_scaling` of the released config.json
             are accepted and converted. `rope_theta` defaults to 500000 (LLaDA's; not published for iLLaDA).
         attention_dropout (`float`, *optional*, defaults to 0.0): Dropout on attention probabilities.
-        initializer_range (`float`, *optional*, defaults to 0.02): Std of the normal weight initialisation.
+        initializer_range (`float`, *optional*, defaults to 0.02): Std of the normal weight initialisation, in [0, 1].
         pad_token_id (`int`, *optional*, defaults to 1), bos_token_id (`int`, *optional*, defaults to 0),
         eos_token_id (`int` or `list[int]`, *optional*, defaults to 2): Special tokens of iLLaDA's vocabulary.
         mask_token_id (`int`, *optional*, defaults to 5): The `<[MASK]>` token every diffusion algorithm reads.
@@ -139,7 +139,9 @@ class ILLaDAConfig(PretrainedConfig):
 
     def _validate_floats(self) -> None:
         check_range("rms_norm_eps", self.rms_norm_eps, 0.0, math.inf, low_open=True, high_open=True)
-        check_range("initializer_range", self.initializer_range, 0.0, math.inf, high_open=True)
+        # A standard deviation of the weights' normal init: 0.02 in the release; above 1 it has no use, and huge
+        # values overflow to inf weights.
+        check_range("initializer_range", self.initializer_range, 0.0, 1.0)
         check_range("attention_dropout", self.attention_dropout, 0.0, 1.0, high_open=True)
 
     def _validate_fixed_architecture(self) -> None:

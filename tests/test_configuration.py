@@ -61,6 +61,7 @@ def test_eos_token_ids_is_always_a_list():
         ({"bos_token_id": -1}, "`bos_token_id` must be an integer in"),
         ({"eos_token_id": [2, "3"]}, "`eos_token_id` must be None or a token id or a list of token ids"),
         ({"mask_token_id": True}, "`mask_token_id` must be an integer"),
+        ({"initializer_range": 1e308}, r"`initializer_range` must be in \[0.0, 1.0\], got 1e\+308"),
     ],
 )
 def test_invalid_configs_raise_clear_errors(overrides, match):
