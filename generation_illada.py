@@ -151,14 +151,12 @@ class ILLaDAGenerationMixin:
         """The call's complete settings: the model's generation config (or `generation_config`), copied, updated by
         the caller's options, token ids filled from the model config. Returns them and the call's `max_length`."""
         base, options = self.generation_config, {}
-        if generation_config is None:
-            pass
-        elif _is_diffusion_config(generation_config):
+        if _is_diffusion_config(generation_config):
             base = generation_config
-        elif isinstance(generation_config, GenerationConfig):
+        elif isinstance(generation_config, GenerationConfig):  # a stock config: only what it sets overrides
             options = {k: v for k, v in generation_config.to_diff_dict().items()
                        if k not in ("transformers_version", "_from_model_config", "_commit_hash")}
-        else:
+        elif generation_config is not None:
             raise TypeError(f"`generation_config` must be an ILLaDAGenerationConfig or a transformers "
                             f"GenerationConfig, got {type(generation_config).__name__}.")
         config_settings, config_max_length = split_generation_options(options, "`generation_config`")
@@ -166,8 +164,9 @@ class ILLaDAGenerationMixin:
         if max_length is not None and "max_new_tokens" in call_settings:
             raise ValueError(f"Give `max_new_tokens` ({call_settings['max_new_tokens']}) or `max_length` "
                              f"({max_length}), not both.")
-        if max_length is None and "max_new_tokens" not in call_settings:
-            max_length = config_max_length if "max_new_tokens" not in config_settings else None
+        # The most specific length wins: the call's, then the stock config's (its max_new_tokens before its max_length).
+        if max_length is None and "max_new_tokens" not in call_settings and "max_new_tokens" not in config_settings:
+            max_length = config_max_length
         # A copy in this module's class: the config may come from a checkout while the model is remote code.
         config = ILLaDAGenerationConfig.from_dict(base.to_dict())
         config.update(**{**config_settings, **call_settings})
