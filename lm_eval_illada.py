@@ -179,7 +179,7 @@ class ILLaDAEvalHarness(TemplateLM):
         check_positive_int("mc_num", mc_num)
         check_positive_int("mc_batch_size", mc_batch_size)
         if cfg_scale is not None:
-            check_range("cfg_scale", cfg_scale, 0.0, math.inf)
+            check_range("cfg_scale", cfg_scale, 0, math.inf)
         if not str(batch_size).isdigit() or int(batch_size) < 1 or max_batch_size is not None:
             raise ValueError(f"`batch_size` must be a positive integer (no 'auto'), got {batch_size!r}.")
         check_positive_int("max_length", max_length, allow_none=True)

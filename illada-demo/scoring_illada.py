@@ -518,7 +518,7 @@ class ILLaDAScoringMixin:
         if cfg_scale is None:
             cfg_scale = getattr(getattr(self, "generation_config", None), "cfg_scale", None)
             cfg_scale = 0.0 if cfg_scale is None else cfg_scale
-        check_range("cfg_scale", cfg_scale, 0.0, math.inf)
+        check_range("cfg_scale", cfg_scale, 0, math.inf)
         return float(cfg_scale)
 
     def _score_ids(self, prompts, continuations, method, batch_size, cfg_scale, mc_num, mc_batch_size,

@@ -1,14 +1,9 @@
-"""lm-evaluation-harness model `illada`: requests against our own API, and one end-to-end run on the toy tasks.
-
-The end-to-end run goes through `run_lm_eval.py` (the lm-eval command line with `illada` registered) on a tiny
-random model saved to disk and loaded with `trust_remote_code`, for both `loglikelihood` (multiple choice) and
-`generate_until`; its reported accuracies must equal the ones computed directly with `score_choices_batch`
-and `generate` on the same documents.
+"""lm-evaluation-harness model `illada` on a tiny random model: requests against our own API, model args and
+generation kwargs, and the checkpoint's generation settings. The end-to-end runs on the demo model (chat
+templates, the `illada_demo` tasks) are in `test_lm_eval_demo.py`.
 """
 
-import json
-import sys
-from pathlib import Path
+import copy
 
 import pytest
 import torch
@@ -16,22 +11,18 @@ import torch
 pytest.importorskip("lm_eval")
 
 from lm_eval.api.instance import Instance  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+from lm_eval.utils import simple_parse_args_string  # noqa: E402
+from transformers import AutoModelForCausalLM  # noqa: E402
 
-import run_lm_eval  # noqa: E402
 from lm_eval_illada import ILLaDAEvalHarness, truncate_at_stop  # noqa: E402
 from tiny import make_model  # noqa: E402
 from word_tokenizer import make_word_tokenizer  # noqa: E402
 
-EVAL_TASKS = Path(__file__).resolve().parents[1] / "eval_tasks"
-sys.path.insert(0, str(EVAL_TASKS / "illada_toy"))
-from toy_data import toy_dataset  # noqa: E402
-
-MODEL_SEED = 3  # a random tiny model that gets some, not all, of the first toy questions right, and whose
-# generations are not one word repeated
-NUM_DOCS = 8
+MODEL_SEED = 3  # a random tiny model whose generations are not one word repeated
 BLOCK_LENGTH = 4
 QUESTION = "Tom has 3 apples and gets 4 more . How many apples does Tom have now ?"
+QUESTIONS = [QUESTION, "Ann has 9 pears and gets 2 more . How many pears does Ann have now ?",
+             "Sam has 1 plums and gets 8 more .", "Mia has 5 apples"]
 
 
 @pytest.fixture(scope="module")
@@ -119,58 +110,133 @@ def test_generate_until_honours_stop_sequences(harness):
 
 
 def test_generate_until_batches_like_one_at_a_time(harness, model, tokenizer):
-    prompts = [doc["question"] for doc in toy_dataset(num_docs=4)["test"]] + ["How many apples ?", "Tom has 3"]
+    prompts = QUESTIONS + ["How many apples ?", "Tom has 3"]
     requests = [generation_request(prompt, until=["."], max_gen_toks=6) for prompt in prompts]
     batched = harness.generate_until(requests, disable_tqdm=True)
     assert batched == generate_directly(model, tokenizer, prompts, 6, ".")
 
 
 @pytest.mark.parametrize(
-    "kwargs, match",
-    [(dict(method="perplexity"), "`method` must be one of"), (dict(batch_size="auto"), "`batch_size`"),
-     (dict(dtype="int8"), "`dtype`")],
+    "model_args, error, match",
+    [
+        ("method=perplexity", ValueError, "`method` must be one of"),
+        ("batch_size=auto", ValueError, "`batch_size`"),
+        ("dtype=int8", ValueError, "`dtype`"),
+        ("cfg_scale=inf", ValueError, r"`cfg_scale` must be a finite number in \[0, inf\], got inf"),
+        ("cfg_scale=nan", ValueError, "`cfg_scale` must be a finite number"),
+        ("cfg_scale=abc", TypeError, "`cfg_scale` must be a number, got str 'abc'"),
+        ("seed=abc", ValueError, "`seed` must be an integer, got 'abc'"),
+        ("mc_num=abc", ValueError, "`mc_num` must be a positive integer, got 'abc'"),
+        ("max_new_tokens=0", ValueError, "`max_new_tokens` must be a positive integer or None, got 0"),
+        ("max_length=0", ValueError, "`max_length` must be a positive integer or None, got 0"),
+        ("steps=abc", ValueError, "`steps`"),
+        ("block_length=0", ValueError, "`block_length`"),
+        ("blocklength=8", ValueError, r"Unknown model arg\(s\) \['blocklength'\]"),
+        ("return_dict_in_generate=True", ValueError, "Unknown model arg"),
+    ],
 )
-def test_bad_model_args_raise(model, tokenizer, kwargs, match):
+def test_bad_model_args_name_the_argument(model, tokenizer, model_args, error, match):
+    # As lm-eval's command line parses `--model_args` (numbers and booleans converted, the rest left strings).
+    with pytest.raises(error, match=match):
+        ILLaDAEvalHarness(pretrained=model, tokenizer=tokenizer, device="cpu", **simple_parse_args_string(model_args))
+
+
+@pytest.mark.parametrize(
+    "gen_kwargs, match",
+    [(dict(max_gen_toks=0), "`max_gen_toks` must be a positive integer or None, got 0"),
+     (dict(blocklength=8), r"Unknown generation kwarg\(s\) \['blocklength'\]"),
+     (dict(temperature=-1.0), "`temperature`")],
+)
+def test_bad_generation_kwargs_name_the_argument(harness, gen_kwargs, match):
+    # 0 tokens is not replaced by a default budget: it is refused.
     with pytest.raises(ValueError, match=match):
-        ILLaDAEvalHarness(pretrained=model, tokenizer=tokenizer, device="cpu", **kwargs)
+        harness.generate_until([generation_request(QUESTION, until=["."], **gen_kwargs)], disable_tqdm=True)
+
+
+# ----------------------------------------------------------------------------------------- generation settings
+
+# Non-default settings saved with a checkpoint: 2 steps per block of 8, guidance, sampling at temperature 0.7.
+SAVED_SETTINGS = dict(steps=2, block_length=8, cfg_scale=0.5, temperature=0.7, max_new_tokens=16)
+
+
+@pytest.fixture(scope="module")
+def saved_model(model, tokenizer, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("saved")
+    saved = copy.deepcopy(model)
+    saved.generation_config.update(**SAVED_SETTINGS)
+    saved.generation_config.validate()
+    saved.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def counted(model, call) -> tuple[torch.Tensor, int]:
+    """`call()`'s sequences and the number of forward passes it ran on `model`."""
+    forwards = []
+    handle = model.register_forward_pre_hook(lambda module, args: forwards.append(1))
+    try:
+        return call(), len(forwards)
+    finally:
+        handle.remove()
+
+
+def harness_generation(harness, **gen_kwargs) -> tuple[torch.Tensor, int]:
+    """The sequences `generate` returned inside `generate_until` for QUESTION, and the forward count."""
+    returned = []
+    original = harness.model.generate
+
+    def spy(*args, **kwargs):
+        returned.append(original(*args, **kwargs))
+        return returned[-1]
+
+    harness.model.generate = spy
+    try:
+        _, forwards = counted(harness.model, lambda: harness.generate_until(
+            [generation_request(QUESTION, until=[], **gen_kwargs)], disable_tqdm=True))
+    finally:
+        del harness.model.generate
+    return returned[0], forwards
+
+
+@pytest.mark.parametrize(
+    "model_args, gen_kwargs, generate_kwargs",
+    [
+        (dict(), dict(), dict()),  # nothing set: exactly `generate()` with no arguments
+        (dict(steps=4), dict(), dict(steps=4)),  # a model arg overrides the checkpoint
+        (dict(), dict(max_gen_toks=8, do_sample=False), dict(max_new_tokens=8, temperature=0.0)),  # the task's
+        (dict(block_length=4), dict(block_length=16), dict(block_length=4)),  # model args above gen_kwargs
+    ],
+)
+def test_generation_follows_the_checkpoint_unless_set(saved_model, tokenizer, model_args, gen_kwargs,
+                                                      generate_kwargs):
+    harness = ILLaDAEvalHarness(pretrained=str(saved_model), trust_remote_code=True, device="cpu", seed=0,
+                                **model_args)
+    reference = AutoModelForCausalLM.from_pretrained(saved_model, trust_remote_code=True)
+    ids = torch.tensor([tokenizer(QUESTION)["input_ids"]])
+    expected, expected_forwards = counted(reference, lambda: reference.generate(
+        ids, generator=torch.Generator().manual_seed(0), **generate_kwargs))
+    sequences, forwards = harness_generation(harness, **gen_kwargs)
+    assert torch.equal(sequences, expected) and forwards == expected_forwards
+    if not model_args and not gen_kwargs:
+        # Hand-derived: 16 tokens in blocks of 8 at 2 steps each is at most 4 forwards (the harness once passed
+        # its own block length and one token per step: 16).
+        assert 2 <= forwards <= 4
+
+
+def test_scoring_guidance_comes_from_the_generation_config_unless_set(model, tokenizer):
+    guided = copy.deepcopy(model)
+    guided.generation_config.cfg_scale = 0.5  # as a checkpoint's generation_config.json would set it
+    prompt, continuation = tokenizer(QUESTION)["input_ids"], tokenizer("7 apples")["input_ids"]
+    request = [loglikelihood_request(QUESTION, " 7 apples")]
+    for model_args, cfg_scale in ((dict(), 0.5), (dict(cfg_scale=0), 0.0), (dict(cfg_scale=2.0), 2.0)):
+        harness = ILLaDAEvalHarness(pretrained=guided, tokenizer=tokenizer, device="cpu", **model_args)
+        (score, _), = harness.loglikelihood(request, disable_tqdm=True)
+        expected = model.score_continuations([prompt], [continuation], cfg_scale=cfg_scale).scores.item()
+        assert score == pytest.approx(expected, abs=1e-6), model_args
+    unguided = model.score_continuations([prompt], [continuation], cfg_scale=0.0).scores.item()
+    assert abs(unguided - model.score_continuations([prompt], [continuation], cfg_scale=0.5).scores.item()) > 1e-3
 
 
 def test_rolling_loglikelihood_is_not_available(harness):
     with pytest.raises(NotImplementedError, match="loglikelihood_rolling"):
         harness.loglikelihood_rolling([])
-
-
-# ----------------------------------------------------------------------------------------- end to end
-
-
-def test_lm_eval_end_to_end_matches_our_api(model, tokenizer, tmp_path):
-    saved = tmp_path / "model"
-    model.save_pretrained(saved)
-    tokenizer.save_pretrained(saved)
-    run_lm_eval.main([
-        "--model", "illada", "--device", "cpu", "--batch_size", "8", "--limit", str(NUM_DOCS),
-        "--model_args", f"pretrained={saved},trust_remote_code=True,block_length={BLOCK_LENGTH}",
-        "--include_path", str(EVAL_TASKS), "--tasks", "illada_toy_mc,illada_toy_gen",
-        "--output_path", str(tmp_path / "out"), "--log_samples",
-    ])
-    results = json.loads(next((tmp_path / "out").rglob("results_*.json")).read_text())["results"]
-    docs = toy_dataset()["test"].select(range(NUM_DOCS))
-    loaded = AutoModelForCausalLM.from_pretrained(saved, trust_remote_code=True)
-    loaded_tokenizer = AutoTokenizer.from_pretrained(saved)
-
-    choices = loaded.score_choices_batch([doc["question"] for doc in docs],
-                                         [[" " + choice for choice in doc["choices"]] for doc in docs],
-                                         tokenizer=loaded_tokenizer)
-    accuracy = sum(scores.best == doc["label"] for scores, doc in zip(choices, docs)) / NUM_DOCS
-    assert 0 < accuracy < 1  # the comparison below can tell right from wrong answers
-    assert results["illada_toy_mc"]["acc,none"] == pytest.approx(accuracy)
-    mc_samples = [json.loads(line) for line in next((tmp_path / "out").rglob("samples_illada_toy_mc_*.jsonl")).open()]
-    for sample in mc_samples:
-        reported = [float(response[0][0]) for response in sample["resps"]]
-        assert reported == pytest.approx(choices[sample["doc_id"]].scores.tolist(), abs=1e-5)
-
-    answers = generate_directly(loaded, loaded_tokenizer, [doc["question"] for doc in docs], 8, ".")
-    exact = sum(answer.strip().lower() == doc["answer"].lower() for answer, doc in zip(answers, docs)) / NUM_DOCS
-    assert results["illada_toy_gen"]["exact_match,none"] == pytest.approx(exact)
-    samples = [json.loads(line) for line in next((tmp_path / "out").rglob("samples_illada_toy_gen_*.jsonl")).open()]
-    assert [sample["resps"][0][0] for sample in sorted(samples, key=lambda s: s["doc_id"])] == answers

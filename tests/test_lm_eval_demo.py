@@ -47,7 +47,7 @@ def docs():
 
 @pytest.fixture(scope="module")
 def task_manager():
-    return TaskManager(include_path=str(EVAL_TASKS))
+    return TaskManager(include_path=str(EVAL_TASKS), include_defaults=False)  # not the 10k built-in tasks
 
 
 def chat_ids(tokenizer, messages: list[dict]) -> list[int]:
@@ -129,22 +129,41 @@ def test_system_instruction_becomes_a_system_turn(harness, docs, task_manager, m
 # ----------------------------------------------------------------------------------------- end to end
 
 
-def test_demo_tasks_through_the_command_line_match_our_api(tmp_path):
-    run_lm_eval.main([
-        "--model", "illada", "--device", "cpu", "--batch_size", "8", "--limit", str(LIMIT),
-        "--model_args", f"pretrained={DEMO},trust_remote_code=True", "--apply_chat_template",
-        "--include_path", str(EVAL_TASKS), "--tasks", "illada_demo_mc,illada_demo_gen",
-        "--output_path", str(tmp_path / "out"), "--log_samples",
-    ])
-    results = json.loads(next((tmp_path / "out").rglob("results_*.json")).read_text())["results"]
+def evaluate_demo_tasks(how: str, tmp_path: Path, task_manager) -> tuple[dict, dict[str, list[dict]]]:
+    """Both demo tasks with the chat template, through the command line (`run_lm_eval.py`) or `simple_evaluate`
+    with the registered model name; returns the results per task and the logged samples in doc order."""
+    tasks, model_args = ["illada_demo_mc", "illada_demo_gen"], f"pretrained={DEMO},trust_remote_code=True"
+    if how == "cli":
+        run_lm_eval.main([
+            "--model", "illada", "--device", "cpu", "--batch_size", "8", "--limit", str(LIMIT),
+            "--model_args", model_args, "--apply_chat_template", "--include_path", str(EVAL_TASKS),
+            "--tasks", ",".join(tasks), "--output_path", str(tmp_path / "out"), "--log_samples",
+        ])
+        results = json.loads(next((tmp_path / "out").rglob("results_*.json")).read_text())["results"]
+        logged = {task: [json.loads(line) for line in next((tmp_path / "out").rglob(f"samples_{task}_*.jsonl"))
+                         .read_text().splitlines()] for task in tasks}
+    else:
+        output = lm_eval.simple_evaluate(model="illada", model_args=model_args, tasks=tasks, device="cpu",
+                                         batch_size=8, limit=LIMIT, apply_chat_template=True, log_samples=True,
+                                         task_manager=task_manager, bootstrap_iters=0)
+        results, logged = output["results"], output["samples"]
+    return results, {task: sorted(rows, key=lambda row: row["doc_id"]) for task, rows in logged.items()}
+
+
+@pytest.mark.parametrize("how", ["api", pytest.param("cli", marks=pytest.mark.slow)])  # the cli indexes 10k tasks
+def test_demo_tasks_match_our_api(how, tmp_path, task_manager):
+    results, samples = evaluate_demo_tasks(how, tmp_path, task_manager)
     docs = demo_dataset()["test"].select(range(LIMIT))
     model = AutoModelForCausalLM.from_pretrained(DEMO, trust_remote_code=True)
-    tokenizer = AutoTokenizer.from_pretrained(DEMO)
+    tokenizer = AutoTokenizer.from_pretrained(DEMO, trust_remote_code=True)
     prompts = [chat_ids(tokenizer, [user(doc["question"])]) for doc in docs]
 
     choices = model.score_choices_batch(prompts, [doc["choices"] for doc in docs], tokenizer=tokenizer)
     hits = [scores.best == doc["label"] for scores, doc in zip(choices, docs)]
     assert results["illada_demo_mc"]["acc,none"] == pytest.approx(sum(hits) / LIMIT)
+    for sample in samples["illada_demo_mc"]:
+        reported = [float(response[0][0]) for response in sample["resps"]]
+        assert reported == pytest.approx(choices[sample["doc_id"]].scores.tolist(), abs=1e-5)
 
     answers = []
     for prompt in prompts:  # one at a time, with the checkpoint's generation settings
@@ -152,6 +171,7 @@ def test_demo_tasks_through_the_command_line_match_our_api(tmp_path):
         answers.append(tokenizer.decode(out[0, len(prompt):], skip_special_tokens=True).strip())
     exact = [answer == doc["answer"] for answer, doc in zip(answers, docs)]
     assert results["illada_demo_gen"]["exact_match,strip"] == pytest.approx(sum(exact) / LIMIT)
+    assert [sample["filtered_resps"][0] for sample in samples["illada_demo_gen"]] == answers
     assert any(exact)  # the demo model answers some of its held-out questions
 
 

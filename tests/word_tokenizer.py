@@ -1,19 +1,21 @@
 """A word-level tokenizer built in-process (no download) with iLLaDA's special ids: bos 0, pad 1, eos 2, mask 5.
 
-Words are split on whitespace and decoded joined by single spaces (the `tokenizers` default), so that text round-trips exactly for the
-toy evaluation task (`eval_tasks/illada_toy`), whose vocabulary it covers.
+Words are split on whitespace and decoded joined by single spaces (the `tokenizers` default), so that text round-trips
+exactly for the small word problems of `VOCABULARY` ("Tom has 3 apples and gets 4 more . How many apples does Tom have
+now ?"), used by the scoring and lm-eval tests.
 """
-
-import sys
-from pathlib import Path
 
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>", "<reserved>", "<mask>")  # ids 0..5
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "eval_tasks" / "illada_toy"))
-from toy_data import VOCABULARY  # noqa: E402
+TEMPLATE = "{name} has {a} {fruit} and gets {b} more . How many {fruit} does {name} have now ?"
+# Every word of such a problem: names, fruits, and numbers up to 22 (answers and their near misses).
+VOCABULARY = sorted(
+    set(TEMPLATE.format(name="x", a=0, b=0, fruit="x").split()) - {"x", "0"}
+    | {"Tom", "Ann", "Sam", "Mia"} | {"apples", "pears", "plums"} | {str(n) for n in range(23)}
+)
 
 
 def make_word_tokenizer(words=VOCABULARY) -> PreTrainedTokenizerFast:
