@@ -233,8 +233,8 @@ def test_chat_template_renders(tokenizer, train_examples):
 
 
 def test_chat_template_rejects_other_roles(tokenizer):
-    with pytest.raises(Exception, match="`user` and `assistant`"):
-        tokenizer.apply_chat_template([{"role": "system", "content": "hi"}], tokenize=False)
+    with pytest.raises(Exception, match="`system`, `user` and `assistant`"):
+        tokenizer.apply_chat_template([{"role": "tool", "content": "hi"}], tokenize=False)
 
 
 def test_tokenizer_save_and_reload(tokenizer, tmp_path):
