@@ -63,54 +63,29 @@ from datasets import Dataset
 from transformers import AutoTokenizer, HfArgumentParser, PreTrainedTokenizerBase, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-try:  # as Hub remote code (a package made by transformers)
-    from .configuration_illada import ILLaDAConfig
-    from .data_illada import (
-        DEFAULT_MAX_LENGTH,
-        check_tokenizer,
-        load_data,
-        load_data_files,
-        pad_token_id,
-        prepare_dataset,
-        resolve_max_length,
-    )
-    from .modeling_illada import ILLaDAForCausalLM
-    from .trainer_illada import (
-        DiffusionDataCollator,
-        DiffusionSFTConfig,
-        DiffusionSFTTrainer,
-        MaskedDiffusionOutput,
-        MaskNoise,
-        build_model_card,
-        diffusion_lr_lambda,
-        masked_diffusion_loss,
-        sample_mask,
-    )
-    from .utils_illada import DTYPES, check_choice, check_positive_int, check_range
-except ImportError:  # from a checkout, with the repo root on sys.path
-    from configuration_illada import ILLaDAConfig
-    from data_illada import (
-        DEFAULT_MAX_LENGTH,
-        check_tokenizer,
-        load_data,
-        load_data_files,
-        pad_token_id,
-        prepare_dataset,
-        resolve_max_length,
-    )
-    from modeling_illada import ILLaDAForCausalLM
-    from trainer_illada import (
-        DiffusionDataCollator,
-        DiffusionSFTConfig,
-        DiffusionSFTTrainer,
-        MaskedDiffusionOutput,
-        MaskNoise,
-        build_model_card,
-        diffusion_lr_lambda,
-        masked_diffusion_loss,
-        sample_mask,
-    )
-    from utils_illada import DTYPES, check_choice, check_positive_int, check_range
+from configuration_illada import ILLaDAConfig
+from data_illada import (
+    DEFAULT_MAX_LENGTH,
+    check_tokenizer,
+    load_data,
+    load_data_files,
+    pad_token_id,
+    prepare_dataset,
+    resolve_max_length,
+)
+from modeling_illada import ILLaDAForCausalLM
+from trainer_illada import (
+    DiffusionDataCollator,
+    DiffusionSFTConfig,
+    DiffusionSFTTrainer,
+    MaskedDiffusionOutput,
+    MaskNoise,
+    build_model_card,
+    diffusion_lr_lambda,
+    masked_diffusion_loss,
+    sample_mask,
+)
+from utils_illada import DTYPES, check_choice, check_positive_int, check_range
 
 __all__ = [
     "DataArguments", "DiffusionDataCollator", "DiffusionSFTConfig", "DiffusionSFTTrainer", "DiffusionTrainingArguments",
