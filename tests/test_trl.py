@@ -250,3 +250,26 @@ def test_a_plain_trainer_with_labels_raises(tmp_path):
                                              per_device_train_batch_size=1))
     with pytest.raises(ValueError, match="`labels` is not supported .*DiffusionSFTTrainer"):
         trainer.train()
+
+
+def test_peft_config_trains_only_the_adapters(tmp_path):
+    """trl's `peft_config=` argument works with the diffusion trainer as with `SFTTrainer`."""
+    from peft import LoraConfig
+
+    model = make_model(seed=0)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    rows = Dataset.from_list([{"prompt": f"count {i}", "completion": f" {i + 1}"} for i in range(16)])
+    trainer = DiffusionSFTTrainer(model=model, args=config(tmp_path, max_steps=2, learning_rate=1e-2, min_lr=1e-3,
+                                                           per_device_train_batch_size=2, max_length=16),
+                                  train_dataset=rows, processing_class=make_tiny_tokenizer(),
+                                  peft_config=LoraConfig(r=2, target_modules=["q_proj", "v_proj"],
+                                                         task_type="CAUSAL_LM"))
+    trainer.train()
+    changed = {n for n, p in trainer.model.named_parameters() if "lora_B" in n and p.detach().abs().sum() > 0}
+    assert len(changed) == 2 * model.config.num_hidden_layers
+    merged = trainer.model.merge_and_unload()
+    for name, param in merged.named_parameters():
+        if name.endswith(("q_proj.weight", "v_proj.weight")):
+            assert not torch.equal(param.detach(), before[name]), name
+        else:
+            assert torch.equal(param.detach(), before[name]), name
