@@ -3,7 +3,8 @@
 The network is Llama-shaped (pre-norm RMSNorm, SwiGLU, RoPE, grouped-query attention, no biases, tied
 embeddings) with one difference that matters everywhere: attention is fully bidirectional. It predicts the
 clean token at every masked position of a partially masked sequence; the diffusion time is never an input.
-Sampling lives in `generation_illada.py`, the training loss in `train_sft.py`.
+Sampling lives in `generation_illada.py`, the training loss in `trainer_illada.py`, strict loading in
+`loading_illada.py`.
 """
 
 from collections.abc import Callable
