@@ -4,15 +4,16 @@ A process killed during a save (kill -9, out of memory, a preempted node) used t
 without `trainer_state.json` or with a truncated `optimizer.pt`, and `--resume`, which took the highest number,
 then failed (or, with the optimizer file missing, silently restarted the optimizer). Three pieces prevent it:
 
-- [`AtomicCheckpointMixin`] (mixed into the trainer): every checkpoint is written into
+- [`SafeCheckpointMixin`] (mixed into the trainer): every checkpoint is written into
   `output_dir/.incomplete-checkpoints/checkpoint-N` and renamed to `output_dir/checkpoint-N` only once every file
-  of every process is written, so an interrupted save never has a checkpoint's name.
+  of every process is written, so an interrupted save never has a checkpoint's name. Resuming from a checkpoint
+  that already reached `max_steps` trains nothing (Trainer alone would run one step more).
 - [`last_complete_checkpoint`]: the newest `checkpoint-N` whose files are all there and whole (checked from file
   sizes and headers, without loading tensors); every newer folder it passes over is logged with the reason. It
   also protects against folders that this package did not write atomically (older runs, copies, a full disk).
-- [`plan_resume`]: what the command line does with an existing `output_dir`: resume from the newest complete
-  checkpoint, do nothing when that checkpoint already reached `max_steps`, and refuse to start a new run over an
-  old run's checkpoints unless asked to delete them (else a later `--resume` would pick the old run's).
+- [`checkpoint_to_resume`]: what the command line does with an existing `output_dir`: resume from the newest
+  complete checkpoint, and refuse to start a new run over an old run's checkpoints unless asked to delete them
+  (else a later `--resume` would pick the old run's).
 
 The guarantee is for a crashed *process*: files are not fsync'ed, so after a power loss the operating system may
 lose the last writes; the completeness checks then skip the damaged checkpoint.
@@ -27,7 +28,6 @@ import re
 import shutil
 import struct
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -199,14 +199,19 @@ def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class AtomicCheckpointMixin:
-    """[`Trainer`] mixin (`class MyTrainer(AtomicCheckpointMixin, Trainer)`): checkpoints appear atomically.
+class SafeCheckpointMixin:
+    """[`Trainer`] mixin (`class MyTrainer(SafeCheckpointMixin, Trainer)`): atomic checkpoints, no step past
+    `max_steps`.
 
     Trainer writes each checkpoint into `output_dir/.incomplete-checkpoints/checkpoint-N`; when every process has
     written its files, the main process renames the folder to `output_dir/checkpoint-N` (replacing a folder of
     that name) and only then deletes old checkpoints beyond `save_total_limit`. A crash at any point leaves either
     the previous checkpoints untouched or the new one complete; leftovers of an interrupted save are deleted at
     the next save. Needs the output directory on a file system shared by the saving processes, as Trainer does.
+
+    Resumed from a checkpoint at (or past) `max_steps`, `train()` runs no step and goes straight to its end, so the
+    caller's final save is redone from that checkpoint (Trainer alone runs one more step when `max_steps` is not
+    a multiple of the epoch length).
     """
 
     _staging_checkpoint = False
@@ -214,6 +219,12 @@ class AtomicCheckpointMixin:
     def _get_output_dir(self, trial: Any) -> str:
         run_dir = super()._get_output_dir(trial)
         return os.path.join(run_dir, STAGING_DIR) if self._staging_checkpoint else run_dir
+
+    def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: Any) -> tuple[list, Any]:
+        if 0 < self.state.max_steps <= self.state.global_step:
+            self.control.should_training_stop = True
+            return [], None
+        return super().get_batch_samples(epoch_iterator, num_batches, device)
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         run_dir = Path(self._get_output_dir(trial))
@@ -254,35 +265,28 @@ class AtomicCheckpointMixin:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ResumePlan:
-    """Decision of [`plan_resume`]: the checkpoint to resume from (`None`: start afresh) and whether that
-    checkpoint already reached `max_steps` (then there is nothing to train)."""
+def checkpoint_to_resume(
+    output_dir: str | os.PathLike, resume: bool, max_steps: int = -1, overwrite: bool = False
+) -> str | None:
+    """The checkpoint a training run in `output_dir` starts from (`None`: afresh), after checking the folder.
 
-    checkpoint: str | None
-    finished: bool = False
-
-
-def plan_resume(output_dir: str | os.PathLike, resume: bool, max_steps: int, overwrite: bool = False) -> ResumePlan:
-    """Decides how a training run starts in `output_dir`.
-
-    - `resume`: continue from the newest *complete* checkpoint (incomplete ones are skipped with a warning), or
-      start afresh when there is none. If that checkpoint's step is already `max_steps` (> 0), `finished` is set:
-      the caller must not train (Trainer would run one step past `max_steps`).
+    - `resume`: the newest *complete* checkpoint (incomplete ones are skipped with a warning), or `None` when there
+      is none. One at (or past) `max_steps` (> 0) is returned with a warning that there is nothing to train: a
+      [`SafeCheckpointMixin`] trainer then trains no step and the final save is redone from it.
     - not `resume`, and `output_dir` holds `checkpoint-*` folders: with `overwrite` they are deleted (so that a
       later `--resume` cannot pick an old run's checkpoint); without it, a `ValueError` says what to pass.
 
-    Call it on every process before training; with `overwrite`, call it from the main process first
+    Call it on every process before training; with `overwrite`, from the main process first
     (`args.main_process_first()`).
 
     Args:
         output_dir (`str` or `os.PathLike`): The run's output directory (need not exist).
         resume (`bool`): `--resume` was given.
-        max_steps (`int`): The run's `max_steps`; <= 0 when the run length is given in epochs.
+        max_steps (`int`, *optional*, defaults to -1): The run's `max_steps` (<= 0: the length is in epochs).
         overwrite (`bool`, *optional*, defaults to `False`): Delete an earlier run's checkpoints.
 
     Returns:
-        [`ResumePlan`].
+        `str | None`: The checkpoint folder to pass to `trainer.train(resume_from_checkpoint=...)`.
 
     Raises:
         `ValueError`: `output_dir` holds checkpoints, and neither `resume` nor `overwrite` is set.
@@ -300,15 +304,15 @@ def plan_resume(output_dir: str | os.PathLike, resume: bool, max_steps: int, ove
             logger.warning("Deleting %s of an earlier run (`overwrite_output_dir`).", path)
             shutil.rmtree(path, ignore_errors=True)
         shutil.rmtree(Path(output_dir) / STAGING_DIR, ignore_errors=True)
-        return ResumePlan(None)
+        return None
     checkpoint = last_complete_checkpoint(output_dir)
     if checkpoint is None:
         logger.warning("`--resume`: no complete checkpoint in %s, starting afresh.", output_dir)
-        return ResumePlan(None)
+        return None
     step = int(CHECKPOINT_NAME.match(Path(checkpoint).name).group(1))
     if 0 < max_steps <= step:
-        logger.warning("`--resume`: %s already reached `max_steps`=%d: nothing to train. Raise `--max_steps` to "
-                       "train further.", checkpoint, max_steps)
-        return ResumePlan(checkpoint, finished=True)
-    logger.info("Resuming from %s.", checkpoint)
-    return ResumePlan(checkpoint)
+        logger.warning("`--resume`: %s already reached `max_steps`=%d: nothing to train (the final model is saved "
+                       "again from it). Raise `--max_steps` to train further.", checkpoint, max_steps)
+    else:
+        logger.info("Resuming from %s.", checkpoint)
+    return checkpoint

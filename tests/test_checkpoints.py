@@ -19,12 +19,11 @@ from transformers.trainer_utils import IntervalStrategy
 import checkpoints_illada
 from checkpoints_illada import (
     STAGING_DIR,
-    AtomicCheckpointMixin,
-    ResumePlan,
+    SafeCheckpointMixin,
     checkpoint_problem,
+    checkpoint_to_resume,
     last_complete_checkpoint,
     list_checkpoints,
-    plan_resume,
     safetensors_problem,
     torch_file_problem,
 )
@@ -37,8 +36,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def atomic_trainer(output_dir: Path, **overrides):
     """The tiny trainer of `ddp_train_helper`, with atomic checkpoints (whether or not its class already has them)."""
     trainer = make_trainer(str(output_dir), 2, 1, **{"save_strategy": "steps", "save_steps": 1, **overrides})
-    if not isinstance(trainer, AtomicCheckpointMixin):
-        trainer.__class__ = type("AtomicTrainer", (AtomicCheckpointMixin, type(trainer)), {})
+    if not isinstance(trainer, SafeCheckpointMixin):
+        trainer.__class__ = type("AtomicTrainer", (SafeCheckpointMixin, type(trainer)), {})
     return trainer
 
 
@@ -229,24 +228,43 @@ def test_best_checkpoint_path_points_into_output_dir(tmp_path):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def test_plan_resume_without_resume(out, tmp_path):
-    assert plan_resume(tmp_path / "new", resume=False, max_steps=5) == ResumePlan(None)
+def test_reusing_an_output_dir_without_resume(out, tmp_path):
+    assert checkpoint_to_resume(tmp_path / "new", resume=False) is None
     with pytest.raises(ValueError, match=r"holds checkpoints of an earlier run \(checkpoint-2, checkpoint-1\).*"
                                          r"`--resume`.*`--overwrite_output_dir`"):
-        plan_resume(out, resume=False, max_steps=5)
+        checkpoint_to_resume(out, resume=False, max_steps=5)
     assert len(list_checkpoints(out)) == 2  # refusing deletes nothing
     (out / STAGING_DIR).mkdir()
-    assert plan_resume(out, resume=False, max_steps=5, overwrite=True) == ResumePlan(None)
+    assert checkpoint_to_resume(out, resume=False, max_steps=5, overwrite=True) is None
     assert list_checkpoints(out) == [] and not (out / STAGING_DIR).exists()
 
 
-def test_plan_resume_with_resume(out, tmp_path, caplog):
-    assert plan_resume(tmp_path / "new", resume=True, max_steps=5) == ResumePlan(None)
-    assert plan_resume(out, resume=True, max_steps=5) == ResumePlan(str(out / "checkpoint-2"))
-    assert plan_resume(out, resume=True, max_steps=-1) == ResumePlan(str(out / "checkpoint-2"))  # epochs
-    for max_steps in (1, 2):
-        assert plan_resume(out, resume=True, max_steps=max_steps) == ResumePlan(str(out / "checkpoint-2"), True)
-    truncate(out / "checkpoint-2" / "optimizer.pt")
+def test_checkpoint_to_resume(out, tmp_path, caplog):
+    assert checkpoint_to_resume(tmp_path / "new", resume=True, max_steps=5) is None
+    assert checkpoint_to_resume(out, resume=True, max_steps=5) == str(out / "checkpoint-2")
     with caplog.at_level(logging.WARNING, logger=checkpoints_illada.__name__):
-        assert plan_resume(out, resume=True, max_steps=2) == ResumePlan(str(out / "checkpoint-1"))
-    assert "Skipping" in caplog.text and "checkpoint-2" in caplog.text
+        assert checkpoint_to_resume(out, resume=True, max_steps=2) == str(out / "checkpoint-2")
+    assert "already reached `max_steps`=2: nothing to train" in caplog.text
+    truncate(out / "checkpoint-2" / "optimizer.pt")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger=checkpoints_illada.__name__):
+        assert checkpoint_to_resume(out, resume=True, max_steps=2) == str(out / "checkpoint-1")
+    assert "Skipping" in caplog.text and "checkpoint-2" in caplog.text and "nothing to train" not in caplog.text
+
+
+def test_resuming_at_max_steps_trains_no_further_step(tmp_path):
+    """Trainer alone runs one step past `max_steps` when resumed from the last checkpoint of a finished run unless
+    `max_steps` is a multiple of the epoch length (12 steps here); the mixin runs none, and the weights stay the
+    checkpoint's."""
+    out, max_steps = tmp_path / "out", 3
+    finished = atomic_trainer(out, max_steps=max_steps, save_steps=max_steps)
+    finished.train()
+    checkpoint = out / f"checkpoint-{max_steps}"
+    saved = load_file(checkpoint / "model.safetensors")
+    resumed = atomic_trainer(out, max_steps=max_steps, save_steps=max_steps, model=make_model(seed=9))
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert resumed.state.global_step == max_steps
+    assert [p.name for p in list_checkpoints(out)] == [checkpoint.name]
+    for name, tensor in resumed.model.state_dict().items():
+        if name in saved:
+            assert torch.equal(tensor, saved[name]), name

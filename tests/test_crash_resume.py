@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import modeling_utils
 
 import train_sft
 from checkpoints_illada import STAGING_DIR, list_checkpoints
@@ -42,19 +43,15 @@ test_crash_resume.run_main(sys.argv[1:])
 
 
 def run_main(argv):
-    """TEMPORARY (until the CLI is wired): the command line with plan_resume and atomic checkpoints."""
-    from checkpoints_illada import AtomicCheckpointMixin, plan_resume
-    import logging
+    """TEMPORARY (until the CLI is wired): the command line with checkpoint_to_resume and safe checkpoints."""
+    from checkpoints_illada import SafeCheckpointMixin, checkpoint_to_resume
     _, _, args = train_sft.parse_arguments(argv)
-    logging.basicConfig(level=logging.INFO)
-    plan = plan_resume(args.output_dir, args.resume, args.max_steps, getattr(args, "overwrite_output_dir", False))
-    if plan.finished:
-        return
-    if not issubclass(train_sft.DiffusionSFTTrainer, AtomicCheckpointMixin):
-        train_sft.DiffusionSFTTrainer = type("T", (AtomicCheckpointMixin, train_sft.DiffusionSFTTrainer), {})
-    train_sft.resume_checkpoint = lambda args: plan.checkpoint
+    checkpoint = checkpoint_to_resume(args.output_dir, args.resume, args.max_steps,
+                                      getattr(args, "overwrite_output_dir", False))
+    if not issubclass(train_sft.DiffusionSFTTrainer, SafeCheckpointMixin):
+        train_sft.DiffusionSFTTrainer = type("T", (SafeCheckpointMixin, train_sft.DiffusionSFTTrainer), {})
+    train_sft.resume_checkpoint = lambda args: checkpoint
     train_sft.main(argv)
-
 
 
 @pytest.fixture(scope="module")
@@ -120,16 +117,16 @@ def reference(inputs, tmp_path_factory) -> Path:
     return out
 
 
-def run_forked(arguments: list[str], crash_save: str | None = None) -> int:
+def run_forked(arguments: list[str], crash_save: tuple[str, str] | None = None) -> int:
     """Runs the command line in a forked child process (this process's imports are reused, so a run takes a
     second, not the start-up time of a new interpreter) and returns its exit code: -SIGKILL when it was killed.
-    With `crash_save`="<step>:<file>" the child SIGKILLs itself after writing half of that checkpoint file."""
+    With `crash_save=(folder, file)` the child SIGKILLs itself after writing half of that file."""
     pid = os.fork()
     if pid == 0:  # the child: never returns into pytest
         code = 1
         try:
             if crash_save:
-                install_crash_hook(crash_save)
+                install_crash_hook(*crash_save)
             run_main(arguments)
             code = 0
         finally:
@@ -138,31 +135,38 @@ def run_forked(arguments: list[str], crash_save: str | None = None) -> int:
     return os.waitstatus_to_exitcode(status)
 
 
-def install_crash_hook(crash_save: str) -> None:
-    step, name = crash_save.split(":")
-    real_save = torch.save
+def install_crash_hook(folder: str, name: str) -> None:
+    """Wraps the two writers of checkpoint files (`torch.save`: optimizer, scheduler, RNG, training arguments;
+    transformers' safetensors writer: weights) so that writing `folder/name` leaves half of it and SIGKILLs."""
+    def crashing(write):
+        def wrapper(obj, path, *args, **kwargs):
+            write(obj, path, *args, **kwargs)
+            path = Path(path)
+            if path.name == name and path.parent.name == folder:
+                os.truncate(path, path.stat().st_size // 2)
+                os.kill(os.getpid(), signal.SIGKILL)
+        return wrapper
 
-    def save(obj, f, *args, **kwargs):
-        real_save(obj, f, *args, **kwargs)
-        path = Path(f)
-        if path.name == name and path.parent.name == f"checkpoint-{step}":
-            os.truncate(path, path.stat().st_size // 2)
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    torch.save = save
+    torch.save = crashing(torch.save)
+    modeling_utils.safe_save_file = crashing(modeling_utils.safe_save_file)
 
 
 def test_killed_during_saves_resumes_to_the_same_weights(inputs, reference, tmp_path):
     out = tmp_path / "out"
     arguments = cli_arguments(inputs, out)
     # 1. Killed while writing the optimizer state of checkpoint-4: checkpoint-2 is the last complete one.
-    assert run_forked(arguments, crash_save="4:optimizer.pt") == -signal.SIGKILL
+    assert run_forked(arguments, crash_save=("checkpoint-4", "optimizer.pt")) == -signal.SIGKILL
     assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2"]
     assert (out / STAGING_DIR / "checkpoint-4" / "optimizer.pt").is_file()  # the interrupted save is left aside
-    # 2. Resumed from checkpoint-2, killed while writing the RNG state of checkpoint-6.
-    assert run_forked([*arguments, "--resume"], crash_save="6:rng_state.pth") == -signal.SIGKILL
+    # 2. Resumed from checkpoint-2, killed while writing the weights of checkpoint-6.
+    assert run_forked([*arguments, "--resume"], crash_save=("checkpoint-6", "model.safetensors")) == -signal.SIGKILL
     assert [p.name for p in list_checkpoints(out)] == ["checkpoint-4", "checkpoint-2"]
-    # 3. Resumed from checkpoint-4 to the end.
+    # 3. Resumed from checkpoint-4, killed while writing the final weights (checkpoint-8 is complete).
+    assert run_forked([*arguments, "--resume"], crash_save=(out.name, "model.safetensors")) == -signal.SIGKILL
+    assert [p.name for p in list_checkpoints(out)][0] == "checkpoint-8"
+    with pytest.raises(Exception):
+        weights(out)  # the truncated final file
+    # 4. Resumed from checkpoint-8: no step to train, the final save is redone.
     assert run_forked([*arguments, "--resume"]) == 0
     assert final_step(out) == MAX_STEPS
     assert_same_weights(out, reference)
@@ -179,6 +183,7 @@ def test_resume_of_a_finished_run_trains_nothing(inputs, reference, tmp_path, ca
     assert [p.name for p in list_checkpoints(out)][0] == f"checkpoint-{MAX_STEPS}"
     after = weights(out)
     assert all(torch.equal(after[name], before[name]) for name in before)
+    assert logged_losses(out) == logged_losses(reference)  # no step 9
 
 
 def test_reusing_an_output_dir_without_resume_is_refused(inputs, reference, tmp_path):
