@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(DEFAULT_MODEL_DIR), help="Model folder (default: illada-demo/).")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="Needed for any folder but the shipped illada-demo/: loading it runs its Python files.")
     parser.add_argument("--output", required=True, help="The .jsonl file to write.")
     parser.add_argument("--questions", type=int, default=DEFAULT_QUESTIONS,
                         help=f"Training-split questions, spread over the tasks (default {DEFAULT_QUESTIONS}).")
@@ -96,7 +98,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     except ValueError as error:
         sys.exit(f"error: {error}")
     torch.set_num_threads(args.threads)
-    model, tokenizer = load_model(args.model)
+    try:
+        model, tokenizer = load_model(args.model, trust_remote_code=args.trust_remote_code)
+    except ValueError as error:
+        sys.exit(f"error: {error}")
     examples = make_examples("train", args.questions, seed=args.seed)
     start = time.perf_counter()
     with torch.no_grad():
