@@ -8,7 +8,10 @@ the libraries that read it (`torch.load`, `safetensors.torch.load_file`), not by
 
 import json
 import logging
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -268,3 +271,36 @@ def test_resuming_at_max_steps_trains_no_further_step(tmp_path):
     for name, tensor in resumed.model.state_dict().items():
         if name in saved:
             assert torch.equal(tensor, saved[name]), name
+
+
+# Run by `torchrun --nproc_per_node 2` in the test below: 3 steps, a checkpoint after each, at most 2 kept.
+TWO_PROCESS_SCRIPT = """
+import sys
+sys.path[:0] = [{tests!r}, {root!r}]
+import torch
+torch.set_num_threads(1)
+from checkpoints_illada import SafeCheckpointMixin
+from ddp_train_helper import make_trainer
+trainer = make_trainer({out!r}, 1, 1, max_steps=3, save_strategy="steps", save_steps=1, save_total_limit=2)
+if not isinstance(trainer, SafeCheckpointMixin):
+    trainer.__class__ = type("SafeTrainer", (SafeCheckpointMixin, type(trainer)), {{}})
+trainer.train()
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_publish_complete_checkpoints(tmp_path):
+    """With 2 processes (gloo), each checkpoint appears with both processes' RNG states, and rotation keeps 2."""
+    tests = Path(__file__).resolve().parent
+    script = tmp_path / "two_process.py"
+    out = tmp_path / "out"
+    script.write_text(TWO_PROCESS_SCRIPT.format(tests=str(tests), root=str(tests.parent), out=str(out)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-3", "checkpoint-2"]
+    assert not (out / STAGING_DIR).exists()
+    for folder in list_checkpoints(out):
+        assert checkpoint_problem(folder) is None
+        assert sorted(p.name for p in folder.glob("rng_state*.pth")) == ["rng_state_0.pth", "rng_state_1.pth"]
