@@ -9,12 +9,17 @@ the ordinary lm-eval command line, so every lm-eval option works:
     # LLaDA's Monte-Carlo likelihood instead, with guidance
     python run_lm_eval.py --model illada --tasks piqa \\
         --model_args pretrained=GSAI-ML/iLLaDA-8B-Base,trust_remote_code=True,method=likelihood,mc_num=128,cfg_scale=0.5
-    # generation (variable length: blocks of 32 until a stop token, at most 1024 new tokens)
+    # generation: variable length, blocks of 32 until a stop token, at most 1024 new tokens (any setting not
+    # given comes from the checkpoint's generation_config.json)
     python run_lm_eval.py --model illada --tasks gsm8k \\
         --model_args pretrained=GSAI-ML/iLLaDA-8B-Base,trust_remote_code=True,max_new_tokens=1024,block_length=32
-    # the offline toy tasks shipped in eval_tasks/
-    python run_lm_eval.py --model illada --include_path eval_tasks --tasks illada_toy_mc,illada_toy_gen \\
-        --model_args pretrained=PATH/TO/MODEL,trust_remote_code=True
+    # a chat model: prompts in the tokenizer's chat template (few-shot examples as earlier turns)
+    python run_lm_eval.py --model illada --tasks gsm8k --apply_chat_template --fewshot_as_multiturn \\
+        --model_args pretrained=GSAI-ML/iLLaDA-8B-Instruct,trust_remote_code=True
+    # the offline tasks shipped in eval_tasks/, on the demo model
+    python run_lm_eval.py --model illada --device cpu --include_path eval_tasks \\
+        --tasks illada_demo_gen,illada_demo_mc --apply_chat_template \\
+        --model_args pretrained=illada-demo,trust_remote_code=True
 
 `loglikelihood` returns, per request, the score of the chosen `method` and whether the continuation is what
 greedy confidence decoding produces. `generate_until` calls the model's diffusion `generate` and cuts the
@@ -44,8 +49,8 @@ except ImportError:
 logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 16
-# Generation settings the harness needs for itself: it reads the sequences, not an output object.
-_RESERVED_SETTINGS = ("return_dict_in_generate", "output_history")
+# Generation settings the harness needs for itself: one sequence per request, not an output object.
+_RESERVED_SETTINGS = ("return_dict_in_generate", "output_history", "num_return_sequences")
 
 
 def truncate_at_stop(text: str, stop_sequences: list[str]) -> str:
@@ -155,12 +160,13 @@ class ILLaDAEvalHarness(TemplateLM):
     ) -> None:
         super().__init__()
         self._check_model_args(method, mc_num, mc_batch_size, cfg_scale, batch_size, max_batch_size, max_length,
-                               max_new_tokens, seed)
+                               max_new_tokens, seed, dict(check_greedy=check_greedy, trust_remote_code=trust_remote_code,
+                                                          add_bos_token=add_bos_token, enable_thinking=enable_thinking))
         self._device = self._pick_device(device)
         self.model = self._load_model(pretrained, resolve_dtype(dtype), trust_remote_code, revision)
         self.tokenizer = self._load_tokenizer(tokenizer, pretrained, trust_remote_code, revision)
-        self.method, self.check_greedy, self.add_bos_token = method, bool(check_greedy), bool(add_bos_token)
-        self.chat_template_args = {} if enable_thinking is None else {"enable_thinking": bool(enable_thinking)}
+        self.method, self.check_greedy, self.add_bos_token = method, check_greedy, add_bos_token
+        self.chat_template_args = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
         self.batch_size = int(batch_size)
         self.score_options = dict(batch_size=self.batch_size, cfg_scale=cfg_scale, mc_num=mc_num,
                                   mc_batch_size=mc_batch_size)
@@ -173,7 +179,7 @@ class ILLaDAEvalHarness(TemplateLM):
 
     @staticmethod
     def _check_model_args(method, mc_num, mc_batch_size, cfg_scale, batch_size, max_batch_size, max_length,
-                          max_new_tokens, seed) -> None:
+                          max_new_tokens, seed, flags: dict) -> None:
         """Model args arrive as parsed strings (`seed=abc` stays a string): each is checked by name."""
         check_choice("method", method, METHODS)
         check_positive_int("mc_num", mc_num)
@@ -186,6 +192,9 @@ class ILLaDAEvalHarness(TemplateLM):
         check_positive_int("max_new_tokens", max_new_tokens, allow_none=True)
         if seed is not None and not is_int(seed):
             raise ValueError(f"`seed` must be an integer, got {seed!r}.")
+        for name, value in flags.items():
+            if value is not None and not isinstance(value, bool):
+                raise ValueError(f"`{name}` must be True or False, got {value!r}.")
 
     @staticmethod
     def _pick_device(device: str | None) -> torch.device:

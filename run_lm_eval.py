@@ -6,8 +6,9 @@ package, so `lm_eval --model illada` cannot see it. This script imports `lm_eval
 
     python run_lm_eval.py --model illada --tasks arc_challenge --batch_size 16 \\
         --model_args pretrained=GSAI-ML/iLLaDA-8B-Base,trust_remote_code=True,dtype=bfloat16
-    python run_lm_eval.py --model illada --include_path eval_tasks --tasks illada_toy_mc,illada_toy_gen \\
-        --model_args pretrained=PATH/TO/MODEL,trust_remote_code=True,block_length=8
+    python run_lm_eval.py --model illada --device cpu --include_path eval_tasks \\
+        --tasks illada_demo_gen,illada_demo_mc --apply_chat_template \\
+        --model_args pretrained=illada-demo,trust_remote_code=True
 
 See `lm_eval_illada.py` for the model arguments (`method`, `mc_num`, `cfg_scale`, `max_new_tokens`, ...).
 """

@@ -133,6 +133,7 @@ def test_generate_until_batches_like_one_at_a_time(harness, model, tokenizer):
         ("block_length=0", ValueError, "`block_length`"),
         ("blocklength=8", ValueError, r"Unknown model arg\(s\) \['blocklength'\]"),
         ("return_dict_in_generate=True", ValueError, "Unknown model arg"),
+        ("check_greedy=yes", ValueError, "`check_greedy` must be True or False, got 'yes'"),
     ],
 )
 def test_bad_model_args_name_the_argument(model, tokenizer, model_args, error, match):
