@@ -38,12 +38,14 @@ from transformers.utils import ModelOutput
 from trl import SFTConfig, SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-try:  # as Hub remote code (a package made by transformers)
-    from .data_illada import DEFAULT_MAX_LENGTH, DEFAULT_SPLIT_PROBABILITY, prepare_dataset, resolve_max_length
-    from .utils_illada import check_choice, check_range
-except ImportError:  # from a checkout, with the repo root on sys.path
-    from data_illada import DEFAULT_MAX_LENGTH, DEFAULT_SPLIT_PROBABILITY, prepare_dataset, resolve_max_length
-    from utils_illada import check_choice, check_range
+from data_illada import (
+    DEFAULT_MAX_LENGTH,
+    DEFAULT_SPLIT_PROBABILITY,
+    check_tokenizer,
+    prepare_dataset,
+    resolve_max_length,
+)
+from utils_illada import check_choice, check_range
 
 logger = logging.getLogger(__name__)
 
@@ -375,9 +377,13 @@ class DiffusionSFTTrainer(SFTTrainer):
         **kwargs: Any,
     ) -> None:
         args = _as_diffusion_config(args, model)
-        config = AutoConfig.from_pretrained(model, trust_remote_code=args.trust_remote_code) if isinstance(
-            model, str) else model.config
+        if isinstance(model, str):
+            config = AutoConfig.from_pretrained(model, trust_remote_code=args.trust_remote_code)
+        else:
+            config = model.config
         args.max_length = resolve_max_length(args.max_length, config.max_position_embeddings)
+        if processing_class is not None:  # before trl tokenises anything with it
+            check_tokenizer(processing_class, config)
         self._eval_batches = 0
         # trl's own collator flattens rows and shifts labels; it is replaced once trl's setup is done.
         super().__init__(model, args, None, train_dataset, eval_dataset, processing_class, **kwargs)
@@ -390,14 +396,16 @@ class DiffusionSFTTrainer(SFTTrainer):
         )
 
     def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
-        """trl's data preparation, with exactly one EOS per example and the pre-training window splits."""
-        return prepare_dataset(
-            dataset, self._tokenizer, max_length=args.max_length, packing=packing,
-            packing_strategy=args.packing_strategy, data_format=args.data_format,
-            split_probability=args.split_probability, seed=args.seed if args.data_seed is None else args.data_seed,
-            text_field=args.dataset_text_field, formatting_func=formatting_func, num_proc=args.dataset_num_proc,
-            shuffle=args.shuffle_dataset, name=dataset_name,
-        )
+        """trl's data preparation, with exactly one EOS per example and the pre-training window splits (see
+        `data_illada.prepare_dataset`); the main process prepares first, the others read its cache."""
+        with args.main_process_first(desc=f"preparing the {dataset_name} dataset"):
+            return prepare_dataset(
+                dataset, self._tokenizer, max_length=args.max_length, packing=packing,
+                packing_strategy=args.packing_strategy, data_format=args.data_format,
+                split_probability=args.split_probability, seed=args.seed if args.data_seed is None else args.data_seed,
+                text_field=args.dataset_text_field, formatting_func=formatting_func, num_proc=args.dataset_num_proc,
+                shuffle=args.shuffle_dataset, name=dataset_name,
+            )
 
     def _set_signature_columns_if_needed(self) -> None:
         if self._signature_columns is None:

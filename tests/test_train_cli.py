@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def turns(i: int) -> list[dict]:
-    return [{"role": "user", "content": f"count {i % 40} {i % 40 + 1}"}, {"role": "assistant", "content": f"{i % 40 + 2}"}]
+    return [{"role": "user", "content": f"count {i % 40} {i % 40 + 1}"},
+            {"role": "assistant", "content": f"{i % 40 + 2}"}]
 
 
 ROWS = {

@@ -3,9 +3,9 @@ dataset formats, the exact-ELBO check of the loss, seeded evaluation masks, the 
 a next-token objective (trl's plain `SFTTrainer`, a plain `Trainer` with `labels`) from training iLLaDA silently."""
 
 import copy
+import itertools
 import json
 import math
-import itertools
 
 import numpy as np
 import pytest
@@ -17,7 +17,7 @@ from trl import SFTConfig, SFTTrainer
 from data_illada import PLAIN_CHAT_TEMPLATE
 from tiny import make_model
 from tiny_tokenizer import make_tiny_tokenizer
-from trainer_illada import DiffusionDataCollator, DiffusionSFTConfig, DiffusionSFTTrainer, build_model_card
+from trainer_illada import DiffusionSFTConfig, DiffusionSFTTrainer, build_model_card
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 EOS_ID, PAD_ID = 2, 1
@@ -211,7 +211,8 @@ def test_model_card_names_the_model_its_loading_and_the_settings(tmp_path):
                  "- diffusion", "- custom_code", "- demo"):
         assert line in header.splitlines(), line
     assert 'AutoModelForCausalLM.from_pretrained("REPO_OR_FOLDER", trust_remote_code=True)' in card
-    assert "model.generate(" in card and "| `max_length` | 512 |" in card and "| `completion_only_loss` | True |" in card
+    assert "model.generate(" in card and "| `max_length` | 512 |" in card
+    assert "| `completion_only_loss` | True |" in card
     assert "only the completion" in card
 
     from peft import LoraConfig, get_peft_model
