@@ -1,0 +1,37 @@
+"""Tests of demo/build_preferences.py: which pairs the preference set holds, in trl's conversational format."""
+
+import pytest
+from datasets import Dataset
+
+from demo.build_preferences import build_pairs, main
+from demo.data import example_is_heldout, make_examples
+from tiny_tokenizer import make_tiny_tokenizer
+from vrpo_illada import build_preference_dataset
+
+
+def test_pairs_prefer_the_gold_answer_to_own_wrong_answers_and_near_misses():
+    examples = make_examples("train", 6, seed=7)
+    answers = [e.response if i % 2 else "wrong answer" for i, e in enumerate(examples)]  # every other one wrong
+    rows = build_pairs(examples, answers, num_near_misses=2, seed=7)
+    own = [r for r in rows if r["kind"] == "own"]
+    assert [r["prompt"][0]["content"] for r in own] == [e.prompt for e in examples[::2]]
+    assert all(r["rejected"][0]["content"] == "wrong answer" for r in own)
+    assert sum(r["kind"] == "near_miss" for r in rows) == 2 * len(examples)
+    for row in rows:
+        assert row["chosen"][0]["content"] != row["rejected"][0]["content"]
+        assert [m["role"] for m in row["prompt"] + row["chosen"] + row["rejected"]] == ["user", "assistant", "assistant"]
+    assert not any(example_is_heldout(e) for e in examples)
+    assert build_pairs(examples, answers, 2, seed=7) == rows  # reproducible
+    # The rows are a trl preference dataset the VRPO trainer reads.
+    data = build_preference_dataset(Dataset.from_list(rows), make_tiny_tokenizer(chat_template=True), 512, 5)
+    assert len(data) == len(rows)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--questions", "0"], "`--questions` must be a positive integer"),
+    (["--near-misses", "-1"], "`--near-misses` must be an integer >= 0"),
+    (["--model", "no-such-folder"], "No model folder"),
+])
+def test_errors_exit_before_loading(tmp_path, argv, message):
+    with pytest.raises(SystemExit, match=message):
+        main(["--output", str(tmp_path / "p.jsonl"), *argv])
