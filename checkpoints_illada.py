@@ -144,7 +144,7 @@ def _training_state_problem(folder: Path) -> str | None:
 def checkpoint_problem(folder: str | os.PathLike) -> str | None:
     """Why Trainer cannot resume from the checkpoint `folder`, or `None` when it is complete.
 
-    Complete means: `trainer_state.json` parses and its `global_step` is the folder's number (`checkpoint-N`);
+    Complete means: every JSON file parses, and `trainer_state.json`'s `global_step` is the folder's number;
     the weights (full model, sharded, LoRA adapter, or an FSDP/DeepSpeed folder) are whole; the optimizer and RNG
     states (and the scheduler and scaler states when present) are whole torch archives; no unfinished
     just-in-time save. "Whole" is judged from headers and sizes, so checking an 8B checkpoint reads a few kB.
@@ -163,9 +163,11 @@ def checkpoint_problem(folder: str | os.PathLike) -> str | None:
         return f"holds `{JIT_SENTINEL}`: a just-in-time save did not finish"
     if not (folder / TRAINER_STATE).is_file():
         return f"no `{TRAINER_STATE}` (Trainer writes it last: the save was interrupted)"
-    state, problem = _json_problem(folder / TRAINER_STATE)
-    if problem:
-        return problem
+    for path in sorted(folder.glob("*.json")):  # trainer state, configs, tokenizer, shard index
+        problem = _json_problem(path)[1]
+        if problem:
+            return problem
+    state = _json_problem(folder / TRAINER_STATE)[0]
     step = state.get("global_step") if isinstance(state, dict) else None
     if step != int(match.group(1)):
         return f"`{TRAINER_STATE}` says global_step {step!r}, the folder name says {match.group(1)}"

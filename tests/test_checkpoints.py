@@ -85,6 +85,7 @@ DAMAGE = {
     "no trainer_state": (lambda c: (c / "trainer_state.json").unlink(), "no `trainer_state.json`"),
     "truncated trainer_state": (lambda c: truncate(c / "trainer_state.json"), "`trainer_state.json` is not valid JSON"),
     "wrong global_step": (lambda c: set_step(c / "trainer_state.json", 1), "says global_step 1"),
+    "truncated config": (lambda c: truncate(c / "config.json"), "`config.json` is not valid JSON"),
     "truncated optimizer": (lambda c: truncate(c / "optimizer.pt"), "`optimizer.pt` is not a complete torch archive"),
     "empty optimizer": (lambda c: truncate(c / "optimizer.pt", 0), "`optimizer.pt` is not a complete torch archive"),
     "no optimizer": (lambda c: (c / "optimizer.pt").unlink(), "no optimizer state"),
@@ -143,7 +144,7 @@ def test_file_checks_agree_with_the_loaders_on_truncated_files(run_dir, tmp_path
             loader(path)
 
 
-def test_sharded_and_adapter_weights(out):
+def test_sharded_weights(out):
     folder = out / "checkpoint-2"
     (folder / "model.safetensors").unlink()
     make_model().save_pretrained(folder, max_shard_size="20KB")
@@ -155,11 +156,22 @@ def test_sharded_and_adapter_weights(out):
     shards[-1].unlink()
     assert f"shard `{shards[-1].name}` is missing" in checkpoint_problem(folder)
 
-    lora = out / "checkpoint-1"  # a LoRA checkpoint holds the adapter's safetensors instead of the model's
-    (lora / "model.safetensors").rename(lora / "adapter_model.safetensors")
-    assert checkpoint_problem(lora) is None
-    truncate(lora / "adapter_model.safetensors")
-    assert "`adapter_model.safetensors` is" in checkpoint_problem(lora)
+
+def test_lora_checkpoint(tmp_path):
+    """A LoRA run's checkpoint holds the adapter (`adapter_model.safetensors`, `adapter_config.json`)."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(make_model(seed=1), LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8,
+                                                          target_modules=["q_proj", "v_proj"]))
+    atomic_trainer(tmp_path / "out", max_steps=1, model=model).train()
+    folder = tmp_path / "out" / "checkpoint-1"
+    assert (folder / "adapter_model.safetensors").is_file() and not (folder / "model.safetensors").exists()
+    assert checkpoint_problem(folder) is None
+    truncate(folder / "adapter_config.json")
+    assert "`adapter_config.json` is not valid JSON" in checkpoint_problem(folder)
+    (folder / "adapter_config.json").unlink()
+    truncate(folder / "adapter_model.safetensors")
+    assert "`adapter_model.safetensors` is" in checkpoint_problem(folder)
 
 
 # ---------------------------------------------------------------------------------------------------------------
