@@ -177,3 +177,20 @@ def test_merged_model_saves_and_reloads_strictly(base_folder, tmp_path):
     merged.save_pretrained(tmp_path)
     reloaded = reference_outputs(ILLaDAForCausalLM.from_pretrained(tmp_path), ids, mask)
     assert torch.equal(reloaded["logits"], in_memory["logits"]) and torch.equal(reloaded["tokens"], ref["tokens"])
+
+
+def test_transformers_peft_integration_loads_adapters(base_folder, tmp_path):
+    """transformers' own PEFT routes: `model.load_adapter(folder)` and `AutoModelForCausalLM.from_pretrained` of an
+    adapter folder (base found through `adapter_config.json`) give the adapted model's outputs."""
+    from transformers import AutoModelForCausalLM
+
+    peft_model = get_peft_model(ILLaDAForCausalLM.from_pretrained(base_folder), lora_config("CAUSAL_LM")).eval()
+    ids, mask = left_pad(random_prompts([5, 7], seed=7))
+    ref = reference_outputs(peft_model, ids, mask)
+    peft_model.save_pretrained(tmp_path)
+    with_adapter = ILLaDAForCausalLM.from_pretrained(base_folder)
+    with_adapter.load_adapter(str(tmp_path))
+    auto = AutoModelForCausalLM.from_pretrained(str(tmp_path), trust_remote_code=True)
+    for model in (with_adapter, auto):
+        got = reference_outputs(model, ids, mask)
+        assert torch.equal(got["logits"], ref["logits"]) and torch.equal(got["tokens"], ref["tokens"])
