@@ -222,15 +222,13 @@ def select_commits(
     """Which positions `(rows, n)` to commit: the `k` best-scored masked ones of each row, vectorised.
 
     `k = num_tokens` (the schedule), raised with a `threshold` to the number of masked positions scoring at least
-    `threshold` (Fast-dLLM's parallel decoding, which always commits at least the top one), and capped by the
-    masks left. Ties go to the leftmost position.
+    `threshold` (Fast-dLLM's parallel decoding, which always commits at least the top one). A row with fewer
+    masks left than `k` commits them all: the masked positions rank first. Ties go to the leftmost position.
     """
     scores = scores.masked_fill(~masked, -math.inf)
-    remaining = masked.sum(-1)  # [rows]
-    count = torch.full_like(remaining, num_tokens)
+    count = torch.full(scores.shape[:1], num_tokens, device=scores.device)  # [rows]
     if threshold is not None:
         count = torch.maximum(count, (scores >= threshold).sum(-1))
-    count = torch.minimum(count, remaining)
     order = scores.argsort(dim=-1, descending=True, stable=True)
     positions = torch.arange(scores.shape[-1], device=scores.device).expand_as(order)
     rank = torch.empty_like(order).scatter_(-1, order, positions)
@@ -344,7 +342,7 @@ def _denoise_block(model, canvas: _Canvas, start: int, end: int, visible: int, c
     schedule = transfer_schedule(end - start, steps_in_block(end - start, config.steps, config.tokens_per_step))
     for step, num_tokens in enumerate(schedule):
         masked = undecided_positions(canvas.tokens[:, start:end], config.mask_token_id, skip_after)  # [B, n]
-        rows = (masked.any(-1) & ~canvas.finished).nonzero().squeeze(-1)
+        rows = masked.any(-1).nonzero().squeeze(-1)  # finished rows have no masks: `_close_block` padded them
         if rows.numel() == 0:  # threshold decoding or `skip_after_stop` finished the block early
             return
         logits = _step_logits(model, canvas, rows, visible, start, end, config, cache, step)  # [r, n, V]
