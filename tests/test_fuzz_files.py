@@ -200,7 +200,8 @@ def generation_problem(field: str, value) -> set[str]:
         return set() if value in ("low_confidence", "random", "margin", "entropy") else {field}
     if field == "canvas":
         return set() if value in ("variable", "fixed") else {field}
-    return set() if value is None or isinstance(value, list) and all(is_int(t) and 0 <= t < 97 and t != 5
+    allowed = set(range(TINY["vocab_size"])) - {TINY["mask_token_id"]}
+    return set() if value is None or isinstance(value, list) and all(is_int(t) and t in allowed
                                                                      for t in value) else {field}
 
 
