@@ -24,6 +24,7 @@ it skips only the flash check. Checks, each on randomly initialised models (no d
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.util
 import json
 import math
@@ -67,15 +68,14 @@ class CheckResult:
 
 
 def make_model(shape: dict, num_layers: int | None, device: str, attn: str = "sdpa", seed: int = 0) -> ILLaDAForCausalLM:
-    """A randomly initialised fp32 model of `shape` (`num_layers` overrides its layer count)."""
+    """A randomly initialised fp32 model of `shape` (`num_layers` overrides its layer count), built on CPU from
+    `seed` (so that two calls give the same weights whatever the attention kernel), then moved to `device`."""
     settings = {**shape, **SPECIAL_IDS, "initializer_range": SHARP_INIT}
     if num_layers is not None:
         settings["num_hidden_layers"] = num_layers
     torch.manual_seed(seed)
-    with torch.device(device):
-        model = ILLaDAForCausalLM._from_config(ILLaDAConfig(**settings), attn_implementation=attn,
-                                               dtype=torch.float32)
-    return model.eval()
+    model = ILLaDAForCausalLM._from_config(ILLaDAConfig(**settings), attn_implementation=attn, dtype=torch.float32)
+    return model.to(device).eval()
 
 
 def packed_batch(vocab_size: int, device: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
@@ -94,12 +94,12 @@ def check_flash(device: str) -> CheckResult:
     if importlib.util.find_spec("flash_attn") is None:
         return CheckResult(name, "skipped", note="flash-attn is not installed (pip install flash-attn)")
     reference = make_model(TINY, 4, device, "sdpa")
+    sdpa_model = copy.deepcopy(reference).to(torch.bfloat16)
+    flash_model = make_model(TINY, 4, device, "flash_attention_2").to(torch.bfloat16)
     ids, positions, lengths = packed_batch(TINY["vocab_size"], device)
     with torch.no_grad():
         exact = reference(input_ids=ids, position_ids=positions).logits.float()
-        reference.to(torch.bfloat16)
-        sdpa = reference(input_ids=ids, position_ids=positions).logits.float()
-        flash_model = make_model(TINY, 4, device, "flash_attention_2").to(torch.bfloat16)
+        sdpa = sdpa_model(input_ids=ids, position_ids=positions).logits.float()
         flash = flash_model(input_ids=ids, position_ids=positions).logits.float()
         alone, start = [], 0
         for length in lengths:  # each document by itself, flash kernel, no packing
@@ -116,42 +116,38 @@ def check_flash(device: str) -> CheckResult:
     return CheckResult(name, "pass" if ok else "FAIL", figures)
 
 
-def top1_agreement(model: ILLaDAForCausalLM, ids: torch.Tensor, mask_token_id: int) -> tuple[float, float]:
-    """Top-1 agreement and max logit difference, bf16 vs fp32, at the masked positions of `ids` (half masked)."""
+def top1_agreement(fp32: ILLaDAForCausalLM, bf16: ILLaDAForCausalLM, ids: torch.Tensor) -> tuple[float, float]:
+    """Top-1 agreement and max logit difference of the two models at the masked positions of `ids` (half masked)."""
     g = torch.Generator().manual_seed(1)
     masked = (torch.rand(ids.shape, generator=g) < 0.5).to(ids.device)
-    noisy = ids.masked_fill(masked, mask_token_id)
+    noisy = ids.masked_fill(masked, SPECIAL_IDS["mask_token_id"])
     with torch.no_grad():
-        fp32 = model(input_ids=noisy, logits_to_keep=masked).logits.float()
-        model.to(torch.bfloat16)
-        bf16 = model(input_ids=noisy, logits_to_keep=masked).logits.float()
-        model.to(torch.float32)
-    agreement = (fp32.argmax(-1) == bf16.argmax(-1)).float().mean().item()
-    return agreement, (fp32 - bf16).abs().max().item()
+        exact = fp32(input_ids=noisy, logits_to_keep=masked).logits.float()
+        low = bf16(input_ids=noisy, logits_to_keep=masked).logits.float()
+    return (exact.argmax(-1) == low.argmax(-1)).float().mean().item(), (exact - low).abs().max().item()
 
 
-def generate_agreement(model: ILLaDAForCausalLM, prompts: torch.Tensor, new_tokens: int) -> dict[str, float]:
-    """Greedy `generate` (fixed canvas, one token per step) in fp32 and in bf16 from the same weights."""
+def generate_agreement(fp32: ILLaDAForCausalLM, bf16: ILLaDAForCausalLM, prompts: torch.Tensor,
+                       new_tokens: int) -> dict[str, float]:
+    """Greedy `generate` (fixed canvas, one token per step) of the two models: shares of identical answer tokens
+    and of identical rows."""
     settings = dict(max_new_tokens=new_tokens, block_length=min(32, new_tokens), canvas="fixed", temperature=0.0)
-    answers = {}
-    for dtype in (torch.float32, torch.bfloat16):
-        model.to(dtype)
-        answers[dtype] = model.generate(prompts, **settings)[:, prompts.shape[1]:]
-    model.to(torch.float32)
-    same = answers[torch.float32] == answers[torch.bfloat16]
+    exact, low = (model.generate(prompts, **settings)[:, prompts.shape[1]:] for model in (fp32, bf16))
+    same = exact == low
     return {"generate_token_agreement": same.float().mean().item(),
             "generate_identical_rows": same.all(dim=1).float().mean().item()}
 
 
 def check_bf16(device: str, label: str, shape: dict, num_layers: int | None, new_tokens: int) -> CheckResult:
+    """The fp32 model and its bf16 copy (weights rounded to bf16, as a bf16 checkpoint load gives)."""
     name = f"bf16 vs fp32, {label}"
-    model = make_model(shape, num_layers, device)
+    fp32 = make_model(shape, num_layers, device)
+    bf16 = copy.deepcopy(fp32).to(torch.bfloat16)
     g = torch.Generator().manual_seed(2)
     ids = torch.randint(FIRST_ORDINARY_ID, shape["vocab_size"], (4, 128), generator=g).to(device)
-    agreement, max_diff = top1_agreement(model, ids, SPECIAL_IDS["mask_token_id"])
+    agreement, max_diff = top1_agreement(fp32, bf16, ids)
     figures = {"top1_agreement": agreement, "max_logit_diff": max_diff,
-               **generate_agreement(model, ids[:, :16], new_tokens)}
-    del model
+               **generate_agreement(fp32, bf16, ids[:, :16], new_tokens)}
     return CheckResult(name, "pass" if agreement >= MIN_TOP1_AGREEMENT else "FAIL", figures)
 
 
@@ -164,8 +160,6 @@ def counting_batch(batch: int, length: int, vocab_size: int, g: torch.Generator,
 
 def check_training(device: str, steps: int) -> CheckResult:
     name = f"bf16 training, {steps} steps"
-    if device == "cpu" and not torch.backends.mkldnn.is_available():
-        return CheckResult(name, "skipped", note="no bf16 autocast on this CPU")
     model = make_model({**TINY, "hidden_size": 128, "intermediate_size": 256}, 2, device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.1)
     g, noise = torch.Generator().manual_seed(3), torch.Generator(device=device).manual_seed(4)
