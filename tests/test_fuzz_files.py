@@ -6,7 +6,8 @@ field, corrupt safetensors header bytes, a tensor of the wrong shape, a missing,
 shard index or shard) and loads it. A damaged file must raise `ValueError`/`TypeError` naming the file (or the
 offending field / tensor); an intact or validly edited file must load with its values and give the saved model's
 logits. lm-eval model args are parsed from an argument string as lm-eval does (`seed=abc`, `cfg_scale=inf`,
-`max_new_tokens=0`, ...); valid ones must score a request to a finite log-likelihood.
+`max_new_tokens=0`, ...); valid ones must score a request to a finite log-likelihood. A task's generation kwargs
+(`max_gen_toks=0`, `temperature=inf`, a bad `until`, ...) are named; valid ones give texts cut before every stop.
 """
 
 import atexit
@@ -435,3 +436,59 @@ def test_fuzz_lm_eval_model_args(chosen, data):
 
     run_case("lm-eval model args", call, bad=bad, bad_files=unknown, doubtful=doubtful, check=check,
              describe=f"--model_args {arg_string}")
+
+
+GEN_KWARGS = {
+    "until": st.sampled_from(["\n", ["."], [".", "cat"], [], 3, [3], None]),
+    "max_gen_toks": st.sampled_from([1, 6, 0, -1, "abc", 2.5]),
+    "temperature": st.sampled_from([0.0, 0.5, 1e308, -1.0, "hot", math.inf, math.nan]),
+    "do_sample": st.sampled_from([True, False, "yes"]),
+    "top_a": st.just(3),
+}
+
+
+def gen_kwargs_problems(kwargs: dict) -> tuple[set[str], set[str], set[str]]:
+    """(bad names, bad spellings of unknown names, doubtful) for a request's generation kwargs."""
+    bad, unknown, doubtful = set(), set(), set()
+    until = kwargs.get("until")
+    if "until" in kwargs and until is not None and not isinstance(until, str) \
+            and not (isinstance(until, list) and all(isinstance(s, str) for s in until)):
+        bad.add("until")
+    if "max_gen_toks" in kwargs and not (is_int(kwargs["max_gen_toks"]) and kwargs["max_gen_toks"] >= 1):
+        bad.add("max_gen_toks")
+    if "temperature" in kwargs:
+        if not (is_real(kwargs["temperature"]) and kwargs["temperature"] >= 0):
+            bad.add("temperature")
+        elif kwargs["temperature"] > 1e3:
+            doubtful.add("temperature")
+    if "do_sample" in kwargs and not isinstance(kwargs["do_sample"], bool):
+        bad.add("do_sample")
+    if "top_a" in kwargs:
+        bad.add("top_a")
+        unknown.add("'top_a'")
+    return bad, unknown, doubtful
+
+
+GEN_MODEL = make_model(seed=2, vocab_size=len(TOKENIZER))
+GEN_HARNESS = ILLaDAEvalHarness(pretrained=GEN_MODEL, tokenizer=TOKENIZER, device="cpu", seed=0)
+
+
+@fuzz_settings(max_examples=30)
+@given(chosen=st.lists(st.sampled_from(sorted(GEN_KWARGS)), max_size=3, unique=True), data=st.data())
+def test_fuzz_lm_eval_generation_kwargs(chosen, data):
+    """Item 5 for tasks: `generate_until` with hostile generation kwargs (`max_gen_toks=0`, `temperature=inf`, a
+    bad `until`, unknown names) names them; valid ones give one text per request, cut before every stop string."""
+    kwargs = {name: data.draw(GEN_KWARGS[name]) for name in chosen}
+    bad, unknown, doubtful = gen_kwargs_problems(kwargs)
+    request = Instance("generate_until", doc={}, arguments=("the cat sat", dict(kwargs)), idx=0)
+
+    def check(texts) -> None:
+        until = kwargs.get("until")
+        stops = [until] if isinstance(until, str) else until or []
+        assert isinstance(texts, list) and len(texts) == 1 and isinstance(texts[0], str), f"got {texts!r}"
+        assert not any(stop in texts[0] for stop in stops), f"{texts[0]!r} holds a stop string of {stops}"
+        budget = kwargs.get("max_gen_toks", GEN_MODEL.generation_config.max_new_tokens)
+        assert len(TOKENIZER(texts[0], add_special_tokens=False)["input_ids"]) <= budget, f"{texts[0]!r} > {budget}"
+
+    run_case("lm-eval generation kwargs", lambda: GEN_HARNESS.generate_until([request], disable_tqdm=True), bad=bad,
+             bad_files=unknown, doubtful=doubtful, check=check, describe=f"gen_kwargs={kwargs!r}")
