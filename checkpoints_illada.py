@@ -218,17 +218,20 @@ class SafeCheckpointMixin:
 
     _staging_checkpoint = False
 
+    # Trainer has no public hook for where a checkpoint is written: `_save_checkpoint` asks `_get_output_dir`.
     def _get_output_dir(self, trial: Any) -> str:
         run_dir = super()._get_output_dir(trial)
         return os.path.join(run_dir, STAGING_DIR) if self._staging_checkpoint else run_dir
 
     def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: Any) -> tuple[list, Any]:
+        """No batch (and a stop) once `max_steps` is reached: the step loop then has nothing to train."""
         if 0 < self.state.max_steps <= self.state.global_step:
             self.control.should_training_stop = True
             return [], None
         return super().get_batch_samples(epoch_iterator, num_batches, device)
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        """Trainer's save, into the staging folder, then published by the main process (barriers around)."""
         run_dir = Path(self._get_output_dir(trial))
         staging_root, name = run_dir / STAGING_DIR, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         if self.args.should_save:
