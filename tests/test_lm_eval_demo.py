@@ -126,6 +126,15 @@ def test_system_instruction_becomes_a_system_turn(harness, docs, task_manager, m
     assert expected in prompts
 
 
+def test_a_gen_prefix_continues_the_assistant_turn(harness):
+    # lm-eval asks for add_generation_prompt=False when a task's `gen_prefix` starts the answer: the last
+    # (assistant) message is continued, without its end-of-turn EOS. Expected text written from the template.
+    text = harness.apply_chat_template([user("Q?"), {"role": "assistant", "content": "The answer is"}],
+                                       add_generation_prompt=False)
+    assert text == "<bos><|user|>Q?\n<|assistant|>The answer is"
+    assert harness.apply_chat_template([user("Q?")]) == "<bos><|user|>Q?\n<|assistant|>"
+
+
 # ----------------------------------------------------------------------------------------- end to end
 
 
