@@ -120,9 +120,14 @@ def dataset_format(example: dict[str, Any], data_format: str, text_field: str, w
         return "text"
     found = row_format(example, text_field)
     if found is None:
+        present = _non_null(example)
+        hint = ""
+        if "prompt" in present:
+            hint = " (`completion` or `response` is missing or null)"
+        elif {"completion", "response"} & set(present):
+            hint = " (`prompt` is missing or null)"
         raise ValueError(f"SFT data need a `messages` column, `prompt` and `completion` columns, or a "
-                         f"`{text_field}` column; {where} has {_non_null(example)} (a missing or null `prompt` or "
-                         "`completion`?).")
+                         f"`{text_field}` column; {where} has {present}{hint}.")
     return found
 
 
@@ -324,35 +329,55 @@ def prepare_dataset(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def check_jsonl_file(path: Path, data_format: str = "sft", text_field: str = "text") -> int:
-    """Reads a JSON-lines file and checks every row, naming the file and line of the first bad one; returns the
-    number of rows."""
-    fmt, rows = None, 0
+def check_json_file(path: Path, data_format: str = "sft", text_field: str = "text") -> int:
+    """Reads a JSON-lines file (or a `.json` file holding one array of rows) and checks every row, naming the file
+    and the line (or array index) of the first bad one; returns the number of rows."""
+    fmt, count = None, 0
     try:
-        with path.open(encoding="utf-8") as handle:
-            for line_number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                where = f"{path} line {line_number}"
-                try:
-                    example = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise ValueError(f"{where} is not valid JSON ({error.msg} at column {error.colno}).") from None
-                if not isinstance(example, dict):
-                    raise TypeError(f"{where} must hold a JSON object, got {type(example).__name__}.")
-                fmt = fmt or dataset_format(example, data_format, text_field, where)
-                check_example(example, fmt, text_field, where)
-                rows += 1
+        for where, example in _located_rows(path):
+            if not isinstance(example, dict):
+                raise TypeError(f"{where} must hold a JSON object, got {type(example).__name__}.")
+            fmt = fmt or dataset_format(example, data_format, text_field, where)
+            check_example(example, fmt, text_field, where)
+            count += 1
     except UnicodeDecodeError as error:
         raise ValueError(f"{path} is not UTF-8 text (byte {error.start}): save the data file as UTF-8.") from None
-    if rows == 0:
+    if count == 0:
         raise ValueError(f"{path} is empty: it holds no JSON rows to train on.")
-    return rows
+    return count
+
+
+def _located_rows(path: Path):
+    """(where, row) for each row of a JSON file: an array's items, else one row per non-blank line (streamed)."""
+    rows = _json_array(path.read_text(encoding="utf-8")) if path.suffix.lower() == ".json" else None
+    if rows is not None:
+        yield from ((f"{path} example {i}", row) for i, row in enumerate(rows))
+        return
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if line.strip():
+                yield f"{path} line {number}", _json_line(line, f"{path} line {number}")
+
+
+def _json_array(text: str) -> list | None:
+    """The rows of a file holding one JSON array, or `None` for any other content (JSON lines)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, list) else None
+
+
+def _json_line(line: str, where: str) -> Any:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{where} is not valid JSON ({error.msg} at column {error.colno}).") from None
 
 
 def load_data_files(files: list[str], data_format: str = "sft", text_field: str = "text") -> Dataset:
-    """Loads local files with the `datasets` builder their extension names (all files must share it); JSON-lines
-    files are checked row by row first, so that a bad row is reported with its file and line."""
+    """Loads local files with the `datasets` builder their extension names (all files must share it); JSON files
+    are checked row by row first, so that a bad row is reported with its file and line."""
     paths = [Path(f) for f in files]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
@@ -361,9 +386,12 @@ def load_data_files(files: list[str], data_format: str = "sft", text_field: str 
     if None in builders or len(builders) != 1:
         raise ValueError(f"Data files must all be one of {sorted(DATA_FILE_BUILDERS)}, got {[p.name for p in paths]}.")
     for path in paths:
-        if path.suffix.lower() == ".jsonl":
-            check_jsonl_file(path, data_format, text_field)
-    return load_dataset(builders.pop(), data_files=[str(p) for p in paths], split="train")
+        if path.suffix.lower() in (".jsonl", ".json"):
+            check_json_file(path, data_format, text_field)
+    try:
+        return load_dataset(builders.pop(), data_files=[str(p) for p in paths], split="train")
+    except Exception as error:  # datasets' and pyarrow's read errors do not name the file
+        raise ValueError(f"Could not read the data files {[str(p) for p in paths]}: {error}") from error
 
 
 def load_data(

@@ -161,7 +161,7 @@ def test_cli_lora_adapter_loads_with_peft_in_a_fresh_process(tmp_path):
      r"bad.jsonl line 2 is not valid JSON"),
     (['{"prompt": "a", "completion": "b"}', '{"prompt": null, "completion": "b"}'], {}, ValueError,
      r"bad.jsonl line 2: `prompt` is missing or null"),
-    (['{"completion": "b"}'], {}, ValueError, r"bad.jsonl line 1 has \['completion'\] \(a missing or null `prompt`"),
+    (['{"completion": "b"}'], {}, ValueError, r"bad.jsonl line 1 has \['completion'\] \(`prompt` is missing or null\)"),
     (['["a", "b"]'], {}, TypeError, r"bad.jsonl line 1 must hold a JSON object, got list"),
 ])
 def test_jsonl_errors_name_the_file_and_line(tmp_path, lines, kwargs, error, match):
