@@ -363,6 +363,9 @@ class ILLaDAModel(ILLaDAPreTrainedModel):
                 `start:end` only, `position_ids` default to `arange(start, end)`, `attention_mask` is the 2-D
                 padding mask of the whole canvas, and the rest of the canvas comes from the cache.
         """
+        if kwargs.get("past_key_values") is not None:
+            raise ValueError("`past_key_values` is not supported: iLLaDA attends bidirectionally and keeps no "
+                             "autoregressive cache (PEFT prefix tuning needs one: use LoRA). See `kv_cache`.")
         span = kv_cache.span if kv_cache is not None else None
         inputs_embeds, position_ids = self._check_inputs(input_ids, inputs_embeds, position_ids, span, kv_cache)
         implementation = self.config._attn_implementation
@@ -521,6 +524,17 @@ class ILLaDAForCausalLM(ILLaDAGenerationMixin, ILLaDAScoringMixin, ILLaDAPreTrai
         """The forward's inputs for a denoising step: the whole canvas, as given. Diffusion `generate` does not call
         this; PEFT's `PeftModelForCausalLM` (`task_type="CAUSAL_LM"`) requires a causal LM to have it."""
         return {"input_ids": input_ids, **kwargs}
+
+    def __setattr__(self, name: str, value) -> None:
+        # iLLaDA: PEFT prompt learning swaps this method in `generate` to add its virtual tokens; diffusion sampling
+        # never calls it, so the adapter would be silently ignored.
+        own = getattr(value, "__func__", None) is ILLaDAForCausalLM.prepare_inputs_for_generation
+        if name == "prepare_inputs_for_generation" and not own:
+            raise ValueError(
+                "Replacing `prepare_inputs_for_generation` (PEFT prompt learning: prompt, prefix or P-tuning) has no "
+                "effect on diffusion sampling, which runs the whole canvas through `forward`: use LoRA adapters."
+            )
+        super().__setattr__(name, value)
 
 
 __all__ = ["ILLaDAPreTrainedModel", "ILLaDAModel", "ILLaDAForCausalLM", "DiffusionKVCache"]

@@ -194,3 +194,18 @@ def test_transformers_peft_integration_loads_adapters(base_folder, tmp_path):
     for model in (with_adapter, auto):
         got = reference_outputs(model, ids, mask)
         assert torch.equal(got["logits"], ref["logits"]) and torch.equal(got["tokens"], ref["tokens"])
+
+
+def test_prompt_learning_is_refused_not_silently_ignored():
+    """Prompt tuning adds virtual tokens through `prepare_inputs_for_generation`, which diffusion sampling never
+    calls: `generate` would silently drop the adapter, so it raises. Prefix tuning needs `past_key_values`."""
+    from peft import PrefixTuningConfig, PromptTuningConfig
+
+    ids, mask = left_pad(random_prompts([6, 4], seed=5))
+    prompt_tuned = get_peft_model(make_model(), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3))
+    assert prompt_tuned(input_ids=ids, attention_mask=mask).logits.shape[1] == ids.shape[1] + 3
+    with pytest.raises(ValueError, match="`prepare_inputs_for_generation`.*use LoRA"):
+        prompt_tuned.generate(input_ids=ids, attention_mask=mask, **GENERATE)
+    prefix_tuned = get_peft_model(make_model(), PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3))
+    with pytest.raises(ValueError, match="`past_key_values` is not supported"):
+        prefix_tuned(input_ids=ids, attention_mask=mask)
