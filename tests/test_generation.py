@@ -827,3 +827,15 @@ def test_resolve_generation_config_gives_the_settings_a_call_uses(sharp_model):
                        sharp_model.generate(ids, steps=2, block_length=4, stop_token_ids=[9], max_new_tokens=8))
     with pytest.raises(ValueError, match="`max_length`"):
         sharp_model.resolve_generation_config(max_length=20)
+
+
+def test_streamer_stops_with_the_answer():
+    """EOS planted in the second of four blocks: the streamer gets the prompt, the first block, the second block cut
+    after EOS, and nothing of the two blocks that are never decoded."""
+    model = make_model(seed=4, **SHARP)
+    prompt = random_prompts([5], seed=4)[0]
+    streamer = RecordingStreamer()
+    with logit_offsets(model, eos_in_second_block(5, 4, marker=prompt[0])):
+        out = model.generate(torch.tensor([prompt]), max_new_tokens=16, block_length=4, steps=2, streamer=streamer)
+    assert [len(put) for put in streamer.puts] == [1, 4, 3] and streamer.ended
+    assert streamer.puts[2][-1] == EOS and [t for put in streamer.puts[1:] for t in put] == out[0, 5:].tolist()
