@@ -60,7 +60,7 @@ from typing import Any
 
 import torch
 from datasets import Dataset
-from transformers import AutoTokenizer, HfArgumentParser, PreTrainedTokenizerBase, set_seed
+from transformers import AutoTokenizer, HfArgumentParser, PreTrainedTokenizerBase, Trainer, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from configuration_illada import ILLaDAConfig
@@ -263,7 +263,7 @@ def resume_checkpoint(args: DiffusionSFTConfig) -> str | None:
     return checkpoint
 
 
-def save_trained_model(trainer: DiffusionSFTTrainer, merge_lora: bool = False) -> None:
+def save_trained_model(trainer: Trainer, merge_lora: bool = False) -> None:
     """Saves weights (or the LoRA adapter), code files, tokenizer, generation config and model card to
     `output_dir`; LoRA adapters are merged into a full model first when `merge_lora`. Pushes when `push_to_hub`."""
     if merge_lora:
@@ -274,7 +274,8 @@ def save_trained_model(trainer: DiffusionSFTTrainer, merge_lora: bool = False) -
     missing = not (output_dir / "generation_config.json").exists()
     if trainer.args.should_save and generation_config is not None and missing:
         generation_config.save_pretrained(output_dir)
-    trainer.create_model_card()
+    if isinstance(trainer, DiffusionSFTTrainer):  # other trainers (train_vrpo.py) keep their own card
+        trainer.create_model_card()
     if trainer.args.push_to_hub:
         trainer.push_to_hub()
 
