@@ -55,8 +55,10 @@ def left_padded(prompts: list[list[int]], pad_fill: list[int] | None = None) -> 
     return torch.tensor(ids, dtype=torch.long).reshape(shape), torch.tensor(mask, dtype=torch.long).reshape(shape)
 
 
-def effective_settings(kw: dict) -> dict:
-    """The settings a call ends up with: the model config's token ids where the caller gave none."""
+def effective_settings(kw: dict, width: int = 0) -> dict:
+    """The settings a call ends up with: the model config's token ids where the caller gave none; the budget from
+    `max_new_tokens`, or `max_length` minus the prompt `width`."""
+    budget = MODEL.generation_config.max_new_tokens if kw.get("max_length") is None else kw["max_length"] - width
     eos = kw.get("eos_token_id")
     eos = [EOS] if eos is None else [eos] if is_int(eos) else list(eos)
     return {
@@ -64,7 +66,7 @@ def effective_settings(kw: dict) -> dict:
         "mask": MASK if kw.get("mask_token_id") is None else kw["mask_token_id"],
         "stops": set(eos) | set(kw.get("stop_token_ids") or []),
         "suppressed": set(kw.get("suppress_tokens") or []),
-        "budget": kw.get("max_new_tokens", MODEL.generation_config.max_new_tokens),
+        "budget": kw.get("max_new_tokens", budget),
         "copies": kw.get("num_return_sequences", 1),
     }
 
@@ -78,7 +80,7 @@ def greedy(kw: dict) -> bool:
 def check_answers(out, input_ids: torch.Tensor, kw: dict, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     """The properties every valid result has; returns the sequences. Real prompt tokens come back as given; padded
     positions (attention mask 0) as given or as the pad id."""
-    s = effective_settings(kw)
+    s = effective_settings(kw, input_ids.shape[1])
     sequences = out.sequences if kw.get("return_dict_in_generate") else out
     assert isinstance(sequences, torch.Tensor) and not sequences.is_floating_point() \
         and sequences.dtype != torch.bool, f"sequences are {type(sequences)}"
@@ -120,6 +122,9 @@ def check_rows_alone(input_ids: torch.Tensor, attention_mask: torch.Tensor | Non
     """
     width, pad = input_ids.shape[1], effective_settings(kw)["pad"]
     copies = kw.get("num_return_sequences", 1)
+    if kw.get("max_length") is not None:  # the same budget for a row alone, whose prompt is narrower
+        kw = {**kw, "max_new_tokens": kw["max_length"] - width}
+        del kw["max_length"]
     for r in range(input_ids.shape[0]):
         real = input_ids[r] if attention_mask is None else input_ids[r][attention_mask[r].bool()]
         if real.numel() == 0:
@@ -185,7 +190,9 @@ def near_miss(name: str) -> st.SearchStrategy:
         if name == "stop_token_bias":
             return st.fixed_dictionaries({"token_ids": ids, "slope": st.one_of(weird_numbers(), st.just(1.0))})
         return st.one_of(ids, st.just("2"), st.just([2.0]), st.just(VOCAB))
-    if name in INT_SETTINGS or name in OPTIONAL_INT_SETTINGS:
+    if name == "num_return_sequences":  # a huge valid count only asks for that much memory: not drawn
+        return st.integers(-2, 4)
+    if name in INT_SETTINGS or name in OPTIONAL_INT_SETTINGS or name == "max_length":
         return st.one_of(st.integers(-2, 40), st.just(2**40))
     if name in ("remasking", "canvas", "use_cache"):
         return st.sampled_from(["low-confidence", "", "Fixed", True, "prefix ", None])
@@ -194,13 +201,16 @@ def near_miss(name: str) -> st.SearchStrategy:
     return st.nothing()
 
 
-SETTING_NAMES = (*INT_SETTINGS, *OPTIONAL_INT_SETTINGS, *TOKEN_ID_SETTINGS, *TOKEN_LIST_SETTINGS, *BOOL_SETTINGS,
+SETTING_NAMES = ("max_length", *INT_SETTINGS, *OPTIONAL_INT_SETTINGS, *TOKEN_ID_SETTINGS, *TOKEN_LIST_SETTINGS, *BOOL_SETTINGS,
                  "temperature", "cfg_scale", "threshold", "top_p", "remasking", "canvas", "use_cache", "do_sample",
                  "stop_token_bias")
 
 
 def corrupt(draw, kw: dict, name: str) -> None:
-    if name == "unknown":
+    if name == "num_return_sequences":
+        kw[name] = draw(st.one_of(wrong_types(), weird_numbers().filter(lambda v: not (is_int(v) and v > 4)),
+                                  near_miss(name)))
+    elif name == "unknown":
         option = draw(st.sampled_from(sorted(UNKNOWN_OPTIONS)))
         kw[option] = UNKNOWN_OPTIONS[option]
     else:
@@ -213,6 +223,8 @@ def generation_case(draw, corrupt_name: str | None = None) -> tuple[list[list[in
     lengths = draw(st.lists(st.integers(0 if draw(st.booleans()) else 1, 5), min_size=1, max_size=3))
     prompts = [draw(st.lists(ORDINARY, min_size=n, max_size=n)) for n in lengths]
     kw = draw(valid_settings())
+    if draw(st.integers(0, 4)) == 0:  # transformers' total length instead of the answer budget
+        kw["max_length"] = max(lengths) + kw.pop("max_new_tokens")
     names = [corrupt_name] if corrupt_name else draw(st.lists(st.sampled_from([*SETTING_NAMES, "unknown"]),
                                                               max_size=2))
     for name in names:
@@ -242,13 +254,21 @@ def settings_problems(kw: dict, prompts: list[list[int]]) -> set[str]:
     bad |= {name for name in INT_SETTINGS if name in kw and not positive_int(kw[name])}
     bad |= {name for name in OPTIONAL_INT_SETTINGS if kw.get(name) is not None and not positive_int(kw[name])}
     block, budget = kw.get("block_length"), kw.get("max_new_tokens")
+    if kw.get("max_length") is not None:  # None: unset
+        width, max_length = max(map(len, prompts)), kw["max_length"]
+        if "max_new_tokens" in kw:
+            bad |= {"max_length", "max_new_tokens"}
+        elif not (is_int(max_length) and max_length > width):
+            bad.add("max_length")
+        else:
+            budget = max_length - width
     if kw.get("steps") is not None and kw.get("tokens_per_step") is not None:
         bad |= {"steps", "tokens_per_step"}
     for name in ("steps", "tokens_per_step"):
         if positive_int(kw.get(name)) and positive_int(block) and kw[name] > block:
             bad |= {name, "block_length"}
     if kw.get("canvas") == "fixed" and positive_int(block) and positive_int(budget) and budget % block:
-        bad |= {"max_new_tokens", "block_length", "canvas"}
+        bad |= {"max_new_tokens", "max_length", "block_length", "canvas"}
     for name, choices in (("remasking", ("low_confidence", "random", "margin", "entropy")),
                           ("canvas", ("variable", "fixed"))):
         if name in kw and (not isinstance(kw[name], str) or kw[name] not in choices):
@@ -275,7 +295,7 @@ def settings_problems(kw: dict, prompts: list[list[int]]) -> set[str]:
         bad |= {"output_history", "return_dict_in_generate"}
     bad |= token_problems(kw, prompts)
     if positive_int(budget) and max(map(len, prompts)) + budget > MAX_POSITIONS:
-        bad.add("max_new_tokens")
+        bad |= {"max_new_tokens", "max_length"}
     if is_real(kw.get("cfg_scale")) and kw["cfg_scale"] > 0 and min(map(len, prompts)) == 0:
         bad.add("cfg_scale")
     return bad
@@ -369,6 +389,17 @@ def test_fuzz_generate_extreme_temperature(temperature, suppress, seed):
     prompts = [[7, 8, 9], [10]]
     kw = {"temperature": temperature, "suppress_tokens": suppress, "max_new_tokens": 6, "block_length": 3}
     run_generation_case(prompts, kw, seed)
+
+
+@fuzz_settings(max_examples=12)
+@given(cfg_scale=st.sampled_from([1e308, 1e30, 1e10, 1e3, 1e-300]), threshold=st.sampled_from([None, 0.5, 1e308]),
+       remasking=st.sampled_from(["low_confidence", "margin", "entropy"]))
+def test_fuzz_generate_extreme_guidance(cfg_scale, threshold, remasking):
+    """Issue 12 item 1 for generate: a huge guidance scale overflows `u + (s + 1)(c - u)`; the answer must still
+    hold no mask token (or the scale is refused by name)."""
+    kw = {"cfg_scale": cfg_scale, "threshold": threshold, "remasking": remasking, "max_new_tokens": 6,
+          "block_length": 3}
+    run_generation_case([[7, 8, 9], [10, 11]], kw, None)
 
 
 # ------------------------------------------------------------------------------------------ inputs
