@@ -13,6 +13,9 @@ the gold answer (an off-by-one sum, two swapped items, another capital: `demo.da
 are trl's conversational preference format: `prompt` (a user turn), `chosen` and `rejected` (an assistant turn
 each), plus `task` and `kind` (`own` or `near_miss`). A summary (training-split exact match, pair counts) is
 written next to the output as `<output>.summary.json`.
+
+`--split heldout --near-misses-only` builds pairs of held-out problems without running the model, to watch the
+reward accuracy on unseen problems while training (`train_vrpo.py --eval_files ...`), never to train on.
 """
 
 import argparse
@@ -24,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from demo.data import TASKS, Example, make_examples, make_multiple_choice
+from demo.data import SPLITS, TASKS, Example, make_examples, make_multiple_choice
 from demo.evaluate import DEFAULT_MODEL_DIR, generate_one
 from demo.loading import load_model
 
@@ -47,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"Training-split questions, spread over the tasks (default {DEFAULT_QUESTIONS}).")
     parser.add_argument("--near-misses", type=int, default=DEFAULT_NEAR_MISSES,
                         help=f"Near-miss pairs per question (default {DEFAULT_NEAR_MISSES}).")
+    parser.add_argument("--split", default="train", choices=SPLITS,
+                        help="Split of the questions (default train; `heldout` only to monitor training).")
+    parser.add_argument("--near-misses-only", action="store_true",
+                        help="No generation: only (gold, near miss) pairs, without loading a model.")
     parser.add_argument("--seed", type=int, default=PREFERENCE_SEED, help="Seed of the questions and near misses.")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads of torch (default 1).")
     return parser
@@ -60,7 +67,7 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise ValueError(f"`--near-misses` must be an integer >= 0, got {args.near_misses}.")
     if args.threads < 1:
         raise ValueError(f"`--threads` must be a positive integer, got {args.threads}.")
-    if not (Path(args.model) / "config.json").is_file():
+    if not args.near_misses_only and not (Path(args.model) / "config.json").is_file():
         raise ValueError(f"No model folder at {args.model} (no config.json): pass `--model`.")
 
 
@@ -98,20 +105,23 @@ def main(argv: list[str] | None = None) -> list[dict]:
     except ValueError as error:
         sys.exit(f"error: {error}")
     torch.set_num_threads(args.threads)
-    try:
-        model, tokenizer = load_model(args.model, trust_remote_code=args.trust_remote_code)
-    except ValueError as error:
-        sys.exit(f"error: {error}")
-    examples = make_examples("train", args.questions, seed=args.seed)
+    examples = make_examples(args.split, args.questions, seed=args.seed)
     start = time.perf_counter()
-    with torch.no_grad():
-        answers = [generate_one(model, tokenizer, example)["answer"] for example in examples]
+    answers = [e.response.strip() for e in examples]  # near misses only: no model needed
+    if not args.near_misses_only:
+        try:
+            model, tokenizer = load_model(args.model, trust_remote_code=args.trust_remote_code)
+        except ValueError as error:
+            sys.exit(f"error: {error}")
+        with torch.no_grad():
+            answers = [generate_one(model, tokenizer, example)["answer"] for example in examples]
     rows = build_pairs(examples, answers, args.near_misses, args.seed)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text("".join(json.dumps(row) + "\n" for row in rows))
     correct = sum(a == e.response.strip() for a, e in zip(answers, examples))
-    summary = {"questions": len(examples), "train_exact_match": round(correct / len(examples), 4),
+    exact_match = None if args.near_misses_only else round(correct / len(examples), 4)
+    summary = {"split": args.split, "questions": len(examples), "exact_match": exact_match,
                "pairs": len(rows), "own_wrong_answers": sum(r["kind"] == "own" for r in rows),
                "near_misses": sum(r["kind"] == "near_miss" for r in rows), "tasks": sorted(TASKS),
                "generation_s": round(time.perf_counter() - start, 1),
