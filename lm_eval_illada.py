@@ -86,21 +86,6 @@ def _check_generation_settings(model: PreTrainedModel, settings: dict, where: st
     type(config).from_dict({**config.to_dict(), **settings})
 
 
-def _translate_do_sample(options: dict, known: set[str]) -> None:
-    """For Hub code whose generation config has no `do_sample`: `do_sample=False` becomes temperature 0 (greedy),
-    and `do_sample=True` needs a temperature (it has no default sampling temperature)."""
-    if "do_sample" in known or "do_sample" not in options:
-        return
-    do_sample = options.pop("do_sample")
-    if do_sample is False:
-        options["temperature"] = 0.0
-    elif do_sample is not True:
-        raise ValueError(f"`do_sample` must be True or False, got {do_sample!r}.")
-    elif not options.get("temperature"):
-        raise ValueError("`do_sample=True` needs a `temperature` > 0 in the generation kwargs with this model's code "
-                         "(its generation config has no `do_sample`).")
-
-
 @register_model("illada")
 class ILLaDAEvalHarness(TemplateLM):
     """lm-eval model for iLLaDA (registered as `illada`).
@@ -316,7 +301,6 @@ class ILLaDAEvalHarness(TemplateLM):
         stops = _stop_sequences(options.pop("until", None))
         max_gen_toks = options.pop("max_gen_toks", None)
         check_positive_int("max_gen_toks", max_gen_toks, allow_none=True)
-        _translate_do_sample(options, _settings_of(self.model.generation_config))
         settings = {**options, **self.generation_settings}
         max_new_tokens = self.max_new_tokens if self.max_new_tokens is not None else max_gen_toks
         if max_new_tokens is not None:

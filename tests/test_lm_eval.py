@@ -206,6 +206,7 @@ def harness_generation(harness, **gen_kwargs) -> tuple[torch.Tensor, int]:
         (dict(steps=4), dict(), dict(steps=4)),  # a model arg overrides the checkpoint
         (dict(), dict(max_gen_toks=8, do_sample=False), dict(max_new_tokens=8, temperature=0.0)),  # the task's
         (dict(block_length=4), dict(block_length=16), dict(block_length=4)),  # model args above gen_kwargs
+        (dict(), dict(do_sample=True, temperature=1.5), dict(temperature=1.5)),  # sampling as the task asks
     ],
 )
 def test_generation_follows_the_checkpoint_unless_set(saved_model, tokenizer, model_args, gen_kwargs,
