@@ -7,7 +7,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "illada-demo"
 CODE_FILES = ("configuration_illada.py", "modeling_illada.py", "generation_illada.py", "scoring_illada.py", "cache_illada.py",
-              "utils_illada.py", "generation_config_illada.py", "sampler_illada.py", "loading_illada.py")
+              "utils_illada.py", "generation_config_illada.py", "sampler_illada.py", "loading_illada.py",
+              "masks_illada.py")
 
 
 @pytest.mark.skipif(not DEMO.is_dir(), reason="no illada-demo/ folder")

@@ -1,0 +1,108 @@
+"""The attention masks of iLLaDA's bidirectional Transformer: key padding, packed documents and the cached span.
+
+No mask built here is ever causal. transformers' `create_bidirectional_mask` ignores `position_ids`, so packed
+documents would attend to each other; these helpers add the block-diagonal mask of packed documents themselves.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _document_ids(position_ids: torch.Tensor) -> torch.Tensor | None:
+    """Per-token document index of packed rows (a document starts where `position_ids` is 0), or `None`
+    when no row holds more than one document."""
+    starts = position_ids == 0  # [B, L]
+    if not starts[:, 1:].any():
+        return None
+    return starts.cumsum(-1)
+
+
+def _attention_mask_4d(mask: torch.Tensor, batch_size: int, seq_len: int) -> torch.Tensor:
+    """Checks a user mask (2-D key padding, 3-D or 4-D, bool or additive) and returns it as 4-D."""
+    if mask.dim() == 2:
+        if mask.shape != (batch_size, seq_len):
+            raise ValueError(
+                f"A 2-D `attention_mask` must have shape (batch_size, seq_len) = {(batch_size, seq_len)}, "
+                f"got {tuple(mask.shape)}."
+            )
+        return mask.bool()[:, None, None, :].expand(batch_size, 1, seq_len, seq_len)
+    if mask.dim() == 3:
+        mask = mask[:, None]
+    if mask.dim() != 4 or mask.shape[0] not in (1, batch_size) or mask.shape[-2:] != (seq_len, seq_len):
+        raise ValueError(
+            f"`attention_mask` must be 2-D (batch_size, seq_len), 3-D (batch_size, seq_len, seq_len) or 4-D "
+            f"(batch_size, 1 or heads, seq_len, seq_len) with batch_size={batch_size}, seq_len={seq_len}; "
+            f"got shape {tuple(mask.shape)}."
+        )
+    if mask.dtype != torch.bool and not mask.is_floating_point():
+        mask = mask.bool()  # 0/1 integer masks mean keep/drop
+    return mask
+
+
+def build_bidirectional_mask(
+    attention_mask: torch.Tensor | None,
+    position_ids: torch.Tensor,
+    dtype: torch.dtype,
+    attn_implementation: str,
+) -> torch.Tensor | None:
+    """The attention mask handed to the kernels: never causal.
+
+    Combines key padding (or a user 4-D mask) with the block-diagonal mask of packed documents found in
+    `position_ids`. Returns `None` when every token may attend to every token. For `eager` the result is
+    additive; for the other kernels a boolean `(batch, 1, seq_len, seq_len)` mask (True = attend). flash
+    attention gets the 2-D padding mask (or `None`, and finds packed documents in `position_ids` itself).
+    """
+    batch_size, seq_len = position_ids.shape
+    if attn_implementation.startswith("flash"):
+        if attention_mask is not None and attention_mask.dim() != 2:
+            raise ValueError("`flash_attention_2` takes only a 2-D padding `attention_mask`; use `sdpa` for 4-D masks.")
+        return None if attention_mask is None or attention_mask.bool().all() else attention_mask
+    mask = None if attention_mask is None else _attention_mask_4d(attention_mask, batch_size, seq_len)
+    doc_ids = _document_ids(position_ids)
+    if doc_ids is not None:
+        same_doc = (doc_ids[:, :, None] == doc_ids[:, None, :])[:, None]  # [B, 1, L, L]
+        if mask is None or mask.dtype == torch.bool:
+            mask = same_doc if mask is None else mask & same_doc
+        else:
+            mask = mask.masked_fill(~same_doc, torch.finfo(mask.dtype).min)
+    if mask is None or (mask.dtype == torch.bool and mask.all()):
+        return None
+    if mask.dtype == torch.bool:
+        # A row with no visible key (an all-padding row) attends to itself rather than producing NaN.
+        eye = torch.eye(seq_len, dtype=torch.bool, device=mask.device)
+        mask = mask | (~mask.any(-1, keepdim=True) & eye)
+        if attn_implementation == "eager":
+            return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+        return mask
+    return mask.to(dtype)
+
+
+def build_span_mask(
+    attention_mask: torch.Tensor | None,
+    span: tuple[int, int],
+    key_len: int,
+    dtype: torch.dtype,
+    attn_implementation: str,
+) -> torch.Tensor | None:
+    """Key-padding mask for a cached forward: queries `span` of the canvas, keys the whole canvas."""
+    if attention_mask is None or attention_mask.bool().all():
+        return None
+    if attention_mask.dim() != 2 or attention_mask.shape[-1] != key_len:
+        raise ValueError(
+            f"With a `kv_cache` span, `attention_mask` must be the 2-D padding mask of the whole canvas "
+            f"(batch_size, {key_len}), got shape {tuple(attention_mask.shape)}."
+        )
+    if attn_implementation.startswith("flash"):
+        raise ValueError("A `kv_cache` span with padding needs `sdpa` or `eager` attention, not flash attention.")
+    start, end = span
+    keep = attention_mask.bool()[:, None, None, :].expand(-1, 1, end - start, key_len)
+    own_key = torch.zeros(end - start, key_len, dtype=torch.bool, device=keep.device)
+    own_key[:, start:end] = torch.eye(end - start, dtype=torch.bool, device=keep.device)
+    keep = keep | (~keep.any(-1, keepdim=True) & own_key)  # all-padding rows attend to themselves, not NaN
+    if attn_implementation == "eager":
+        return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(~keep, torch.finfo(dtype).min)
+    return keep
+
+
+__all__ = ["build_bidirectional_mask", "build_span_mask"]
