@@ -1,0 +1,160 @@
+"""Fuzz: `ILLaDAForCausalLM.forward` with random padding, masks, packed position ids and `logits_to_keep`, and
+hostile shapes and dtypes (issue 12).
+
+Valid cases are checked against independent computations on the same model: each left- or right-padded row equals
+the row alone at its real positions; a 4-D boolean mask equals its 2-D key-padding form; a row packing two
+documents (position ids restarting at 0) equals each document alone; `logits_to_keep` returns exactly the selected
+rows of the full logits. Wrong shapes and dtypes must raise errors that name the argument. (Ids outside the
+vocabulary are left out here: the forward, like transformers' models, does not check them, which would cost a
+device synchronisation per step; `generate` and the scoring functions do.)
+"""
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fuzz_strategies import fuzz_settings, run_case
+from tiny import FIRST_ORDINARY_ID, SHARP, TINY, make_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+MODEL = make_model(seed=5, **SHARP)
+VOCAB, HIDDEN = TINY["vocab_size"], TINY["hidden_size"]
+ATOL = 1e-4
+AREA = "model forward"
+
+
+@torch.no_grad()
+def logits(input_ids, **kwargs) -> torch.Tensor:
+    return MODEL(input_ids=input_ids, **kwargs).logits
+
+
+def random_ids(rows: int, length: int, seed: int) -> torch.Tensor:
+    return torch.randint(FIRST_ORDINARY_ID, VOCAB, (rows, length), generator=torch.Generator().manual_seed(seed))
+
+
+@st.composite
+def padded_batch(draw):
+    """(ids, 2-D mask) with each row left- or right-padded (one side for the whole batch)."""
+    lengths = draw(st.lists(st.integers(1, 7), min_size=1, max_size=4))
+    width, side = max(lengths), draw(st.sampled_from(["left", "right"]))
+    ids = random_ids(len(lengths), width, draw(st.integers(0, 999)))
+    mask = torch.zeros(len(lengths), width, dtype=torch.long)
+    for r, n in enumerate(lengths):
+        if side == "left":
+            mask[r, width - n:] = 1
+        else:
+            mask[r, :n] = 1
+    return ids, mask
+
+
+def check_rows_alone(ids: torch.Tensor, mask: torch.Tensor):
+    def check(result: torch.Tensor) -> None:
+        assert result.shape == (*ids.shape, VOCAB) and torch.isfinite(result).all()
+        for r in range(ids.shape[0]):
+            real = mask[r].bool()
+            alone = logits(ids[r][real][None])[0]
+            assert torch.allclose(result[r][real], alone, atol=ATOL), f"row {r} differs from the row alone"
+    return check
+
+
+@fuzz_settings(max_examples=25)
+@given(batch=padded_batch(), form=st.sampled_from(["long", "bool", "int32", "4d_bool"]))
+def test_fuzz_forward_padding(batch, form):
+    """Left or right padding: each row's logits at its real positions equal the row alone's."""
+    ids, mask = batch
+    given_mask = mask.to({"long": torch.long, "bool": torch.bool, "int32": torch.int32, "4d_bool": torch.bool}[form])
+    if form == "4d_bool":
+        given_mask = (mask.bool()[:, None, None, :] & mask.bool()[:, None, :, None])  # [B, 1, L, L]
+    run_case(AREA, lambda: logits(ids, attention_mask=given_mask), check=check_rows_alone(ids, mask),
+             describe=f"ids={ids.tolist()}, mask ({form})={mask.tolist()}")
+
+
+@fuzz_settings(max_examples=20)
+@given(first=st.integers(1, 6), second=st.integers(1, 6), seed=st.integers(0, 999), batch=st.integers(1, 3))
+def test_fuzz_forward_packed_documents(first, second, seed, batch):
+    """Two documents packed in a row (position ids restart at 0) attend only within themselves."""
+    ids = random_ids(batch, first + second, seed)
+    positions = torch.cat([torch.arange(first), torch.arange(second)]).expand(batch, -1)
+
+    def check(result: torch.Tensor) -> None:
+        assert torch.allclose(result[:, :first], logits(ids[:, :first]), atol=ATOL), "first document"
+        assert torch.allclose(result[:, first:], logits(ids[:, first:]), atol=ATOL), "second document"
+
+    run_case(AREA, lambda: logits(ids, position_ids=positions), check=check,
+             describe=f"documents of {first} and {second} tokens, {batch} rows")
+
+
+@st.composite
+def keep_case(draw):
+    """`logits_to_keep` values, valid or not; returns (sequence length, value, the selector of the full logits
+    that a valid value must give, bad names)."""
+    length = draw(st.integers(1, 6))
+    kind = draw(st.sampled_from(["int", "index", "bool2d", "negative", "too_many", "float", "bad_index",
+                                 "bool_wrong_shape", "float_tensor"]))
+    if kind == "int":
+        n = draw(st.integers(0, length))
+        return length, n, (slice(None), slice(length - n if n else 0, None)), set(), set()
+    if kind == "index":
+        index = torch.tensor(draw(st.lists(st.integers(0, length - 1), min_size=1, max_size=length)))
+        return length, index, (slice(None), index), set(), set()
+    if kind == "bool2d":
+        selected = torch.tensor(draw(st.lists(st.booleans(), min_size=2 * length, max_size=2 * length))).view(2, length)
+        return length, selected, selected, set(), set()
+    if kind == "too_many":  # more than the sequence: all positions (as transformers' slice does) or a clear error
+        return length, length + draw(st.integers(1, 3)), (slice(None), slice(0, None)), set(), {"logits_to_keep"}
+    bad_values = {"negative": -1, "float": 1.5,
+                  "bad_index": torch.tensor([length + 3]), "bool_wrong_shape": torch.ones(2, length + 1, dtype=torch.bool),
+                  "float_tensor": torch.tensor([0.0, 1.0])}
+    return length, bad_values[kind], None, {"logits_to_keep"}, set()
+
+
+@fuzz_settings(max_examples=30)
+@given(case=keep_case(), seed=st.integers(0, 999))
+def test_fuzz_forward_logits_to_keep(case, seed):
+    """`logits_to_keep` (an int, an index tensor or a boolean mask) selects exactly those rows of the full logits."""
+    length, keep, selector, bad, doubtful = case
+    ids = random_ids(2, length, seed)
+
+    def check(result: torch.Tensor) -> None:
+        expected = logits(ids)[selector]
+        assert result.shape == expected.shape, f"shape {tuple(result.shape)} != {tuple(expected.shape)}"
+        assert torch.allclose(result, expected, atol=ATOL), "kept logits differ from the full logits"
+
+    run_case(AREA, lambda: logits(ids, logits_to_keep=keep), bad=bad, check=check, doubtful=doubtful,
+             describe=f"length {length}, logits_to_keep={keep!r}")
+
+
+HOSTILE_INPUTS = {
+    "float_ids": lambda ids: ({"input_ids": ids.float()}, {"input_ids"}),
+    "ids_1d": lambda ids: ({"input_ids": ids[0]}, {"input_ids"}),
+    "ids_3d": lambda ids: ({"input_ids": ids[None]}, {"input_ids"}),
+    "ids_and_embeds": lambda ids: ({"input_ids": ids, "inputs_embeds": torch.zeros(*ids.shape, HIDDEN)},
+                                   {"input_ids", "inputs_embeds"}),
+    "neither": lambda ids: ({}, {"input_ids", "inputs_embeds"}),
+    "embeds_wrong_width": lambda ids: ({"inputs_embeds": torch.zeros(*ids.shape, HIDDEN + 1)}, {"inputs_embeds"}),
+    "positions_wrong_shape": lambda ids: ({"input_ids": ids, "position_ids": torch.arange(ids.shape[1] + 1)[None]},
+                                          {"position_ids"}),
+    "mask_wrong_shape": lambda ids: ({"input_ids": ids, "attention_mask": torch.ones(ids.shape[0], ids.shape[1] + 2,
+                                                                                    dtype=torch.long)},
+                                     {"attention_mask"}),
+    "mask_wrong_rows": lambda ids: ({"input_ids": ids, "attention_mask": torch.ones(ids.shape[0] + 1, ids.shape[1],
+                                                                                   dtype=torch.long)},
+                                    {"attention_mask"}),
+    "labels": lambda ids: ({"input_ids": ids, "labels": ids}, {"labels"}),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(HOSTILE_INPUTS))
+@fuzz_settings(max_examples=3)
+@given(rows=st.integers(1, 3), length=st.integers(1, 6), seed=st.integers(0, 999))
+def test_fuzz_forward_hostile_inputs(fault, rows, length, seed):
+    """Wrong dtypes and shapes name the argument."""
+    kwargs, bad = HOSTILE_INPUTS[fault](random_ids(rows, length, seed))
+
+    def call():
+        with torch.no_grad():
+            return MODEL(**kwargs)
+
+    run_case(AREA, call, bad=bad, describe=f"{fault}: {({k: tuple(v.shape) for k, v in kwargs.items()})}")
