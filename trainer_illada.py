@@ -56,6 +56,8 @@ DEFAULT_DECAY_FRACTION = 0.1
 # Marks the evaluation seeds (seed, _EVAL_STREAM, batch) apart from the training ones (seed, step).
 _EVAL_STREAM = 1
 PACKING_STRATEGIES = ("wrapped", "bfd", "bfd_split")
+# trl's padding-free position ids: 0, 1, ... restarting at every packed document.
+packed_position_ids = DataCollatorForLanguageModeling.get_position_ids_from_packed_seq_lengths
 DATA_FORMATS = ("sft", "pretrain")
 LR_SCHEDULES = ("sft", "pretrain", "trainer")
 
@@ -303,8 +305,7 @@ class DiffusionDataCollator:
         for row, (feature, length) in enumerate(zip(features, lengths)):
             input_ids[row, :length] = torch.as_tensor(feature["input_ids"])
             documents = feature.get("seq_lengths") or [length]
-            position_ids[row, :length] = DataCollatorForLanguageModeling.get_position_ids_from_packed_seq_lengths(
-                [documents])[0]
+            position_ids[row, :length] = packed_position_ids([documents])[0]
             flags = feature["completion_mask"] if self.completion_only_loss else [True] * length
             maskable[row, :length] = torch.as_tensor(flags, dtype=torch.bool)
         return {"input_ids": input_ids, "position_ids": position_ids, "maskable": maskable}
@@ -533,9 +534,12 @@ def _as_diffusion_config(args: TrainingArguments | None, model: Any) -> Diffusio
         raise TypeError(f"`args` must be a `DiffusionSFTConfig`, got {type(args).__name__}.")
     ours = {f.name for f in fields(DiffusionSFTConfig) if f.init}
     values = {f.name: getattr(args, f.name) for f in fields(args) if f.init and f.name in ours}
-    for trl_default in ("completion_only_loss", "gradient_checkpointing", "activation_checkpointing", "max_length",
-                        "packing", "packing_strategy", "bf16", "learning_rate" if type(args) is SFTConfig else ""):
-        values.pop(trl_default, None)  # trl's defaults do not fit the diffusion loss: take ours
+    unfit = ["completion_only_loss", "gradient_checkpointing", "activation_checkpointing", "max_length", "packing",
+             "packing_strategy", "bf16"]
+    if isinstance(args, SFTConfig):
+        unfit.append("learning_rate")  # trl's 2e-5 default cannot be told from a value the user chose
+    for name in unfit:
+        values.pop(name, None)
     return DiffusionSFTConfig(**values)
 
 
