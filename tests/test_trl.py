@@ -6,6 +6,7 @@ import copy
 import itertools
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -274,3 +275,23 @@ def test_peft_config_trains_only_the_adapters(tmp_path):
             assert not torch.equal(param.detach(), before[name]), name
         else:
             assert torch.equal(param.detach(), before[name]), name
+
+
+def test_system_turns_with_the_shipped_chat_template(tmp_path):
+    """The demo model's own template: a conversation with a system turn trains as rendered, with one EOS."""
+    from transformers import AutoTokenizer
+
+    from data_illada import prepare_dataset
+
+    tokenizer = AutoTokenizer.from_pretrained(str(Path(__file__).resolve().parents[1] / "illada-demo"),
+                                              trust_remote_code=True)
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 plus 3?"},
+                {"role": "assistant", "content": "5"}]
+    rows = prepare_dataset(Dataset.from_list([{"messages": messages}]), tokenizer, 64, packing=False)
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False)
+    assert "Be brief." in rendered
+    expected = tokenizer(rendered, add_special_tokens=False).input_ids
+    assert rows[0]["input_ids"] == expected and expected.count(tokenizer.eos_token_id) == 1
+    answer = tokenizer("5", add_special_tokens=False).input_ids
+    assert [t for t, f in zip(expected, rows[0]["completion_mask"]) if f][-len(answer) - 1:] == answer + [
+        tokenizer.eos_token_id]
