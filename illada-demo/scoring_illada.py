@@ -447,6 +447,7 @@ class ILLaDAScoringMixin:
         check_greedy: bool = False,
         generator: torch.Generator | None = None,
         show_progress: bool = False,
+        pair_names: tuple[list[str], list[str]] | None = None,
     ) -> ContinuationScores:
         """Scores each `continuations[k]` after `prompts[k]` (token ids), all pairs batched together.
 
@@ -466,6 +467,8 @@ class ILLaDAScoringMixin:
                 passes to fill `is_greedy` (`confidence` always fills it).
             generator (`torch.Generator`, *optional*): CPU generator for the `likelihood` mask draws.
             show_progress (`bool`, *optional*, defaults to `False`): show a tqdm progress bar.
+            pair_names (`tuple[list[str], list[str]]`, *optional*): the names error messages give to each prompt
+                and each continuation; defaults to `prompts[k]` and `continuations[k]`.
 
         Returns:
             [`ContinuationScores`].
@@ -477,38 +480,16 @@ class ILLaDAScoringMixin:
             TypeError: inputs that are not token ids, a `cfg_scale` that is not a number.
             FloatingPointError: a score came out NaN (the model's logits are not finite).
         """
-        if len(prompts) != len(continuations):
-            raise ValueError(f"Got {len(prompts)} `prompts` for {len(continuations)} `continuations`: give one each.")
-        prompt_names = [f"prompts[{k}]" for k in range(len(prompts))]
-        prompt_ids = [_as_ids(p, None, name, True) for p, name in zip(prompts, prompt_names)]
-        names = [f"continuations[{k}]" for k in range(len(continuations))]
-        continuation_ids = [_as_ids(c, None, name, False) for c, name in zip(continuations, names)]
-        return self._score_checked(prompt_ids, continuation_ids, prompt_names, names, method, batch_size=batch_size,
-                                   cfg_scale=cfg_scale, mc_num=mc_num, mc_batch_size=mc_batch_size,
-                                   check_greedy=check_greedy, generator=generator, show_progress=show_progress)
-
-    @torch.no_grad()
-    def _score_checked(
-        self,
-        prompts: list[list[int]],
-        continuations: list[list[int]],
-        prompt_names: list[str],
-        names: list[str],
-        method: str,
-        *,
-        batch_size: int = DEFAULT_BATCH_SIZE,
-        cfg_scale: float | None = None,
-        mc_num: int = DEFAULT_MC_NUM,
-        mc_batch_size: int = DEFAULT_MC_BATCH_SIZE,
-        check_greedy: bool = False,
-        generator: torch.Generator | None = None,
-        show_progress: bool = False,
-    ) -> ContinuationScores:
-        """Checks options and token-id pairs (named `prompt_names[k]` / `names[k]` in errors), then scores them."""
         _check_options(method, mc_num, mc_batch_size, batch_size, generator)
         cfg_scale = self._guidance_scale(cfg_scale)
-        _check_pairs(self.config, prompts, continuations, prompt_names, names, cfg_scale)
-        result = self._score_ids(prompts, continuations, method, batch_size, cfg_scale, mc_num, mc_batch_size,
+        if len(prompts) != len(continuations):
+            raise ValueError(f"Got {len(prompts)} `prompts` for {len(continuations)} `continuations`: give one each.")
+        prompt_names, names = pair_names or ([f"prompts[{k}]" for k in range(len(prompts))],
+                                             [f"continuations[{k}]" for k in range(len(continuations))])
+        prompt_ids = [_as_ids(p, None, name, True) for p, name in zip(prompts, prompt_names)]
+        continuation_ids = [_as_ids(c, None, name, False) for c, name in zip(continuations, names)]
+        _check_pairs(self.config, prompt_ids, continuation_ids, prompt_names, names, cfg_scale)
+        result = self._score_ids(prompt_ids, continuation_ids, method, batch_size, cfg_scale, mc_num, mc_batch_size,
                                  check_greedy, generator, show_progress)
         _check_finite(result, names)
         return result
@@ -576,7 +557,7 @@ class ILLaDAScoringMixin:
         """[`~ILLaDAScoringMixin.score_choices`] for many questions at once: every candidate of every question
         shares the forward passes. `choices[q]` are the candidates of `prompts[q]`. Returns one [`ChoiceScores`]
         per question."""
-        _check_method(method)  # before tokenising; the other options are checked by `_score_checked`
+        _check_method(method)  # before tokenising; the other options are checked by `score_continuations`
         if len(prompts) != len(choices):
             raise ValueError(f"Got {len(prompts)} `prompts` for {len(choices)} lists of `choices`: give one each.")
         pair_prompts, pair_choices, prompt_names, names, sizes = [], [], [], [], []
@@ -593,7 +574,8 @@ class ILLaDAScoringMixin:
                 prompt_names.append(prompt_name)
                 names.append(name)
             sizes.append(len(question_choices))
-        result = self._score_checked(pair_prompts, pair_choices, prompt_names, names, method, **options)
+        result = self.score_continuations(pair_prompts, pair_choices, method, pair_names=(prompt_names, names),
+                                          **options)
         return _split_by_question(result, sizes)
 
 
