@@ -386,6 +386,9 @@ class VRPOTrainer(Trainer):
             raise ValueError("`processing_class` (the tokenizer) is required: it tokenises the preference data.")
         config = model.config
         max_length = args.max_length or config.max_position_embeddings
+        if max_length > config.max_position_embeddings:
+            raise ValueError(f"`max_length`={max_length} exceeds the model's `max_position_embeddings`="
+                             f"{config.max_position_embeddings}.")
         train_dataset, eval_dataset = (
             _build(data, processing_class, max_length, config.mask_token_id, args.dataset_num_proc)
             for data in (train_dataset, eval_dataset)

@@ -333,6 +333,8 @@ def test_trainer_and_data_errors(tmp_path):
     tokenizer, model = make_tiny_tokenizer(chat_template=True), make_model()
     with pytest.raises(TypeError, match="`args` must be a `VRPOConfig`"):
         VRPOTrainer(model, args=object(), processing_class=tokenizer)
+    with pytest.raises(ValueError, match="`max_length`=999 exceeds the model's `max_position_embeddings`=256"):
+        VRPOTrainer(model, args=VRPOConfig(str(tmp_path), use_cpu=True, max_length=999), processing_class=tokenizer)
     with pytest.raises(ValueError, match="`processing_class`"):
         VRPOTrainer(model, args=VRPOConfig(str(tmp_path), use_cpu=True))
     with pytest.raises(ValueError, match=r"no \['rejected'\] column"):
