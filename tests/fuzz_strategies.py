@@ -32,7 +32,7 @@ from collections import Counter
 from collections.abc import Callable, Collection
 from typing import Any
 
-from hypothesis import event, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 
 CORRECT, CLEAR_ERROR, WRONG = "correct", "clear error", "wrong"
@@ -41,9 +41,11 @@ SURVEY = os.environ.get("FUZZ_SURVEY") == "1"
 FAILURES: Counter = Counter()  # survey mode: first line of each distinct failure -> cases
 FAILURE_CASES: dict[str, str] = {}  # survey mode: first line -> the first case that showed it
 
-# Reproducible in CI: the same examples on every run. `deadline=None`: a busy shared CPU makes timings noisy.
 def fuzz_settings(max_examples: int) -> settings:
-    return settings(max_examples=max_examples, deadline=None, derandomize=True, database=None)
+    """Reproducible in CI: the same examples on every run (`derandomize`, no example database). No deadline and no
+    too-slow health check: a busy shared CPU makes timings noisy."""
+    return settings(max_examples=max_examples, deadline=None, derandomize=True, database=None,
+                    suppress_health_check=[HealthCheck.too_slow])
 
 
 class FuzzFailure(AssertionError):
