@@ -314,6 +314,10 @@ def test_cli_trains_saves_a_loadable_folder_and_resumes(tmp_path):
     train_vrpo.main(common + ["--max_steps", "3", "--resume"])
     state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
     assert state["global_step"] == 3 and state["log_history"][0] == {"marker": 1, "step": 0}
+    lora = common[:5] + [str(tmp_path / "lora")] + common[6:] + ["--max_steps", "1", "--use_lora", "--merge_lora"]
+    train_vrpo.main(lora)
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "lora", trust_remote_code=True)
+    assert not any("lora" in name for name in merged.state_dict())
 
 
 @pytest.mark.parametrize("kwargs, match", [
