@@ -839,3 +839,31 @@ def test_streamer_stops_with_the_answer():
         out = model.generate(torch.tensor([prompt]), max_new_tokens=16, block_length=4, steps=2, streamer=streamer)
     assert [len(put) for put in streamer.puts] == [1, 4, 3] and streamer.ended
     assert streamer.puts[2][-1] == EOS and [t for put in streamer.puts[1:] for t in put] == out[0, 5:].tolist()
+
+
+def test_history_after_the_end_of_an_answer_is_not_generated(capsys):
+    """Row 0 stops in the second of four blocks (EOS planted), row 1 runs to the budget; the bar shows the loop
+    leaving after the second block, when every row is finished."""
+    model = make_model(seed=4, **SHARP)
+    prompts = random_prompts([5, 5], seed=5)
+    prompts[1][0] = prompts[0][0] + 1 if prompts[0][0] + 1 < VOCAB else FIRST_ORDINARY_ID
+    with logit_offsets(model, eos_in_second_block(5, 4, marker=prompts[0][0])):
+        out = model.generate(torch.tensor(prompts), max_new_tokens=16, block_length=4, steps=2,
+                             return_dict_in_generate=True, output_history=True)
+        alone = model.generate(torch.tensor(prompts[:1]), max_new_tokens=16, block_length=4, steps=2, progress=True)
+    history = out.history.tolist()
+    assert all(step >= 0 for step in history[0][5 : 5 + 7]) and all(step == -1 for step in history[0][5 + 7:])
+    assert all(step >= 0 for step in history[1][5:])
+    assert alone.shape[1] == 5 + 7 and "4/4" not in capsys.readouterr().err  # the last two blocks never start
+
+
+def test_positions_count_from_each_rows_first_token(sharp_model):
+    seen = []
+    handle = sharp_model.register_forward_pre_hook(lambda m, a, kwargs: seen.append(kwargs["position_ids"]),
+                                                   with_kwargs=True)
+    try:
+        ids, mask = left_pad(random_prompts([2, 4], seed=32))
+        sharp_model.generate(ids, attention_mask=mask, max_new_tokens=2, block_length=2, steps=1, eos_token_id=[])
+    finally:
+        handle.remove()
+    assert seen[0].tolist() == [[0, 0, 0, 1, 2, 3], [0, 1, 2, 3, 4, 5]]  # padding at 0, the row's tokens from 0
