@@ -29,7 +29,6 @@ text at the first stop sequence.
 import inspect
 import json
 import logging
-import math
 from collections.abc import Iterator
 
 import torch
@@ -40,10 +39,10 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 try:
-    from .scoring_illada import DEFAULT_MC_BATCH_SIZE, DEFAULT_MC_NUM, METHODS
+    from .scoring_illada import DEFAULT_MC_BATCH_SIZE, DEFAULT_MC_NUM, MAX_CFG_SCALE, METHODS
     from .utils_illada import check_choice, check_positive_int, check_range, is_int, resolve_dtype
 except ImportError:
-    from scoring_illada import DEFAULT_MC_BATCH_SIZE, DEFAULT_MC_NUM, METHODS
+    from scoring_illada import DEFAULT_MC_BATCH_SIZE, DEFAULT_MC_NUM, MAX_CFG_SCALE, METHODS
     from utils_illada import check_choice, check_positive_int, check_range, is_int, resolve_dtype
 
 logger = logging.getLogger(__name__)
@@ -99,8 +98,8 @@ class ILLaDAEvalHarness(TemplateLM):
         method (`str`, *optional*, defaults to `"confidence"`): `loglikelihood` scoring, `"confidence"` (the
             iLLaDA paper's) or `"likelihood"` (LLaDA's Monte-Carlo ELBO).
         mc_num, mc_batch_size: see `ILLaDAScoringMixin.score_continuations` (`likelihood` only).
-        cfg_scale (`float`, *optional*): classifier-free guidance of scoring and generation; defaults to the
-            generation config's.
+        cfg_scale (`float`, *optional*): classifier-free guidance of scoring and generation, in
+            [0, `MAX_CFG_SCALE`]; defaults to the generation config's.
         check_greedy (`bool`, *optional*, defaults to `True`): fill `is_greedy`. Free with `confidence`; with
             `likelihood` it adds the confidence passes, and `False` reports `is_greedy=False` (as LLaDA does).
         batch_size (`int`, *optional*, defaults to 16): sequences per forward pass (scoring) or per `generate`.
@@ -170,7 +169,7 @@ class ILLaDAEvalHarness(TemplateLM):
         check_positive_int("mc_num", mc_num)
         check_positive_int("mc_batch_size", mc_batch_size)
         if cfg_scale is not None:
-            check_range("cfg_scale", cfg_scale, 0, math.inf)
+            check_range("cfg_scale", cfg_scale, 0, MAX_CFG_SCALE)
         if not str(batch_size).isdigit() or int(batch_size) < 1 or max_batch_size is not None:
             raise ValueError(f"`batch_size` must be a positive integer (no 'auto'), got {batch_size!r}.")
         check_positive_int("max_length", max_length, allow_none=True)

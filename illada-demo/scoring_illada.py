@@ -16,7 +16,6 @@ that are scored.
   of the mask counts `l`; the prompt is never masked. With `L = 1` the bound is exact and takes one forward.
 """
 
-import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -35,6 +34,9 @@ DEFAULT_MC_NUM = 128
 DEFAULT_MC_BATCH_SIZE = 16
 # Sequences per forward pass (classifier-free guidance doubles it).
 DEFAULT_BATCH_SIZE = 32
+# Largest guidance scale: scales in use are 0-3 (LLaDA); far larger ones only amplify `c - u` until the guided
+# logits overflow float32 and every score is NaN.
+MAX_CFG_SCALE = 1e3
 # Sort key for positions outside a continuation when drawing a random subset: above every U[0, 1) key.
 _OUTSIDE_KEY = 2.0
 
@@ -457,7 +459,7 @@ class ILLaDAScoringMixin:
             method (`str`, *optional*, defaults to `"confidence"`): `"confidence"` (the iLLaDA paper's scoring,
                 `L` forward passes for `L` tokens) or `"likelihood"` (Monte-Carlo ELBO, LLaDA).
             batch_size (`int`, *optional*, defaults to 32): sequences per forward pass.
-            cfg_scale (`float`, *optional*): unsupervised classifier-free guidance scale, a finite number >= 0.
+            cfg_scale (`float`, *optional*): unsupervised classifier-free guidance scale, in [0, `MAX_CFG_SCALE`].
                 Defaults to the `cfg_scale` of the model's generation config (`generation_config.json`; 0 when
                 unset), so that scoring and generation use the checkpoint's guidance unless told otherwise.
             mc_num (`int`, *optional*, defaults to 128): `likelihood` samples per continuation longer than 1.
@@ -499,7 +501,7 @@ class ILLaDAScoringMixin:
         if cfg_scale is None:
             cfg_scale = getattr(getattr(self, "generation_config", None), "cfg_scale", None)
             cfg_scale = 0.0 if cfg_scale is None else cfg_scale
-        check_range("cfg_scale", cfg_scale, 0, math.inf)
+        check_range("cfg_scale", cfg_scale, 0, MAX_CFG_SCALE)
         return float(cfg_scale)
 
     def _score_ids(self, prompts, continuations, method, batch_size, cfg_scale, mc_num, mc_batch_size,
@@ -563,8 +565,8 @@ class ILLaDAScoringMixin:
         pair_prompts, pair_choices, prompt_names, names, sizes = [], [], [], [], []
         for q, (prompt, question_choices) in enumerate(zip(prompts, choices)):
             if isinstance(question_choices, (str, torch.Tensor)) or not len(question_choices):
-                raise ValueError(f"The choices of question {q} must be a non-empty list of candidates, "
-                                 f"got {question_choices!r}.")
+                name = "choices" if len(prompts) == 1 else f"choices[{q}]"
+                raise ValueError(f"`{name}` must be a non-empty list of candidates, got {question_choices!r}.")
             prompt_name = "prompt" if len(prompts) == 1 else f"prompts[{q}]"
             prompt_ids = _as_ids(prompt, tokenizer, prompt_name, True)
             for c, choice in enumerate(question_choices):
@@ -590,5 +592,6 @@ def _split_by_question(result: ContinuationScores, sizes: list[int]) -> list[Cho
     ]
 
 
-__all__ = ["ILLaDAScoringMixin", "ChoiceScores", "ContinuationScores", "confidence_scores", "likelihood_scores",
+__all__ = ["ILLaDAScoringMixin", "ChoiceScores", "ContinuationScores", "MAX_CFG_SCALE", "confidence_scores",
+           "likelihood_scores",
            "stratified_mask_counts", "random_subset_mask"]

@@ -257,7 +257,7 @@ def test_strings_with_a_tokenizer_equal_token_ids(model):
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
-        (dict(choices=[]), ValueError, "non-empty list"),
+        (dict(choices=[]), ValueError, "`choices` must be a non-empty list"),
         (dict(choices=[[7], []]), ValueError, r"`choices\[1\]` is empty"),
         (dict(choices=[" 7", ""], tokenizer=make_word_tokenizer()), ValueError, r"`choices\[1\]` is empty"),
         (dict(choices=[[7] * 300]), ValueError, "max_position_embeddings"),
@@ -271,6 +271,7 @@ def test_strings_with_a_tokenizer_equal_token_ids(model):
         (dict(choices=[[7]], cfg_scale=-1.0), ValueError, "`cfg_scale`"),
         (dict(choices=[[7]], cfg_scale=math.inf), ValueError, "`cfg_scale` must be a finite number"),
         (dict(choices=[[7]], cfg_scale=math.nan), ValueError, "`cfg_scale` must be a finite number"),
+        (dict(choices=[[7]], cfg_scale=1e308), ValueError, r"`cfg_scale` must be in \[0, 1000.0\]"),
         (dict(choices=[[7]], cfg_scale="abc"), TypeError, "`cfg_scale` must be a number"),
         (dict(choices=[[7]], method="likelihood", mc_num=0), ValueError, "`mc_num` must be a positive integer"),
         (dict(choices=[[7]], generator=0), TypeError, "`generator`"),
