@@ -33,7 +33,8 @@ Commands:
     # the demo: preferences from the demo model's training split, then VRPO (README, "Preference optimisation")
     python -m demo.build_preferences --output outputs/preferences.jsonl
     python train_vrpo.py --model_name_or_path illada-demo --train_files outputs/preferences.jsonl \\
-        --output_dir outputs/illada-demo-vrpo --use_cpu --learning_rate 1e-4 --max_steps 300
+        --output_dir outputs/illada-demo-vrpo-lr3e-5 --use_cpu --learning_rate 3e-5 --max_steps 150 \\
+        --per_device_train_batch_size 8 --num_mc_samples 8 --beta 0.1 --warmup_steps 10
 
 The saved folder holds the weights, the code files, the tokenizer and the generation config, as `train_sft.py`'s.
 """

@@ -37,7 +37,8 @@ from vrpo_illada import (  # noqa: E402
 BETAS = (0.1, 1.0, 5.0)
 READING = (
     "Variances over the draws: of the batch's mean loss, and of its gradient (sum over parameters). The policy "
-    "is the README's VRPO run of the demo model. Sharing the masks removes the Monte-Carlo noise that the policy's "
+    "is the README's 1e-4 VRPO run of the demo model (outputs/illada-demo-vrpo). Sharing the masks removes "
+    "the Monte-Carlo noise that the policy's "
     "and the reference's estimates have in common (with policy == reference the loss variance is exactly 0); the "
     "gradient gains less than the loss because the noise of the policy's own ELBO gradient is untouched: only the "
     "sigmoid's weight σ(-βΔ) steadies, which matters more as β grows."
