@@ -415,6 +415,7 @@ class VRPOTrainer(Trainer):
             self.train_dataset = self.precompute_reference(self.train_dataset)
             if self.eval_dataset is not None:
                 self.eval_dataset = self.precompute_reference(self.eval_dataset)
+            self.ref_model = None  # every estimate it gives is in the datasets now
 
     def precompute_reference(self, dataset: Dataset) -> Dataset:
         """`dataset` with the reference ELBO estimates `ref_chosen_logps` / `ref_rejected_logps` added, computed with

@@ -320,6 +320,14 @@ def test_cli_trains_saves_a_loadable_folder_and_resumes(tmp_path):
     assert not any("lora" in name for name in merged.state_dict())
 
 
+def test_cli_reads_a_saved_datasets_folder(tmp_path):
+    rows = preference_rows(4)
+    rows.save_to_disk(tmp_path / "saved")
+    arguments = train_vrpo.PreferenceDataArguments(dataset_name=str(tmp_path / "saved"))
+    train, evaluation = train_vrpo.load_preferences(arguments)
+    assert train.to_list() == rows.to_list() and evaluation is None
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(loss_type="dpo"), "`loss_type` must be one of"),
     (dict(beta=0.0), r"`beta` must be in \(0"),
