@@ -162,7 +162,11 @@ def tokenize_preference(example: dict[str, Any], tokenizer: PreTrainedTokenizerB
 
 
 def build_preference_dataset(
-    dataset: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int, mask_token_id: int, num_proc: int | None = None
+    dataset: Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    mask_token_id: int,
+    num_proc: int | None = None,
 ) -> Dataset:
     """Tokenised preference rows (see [`tokenize_preference`]) with an `index` column that seeds the masks.
 
@@ -398,23 +402,17 @@ class VRPOTrainer(Trainer):
             data_collator = PreferenceCollator(pad)
         if args.disable_dropout:
             disable_dropout(model)
-        datasets = [data for data in (train_dataset, eval_dataset) if data is not None]
-        precomputed = args.precompute_ref_log_probs or (datasets and all(map(_has_reference, datasets)))
-        if ref_model is None and not (_is_peft(model) or precomputed):
-            ref_model = copy.deepcopy(model)
-        if ref_model is not None:
-            ref_model.requires_grad_(False).eval()
-            disable_dropout(ref_model)
-        self.ref_model = ref_model
+        self.ref_model = _reference_model(model, ref_model, args, [train_dataset, eval_dataset])
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=processing_class, data_collator=data_collator, **kwargs)
         if self.ref_model is not None:
             self.ref_model.to(self.args.device)
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         if args.precompute_ref_log_probs:
-            self.train_dataset = self.precompute_reference(self.train_dataset)
-            if self.eval_dataset is not None:
-                self.eval_dataset = self.precompute_reference(self.eval_dataset)
+            self.train_dataset, self.eval_dataset = (
+                None if data is None else self.precompute_reference(data)
+                for data in (self.train_dataset, self.eval_dataset)
+            )
             self.ref_model = None  # every estimate it gives is in the datasets now
 
     def precompute_reference(self, dataset: Dataset) -> Dataset:
@@ -519,6 +517,19 @@ class VRPOTrainer(Trainer):
         }
         for key, value in values.items():
             self._metrics[mode][key].append(self.accelerator.gather_for_metrics(value.float()).mean().item())
+
+
+def _reference_model(model, ref_model, args: VRPOConfig, datasets: list[Dataset | None]):
+    """The reference network: `ref_model`, else a frozen copy of `model`; None under PEFT (adapters disabled) or
+    when every dataset carries (or will carry, with `precompute_ref_log_probs`) the reference estimates."""
+    datasets = [data for data in datasets if data is not None]
+    precomputed = args.precompute_ref_log_probs or (datasets and all(map(_has_reference, datasets)))
+    if ref_model is None and not (_is_peft(model) or precomputed):
+        ref_model = copy.deepcopy(model)
+    if ref_model is not None:
+        ref_model.requires_grad_(False).eval()
+        disable_dropout(ref_model)
+    return ref_model
 
 
 def _build(data: Dataset | None, tokenizer, max_length: int, mask_token_id: int, num_proc: int | None):

@@ -104,7 +104,8 @@ def main() -> None:
     for beta in BETAS:
         result = variances(policy, reference, batch, beta, args.draws, args.samples)
         (loss_a, grad_a), (loss_i, grad_i) = result["antithetic"], result["independent"]
-        rows.append([beta, f"{loss_a:.3g}", f"{loss_i:.3g}", f"{grad_a:.4g}", f"{grad_i:.4g}", f"{grad_i / grad_a:.3f}"])
+        ratio = grad_i / grad_a
+        rows.append([beta, f"{loss_a:.3g}", f"{loss_i:.3g}", f"{grad_a:.4g}", f"{grad_i:.4g}", f"{ratio:.3f}"])
     table = markdown_table(["β", "loss var. antithetic", "loss var. independent", "grad var. antithetic",
                             "grad var. independent", "grad ratio indep./anti."], rows)
     body = (f"## VRPO: antithetic versus independent masks\n\n`python bench/bench_vrpo.py --pairs {args.pairs} "

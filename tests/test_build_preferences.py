@@ -19,7 +19,8 @@ def test_pairs_prefer_the_gold_answer_to_own_wrong_answers_and_near_misses():
     assert sum(r["kind"] == "near_miss" for r in rows) == 2 * len(examples)
     for row in rows:
         assert row["chosen"][0]["content"] != row["rejected"][0]["content"]
-        assert [m["role"] for m in row["prompt"] + row["chosen"] + row["rejected"]] == ["user", "assistant", "assistant"]
+        roles = [m["role"] for m in row["prompt"] + row["chosen"] + row["rejected"]]
+        assert roles == ["user", "assistant", "assistant"]
     assert not any(example_is_heldout(e) for e in examples)
     assert build_pairs(examples, answers, 2, seed=7) == rows  # reproducible
     # The rows are a trl preference dataset the VRPO trainer reads.

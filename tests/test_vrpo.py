@@ -51,7 +51,7 @@ def token_log_prob(model, ids: list[int], position: int, token: int) -> float:
 
 
 def exact_elbo(model, prompt: list[int], answer: list[int]) -> float:
-    """Σ_l (1/L) mean over the l-subsets S of (L/l) Σ_{i ∈ S} log p(y_i | prompt, y with S masked), by enumeration."""
+    """Σ_l (1/L) mean over the l-subsets S of (L/l) Σ_{i ∈ S} log p(y_i | prompt, y with S masked), enumerated."""
     length, total = len(answer), 0.0
     for count in range(1, length + 1):
         subsets = list(itertools.combinations(range(length), count))
