@@ -11,7 +11,7 @@ the prompt `x` never masked, `L` the answer length (its EOS included). The loss 
 
 with each `B` a Monte-Carlo estimate of `num_mc_samples` = n samples. VRPO's three variance reductions:
 
-1. a budget of n samples per answer (LLaDA 1.5 used n = 8);
+1. a budget of n samples per answer (a larger n, a smaller variance);
 2. the budget spent as n mask counts ("timesteps") with one random mask set each: the counts of an answer are
    stratified over `1..L` (`scoring_illada.stratified_mask_counts`), each one marginally uniform (unbiased);
 3. antithetic sampling: the policy and the reference see the *same* masked inputs for the same answer, so the
@@ -53,7 +53,7 @@ except ImportError:  # from a checkout, with the repo root on sys.path
 
 logger = logging.getLogger(__name__)
 
-# LLaDA 1.5 (Sec. 5) estimates each ELBO with 8 samples.
+# Samples per ELBO estimate: a micro-batch of B pairs runs 2 * B * n rows per forward, so n stays modest.
 DEFAULT_NUM_MC_SAMPLES = 8
 # Loss types of trl's DPOTrainer that only need the four sequence scores (and the answer lengths for `ipo`).
 LOSS_TYPES = ("sigmoid", "hinge", "ipo", "robust")
@@ -74,11 +74,11 @@ ANSWERS = ("chosen", "rejected")
 class VRPOConfig(TrainingArguments):
     """[`TrainingArguments`] plus VRPO's options, named as in trl's `DPOConfig` where they mean the same thing.
 
-    Changed defaults: `learning_rate` 5e-7 (LLaDA 1.5), `remove_unused_columns=False` (the collator reads the
-    tokenised columns), `ddp_find_unused_parameters=False`.
+    Changed defaults: `learning_rate` 5e-7 (a DPO-scale rate for an 8B model; trl's default is 1e-6),
+    `remove_unused_columns=False` (the collator reads the tokenised columns), `ddp_find_unused_parameters=False`.
     """
 
-    learning_rate: float = field(default=5e-7, metadata={"help": "Peak learning rate (LLaDA 1.5: 5e-7)."})
+    learning_rate: float = field(default=5e-7, metadata={"help": "Peak learning rate."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep the tokenised columns."})
     ddp_find_unused_parameters: bool | None = field(
         default=False, metadata={"help": "Every trainable parameter takes part in the loss."}

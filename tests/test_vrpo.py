@@ -361,7 +361,7 @@ def test_trainer_and_data_errors(tmp_path):
 
 
 def test_antithetic_masks_lower_the_loss_and_gradient_variance_near_the_reference(tmp_path):
-    """A policy a few small steps from the reference (the regime of LLaDA 1.5's 5e-7 learning rate): sharing the
+    """A policy a few small steps from the reference (the regime of DPO's small learning rates): sharing the
     masks makes the loss almost noise-free and lowers the gradient's variance (β = 5, where the sigmoid's weight
     varies most). Figures for the demo model: `bench/bench_vrpo.py` (bench/RESULTS.md)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
