@@ -12,7 +12,7 @@ Commands:
     python train_vrpo.py --model_name_or_path GSAI-ML/iLLaDA-8B-Instruct --train_files prefs.jsonl \\
         --output_dir out/vrpo --beta 0.1 --num_mc_samples 8 --learning_rate 5e-7 \\
         --per_device_train_batch_size 1 --gradient_accumulation_steps 16 --num_train_epochs 1 \\
-        --gradient_checkpointing --save_steps 200 --save_total_limit 2
+        --activation_checkpointing --save_steps 200 --save_total_limit 2
 
     # LoRA: the reference is the model with its adapters disabled (no second copy in memory)
     python train_vrpo.py <same arguments> --use_lora --lora_r 16 --lora_alpha 32 --merge_lora
