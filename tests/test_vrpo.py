@@ -211,6 +211,13 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path):
             torch.testing.assert_close(tensor, reference[name], rtol=1e-4, atol=1e-5)
 
 
+def test_activation_checkpointing_trains_the_same(tmp_path):
+    plain, checkpointed = (make_trainer(str(tmp_path / str(flag)), activation_checkpointing=flag) for flag in (False, True))
+    for trainer in (plain, checkpointed):
+        trainer.train()
+    assert logged_losses(checkpointed) == pytest.approx(logged_losses(plain), rel=1e-6)
+
+
 def test_training_changes_every_parameter_and_logs_trl_metrics(tmp_path):
     trainer = make_trainer(str(tmp_path))
     before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
