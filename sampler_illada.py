@@ -361,10 +361,10 @@ def _close_block(canvas: _Canvas, start: int, end: int, stop_ids: torch.Tensor, 
     """After a block: streams it, and finishes the rows whose block holds a stop token (iLLaDA paper, variable-length
     generation: stop once the decoded block contains EOS); their later columns become padding."""
     block = canvas.tokens[:, start:end]
-    if streamer is not None and not canvas.finished[0]:
+    if streamer is not None:  # one row, and the block loop ends once it is finished
         cut, length = cut_after_stop(block, stop_ids, pad_token_id)
         streamer.put(cut[0, : int(length[0])].cpu())
-    stopped = torch.isin(block, stop_ids).any(-1) & ~canvas.finished
+    stopped = torch.isin(block, stop_ids).any(-1)  # a finished row's padding changes nothing if stopped again
     canvas.finished |= stopped
     canvas.tokens[:, end:] = canvas.tokens[:, end:].masked_fill(stopped[:, None], pad_token_id)
 
