@@ -512,6 +512,42 @@ def test_fuzz_generate_inputs(fault, data):
     run_input_case(*data.draw(input_case(fault)), fault)
 
 
+HOOKS = {
+    "generator": st.sampled_from([3, "seed", torch.Generator, [torch.Generator()], None]),
+    "step_callback": st.sampled_from([print, "print", 3, None, lambda step, canvas, logits: None]),
+    "progress": st.sampled_from([True, False, "yes", 1, None]),
+}
+
+
+def hook_problems(hooks: dict) -> set[str]:
+    bad = set()
+    if hooks.get("generator") is not None and not isinstance(hooks["generator"], torch.Generator):
+        bad.add("generator")
+    if hooks.get("step_callback") is not None and not callable(hooks["step_callback"]):
+        bad.add("step_callback")
+    if "progress" in hooks and not isinstance(hooks["progress"], bool):
+        bad.add("progress")
+    return bad
+
+
+@fuzz_settings(max_examples=20)
+@given(names=st.lists(st.sampled_from(sorted(HOOKS)), min_size=1, max_size=3, unique=True), data=st.data())
+def test_fuzz_generate_hooks(names, data):
+    """`generator`, `step_callback` and `progress` of the wrong type are named; valid ones change nothing at
+    temperature 0."""
+    hooks = {name: data.draw(HOOKS[name]) for name in names}
+    if hooks.get("step_callback") is print:
+        hooks["step_callback"] = lambda step, canvas, logits: None  # the same, without printing
+    prompts, kw = [[7, 8, 9], [10]], {"max_new_tokens": 4, "block_length": 2}
+    ids, mask = left_padded(prompts)
+
+    def check(out) -> None:
+        check_rows_alone(ids, mask, kw, check_answers(out, ids, kw, mask))
+
+    run_case("generate: settings", lambda: MODEL.generate(ids, attention_mask=mask, **kw, **hooks),
+             bad=hook_problems(hooks), check=check, describe=f"hooks={hooks!r}")
+
+
 def test_fuzz_oracle_agrees_on_a_known_valid_call():
     """The oracle itself: a plain call is valid and passes every property (guards against a vacuous suite)."""
     prompts = [[7, 8], [9, 10, 11]]
