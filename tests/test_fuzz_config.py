@@ -100,7 +100,8 @@ def config_problems(kw: dict) -> set[str]:
             bad |= {"hidden_size", "num_attention_heads"}
         elif (hidden // heads) % 2:
             bad |= {"hidden_size", "num_attention_heads", "head_dim"}
-        if "head_dim" in kw and kw["head_dim"] is not None and kw["head_dim"] != hidden // heads:
+        if "head_dim" in kw and kw["head_dim"] is not None and (not positive_int(kw["head_dim"])
+                                                                or kw["head_dim"] != hidden // heads):
             bad.add("head_dim")
         if positive_int(kv) and heads % kv:
             bad |= {"num_attention_heads", "num_key_value_heads"}
