@@ -7,8 +7,9 @@ arguments or files it gets wrong. `run_case` then demands one of two outcomes:
 - the case is invalid: the call raises `ValueError` or `TypeError` whose message names one of the offending
   arguments in backticks (`` `temperature` ``) or one of the offending files by name ("clear error").
 
-Anything else (a bad value accepted, a result that breaks a property, another exception type, an error that
-names nothing the case got wrong) fails the test and is counted as "wrong".
+Anything else fails the test and is counted as a "silent wrong result" (a bad value accepted, a result that breaks
+a property), an "unclear error" (another exception type, an error that names nothing the case got wrong) or a
+"valid input refused".
 
 The counts per area are recorded as hypothesis events (`pytest --hypothesis-show-statistics`) and in `TALLY`;
 with `FUZZ_TABLE=-` (stderr) or `FUZZ_TABLE=path` the table is written when the test process exits:
@@ -35,7 +36,11 @@ from typing import Any
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 
-CORRECT, CLEAR_ERROR, WRONG = "correct", "clear error", "wrong"
+CORRECT, CLEAR_ERROR = "correct", "clear error"
+# The three ways a case goes wrong: a bad value accepted or a result that breaks a property; an error that is not a
+# ValueError/TypeError or names nothing the case got wrong; a valid case refused.
+SILENT, UNCLEAR, REFUSED = "silent wrong result", "unclear error", "valid input refused"
+OUTCOMES = (CORRECT, CLEAR_ERROR, SILENT, UNCLEAR, REFUSED)
 TALLY: Counter = Counter()  # (area, outcome) -> number of cases
 SURVEY = os.environ.get("FUZZ_SURVEY") == "1"
 FAILURES: Counter = Counter()  # survey mode: first line of each distinct failure -> cases
@@ -57,8 +62,8 @@ def _record(area: str, outcome: str) -> None:
     event(f"{area}: {outcome}")
 
 
-def _fail(area: str, message: str, cause: BaseException | None = None) -> None:
-    _record(area, WRONG)
+def _fail(area: str, outcome: str, message: str, cause: BaseException | None = None) -> None:
+    _record(area, outcome)
     if SURVEY:
         first, _, case = message.partition("\n")
         first = re.sub(r"/tmp/[^\s'`\"]*/", "<tmp>/", first)  # group the cases of different temporary folders
@@ -107,23 +112,23 @@ def run_case(
             _record(area, CLEAR_ERROR)
             return None
         if not invalid:
-            return _fail(area, f"[{area}] a valid case raised {message}\n  case: {describe}", error)
+            return _fail(area, REFUSED, f"[{area}] a valid case raised {message}\n  case: {describe}", error)
         if not names_one_of(str(error), bad, bad_files):
-            return _fail(area, f"[{area}] the error does not name the offending argument(s) {sorted(bad)} or "
+            return _fail(area, UNCLEAR, f"[{area}] the error does not name the offending argument(s) {sorted(bad)} or "
                                f"file(s) {sorted(bad_files)}: {message}\n  case: {describe}", error)
         _record(area, CLEAR_ERROR)
         return None
     except Exception as error:  # any other type is an unclear error by definition
-        return _fail(area, f"[{area}] raised {type(error).__name__} (not ValueError/TypeError) for bad "
+        return _fail(area, UNCLEAR, f"[{area}] raised {type(error).__name__} (not ValueError/TypeError) for bad "
                            f"{sorted(bad)} {sorted(bad_files)}: {error}\n  case: {describe}", error)
     if invalid:
-        return _fail(area, f"[{area}] accepted bad {sorted(bad)} {sorted(bad_files)} silently\n  case: {describe}")
+        return _fail(area, SILENT, f"[{area}] accepted bad {sorted(bad)} {sorted(bad_files)} silently\n  case: {describe}")
     if check is not None:
         try:
             check(result)
         except AssertionError as failure:
             reason = str(failure).split("\n")[0]  # without pytest's rewritten-assertion details
-            return _fail(area, f"[{area}] wrong result: {reason}\n  case: {describe}", failure)
+            return _fail(area, SILENT, f"[{area}] wrong result: {reason}\n  case: {describe}", failure)
     _record(area, CORRECT)
     return result
 
@@ -131,11 +136,11 @@ def run_case(
 def table() -> str:
     """The tally as a markdown table: cases per area and outcome."""
     areas = sorted({area for area, _ in TALLY})
-    lines = ["| area | cases | correct result | clear error | wrong (silent / unclear) |", "|---|---|---|---|---|"]
+    lines = [f"| area | cases | {' | '.join(OUTCOMES)} |", "|---|---|" + "---|" * len(OUTCOMES)]
     for area in areas:
-        counts = [TALLY[area, outcome] for outcome in (CORRECT, CLEAR_ERROR, WRONG)]
+        counts = [TALLY[area, outcome] for outcome in OUTCOMES]
         lines.append(f"| {area} | {sum(counts)} | {' | '.join(map(str, counts))} |")
-    totals = [sum(TALLY[area, outcome] for area in areas) for outcome in (CORRECT, CLEAR_ERROR, WRONG)]
+    totals = [sum(TALLY[area, outcome] for area in areas) for outcome in OUTCOMES]
     lines.append(f"| **all** | {sum(totals)} | {' | '.join(map(str, totals))} |")
     return "\n".join(lines)
 

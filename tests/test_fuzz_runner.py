@@ -4,7 +4,7 @@ cannot pass vacuously. The tally is restored afterwards so that these deliberate
 import pytest
 
 import fuzz_strategies
-from fuzz_strategies import CLEAR_ERROR, CORRECT, FuzzFailure, run_case
+from fuzz_strategies import CLEAR_ERROR, CORRECT, REFUSED, SILENT, UNCLEAR, FuzzFailure, run_case
 
 
 @pytest.fixture(autouse=True)
@@ -34,17 +34,17 @@ def test_clear_errors_and_correct_results_pass(separate_tally):
     assert separate_tally.TALLY == {("self", CLEAR_ERROR): 4, ("self", CORRECT): 1}
 
 
-@pytest.mark.parametrize("call, kwargs", [
-    (lambda: 3, {"bad": {"steps"}}),  # a bad value accepted silently
-    (raise_(ValueError("must be positive")), {"bad": {"steps"}}),  # the error names nothing
-    (raise_(ValueError("`block_length` must be positive")), {"bad": {"steps"}}),  # it names another argument
-    (raise_(ValueError("steps must be positive")), {"bad": {"steps"}}),  # the name without backticks
-    (raise_(RuntimeError("`steps` is bad")), {"bad": {"steps"}}),  # neither ValueError nor TypeError
-    (raise_(IndexError("index out of range")), {}),  # a valid case crashes
-    (raise_(ValueError("`steps` is bad")), {}),  # a valid case is refused
-    (lambda: 3, {"check": wrong_result}),  # a result that breaks a property
+@pytest.mark.parametrize("call, kwargs, outcome", [
+    (lambda: 3, {"bad": {"steps"}}, SILENT),  # a bad value accepted
+    (lambda: 3, {"check": wrong_result}, SILENT),  # a result that breaks a property
+    (raise_(ValueError("must be positive")), {"bad": {"steps"}}, UNCLEAR),  # the error names nothing
+    (raise_(ValueError("`block_length` must be positive")), {"bad": {"steps"}}, UNCLEAR),  # another argument
+    (raise_(ValueError("steps must be positive")), {"bad": {"steps"}}, UNCLEAR),  # the name without backticks
+    (raise_(RuntimeError("`steps` is bad")), {"bad": {"steps"}}, UNCLEAR),  # neither ValueError nor TypeError
+    (raise_(IndexError("index out of range")), {}, UNCLEAR),  # a valid case crashes
+    (raise_(ValueError("`steps` is bad")), {}, REFUSED),  # a valid case is refused
 ])
-def test_every_kind_of_wrong_outcome_fails(call, kwargs, separate_tally):
+def test_every_kind_of_wrong_outcome_fails(call, kwargs, outcome, separate_tally):
     with pytest.raises(FuzzFailure):
         run_case("self", call, **kwargs)
-    assert separate_tally.TALLY == {("self", "wrong"): 1}
+    assert separate_tally.TALLY == {("self", outcome): 1}
