@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -61,8 +60,8 @@ from typing import Any
 import torch
 from datasets import Dataset
 from transformers import AutoTokenizer, HfArgumentParser, PreTrainedTokenizerBase, Trainer, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
+from checkpoints_illada import checkpoint_to_resume
 from configuration_illada import ILLaDAConfig
 from data_illada import (
     DEFAULT_MAX_LENGTH,
@@ -255,12 +254,11 @@ def load_datasets(data_args: DataArguments, args: DiffusionSFTConfig) -> tuple[D
 
 
 def resume_checkpoint(args: DiffusionSFTConfig) -> str | None:
-    """With `--resume`, the newest `checkpoint-*` folder of `output_dir`, or `None` (start afresh) if there is none."""
-    if not args.resume:
-        return None
-    checkpoint = get_last_checkpoint(args.output_dir) if os.path.isdir(args.output_dir) else None
-    logger.info("Resuming from %s", checkpoint or "scratch: no checkpoint in `output_dir`")
-    return checkpoint
+    """With `--resume`, the newest complete `checkpoint-*` folder of `output_dir` (incomplete ones are skipped with
+    a warning), or `None` (start afresh) if there is none. Without it, `None`, after refusing an `output_dir` that
+    holds an earlier run's checkpoints (`--overwrite_output_dir` deletes them): see `checkpoints_illada`."""
+    with args.main_process_first(desc="checking output_dir"):
+        return checkpoint_to_resume(args.output_dir, args.resume, args.max_steps, args.overwrite_output_dir)
 
 
 def save_trained_model(trainer: Trainer, merge_lora: bool = False) -> None:
@@ -291,6 +289,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         level=training_args.get_process_log_level())
     set_seed(training_args.seed)
+    checkpoint = resume_checkpoint(training_args)  # before any loading: may refuse `output_dir`
 
     # Model: the config, tokenizer and window length are checked before any weight is loaded.
     config = load_config(model_args)
@@ -313,7 +312,7 @@ def main(argv: list[str] | None = None) -> None:
     trainer = DiffusionSFTTrainer(model=model, args=training_args, train_dataset=train_dataset,
                                   eval_dataset=eval_dataset, processing_class=tokenizer)
     logger.info("%d training rows of at most %d tokens", len(trainer.train_dataset), training_args.max_length)
-    result = trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
+    result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
     trainer.save_state()

@@ -38,6 +38,7 @@ from transformers.utils import ModelOutput
 from trl import SFTConfig, SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
+from checkpoints_illada import SafeCheckpointMixin
 from data_illada import (
     DEFAULT_MAX_LENGTH,
     DEFAULT_SPLIT_PROBABILITY,
@@ -220,7 +221,11 @@ class DiffusionSFTConfig(SFTConfig):
         default=DEFAULT_DECAY_FRACTION, metadata={"help": "Fraction of the steps, at the end, over which LR decays."}
     )
     resume: bool = field(
-        default=False, metadata={"help": "Resume from the newest checkpoint in `output_dir` (if there is one)."}
+        default=False, metadata={"help": "Resume from the newest complete checkpoint in `output_dir` (if any)."}
+    )
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Delete the checkpoints of an earlier run in `output_dir` and start afresh "
+                                 "(without it or `resume`, such an `output_dir` is refused)."}
     )
 
     def __post_init__(self) -> None:
@@ -337,7 +342,7 @@ class MaskedDiffusionOutput(ModelOutput):
     noisy_input_ids: torch.LongTensor | None = None
 
 
-class DiffusionSFTTrainer(SFTTrainer):
+class DiffusionSFTTrainer(SafeCheckpointMixin, SFTTrainer):
     """trl's [`SFTTrainer`] with the masked-diffusion loss of iLLaDA; `args` is a [`DiffusionSFTConfig`].
 
     Data: trl's formats (`messages`, `prompt`/`completion` plain or conversational, `text`) are tokenised, closed by

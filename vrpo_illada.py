@@ -45,9 +45,11 @@ from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments
 from trl.data_utils import common_prefix_length, is_conversational, maybe_extract_prompt
 
 try:  # as Hub remote code
+    from .checkpoints_illada import SafeCheckpointMixin
     from .scoring_illada import random_subset_mask, stratified_mask_counts
     from .utils_illada import check_choice, check_positive_int, check_range
 except ImportError:  # from a checkout, with the repo root on sys.path
+    from checkpoints_illada import SafeCheckpointMixin
     from scoring_illada import random_subset_mask, stratified_mask_counts
     from utils_illada import check_choice, check_positive_int, check_range
 
@@ -108,7 +110,11 @@ class VRPOConfig(TrainingArguments):
     disable_dropout: bool = field(default=True, metadata={"help": "Turn dropout off in the policy and reference."})
     dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes for tokenisation."})
     resume: bool = field(
-        default=False, metadata={"help": "Resume from the newest checkpoint in `output_dir` (if there is one)."}
+        default=False, metadata={"help": "Resume from the newest complete checkpoint in `output_dir` (if any)."}
+    )
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Delete the checkpoints of an earlier run in `output_dir` and start afresh "
+                                 "(without it or `resume`, such an `output_dir` is refused)."}
     )
 
     def __post_init__(self) -> None:
@@ -352,7 +358,7 @@ def _is_peft(model: torch.nn.Module) -> bool:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class VRPOTrainer(Trainer):
+class VRPOTrainer(SafeCheckpointMixin, Trainer):
     """[`Trainer`] for VRPO on iLLaDA, used like trl's `DPOTrainer`; `args` is a [`VRPOConfig`].
 
     Normalisation: the per-pair losses are summed and divided by the number of pairs of the optimizer step (all

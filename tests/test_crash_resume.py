@@ -37,21 +37,9 @@ CHILD = """
 import sys
 import torch
 torch.set_num_threads(1)
-import test_crash_resume
-test_crash_resume.run_main(sys.argv[1:])
+import train_sft
+train_sft.main(sys.argv[1:])
 """
-
-
-def run_main(argv):
-    """TEMPORARY (until the CLI is wired): the command line with checkpoint_to_resume and safe checkpoints."""
-    from checkpoints_illada import SafeCheckpointMixin, checkpoint_to_resume
-    _, _, args = train_sft.parse_arguments(argv)
-    checkpoint = checkpoint_to_resume(args.output_dir, args.resume, args.max_steps,
-                                      getattr(args, "overwrite_output_dir", False))
-    if not issubclass(train_sft.DiffusionSFTTrainer, SafeCheckpointMixin):
-        train_sft.DiffusionSFTTrainer = type("T", (SafeCheckpointMixin, train_sft.DiffusionSFTTrainer), {})
-    train_sft.resume_checkpoint = lambda args: checkpoint
-    train_sft.main(argv)
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +64,7 @@ def cli_arguments(inputs: Path, out: Path) -> list[str]:
 
 def start(arguments: list[str]) -> subprocess.Popen:
     """The command line in a new interpreter."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "tests")])}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT)}
     return subprocess.Popen([sys.executable, "-c", CHILD, *arguments], cwd=REPO_ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -112,7 +99,7 @@ def final_step(out: Path) -> int:
 def reference(inputs, tmp_path_factory) -> Path:
     """The uninterrupted run (in this process: the command line's code path, without the start-up cost)."""
     out = tmp_path_factory.mktemp("reference") / "out"
-    run_main(cli_arguments(inputs, out))
+    train_sft.main(cli_arguments(inputs, out))
     assert final_step(out) == MAX_STEPS
     return out
 
@@ -127,7 +114,7 @@ def run_forked(arguments: list[str], crash_save: tuple[str, str] | None = None) 
         try:
             if crash_save:
                 install_crash_hook(*crash_save)
-            run_main(arguments)
+            train_sft.main(arguments)
             code = 0
         finally:
             os._exit(code)
@@ -177,7 +164,7 @@ def test_resume_of_a_finished_run_trains_nothing(inputs, reference, tmp_path, ca
     out = tmp_path / "out"
     shutil.copytree(reference, out)
     before = weights(out)
-    run_main([*cli_arguments(inputs, out), "--resume"])
+    train_sft.main([*cli_arguments(inputs, out), "--resume"])
     assert "already reached `max_steps`=8" in caplog.text
     assert final_step(out) == MAX_STEPS
     assert [p.name for p in list_checkpoints(out)][0] == f"checkpoint-{MAX_STEPS}"
@@ -190,7 +177,7 @@ def test_reusing_an_output_dir_without_resume_is_refused(inputs, reference, tmp_
     out = tmp_path / "out"
     shutil.copytree(reference, out)
     with pytest.raises(ValueError, match="holds checkpoints of an earlier run.*`--resume`"):
-        run_main(cli_arguments(inputs, out))
+        train_sft.main(cli_arguments(inputs, out))
 
 
 def checkpoint_folders(out: Path) -> set[tuple[str, int]]:
