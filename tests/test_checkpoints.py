@@ -37,10 +37,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def atomic_trainer(output_dir: Path, **overrides):
-    """The tiny trainer of `ddp_train_helper`, with atomic checkpoints (whether or not its class already has them)."""
+    """The tiny trainer of `ddp_train_helper` (a `DiffusionSFTTrainer`), saving a checkpoint every step."""
     trainer = make_trainer(str(output_dir), 2, 1, **{"save_strategy": "steps", "save_steps": 1, **overrides})
-    if not isinstance(trainer, SafeCheckpointMixin):
-        trainer.__class__ = type("AtomicTrainer", (SafeCheckpointMixin, type(trainer)), {})
+    assert isinstance(trainer, SafeCheckpointMixin)
     return trainer
 
 
@@ -291,12 +290,8 @@ import sys
 sys.path[:0] = [{tests!r}, {root!r}]
 import torch
 torch.set_num_threads(1)
-from checkpoints_illada import SafeCheckpointMixin
 from ddp_train_helper import make_trainer
-trainer = make_trainer({out!r}, 1, 1, max_steps=3, save_strategy="steps", save_steps=1, save_total_limit=2)
-if not isinstance(trainer, SafeCheckpointMixin):
-    trainer.__class__ = type("SafeTrainer", (SafeCheckpointMixin, type(trainer)), {{}})
-trainer.train()
+make_trainer({out!r}, 1, 1, max_steps=3, save_strategy="steps", save_steps=1, save_total_limit=2).train()
 """
 
 
