@@ -123,9 +123,9 @@ class ILLaDAGenerationMixin:
         ```
         """
         input_ids, attention_mask = _unpack_inputs(input_ids, attention_mask)
-        config, max_length = self._prepare_generation_config(generation_config, kwargs)
-        input_ids, attention_mask = self._check_generate_inputs(input_ids, attention_mask, config, max_length,
-                                                                 streamer)
+        _check_input_ids(input_ids)
+        config = self._prepare_generation_config(generation_config, kwargs, prompt_width=input_ids.shape[1])
+        input_ids, attention_mask = self._check_generate_inputs(input_ids, attention_mask, config, streamer)
         _check_hooks(step_callback, generator, progress)
         if config.num_return_sequences > 1:
             input_ids = input_ids.repeat_interleave(config.num_return_sequences, dim=0)
@@ -142,14 +142,13 @@ class ILLaDAGenerationMixin:
         Raises:
             ValueError: a bad setting, or `max_length` (which needs the prompt: pass it to `generate`).
         """
-        config, max_length = self._prepare_generation_config(generation_config, kwargs)
-        if max_length is not None:
-            raise ValueError(f"`max_length` ({max_length}) depends on the prompt width; give `max_new_tokens` here.")
-        return config
+        return self._prepare_generation_config(generation_config, kwargs)
 
-    def _prepare_generation_config(self, generation_config, kwargs: dict) -> tuple[ILLaDAGenerationConfig, int | None]:
+    def _prepare_generation_config(self, generation_config, kwargs: dict,
+                                   prompt_width: int | None = None) -> ILLaDAGenerationConfig:
         """The call's complete settings: the model's generation config (or `generation_config`), copied, updated by
-        the caller's options, token ids filled from the model config. Returns them and the call's `max_length`."""
+        the caller's options (`max_length` turned into `max_new_tokens` for a prompt of `prompt_width` columns),
+        token ids filled from the model config; validated once, as the call will use them."""
         base, options = self.generation_config, {}
         if _is_diffusion_config(generation_config):
             base = generation_config
@@ -167,14 +166,22 @@ class ILLaDAGenerationMixin:
         # The most specific length wins: the call's, then the stock config's (its max_new_tokens before its max_length).
         if max_length is None and "max_new_tokens" not in call_settings and "max_new_tokens" not in config_settings:
             max_length = config_max_length
+        if max_length is not None:
+            call_settings["max_new_tokens"] = _budget_from_max_length(max_length, prompt_width)
         # A copy in this module's class: the config may come from a checkout while the model is remote code.
         config = ILLaDAGenerationConfig.from_dict(base.to_dict())
-        config.update(**{**config_settings, **call_settings})
+        try:
+            config.update(**{**config_settings, **call_settings})
+        except ValueError as error:
+            if max_length is None or "`max_new_tokens`" not in str(error):
+                raise
+            raise ValueError(f"{error} (`max_new_tokens` is `max_length` ({max_length}) minus the prompt width "
+                             f"({prompt_width}).)") from None
         defaults = {"mask_token_id": self.config.mask_token_id, "pad_token_id": self.config.pad_token_id,
                     "eos_token_id": self.config.eos_token_ids}
         config.update(**{name: value for name, value in defaults.items() if getattr(config, name) is None})
         self._check_config_against_model(config)
-        return config, max_length
+        return config
 
     def _check_config_against_model(self, config: ILLaDAGenerationConfig) -> None:
         vocab_size = self.config.vocab_size
@@ -194,22 +201,10 @@ class ILLaDAGenerationMixin:
             raise ValueError("`suppress_tokens` and the mask token cover the whole vocabulary: nothing can be "
                              "generated.")
 
-    def _check_generate_inputs(self, input_ids, attention_mask, config: ILLaDAGenerationConfig,
-                               max_length: int | None, streamer) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Checks prompts and mask before any forward pass (and turns `max_length` into `max_new_tokens`); returns
-        them on the model's device."""
-        if not isinstance(input_ids, torch.Tensor):
-            raise TypeError(f"`input_ids` must be a 2-D integer tensor (batch_size, prompt_len), a BatchEncoding or "
-                            f"a dict holding one, got {type(input_ids).__name__}.")
-        if input_ids.dim() != 2:
-            raise ValueError(f"`input_ids` must be a 2-D tensor (batch_size, prompt_len), got shape "
-                             f"{tuple(input_ids.shape)}.")
-        if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
-            raise TypeError(f"`input_ids` must be an integer tensor, got {input_ids.dtype}.")
-        if input_ids.shape[0] == 0:
-            raise ValueError(f"`input_ids` is an empty batch (shape {tuple(input_ids.shape)}): give at least one row.")
-        if max_length is not None:
-            _apply_max_length(config, max_length, input_ids.shape[1])
+    def _check_generate_inputs(self, input_ids: torch.Tensor, attention_mask, config: ILLaDAGenerationConfig,
+                               streamer) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Checks prompts (already a 2-D integer tensor) and mask against the settings before any forward pass;
+        returns them on the model's device."""
         input_ids = input_ids.to(self.device)
         real = torch.ones_like(input_ids, dtype=torch.bool)
         if attention_mask is not None:
@@ -278,12 +273,28 @@ def _unpack_inputs(inputs, attention_mask) -> tuple:
     return inputs["input_ids"], inputs.get("attention_mask", attention_mask)
 
 
-def _apply_max_length(config: ILLaDAGenerationConfig, max_length, prompt_width: int) -> None:
+def _check_input_ids(input_ids) -> None:
+    """`input_ids` is a non-empty batch of integer ids: a 2-D tensor `(batch_size, prompt_len)`."""
+    if not isinstance(input_ids, torch.Tensor):
+        raise TypeError(f"`input_ids` must be a 2-D integer tensor (batch_size, prompt_len), a BatchEncoding or "
+                        f"a dict holding one, got {type(input_ids).__name__}.")
+    if input_ids.dim() != 2:
+        raise ValueError(f"`input_ids` must be a 2-D tensor (batch_size, prompt_len), got shape "
+                         f"{tuple(input_ids.shape)}.")
+    if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
+        raise TypeError(f"`input_ids` must be an integer tensor, got {input_ids.dtype}.")
+    if input_ids.shape[0] == 0:
+        raise ValueError(f"`input_ids` is an empty batch (shape {tuple(input_ids.shape)}): give at least one row.")
+
+
+def _budget_from_max_length(max_length, prompt_width: int | None) -> int:
     """`max_length` (transformers: prompt plus answer) -> `max_new_tokens = max_length - prompt_width`."""
+    if prompt_width is None:
+        raise ValueError(f"`max_length` ({max_length!r}) depends on the prompt width; give `max_new_tokens` here.")
     if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length <= prompt_width:
         raise ValueError(f"`max_length` ({max_length!r}) counts the prompt ({prompt_width} columns) and the answer, so "
                          f"it must be an integer > {prompt_width}; or give `max_new_tokens`.")
-    config.update(max_new_tokens=max_length - prompt_width)
+    return max_length - prompt_width
 
 
 def _is_diffusion_config(config) -> bool:
@@ -310,8 +321,8 @@ def _check_prompt_tokens(tokens: torch.Tensor, mask_token_id: int, vocab_size: i
         raise ValueError(f"`input_ids` holds token ids outside the vocabulary [0, {vocab_size}).")
     if (tokens == mask_token_id).any():
         raise ValueError(
-            f"The prompt contains the mask token {mask_token_id}. Prompts are never changed, so a masked prompt "
-            f"position would never be filled; remove it (infilling is not supported by generate())."
+            f"`input_ids` holds the mask token {mask_token_id} in a prompt position. Prompts are never changed, so a "
+            f"masked prompt position would never be filled; remove it (infilling is not supported by generate())."
         )
 
 

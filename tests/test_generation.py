@@ -350,7 +350,7 @@ def test_generation_invariants(sharp_model, lengths, block, blocks, extra, steps
 # --------------------------------------------------------------------------------------------- errors
 
 ERRORS = [
-    (dict(prompt_mask_token=True), ValueError, "mask token"),
+    (dict(prompt_mask_token=True), ValueError, "`input_ids` holds the mask token 5"),
     (dict(pad_token_id=MASK), ValueError, "`pad_token_id` and `mask_token_id`"),
     (dict(block_length=0), ValueError, "`block_length` must be a positive integer"),
     (dict(block_length=-4), ValueError, "`block_length` must be a positive integer"),
@@ -704,6 +704,21 @@ def test_max_length_counts_the_prompt(sharp_model):
                                eos_token_id=[])
     expected, _ = reference_generate(sharp_model, prompts, mask_id=MASK, max_new_tokens=6, block_length=4, steps=2)
     answers_match(out, ids.shape[1], expected)
+
+
+def test_max_length_sets_the_budget_before_the_settings_are_checked(sharp_model):
+    """A fixed canvas of one block given by `max_length` is valid although the default budget (128) is not a
+    multiple of the block (fuzz finding G2); a budget that is not a multiple names the caller's `max_length`."""
+    assert sharp_model.generation_config.max_new_tokens % 3
+    prompts = random_prompts([2], seed=27)
+    ids = torch.tensor(prompts)
+    by_length = sharp_model.generate(ids, max_length=5, block_length=3, canvas="fixed", eos_token_id=[])
+    expected, _ = reference_generate(sharp_model, prompts, mask_id=MASK, max_new_tokens=3, block_length=3,
+                                     canvas="fixed")
+    answers_match(by_length, 2, expected)
+    with pytest.raises(ValueError, match=r"`max_new_tokens` \(4\) must be a multiple of `block_length` \(3\).*"
+                                         r"`max_length` \(6\) minus the prompt width \(2\)"):
+        sharp_model.generate(ids, max_length=6, block_length=3, canvas="fixed")
 
 
 def test_plain_generation_config_overrides_only_what_it_sets(sharp_model):
