@@ -6,6 +6,8 @@ documents would attend to each other; these helpers add the block-diagonal mask 
 
 from __future__ import annotations
 
+from numbers import Integral
+
 import torch
 
 
@@ -105,4 +107,38 @@ def build_span_mask(
     return keep
 
 
-__all__ = ["build_bidirectional_mask", "build_span_mask"]
+def check_logits_to_keep(logits_to_keep, batch_size: int, seq_len: int) -> int | torch.Tensor:
+    """Checks the `logits_to_keep` of a forward on `(batch_size, seq_len)` inputs; returns it (an integer as `int`).
+
+    Valid: an int `n >= 0` (the last `n` positions, 0 for all; more than `seq_len` keeps all); an integer tensor of
+    positions in `[0, seq_len)`, 1-D or 2-D `(batch_size, n)`; a boolean mask `(batch_size, seq_len)` or `(seq_len,)`.
+    transformers' `slice_logits_to_keep` would read a negative int as a slice from the start, and index a float or
+    out-of-range tensor with a raw torch error.
+    """
+    if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, (Integral, torch.Tensor)):
+        raise TypeError(f"`logits_to_keep` must be an int or a tensor (positions, or a boolean mask), got "
+                        f"{type(logits_to_keep).__name__} {logits_to_keep!r}.")
+    if not isinstance(logits_to_keep, torch.Tensor):
+        if logits_to_keep < 0:
+            raise ValueError(f"`logits_to_keep` must be >= 0 (the number of last positions kept; 0 keeps all), got "
+                             f"{logits_to_keep}.")
+        return int(logits_to_keep)
+    keep = logits_to_keep
+    if keep.dtype == torch.bool:
+        if tuple(keep.shape) not in ((batch_size, seq_len), (seq_len,)):
+            raise ValueError(f"A boolean `logits_to_keep` must have the shape of the inputs (batch_size, seq_len) = "
+                             f"{(batch_size, seq_len)} (or ({seq_len},)), got {tuple(keep.shape)}.")
+        return keep
+    if keep.is_floating_point() or keep.is_complex():
+        raise TypeError(f"`logits_to_keep` must be an integer tensor of positions or a boolean mask, got dtype "
+                        f"{keep.dtype}.")
+    if keep.dim() not in (1, 2) or (keep.dim() == 2 and keep.shape[0] != batch_size):
+        raise ValueError(f"A `logits_to_keep` tensor of positions must be 1-D, or 2-D (batch_size={batch_size}, "
+                         f"num_positions), got shape {tuple(keep.shape)}.")
+    if keep.numel() and (keep.min() < 0 or keep.max() >= seq_len):
+        raise ValueError(f"`logits_to_keep` holds positions outside [0, {seq_len}) (the input length): "
+                         f"{sorted(set(keep[(keep < 0) | (keep >= seq_len)].tolist()))[:5]}.")
+    return keep
+
+
+__all__ = ["build_bidirectional_mask", "build_span_mask", "check_logits_to_keep"]

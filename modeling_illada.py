@@ -23,14 +23,14 @@ try:  # as Hub remote code (a package made by transformers)
     from .configuration_illada import ILLaDAConfig
     from .generation_illada import ILLaDAGenerationMixin
     from .loading_illada import StrictLoadingMixin
-    from .masks_illada import build_bidirectional_mask, build_span_mask
+    from .masks_illada import build_bidirectional_mask, build_span_mask, check_logits_to_keep
     from .scoring_illada import ILLaDAScoringMixin
 except ImportError:  # from a checkout, with the repo root on sys.path
     from cache_illada import DiffusionKVCache
     from configuration_illada import ILLaDAConfig
     from generation_illada import ILLaDAGenerationMixin
     from loading_illada import StrictLoadingMixin
-    from masks_illada import build_bidirectional_mask, build_span_mask
+    from masks_illada import build_bidirectional_mask, build_span_mask, check_logits_to_keep
     from scoring_illada import ILLaDAScoringMixin
 
 
@@ -388,7 +388,7 @@ class ILLaDAForCausalLM(ILLaDAGenerationMixin, ILLaDAScoringMixin, ILLaDAPreTrai
         """
         Args: as [`ILLaDAModel.forward`], plus
             logits_to_keep (`int` or `torch.Tensor`, *optional*, defaults to 0): which positions get logits:
-                `0` all; an int `n` the last `n`; a 1-D index tensor the same positions in every row; a 2-D
+                `0` all; an int `n > 0` the last `n`; a 1-D index tensor the same positions in every row; a 2-D
                 boolean `(batch, seq_len)` mask the selected positions, flattened to `(num_selected, vocab)`.
                 Computing the LM head only where it is needed is the largest saving for a 155k vocabulary.
             labels: not supported. A shifted autoregressive loss is wrong for this model and the
@@ -403,6 +403,9 @@ class ILLaDAForCausalLM(ILLaDAGenerationMixin, ILLaDAScoringMixin, ILLaDAPreTrai
                 "needs the diffusion time of every row. Train with `trainer_illada.DiffusionSFTTrainer` (trl's "
                 "SFTTrainer with the masked-diffusion loss) or use `trainer_illada.masked_diffusion_loss`."
             )
+        inputs = input_ids if input_ids is not None else inputs_embeds
+        if isinstance(inputs, torch.Tensor) and inputs.dim() >= 2:  # other inputs: the backbone's error
+            logits_to_keep = check_logits_to_keep(logits_to_keep, *inputs.shape[:2])
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,

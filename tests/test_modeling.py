@@ -157,6 +157,33 @@ def test_logits_to_keep_variants(tiny_model):
         assert torch.allclose(tiny_model(ids, logits_to_keep=select).logits, full[select], atol=1e-6)
 
 
+@pytest.mark.parametrize("keep, error", [
+    (-1, ValueError),  # transformers' slice would keep positions 1.. (`slice(1, None)`)
+    (1.5, TypeError),
+    (True, TypeError),
+    (torch.tensor([0.0, 1.0]), TypeError),
+    (torch.tensor([12]), ValueError),  # past the 9 positions
+    (torch.tensor([-1]), ValueError),
+    (torch.ones(2, 10, dtype=torch.bool), ValueError),
+    (torch.tensor(3), ValueError),
+])
+def test_logits_to_keep_out_of_its_domain_is_named(tiny_model, keep, error):
+    """Fuzz finding M1: before, -1 silently kept positions 1..8 and the others raised raw torch errors."""
+    with pytest.raises(error, match="`logits_to_keep`"):
+        tiny_model(random_ids(2, 9), logits_to_keep=keep)
+
+
+def test_logits_to_keep_numpy_int_and_overlong_int(tiny_model):
+    """A numpy integer keeps the last n positions like an int; n past the sequence keeps them all."""
+    import numpy as np
+
+    ids = random_ids(2, 9)
+    with torch.no_grad():
+        full = tiny_model(ids).logits
+        assert torch.allclose(tiny_model(ids, logits_to_keep=np.int64(2)).logits, full[:, -2:], atol=1e-6)
+        assert torch.allclose(tiny_model(ids, logits_to_keep=20).logits, full, atol=1e-6)
+
+
 def test_labels_are_rejected_not_shifted(tiny_model):
     ids = random_ids(1, 5)
     with pytest.raises(ValueError, match="DiffusionSFTTrainer"):
