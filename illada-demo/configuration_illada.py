@@ -6,7 +6,9 @@ checkpoints (`GSAI-ML/iLLaDA-8B-Base`, `GSAI-ML/iLLaDA-8B-Instruct`) so their `c
 and adds `mask_token_id`, which the release lacks.
 """
 
+import json
 import math
+import os
 from typing import ClassVar
 
 from transformers import PretrainedConfig
@@ -112,6 +114,21 @@ class ILLaDAConfig(PretrainedConfig):
         self._validate_rope()
         self._validate_token_ids()
 
+    @classmethod
+    def _dict_from_json_file(cls, json_file: str | os.PathLike) -> dict:
+        """transformers' reader of config.json, with a `ValueError` naming the file when it is not a JSON object
+        (transformers raises an `OSError` for bad JSON, as for a missing file)."""
+        try:
+            config_dict = super()._dict_from_json_file(json_file)
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"The model config `{json_file}` is not valid JSON ({error}): it is empty, truncated or "
+                             f"corrupt, probably by an interrupted save, copy or download. Restore config.json "
+                             f"from the original checkpoint.") from None
+        if not isinstance(config_dict, dict):
+            raise ValueError(f"The model config `{json_file}` holds a JSON {type(config_dict).__name__}, not an object "
+                             f"of config fields. Restore config.json from the original checkpoint.")
+        return config_dict
+
     def _validate_sizes(self) -> None:
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                      "num_attention_heads", "num_key_value_heads", "max_position_embeddings"):
@@ -166,7 +183,8 @@ class ILLaDAConfig(PretrainedConfig):
             value = getattr(self, name)
             if (value is not None or name == "mask_token_id") and not (is_int(value) and 0 <= value < self.vocab_size):
                 raise ValueError(
-                    f"`{name}` must be an integer in [0, vocab_size={self.vocab_size}), got {value!r}."
+                    f"`{name}` must be an integer in [0, `vocab_size`) = [0, {self.vocab_size}), got {value!r}: "
+                    f"check both fields."
                 )
         if self.pad_token_id == self.mask_token_id:
             raise ValueError(
@@ -176,7 +194,8 @@ class ILLaDAConfig(PretrainedConfig):
         check_token_ids("eos_token_id", self.eos_token_id, allow_int=True)
         for eos in self.eos_token_ids:
             if not 0 <= eos < self.vocab_size:
-                raise ValueError(f"`eos_token_id` must be in [0, vocab_size={self.vocab_size}), got {eos}.")
+                raise ValueError(f"`eos_token_id` must be in [0, `vocab_size`) = [0, {self.vocab_size}), got {eos}: "
+                                 f"check both fields.")
             if eos == self.mask_token_id:
                 raise ValueError(f"`eos_token_id` {eos} equals `mask_token_id`: the mask can never be output.")
 

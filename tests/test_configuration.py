@@ -42,10 +42,11 @@ def test_eos_token_ids_is_always_a_list():
         ({"num_hidden_layers": 0}, "`num_hidden_layers` must be a positive integer"),
         ({"vocab_size": -1}, "`vocab_size` must be a positive integer"),
         ({"intermediate_size": 2.5}, "`intermediate_size` must be a positive integer"),
-        ({"mask_token_id": 97}, r"`mask_token_id` must be an integer in \[0, vocab_size=97\)"),
+        ({"mask_token_id": 97}, r"`mask_token_id` must be an integer in \[0, `vocab_size`\) = \[0, 97\)"),
+        ({"vocab_size": 3}, r"`mask_token_id` must be an integer in \[0, `vocab_size`\) = \[0, 3\)"),
         ({"mask_token_id": 1}, "`pad_token_id` and `mask_token_id` are both 1"),
         ({"eos_token_id": 5}, "equals `mask_token_id`"),
-        ({"eos_token_id": 200}, "`eos_token_id` must be in"),
+        ({"eos_token_id": 200}, r"`eos_token_id` must be in \[0, `vocab_size`\)"),
         ({"rope_scaling": {"rope_type": "linear", "factor": 2.0}}, "Only the default RoPE"),
         ({"rope_theta": -1.0}, r"`rope_theta` must be in \(0.0, inf\), got -1.0"),
         ({"attention_bias": True}, "`attention_bias=True` is not supported"),
@@ -91,3 +92,17 @@ def test_boundary_values_are_accepted(overrides):
     config = ILLaDAConfig(**{**TINY, **overrides})
     assert all(getattr(config, k) == v for k, v in overrides.items() if k != "rope_theta")
     assert config.rope_parameters["rope_theta"] == overrides.get("rope_theta", TINY["rope_theta"])
+
+
+@pytest.mark.parametrize("content, match", [
+    (b"", "is not valid JSON"),
+    (b'{"vocab_size": 9', "is not valid JSON"),
+    (b"\xff\xfe{}", "is not valid JSON"),
+    (b"[1, 2]", "holds a JSON list"),
+])
+def test_unreadable_config_json_is_a_value_error_naming_it(tmp_path, content, match):
+    """Fuzz finding F1: transformers raised `OSError` (as for a missing file); the file is named either way."""
+    make_config().save_pretrained(tmp_path)
+    (tmp_path / "config.json").write_bytes(content)
+    with pytest.raises(ValueError, match=f"config.json` {match}"):
+        ILLaDAConfig.from_pretrained(tmp_path)

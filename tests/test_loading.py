@@ -165,3 +165,13 @@ def test_damaged_single_file_is_named(tmp_path, damage):
      "garbage": lambda: path.write_bytes(os.urandom(500))}[damage]()
     with pytest.raises(ValueError, match="model.safetensors` .*(empty|not a readable safetensors file)"):
         ILLaDAForCausalLM.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_damaged_config_json_is_named(tmp_path, strict):
+    """Fuzz finding F1: an empty config.json gave transformers' `OSError`; the model class raises `ValueError`."""
+    config = make_config()
+    write_checkpoint(tmp_path, released_state_dict(config), config)
+    (tmp_path / "config.json").write_bytes(b"")
+    with pytest.raises(ValueError, match="config.json` is not valid JSON"):
+        ILLaDAForCausalLM.from_pretrained(tmp_path, strict=strict)
