@@ -243,6 +243,9 @@ class DiffusionSFTConfig(SFTConfig):
         if self.max_length is not None and (isinstance(self.max_length, bool) or not isinstance(self.max_length, int)
                                             or self.max_length < 2):
             raise ValueError(f"`max_length` must be an integer >= 2 or None, got {self.max_length!r}.")
+        if self.completion_only_loss is not None and not isinstance(self.completion_only_loss, bool):
+            raise TypeError(f"`completion_only_loss` must be True, False or None (None: whole-sequence masking), got "
+                            f"{type(self.completion_only_loss).__name__} {self.completion_only_loss!r}.")
         self.completion_only_loss = bool(self.completion_only_loss)
         if self.completion_only_loss and self.data_format == "pretrain":
             raise ValueError("`completion_only_loss=True` needs `data_format='sft'`: pre-training text has no "

@@ -90,6 +90,13 @@ def test_trl_defaults_that_do_not_fit_are_replaced(tmp_path):
 # ---------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("value", [float("nan"), 1, "yes"])
+def test_completion_only_loss_must_be_a_bool_or_none(tmp_path, value):
+    assert config(tmp_path, completion_only_loss=None).completion_only_loss is False  # None: whole sequence
+    with pytest.raises(TypeError, match="`completion_only_loss` must be True, False or None"):
+        config(tmp_path, completion_only_loss=value)
+
+
 def test_plain_prompt_completion_and_text_rows(tmp_path):
     tokenizer = make_tiny_tokenizer()
     rows, _ = unpacked_rows(tmp_path, [{"prompt": "count 1 2 ", "completion": "3 4"},
