@@ -36,14 +36,14 @@ from lm_eval.api.instance import Instance
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoModelForCausalLM, PreTrainedModel
 
 try:
     from .scoring_illada import DEFAULT_MC_BATCH_SIZE, DEFAULT_MC_NUM, MAX_CFG_SCALE, METHODS
-    from .utils_illada import check_choice, check_positive_int, check_range, is_int, resolve_dtype
+    from .utils_illada import check_choice, check_positive_int, check_range, is_int, load_tokenizer, resolve_dtype
 except ImportError:
     from scoring_illada import DEFAULT_MC_BATCH_SIZE, DEFAULT_MC_NUM, MAX_CFG_SCALE, METHODS
-    from utils_illada import check_choice, check_positive_int, check_range, is_int, resolve_dtype
+    from utils_illada import check_choice, check_positive_int, check_range, is_int, load_tokenizer, resolve_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ class ILLaDAEvalHarness(TemplateLM):
                 raise ValueError("Pass `tokenizer` when `pretrained` is a model object.")
             tokenizer = pretrained
         if isinstance(tokenizer, str):
-            tokenizer = AutoTokenizer.from_pretrained(tokenizer, trust_remote_code=trust_remote_code, revision=revision)
+            tokenizer = load_tokenizer(tokenizer, trust_remote_code=trust_remote_code, revision=revision)
         return tokenizer
 
     # ------------------------------------------------------------------------------------------ tokens

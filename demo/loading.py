@@ -7,8 +7,10 @@ repository is trusted; any other folder is loaded only when the caller says so (
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
+
+from utils_illada import load_tokenizer
 
 SHIPPED_MODEL_DIR = Path(__file__).resolve().parents[1] / "illada-demo"
 
@@ -32,7 +34,7 @@ def load_model(folder: str | Path, device: str = "cpu",
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
+    tokenizer = load_tokenizer(folder, trust_remote_code=True)
     return model, tokenizer
 
 

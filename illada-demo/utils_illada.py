@@ -1,4 +1,5 @@
-"""Pieces shared by every iLLaDA module: argument checks, dtype names and classifier-free guidance.
+"""Pieces shared by every iLLaDA module: argument checks, dtype names, classifier-free guidance and a checked
+tokenizer loader.
 
 Each check raises the error the style guide asks for: `ValueError` for a bad value, `TypeError` for a wrong type,
 with the argument's name in backticks, the value received and what is allowed. The Hub folder carries this file
@@ -7,7 +8,9 @@ next to `modeling_illada.py` (transformers copies the modules the model file imp
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections.abc import Iterable
 from numbers import Integral, Real
 from typing import Any
@@ -94,6 +97,40 @@ def resolve_dtype(name: str, argument: str = "dtype") -> Any:
     """The torch dtype (or "auto") for a name of `DTYPES`; `argument` names the option in the error."""
     check_choice(argument, name, DTYPES)
     return DTYPES[name]
+
+
+# The JSON files a tokenizer folder may hold; `load_tokenizer` checks those present before transformers reads them.
+TOKENIZER_JSON_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                        "chat_template.json", "vocab.json")
+
+
+def check_json_files(folder: str | os.PathLike, names: Iterable[str]) -> None:
+    """Each file of `names` present in `folder` is a UTF-8 JSON object; else a `ValueError` naming the file."""
+    for name in names:
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            continue
+        try:
+            with open(path, encoding="utf-8") as handle:
+                content = json.load(handle)
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"`{path}` is not valid JSON ({error}): it is empty, truncated or corrupt, probably by an "
+                             f"interrupted save, copy or download. Restore {name} from the original folder.") from None
+        if not isinstance(content, dict):
+            raise ValueError(f"`{path}` holds a JSON {type(content).__name__}, not an object. Restore {name} from "
+                             f"the original folder.")
+
+
+def load_tokenizer(name_or_path: str | os.PathLike, **kwargs: Any):
+    """`AutoTokenizer.from_pretrained(name_or_path, **kwargs)`; for a local folder, its JSON files are checked first
+    (`check_json_files`): transformers and tokenizers raise a bare `JSONDecodeError` / `UnicodeDecodeError` that
+    names no file."""
+    from transformers import AutoTokenizer  # here: the model's Hub code never loads a tokenizer
+
+    folder = os.path.join(name_or_path, kwargs.get("subfolder") or "")
+    if os.path.isdir(folder):
+        check_json_files(folder, TOKENIZER_JSON_FILES)
+    return AutoTokenizer.from_pretrained(name_or_path, **kwargs)
 
 
 def guided_logits(conditional: torch.Tensor, unconditional: torch.Tensor, cfg_scale: float) -> torch.Tensor:

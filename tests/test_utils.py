@@ -16,6 +16,7 @@ from utils_illada import (
     guided_logits,
     is_finite_number,
     is_int,
+    load_tokenizer,
     resolve_dtype,
 )
 
@@ -82,3 +83,26 @@ def test_guidance_formula_by_hand():
     # u + (s + 1)(c - u) at s = 2: 0.5 + 3 * 1.5 = 5.0 and 1.0 + 3 * (-2.0) = -5.0
     assert torch.equal(guided_logits(conditional, unconditional, 2.0), torch.tensor([5.0, -5.0]))
     assert torch.equal(guided_logits(conditional, unconditional, 0.0), conditional)
+
+
+@pytest.mark.parametrize("name", ["tokenizer.json", "tokenizer_config.json"])
+@pytest.mark.parametrize("content, problem", [(b"", "is not valid JSON"), (b'{"version": "1.', "is not valid JSON"),
+                                              (b"\xff\xfe{}", "is not valid JSON"), (b"[]", "holds a JSON list")])
+def test_load_tokenizer_names_a_damaged_json_file(tmp_path, name, content, problem):
+    """Fuzz finding F2: transformers / tokenizers raised a bare JSONDecodeError or UnicodeDecodeError."""
+    from tiny_tokenizer import make_tiny_tokenizer
+
+    make_tiny_tokenizer().save_pretrained(tmp_path)
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(ValueError, match=f"{name}` {problem}"):
+        load_tokenizer(str(tmp_path))
+
+
+def test_load_tokenizer_loads_an_intact_folder(tmp_path):
+    from tiny_tokenizer import make_tiny_tokenizer
+
+    tokenizer = make_tiny_tokenizer()
+    tokenizer.save_pretrained(tmp_path)
+    loaded = load_tokenizer(tmp_path)
+    assert loaded("12 + 3")["input_ids"] == tokenizer("12 + 3")["input_ids"]
+    assert loaded.get_vocab() == tokenizer.get_vocab()
