@@ -39,11 +39,15 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 try:
-    from .scoring_illada import DEFAULT_MC_BATCH_SIZE, DEFAULT_MC_NUM, MAX_CFG_SCALE, METHODS
-    from .utils_illada import check_choice, check_positive_int, check_range, is_int, load_tokenizer, resolve_dtype
+    from .scoring_illada import DEFAULT_MC_BATCH_SIZE, DEFAULT_MC_NUM, METHODS
+    from .utils_illada import (
+        MAX_CFG_SCALE, check_choice, check_positive_int, check_range, is_int, load_tokenizer, resolve_dtype,
+    )
 except ImportError:
-    from scoring_illada import DEFAULT_MC_BATCH_SIZE, DEFAULT_MC_NUM, MAX_CFG_SCALE, METHODS
-    from utils_illada import check_choice, check_positive_int, check_range, is_int, load_tokenizer, resolve_dtype
+    from scoring_illada import DEFAULT_MC_BATCH_SIZE, DEFAULT_MC_NUM, METHODS
+    from utils_illada import (
+        MAX_CFG_SCALE, check_choice, check_positive_int, check_range, is_int, load_tokenizer, resolve_dtype,
+    )
 
 logger = logging.getLogger(__name__)
 

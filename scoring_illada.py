@@ -23,9 +23,9 @@ import torch
 from tqdm.auto import tqdm
 
 try:  # as Hub remote code (a package made by transformers)
-    from .utils_illada import check_choice, check_positive_int, check_range, guided_logits, is_int
+    from .utils_illada import MAX_CFG_SCALE, check_choice, check_positive_int, check_range, guided_logits, is_int
 except ImportError:  # from a checkout, with the repo root on sys.path
-    from utils_illada import check_choice, check_positive_int, check_range, guided_logits, is_int
+    from utils_illada import MAX_CFG_SCALE, check_choice, check_positive_int, check_range, guided_logits, is_int
 
 METHODS = ("confidence", "likelihood")
 # LLaDA (App. B.5) found 128 Monte-Carlo samples enough for stable likelihoods.
@@ -34,9 +34,6 @@ DEFAULT_MC_NUM = 128
 DEFAULT_MC_BATCH_SIZE = 16
 # Sequences per forward pass (classifier-free guidance doubles it).
 DEFAULT_BATCH_SIZE = 32
-# Largest guidance scale: scales in use are 0-3 (LLaDA); far larger ones only amplify `c - u` until the guided
-# logits overflow float32 and every score is NaN.
-MAX_CFG_SCALE = 1e3
 # Sort key for positions outside a continuation when drawing a random subset: above every U[0, 1) key.
 _OUTSIDE_KEY = 2.0
 

@@ -99,6 +99,10 @@ def resolve_dtype(name: str, argument: str = "dtype") -> Any:
     return DTYPES[name]
 
 
+# Largest classifier-free guidance scale, for generation and scoring alike: scales in use are 0-3 (LLaDA); far larger
+# ones only amplify `c - u` until the guided logits overflow float32 (NaN scores, the mask token in an answer).
+MAX_CFG_SCALE = 1e3
+
 # The JSON files a tokenizer folder may hold; `load_tokenizer` checks those present before transformers reads them.
 TOKENIZER_JSON_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                         "chat_template.json", "vocab.json")

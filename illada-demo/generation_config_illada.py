@@ -15,9 +15,13 @@ from transformers import GenerationConfig
 from transformers.utils import logging
 
 try:  # as Hub remote code (a package made by transformers)
-    from .utils_illada import as_id_list, check_choice, check_positive_int, check_range, check_token_ids, is_int
+    from .utils_illada import (
+        MAX_CFG_SCALE, as_id_list, check_choice, check_positive_int, check_range, check_token_ids, is_int,
+    )
 except ImportError:  # from a checkout, with the repo root on sys.path
-    from utils_illada import as_id_list, check_choice, check_positive_int, check_range, check_token_ids, is_int
+    from utils_illada import (
+        MAX_CFG_SCALE, as_id_list, check_choice, check_positive_int, check_range, check_token_ids, is_int,
+    )
 
 logger = logging.get_logger(__name__)
 
@@ -81,7 +85,8 @@ class ILLaDAGenerationConfig(GenerationConfig):
             what the schedule asks (at least one token), so a block never takes more steps than without it; a
             threshold above 1 changes nothing. Not available with `remasking="random"`.
         cfg_scale (`float`, *optional*, defaults to 0.0): Unsupervised classifier-free guidance: logits are
-            `u + (cfg_scale + 1) * (c - u)`, `u` computed with the prompt masked. 0 turns it off.
+            `u + (cfg_scale + 1) * (c - u)`, `u` computed with the prompt masked. 0 turns it off; at most
+            `MAX_CFG_SCALE` (1000, as in scoring): larger scales overflow the guided logits.
         canvas (`str`, *optional*, defaults to `"variable"`): `"variable"` appends one block of masks at a time
             (iLLaDA); `"fixed"` puts all `max_new_tokens` masks on the canvas from the start (LLaDA).
         mask_token_id (`int`, *optional*): The mask token; defaults to `config.mask_token_id`.
@@ -224,7 +229,7 @@ class ILLaDAGenerationConfig(GenerationConfig):
     def _validate_choices(self) -> None:
         check_choice("remasking", self.remasking, REMASKING_STRATEGIES)
         check_choice("canvas", self.canvas, CANVAS_MODES)
-        _check_number("cfg_scale", self.cfg_scale, 0, float("inf"))
+        _check_number("cfg_scale", self.cfg_scale, 0, MAX_CFG_SCALE)
         if self.threshold is not None:
             _check_number("threshold", self.threshold, 0, float("inf"))
             if self.remasking == "random":

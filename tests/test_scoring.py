@@ -345,3 +345,17 @@ def test_guidance_defaults_to_the_generation_config(model, model64):
     unguided = guided.score_choices(PROMPTS[0], CHOICES[0], cfg_scale=0)
     expected = [reference_confidence(model64, PROMPTS[0], choice)[0] for choice in CHOICES[0]]
     torch.testing.assert_close(unguided.scores, torch.tensor(expected, dtype=torch.float64), rtol=0, atol=SCORE_ATOL)
+
+
+def test_generate_and_scoring_share_the_guidance_bound(model):
+    """One bound for both (utils_illada.MAX_CFG_SCALE): at 1000 each still gives a finite score and an answer
+    without the mask token; just above it, both refuse the scale by name (before, generate took any finite one)."""
+    prompt = torch.tensor([[0, 10, 11]])
+    score = model.score_choices(PROMPTS[0], CHOICES[0], cfg_scale=1000.0)
+    assert torch.isfinite(score.scores).all()
+    answer = model.generate(prompt, max_new_tokens=4, block_length=2, cfg_scale=1000.0)[0, 3:]
+    assert answer.numel() and not (answer == MASK).any()
+    with pytest.raises(ValueError, match=r"`cfg_scale` must be in \[0, 1000.0\]"):
+        model.score_choices(PROMPTS[0], CHOICES[0], cfg_scale=1000.5)
+    with pytest.raises(ValueError, match=r"`cfg_scale` must be in \[0, 1000.0\]"):
+        model.generate(prompt, max_new_tokens=4, block_length=2, cfg_scale=1000.5)
