@@ -6,7 +6,6 @@ checkpoints (`GSAI-ML/iLLaDA-8B-Base`, `GSAI-ML/iLLaDA-8B-Instruct`) so their `c
 and adds `mask_token_id`, which the release lacks.
 """
 
-import json
 import math
 import os
 from typing import ClassVar
@@ -14,9 +13,9 @@ from typing import ClassVar
 from transformers import PretrainedConfig
 
 try:  # as Hub remote code (a package made by transformers)
-    from .utils_illada import check_positive_int, check_range, check_token_ids, is_int
+    from .utils_illada import check_json_files, check_positive_int, check_range, check_token_ids, is_int
 except ImportError:  # from a checkout, with the repo root on sys.path
-    from utils_illada import check_positive_int, check_range, check_token_ids, is_int
+    from utils_illada import check_json_files, check_positive_int, check_range, check_token_ids, is_int
 
 # Where a saved folder's `auto_map` sends the Auto classes (the released checkpoints' mapping).
 AUTO_MAP = {
@@ -116,18 +115,10 @@ class ILLaDAConfig(PretrainedConfig):
 
     @classmethod
     def _dict_from_json_file(cls, json_file: str | os.PathLike) -> dict:
-        """transformers' reader of config.json, with a `ValueError` naming the file when it is not a JSON object
-        (transformers raises an `OSError` for bad JSON, as for a missing file)."""
-        try:
-            config_dict = super()._dict_from_json_file(json_file)
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ValueError(f"The model config `{json_file}` is not valid JSON ({error}): it is empty, truncated or "
-                             f"corrupt, probably by an interrupted save, copy or download. Restore config.json "
-                             f"from the original checkpoint.") from None
-        if not isinstance(config_dict, dict):
-            raise ValueError(f"The model config `{json_file}` holds a JSON {type(config_dict).__name__}, not an object "
-                             f"of config fields. Restore config.json from the original checkpoint.")
-        return config_dict
+        """transformers' reader of config.json, after `check_json_files`: a file that is not a JSON object raises
+        `ValueError` naming it (transformers raises an `OSError` for bad JSON, as for a missing file)."""
+        check_json_files(os.path.dirname(json_file), [os.path.basename(json_file)])
+        return super()._dict_from_json_file(json_file)
 
     def _validate_sizes(self) -> None:
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
