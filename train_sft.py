@@ -59,7 +59,7 @@ from typing import Any
 
 import torch
 from datasets import Dataset
-from transformers import AutoTokenizer, HfArgumentParser, PreTrainedTokenizerBase, Trainer, set_seed
+from transformers import HfArgumentParser, PreTrainedTokenizerBase, Trainer, set_seed
 
 from checkpoints_illada import checkpoint_to_resume
 from configuration_illada import ILLaDAConfig
@@ -84,7 +84,7 @@ from trainer_illada import (
     masked_diffusion_loss,
     sample_mask,
 )
-from utils_illada import DTYPES, check_choice, check_positive_int, check_range
+from utils_illada import DTYPES, check_choice, check_positive_int, check_range, load_tokenizer
 
 __all__ = [
     "DataArguments", "DiffusionDataCollator", "DiffusionSFTConfig", "DiffusionSFTTrainer", "DiffusionTrainingArguments",
@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> None:
     # Model: the config, tokenizer and window length are checked before any weight is loaded.
     config = load_config(model_args)
     # Passing the config keeps AutoTokenizer from asking to run the folder's remote code to read it.
-    tokenizer = AutoTokenizer.from_pretrained(
+    tokenizer = load_tokenizer(
         model_args.tokenizer_name or model_args.model_name_or_path or model_args.config_name, config=config
     )
     check_tokenizer(tokenizer, config)

@@ -45,16 +45,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from datasets import Dataset, load_dataset, load_from_disk
-from transformers import AutoTokenizer, HfArgumentParser, set_seed
+from transformers import HfArgumentParser, set_seed
 
-try:  # as Hub remote code
-    from .train_sft import (ModelArguments, add_lora, check_tokenizer, load_config, load_model, resume_checkpoint,
-                            save_trained_model)
-    from .vrpo_illada import VRPOConfig, VRPOTrainer
-except ImportError:  # from a checkout, with the repo root on sys.path
-    from train_sft import (ModelArguments, add_lora, check_tokenizer, load_config, load_model, resume_checkpoint,
-                           save_trained_model)
-    from vrpo_illada import VRPOConfig, VRPOTrainer
+from train_sft import (ModelArguments, add_lora, check_tokenizer, load_config, load_model, resume_checkpoint,
+                       save_trained_model)
+from utils_illada import load_tokenizer
+from vrpo_illada import VRPOConfig, VRPOTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # Model: the config and tokenizer are checked before any weight is loaded.
     config = load_config(model_args)
-    tokenizer = AutoTokenizer.from_pretrained(
+    tokenizer = load_tokenizer(
         model_args.tokenizer_name or model_args.model_name_or_path or model_args.config_name, config=config
     )
     check_tokenizer(tokenizer, config)
