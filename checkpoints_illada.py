@@ -131,6 +131,10 @@ def _training_state_problem(folder: Path) -> str | None:
     if not (folder / "optimizer.pt").is_file() and not has_sharded_optimizer:
         return ("no optimizer state (`optimizer.pt`): saved with `save_only_model`, from which Trainer cannot "
                 "resume exactly")
+    if (folder / "optimizer.pt").is_file() and not (folder / "scheduler.pt").is_file():
+        # transformers 5.23 `Trainer._load_optimizer_and_scheduler` loads the optimizer only when both files exist:
+        # without the scheduler a resume would silently restart Adam's moments and the learning-rate schedule.
+        return "no scheduler state (`scheduler.pt`) beside `optimizer.pt`: Trainer would restart the optimizer"
     rng_files = sorted(folder.glob("rng_state*.pth"))
     if not rng_files:
         return "no RNG state (`rng_state*.pth`)"
@@ -146,7 +150,8 @@ def checkpoint_problem(folder: str | os.PathLike) -> str | None:
 
     Complete means: every JSON file parses, and `trainer_state.json`'s `global_step` is the folder's number;
     the weights (full model, sharded, LoRA adapter, or an FSDP/DeepSpeed folder) are whole; the optimizer and RNG
-    states (and the scheduler and scaler states when present) are whole torch archives; no unfinished
+    states (with the scheduler state beside `optimizer.pt`, and the scaler state when present) are whole torch
+    archives; no unfinished
     just-in-time save. "Whole" is judged from headers and sizes, so checking an 8B checkpoint reads a few kB.
 
     Args:

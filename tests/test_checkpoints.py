@@ -89,6 +89,7 @@ DAMAGE = {
     "empty optimizer": (lambda c: truncate(c / "optimizer.pt", 0), "`optimizer.pt` is not a complete torch archive"),
     "no optimizer": (lambda c: (c / "optimizer.pt").unlink(), "no optimizer state"),
     "truncated scheduler": (lambda c: truncate(c / "scheduler.pt", 0.9), "`scheduler.pt` is not a complete"),
+    "no scheduler": (lambda c: (c / "scheduler.pt").unlink(), "no scheduler state"),
     "truncated rng": (lambda c: truncate(c / "rng_state.pth", 0.99), "`rng_state.pth` is not a complete"),
     "no rng": (lambda c: (c / "rng_state.pth").unlink(), "no RNG state"),
     "truncated weights": (lambda c: truncate(c / "model.safetensors"), "`model.safetensors` is"),
