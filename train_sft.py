@@ -191,9 +191,11 @@ def check_arguments(model_args: ModelArguments, data_args: DataArguments, args: 
                          "`--dataset_name` (a datasets name, or a folder).")
 
 
-def parse_arguments(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, DiffusionSFTConfig]:
-    """Command-line flags, or a single .json / .yaml file holding them."""
-    parser = HfArgumentParser((ModelArguments, DataArguments, DiffusionSFTConfig))
+def parse_arguments(argv: list[str] | None = None, dataclass_types: tuple[type, ...] = (
+    ModelArguments, DataArguments, DiffusionSFTConfig)) -> tuple:
+    """Command-line flags, or a single .json / .yaml file holding them, parsed into `dataclass_types` (by default
+    this script's model, data and training arguments; `train_vrpo.py` passes its own)."""
+    parser = HfArgumentParser(dataclass_types)
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) == 1 and argv[0].endswith(".json"):
         return parser.parse_json_file(argv[0])

@@ -40,15 +40,15 @@ The saved folder holds the weights, the code files, the tokenizer and the genera
 """
 
 import logging
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from datasets import Dataset, load_dataset, load_from_disk
-from transformers import HfArgumentParser, set_seed
+from transformers import set_seed
 
 from train_sft import (ModelArguments, add_lora, check_tokenizer, load_config, load_model, resume_checkpoint,
                        save_trained_model)
+from train_sft import parse_arguments as sft_parse_arguments
 from utils_illada import load_tokenizer
 from vrpo_illada import VRPOConfig, VRPOTrainer
 
@@ -80,13 +80,7 @@ class PreferenceDataArguments:
 
 def parse_arguments(argv: list[str] | None = None) -> tuple[ModelArguments, PreferenceDataArguments, VRPOConfig]:
     """Command-line flags, or a single .json / .yaml file holding them."""
-    parser = HfArgumentParser((ModelArguments, PreferenceDataArguments, VRPOConfig))
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(argv[0])
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        return parser.parse_yaml_file(argv[0])
-    return parser.parse_args_into_dataclasses(argv)
+    return sft_parse_arguments(argv, (ModelArguments, PreferenceDataArguments, VRPOConfig))
 
 
 def load_files(files: list[str]) -> Dataset:
