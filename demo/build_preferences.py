@@ -29,7 +29,8 @@ import torch
 
 from demo.data import SPLITS, TASKS, Example, make_examples, make_multiple_choice
 from demo.evaluate import DEFAULT_MODEL_DIR, generate_one
-from demo.loading import load_model
+from demo.loading import check_model_folder, load_model
+from utils_illada import check_non_negative_int, check_positive_int
 
 # Seed of the training-split draws; differs from the demo build's (DEMO_SEED), so the questions are a fresh sample
 # of the training problems, not the exact SFT rows.
@@ -61,14 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_arguments(args: argparse.Namespace) -> None:
     """Raises `ValueError` for a bad count or a folder without a model, before anything is loaded."""
-    if args.questions < 1:
-        raise ValueError(f"`--questions` must be a positive integer, got {args.questions}.")
-    if args.near_misses < 0:
-        raise ValueError(f"`--near-misses` must be an integer >= 0, got {args.near_misses}.")
-    if args.threads < 1:
-        raise ValueError(f"`--threads` must be a positive integer, got {args.threads}.")
-    if not args.near_misses_only and not (Path(args.model) / "config.json").is_file():
-        raise ValueError(f"No model folder at {args.model} (no config.json): pass `--model`.")
+    check_positive_int("--questions", args.questions)
+    check_non_negative_int("--near-misses", args.near_misses)
+    check_positive_int("--threads", args.threads)
+    if not args.near_misses_only:
+        check_model_folder(args.model)
 
 
 def preference_row(example: Example, rejected: str, kind: str) -> dict:

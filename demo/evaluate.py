@@ -28,7 +28,8 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from demo.data import TASKS, Example, make_examples, make_multiple_choice
-from demo.loading import encode, load_model
+from demo.loading import check_model_folder, encode, load_model
+from utils_illada import check_positive_int
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL_DIR = REPO_ROOT / "illada-demo"
@@ -72,13 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_arguments(args: argparse.Namespace) -> None:
     """Raises `ValueError` for a non-positive count or a folder without a model, before anything is loaded."""
-    if args.per_task < 1:
-        raise ValueError(f"`--per-task` must be a positive integer, got {args.per_task}.")
-    if args.threads < 1:
-        raise ValueError(f"`--threads` must be a positive integer, got {args.threads}.")
-    if not (Path(args.model) / "config.json").is_file():
-        raise ValueError(f"No model folder at {args.model} (no config.json): pass `--model` or build the demo model "
-                         "with `python -m demo.build_demo_model`.")
+    check_positive_int("--per-task", args.per_task)
+    check_positive_int("--threads", args.threads)
+    check_model_folder(args.model)
 
 
 def generate_one(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, example: Example) -> dict:

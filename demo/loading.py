@@ -20,6 +20,13 @@ def is_shipped_model(folder: str | Path) -> bool:
     return Path(folder).resolve() == SHIPPED_MODEL_DIR
 
 
+def check_model_folder(folder: str | Path) -> None:
+    """Raises `ValueError` when `folder` holds no model (no `config.json`), before anything is loaded."""
+    if not (Path(folder) / "config.json").is_file():
+        raise ValueError(f"No model folder at {folder} (no config.json): pass `--model`, or build the demo model "
+                         "with `python -m demo.build_demo_model`.")
+
+
 def load_model(folder: str | Path, device: str = "cpu",
                trust_remote_code: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Loads the model and tokenizer the way any Hub user would (remote code, offline from a local folder).
