@@ -91,7 +91,7 @@ __all__ = [
     "MaskNoise", "MaskedDiffusionOutput", "MaskedDiffusionTrainer", "ModelArguments", "add_lora", "build_dataset",
     "build_model_card", "check_arguments", "check_tokenizer", "diffusion_lr_lambda", "load_config", "load_data",
     "load_model", "load_raw_dataset", "main", "masked_diffusion_loss", "pad_token_id", "parse_arguments",
-    "prepare_dataset", "resume_checkpoint", "sample_mask", "save_trained_model",
+    "prepare_dataset", "resume_checkpoint", "sample_mask", "save_trained_model", "train_and_save",
 ]
 
 logger = logging.getLogger(__name__)
@@ -263,6 +263,20 @@ def resume_checkpoint(args: DiffusionSFTConfig) -> str | None:
         return checkpoint_to_resume(args.output_dir, args.resume, args.max_steps, args.overwrite_output_dir)
 
 
+def train_and_save(trainer: Trainer, checkpoint: str | None, merge_lora: bool = False) -> None:
+    """Trains (from `checkpoint` if given), logs and saves the metrics and state, evaluates when the trainer has an
+    evaluation set, then saves the model with `save_trained_model`. Shared by `train_sft.py` and `train_vrpo.py`."""
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.log_metrics("train", result.metrics)
+    trainer.save_metrics("train", result.metrics)
+    trainer.save_state()
+    if trainer.eval_dataset is not None:
+        metrics = trainer.evaluate()
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+    save_trained_model(trainer, merge_lora=merge_lora)
+
+
 def save_trained_model(trainer: Trainer, merge_lora: bool = False) -> None:
     """Saves weights (or the LoRA adapter), code files, tokenizer, generation config and model card to
     `output_dir`; LoRA adapters are merged into a full model first when `merge_lora`. Pushes when `push_to_hub`."""
@@ -310,21 +324,11 @@ def main(argv: list[str] | None = None) -> None:
     with training_args.main_process_first(desc="loading the data"):
         train_dataset, eval_dataset = load_datasets(data_args, training_args)
 
-    # Train
+    # Train and save
     trainer = DiffusionSFTTrainer(model=model, args=training_args, train_dataset=train_dataset,
                                   eval_dataset=eval_dataset, processing_class=tokenizer)
     logger.info("%d training rows of at most %d tokens", len(trainer.train_dataset), training_args.max_length)
-    result = trainer.train(resume_from_checkpoint=checkpoint)
-    trainer.log_metrics("train", result.metrics)
-    trainer.save_metrics("train", result.metrics)
-    trainer.save_state()
-    if eval_dataset is not None:
-        metrics = trainer.evaluate()
-        trainer.log_metrics("eval", metrics)
-        trainer.save_metrics("eval", metrics)
-
-    # Save
-    save_trained_model(trainer, merge_lora=model_args.merge_lora)
+    train_and_save(trainer, checkpoint, merge_lora=model_args.merge_lora)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ from datasets import Dataset, load_dataset, load_from_disk
 from transformers import set_seed
 
 from train_sft import (ModelArguments, add_lora, check_tokenizer, load_config, load_model, resume_checkpoint,
-                       save_trained_model)
+                       train_and_save)
 from train_sft import parse_arguments as sft_parse_arguments
 from utils_illada import load_tokenizer
 from vrpo_illada import VRPOConfig, VRPOTrainer
@@ -129,20 +129,10 @@ def main(argv: list[str] | None = None) -> None:
     train_dataset, eval_dataset = load_preferences(data_args)
     logger.info("%d preference pairs", len(train_dataset))
 
-    # Train
+    # Train and save
     trainer = VRPOTrainer(model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                           processing_class=tokenizer)
-    result = trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
-    trainer.log_metrics("train", result.metrics)
-    trainer.save_metrics("train", result.metrics)
-    trainer.save_state()
-    if eval_dataset is not None:
-        metrics = trainer.evaluate()
-        trainer.log_metrics("eval", metrics)
-        trainer.save_metrics("eval", metrics)
-
-    # Save
-    save_trained_model(trainer, merge_lora=model_args.merge_lora)
+    train_and_save(trainer, resume_checkpoint(training_args), merge_lora=model_args.merge_lora)
 
 
 if __name__ == "__main__":
