@@ -18,6 +18,25 @@ from trainer_illada import DiffusionSFTConfig, DiffusionSFTTrainer  # noqa: E402
 
 WINDOW = 24
 
+# Two Python processes importing torch, transformers and trl take ~10-15 s on the 2-core CI machine.
+TORCHRUN_TIMEOUT_S = 300
+
+
+def run_on_two_processes(helper: Path, out: Path) -> tuple[list[float], dict]:
+    """Runs `helper OUT 1 2` (1 row per process, 2 accumulation steps) under `torchrun --nproc_per_node 2` (gloo,
+    one thread each); returns the losses it logged (`OUT/losses.json`) and its final weights (`OUT/final/`)."""
+    import os
+    import subprocess
+
+    from safetensors.torch import load_file
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(helper),
+               str(out), "1", "2"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=TORCHRUN_TIMEOUT_S)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads((out / "losses.json").read_text()), load_file(out / "final" / "model.safetensors")
+
 
 def sft_examples(num_examples: int = 48) -> Dataset:
     """Conversations of varying length and prompt share, so micro-batches hold different token counts."""

@@ -5,31 +5,18 @@ same global batch of 4, different layout. Rows carry different numbers of respon
 that the loss is normalised by the token count of the whole step across processes.
 """
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from ddp_train_helper import logged_losses, train
+from ddp_train_helper import logged_losses, run_on_two_processes, train
 
 HELPER = Path(__file__).resolve().parent / "ddp_train_helper.py"
-# Two Python processes importing torch and transformers take ~10 s on the 2-core CI machine.
-TORCHRUN_TIMEOUT_S = 300
 
 
 def test_two_processes_match_one_process(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(HELPER),
-               str(tmp_path / "two"), "1", "2"]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=TORCHRUN_TIMEOUT_S)
-    assert result.returncode == 0, result.stderr[-4000:]
-    two_losses = json.loads((tmp_path / "two" / "losses.json").read_text())
-    two_weights = load_file(tmp_path / "two" / "final" / "model.safetensors")
+    two_losses, two_weights = run_on_two_processes(HELPER, tmp_path / "two")
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
