@@ -53,7 +53,7 @@ from transformers import HfArgumentParser
 from configuration_illada import ILLaDAConfig
 from generation_illada import ILLaDAGenerationConfig
 from utils_illada import check_positive_int, check_range
-from demo.data import DEMO_SEED, corpus_fingerprint, make_examples, pretraining_texts, tokenizer_texts
+from demo.data import DEMO_SEED, TASKS, corpus_fingerprint, make_examples, pretraining_texts, tokenizer_texts
 from demo.tokenizer import train_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -103,6 +103,15 @@ class BuildArguments:
     stratified_t: bool = field(default=True, metadata={
         "help": "Stratify the diffusion time t over each batch (train_sft.py `--stratified_t`): lower-variance "
                 "gradients, which a 32-row batch needs."})
+    task_weights: str = field(default="", metadata={
+        "help": "Share of each task in the SFT data, as `task:weight` pairs separated by commas (integers; tasks not "
+                "named weigh 1), e.g. `add:3,copy:2`. Empty: every task equally."})
+    save_steps: int = field(default=0, metadata={
+        "help": "Save a checkpoint every this many steps in each stage (0: none). Checkpoints let `--resume` continue "
+                "a build that was stopped, and `python -m demo.learning_curves` measure each task as training goes."})
+    resume: bool = field(default=False, metadata={
+        "help": "Continue each stage from its newest complete checkpoint in `work_dir` (a finished stage trains no "
+                "step). Without it, checkpoints of an earlier build in `work_dir` are deleted."})
     num_threads: int | None = field(default=None, metadata={
         "help": "Torch threads of the training processes (OMP_NUM_THREADS); default: one per core. On a machine "
                 "busy with other work use 1: two threads competing for two busy cores run several times slower."})
@@ -116,11 +125,27 @@ class BuildArguments:
                              f"{self.max_position_embeddings}.")
         check_range("warmup_ratio", self.warmup_ratio, 0, 1, high_open=True)
         check_positive_int("num_threads", self.num_threads, allow_none=True)
+        if not isinstance(self.save_steps, int) or isinstance(self.save_steps, bool) or self.save_steps < 0:
+            raise ValueError(f"`save_steps` must be a non-negative integer (0: no checkpoints), got {self.save_steps!r}.")
+        self.weighted_tasks()  # checks `task_weights`
         if self.smoke:
             self.pretrain_steps = self.sft_steps = SMOKE_STEPS
             self.sft_examples = SMOKE_SFT_EXAMPLES
             if self.output_dir == BuildArguments.output_dir:
                 self.output_dir = str(Path(self.work_dir) / "smoke-model")
+
+    def weighted_tasks(self) -> tuple[str, ...]:
+        """The task names `make_examples` cycles through: each task repeated `weight` times, in `TASKS` order."""
+        weights = dict.fromkeys(TASKS, 1)
+        for pair in filter(None, (part.strip() for part in self.task_weights.split(","))):
+            name, _, weight = pair.partition(":")
+            if name not in TASKS or not weight.isdigit() or int(weight) < 1:
+                raise ValueError(
+                    f"`task_weights` entry {pair!r} must be `task:weight` with a task of {sorted(TASKS)} and an "
+                    "integer weight >= 1."
+                )
+            weights[name] = int(weight)
+        return tuple(name for name, weight in weights.items() for _ in range(weight))
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -133,7 +158,7 @@ def write_data(args: BuildArguments, work_dir: Path) -> dict[str, str]:
     """Writes `pretrain.jsonl` and `sft.jsonl` (training split only); returns their paths."""
     pretrain, sft = work_dir / "pretrain.jsonl", work_dir / "sft.jsonl"
     _write_jsonl(pretrain, [{"text": text} for text in pretraining_texts()])
-    examples = make_examples("train", args.sft_examples, seed=args.seed)
+    examples = make_examples("train", args.sft_examples, seed=args.seed, tasks=args.weighted_tasks())
     _write_jsonl(sft, [{"prompt": e.prompt, "response": e.response, "task": e.task} for e in examples])
     return {"pretrain": str(pretrain), "sft": str(sft)}
 
@@ -172,10 +197,13 @@ def stage_command(args: BuildArguments, stage: str, model_flag: list[str], train
         "--max_seq_length": args.max_seq_length, "--per_device_train_batch_size": args.batch_size,
         "--max_steps": steps, "--learning_rate": lr, "--min_lr": min_lr,
         "--warmup_steps": max(1, round(args.warmup_ratio * steps)), "--seed": args.seed, "--data_seed": args.seed,
-        "--save_strategy": "no", "--logging_steps": max(1, min(50, steps // 10)), "--report_to": "none",
+        "--save_strategy": "steps" if args.save_steps else "no", "--logging_steps": max(1, min(50, steps // 10)), "--report_to": "none",
         "--dtype": "float32", "--max_grad_norm": 1.0,
     }
+    if args.save_steps:
+        flags["--save_steps"] = args.save_steps
     command = [sys.executable, str(TRAIN_SCRIPT), *model_flag, "--use_cpu"]
+    command.append("--resume" if args.resume else "--overwrite_output_dir")
     if args.stratified_t:
         command.append("--stratified_t")
     for flag, value in flags.items():

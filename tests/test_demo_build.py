@@ -47,7 +47,7 @@ def test_stage_commands_follow_the_two_stage_recipe(tmp_path):
     assert float(pretrain["--learning_rate"]) == args.pretrain_learning_rate
     assert float(sft["--learning_rate"]) == args.sft_learning_rate
     for flags in (pretrain, sft):
-        assert "--use_cpu" in flags and flags["--seed"] == str(args.seed) and flags["--save_strategy"] == "no"
+        assert "--use_cpu" in flags and flags["--seed"] == str(args.seed)
         assert "--stratified_t" in flags
     plain = BuildArguments(work_dir=str(tmp_path), stratified_t=False)
     assert "--stratified_t" not in stage_command(plain, "sft", [], "s.jsonl", tmp_path / "s2")
@@ -93,9 +93,44 @@ def test_export_copies_only_loadable_files(tmp_path):
     assert json.loads((tmp_path / "out" / "generation_config.json").read_text())["block_length"] == 16
 
 
+def test_checkpoints_and_resume_reach_the_stage_commands(tmp_path):
+    def flags(**kwargs):
+        args = BuildArguments(work_dir=str(tmp_path), **kwargs)
+        return _flags(stage_command(args, "sft", ["--model_name_or_path", "s1"], "s.jsonl", tmp_path / "s2"))
+
+    none = flags(save_steps=0)
+    assert none["--save_strategy"] == "no" and "--save_steps" not in none
+    assert "--overwrite_output_dir" in none and "--resume" not in none  # a new build starts afresh
+    saving = flags(save_steps=250, resume=True)
+    assert (saving["--save_strategy"], saving["--save_steps"]) == ("steps", "250")
+    assert "--resume" in saving and "--overwrite_output_dir" not in saving
+
+
+def test_task_weights_set_the_share_of_each_task(tmp_path):
+    from collections import Counter
+
+    from demo.data import TASKS
+
+    args = BuildArguments(work_dir=str(tmp_path), task_weights="add:3, copy:2", sft_examples=len(TASKS) * 30 + 90)
+    cycle = args.weighted_tasks()
+    assert Counter(cycle) == {**dict.fromkeys(TASKS, 1), "add": 3, "copy": 2}
+    rows = [json.loads(line) for line in Path(write_data(args, tmp_path)["sft"]).read_text().splitlines()]
+    counts = Counter(row["task"] for row in rows)
+    # make_examples cycles through the weighted list (len(TASKS) + 3 names): exactly 30 cycles
+    per_cycle = len(cycle)
+    assert len(rows) == 30 * per_cycle
+    assert counts == {name: 30 * weight for name, weight in Counter(cycle).items()}
+    assert BuildArguments(task_weights="").weighted_tasks() == tuple(TASKS)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
+        (dict(task_weights="nope:2"), "`task_weights`"),
+        (dict(task_weights="add:0"), "`task_weights`"),
+        (dict(task_weights="add:1.5"), "`task_weights`"),
+        (dict(task_weights="add"), "`task_weights`"),
+        (dict(save_steps=-1), "`save_steps`"),
         (dict(sft_steps=0), "`sft_steps`"),
         (dict(hidden_size=1.5), "`hidden_size`"),
         (dict(max_seq_length=1024), "`max_seq_length`"),
