@@ -9,7 +9,7 @@ which step.
 
 Commands (from the repository root):
 
-    python demo.py                                   # built-in held-out questions, live view, outputs/denoising.png
+    python demo.py                                   # 4 held-out questions drawn at random, live view, outputs/denoising.png
     python demo.py "What is 12 + 30?" "Say backwards: red sun"    # your own prompts (one answer each)
     python demo.py --chat                            # interactive: one question per line; `exit` or Ctrl-D ends
     python demo.py --threshold 0.9 --no-live         # fewer forward passes (confidence threshold), plain output
@@ -20,6 +20,7 @@ When stdout is not a terminal (a pipe, a log file, CI), the live view prints a f
 """
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -38,8 +39,11 @@ REPO_ROOT = Path(__file__).resolve().parent
 DEFAULT_MODEL_DIR = "illada-demo"  # relative to the repository root
 MODEL_ENV_VAR = "ILLADA_DEMO_MODEL"
 DEFAULT_PLOT = "outputs/denoising.png"
-# Built-in questions: one held-out problem of each of these tasks (never seen in training), answers of 1 to ~30 tokens.
-BUILTIN_TASKS = ("add", "reverse_words", "count_up", "capital")
+# Built-in questions: drawn at random (seeded, not chosen by hand) from the held-out split, never seen in training.
+DEFAULT_QUESTIONS = 4
+QUESTION_SEED = 0
+QUESTION_POOL_PER_TASK = 10  # held-out questions per task the random draw picks from
+RESULTS_FILE = "eval_results.json"  # written by `python -m demo.evaluate` into the model folder
 MASK_SYMBOL = "░"  # one per still-masked position in the live view
 FALLBACK_MASK_SYMBOL = "_"  # when the terminal's encoding has no `░`
 AFTER_STOP_SYMBOL = "."  # a position after the answer's stop token: decoded, but not part of the answer
@@ -75,6 +79,12 @@ class Answer:
     labels: list[str]
     expected: str | None = None
 
+    @property
+    def right(self) -> bool | None:
+        """Whether the answer equals `expected` (spaces around either ignored, as `demo.evaluate` counts);
+        `None` without an expected answer."""
+        return None if self.expected is None else self.text.strip() == self.expected.strip()
+
 
 # --------------------------------------------------------------------------------------------- arguments
 
@@ -95,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Chat: earlier exchanges kept in the prompt (default 0: the demo model was trained "
                         "on single questions).")
     parser.add_argument("--no-builtin", action="store_true", help="Skip the built-in held-out questions.")
+    parser.add_argument("--questions", type=int, default=DEFAULT_QUESTIONS,
+                        help=f"Built-in held-out questions to draw at random (default {DEFAULT_QUESTIONS}).")
+    parser.add_argument("--question-seed", type=int, default=QUESTION_SEED,
+                        help=f"Seed of that draw (default {QUESTION_SEED}); another seed shows other questions.")
     parser.add_argument("--no-live", action="store_true", help="Do not show the denoising canvas.")
     parser.add_argument("--plot", default=DEFAULT_PLOT, help="PNG of the commit step of every answer position "
                         f"(default {DEFAULT_PLOT}); 'none' disables it.")
@@ -265,8 +279,7 @@ def print_answer(answer: Answer, budget: int) -> None:
     print(f"        forward passes (nfe): {answer.nfe} | answer length: {len(answer.token_ids)} tokens "
           f"(budget {budget}) | {end}")
     if answer.expected is not None:
-        verdict = "correct" if answer.text.strip() == answer.expected else "wrong"
-        print(f"        expected: {answer.expected} ({verdict})")
+        print(f"        expected: {answer.expected} ({'right' if answer.right else 'wrong'})")
     sys.stdout.flush()
 
 
@@ -284,11 +297,27 @@ def ask(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, messages: li
 # --------------------------------------------------------------------------------------------- modes
 
 
-def builtin_questions() -> list[tuple[str, str]]:
-    """(prompt, expected answer) of one held-out problem per task of `BUILTIN_TASKS` (see `demo/data.py`)."""
-    from demo.data import make_examples
+def builtin_questions(count: int = DEFAULT_QUESTIONS, seed: int = QUESTION_SEED) -> list[tuple[str, str]]:
+    """(prompt, expected answer) of `count` held-out questions (see `demo/data.py`) drawn at random with `seed` from
+    a pool of `QUESTION_POOL_PER_TASK` per task, so that what the demo shows is a fair sample, not a chosen one."""
+    import random
 
-    return [(e.prompt, e.response) for e in make_examples("heldout", len(BUILTIN_TASKS), tasks=BUILTIN_TASKS)]
+    from demo.data import TASKS, make_examples
+
+    pool = make_examples("heldout", QUESTION_POOL_PER_TASK * len(TASKS), seed=seed)
+    return [(e.prompt, e.response) for e in random.Random(seed).sample(pool, min(count, len(pool)))]
+
+
+def measured_accuracy(folder: Path) -> str | None:
+    """A line with the exact match `python -m demo.evaluate` measured for the model in `folder`, with the command
+    that measured it; `None` when the folder has no `eval_results.json` (or one that cannot be read)."""
+    try:
+        results = json.loads((folder / RESULTS_FILE).read_text())
+        overall = results["summary"]["all"]
+        return (f"Measured on {overall['questions']} held-out questions: {overall['exact_match']:.1%} exact match "
+                f"(`{results['command']}`, {folder / RESULTS_FILE}).")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def run_prompts(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, questions: list[tuple[str, str | None]],
@@ -378,7 +407,7 @@ def main(argv: list[str] | None = None) -> list[Answer]:
     """Runs the demo (see the module docstring); returns the answers."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    for name in ("chat_history", "threads"):
+    for name in ("chat_history", "threads", "questions"):
         minimum = 0 if name == "chat_history" else 1
         if getattr(args, name) < minimum:
             parser.error(f"--{name.replace('_', '-')} must be >= {minimum}, got {getattr(args, name)}.")
@@ -407,8 +436,14 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[Answe
     if args.chat:
         answers = run_chat(model, tokenizer, settings, live, generator, args.chat_history)
     else:
-        questions = ([] if args.no_builtin else builtin_questions()) + [(p, None) for p in args.prompts]
+        builtin = [] if args.no_builtin else builtin_questions(args.questions, args.question_seed)
+        questions = builtin + [(p, None) for p in args.prompts]
         answers = run_prompts(model, tokenizer, questions, settings, live, generator)
+        if builtin:
+            right = sum(bool(answer.right) for answer in answers[: len(builtin)])
+            print(f"\n{right} of {len(builtin)} held-out questions right here "
+                  f"(drawn with --question-seed {args.question_seed}).")
+            print(measured_accuracy(folder) or "No measured accuracy for this model: run `python -m demo.evaluate`.")
     if args.plot.lower() != "none" and any(answer.history for answer in answers):
         print(f"\nDenoising picture written to {plot_history(answers, Path(args.plot))}")
     return answers

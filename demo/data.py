@@ -283,6 +283,45 @@ TASKS: dict[str, Task] = {
     )
 }
 
+# A fact table the demo model never sees (not in `TASKS`, not in the pre-training corpus): the notebook teaches it
+# by fine-tuning and measures the gain on wordings held out from that fine-tuning. The answers are words the demo
+# tokenizer has as single tokens (other colour words split into pieces the model never produced).
+COLOURS = {
+    "apple": "red", "rose": "red", "tomato": "red", "strawberry": "red", "grass": "green", "leaf": "green",
+    "frog": "green", "lime": "green", "sky": "blue", "sea": "blue", "ocean": "blue", "sapphire": "blue",
+}
+COLOUR_TEMPLATES = (
+    "What colour is the {x}?", "Which colour does the {x} have?", "Tell me the colour of the {x}.",
+    "Name the colour of the {x}.", "The {x} is what colour?", "What is the colour of the {x}?",
+)
+NEW_FACT_TASK = Task(
+    "colour", _fact_maker(COLOURS, COLOUR_TEMPLATES, "colour"), _table_perturber(COLOURS), FACT_HELDOUT_PERCENT
+)
+
+
+def new_fact_examples(split: str) -> list[Example]:
+    """Every (fact, wording) question of the `COLOURS` table in `split`, in a fixed order.
+
+    The table is not one of `TASKS`: the demo model never saw it, so it is something a fine-tuning run can teach.
+    As for the other fact tables, a held-out question asks a fact of the table in a wording that the fine-tuning
+    data never used for that fact.
+
+    Args:
+        split (`str`): `"train"` or `"heldout"`.
+
+    Returns:
+        `list[Example]`: The questions of that split, by fact then wording.
+    """
+    _check_request(split, 0, tuple(TASKS))
+    examples = []
+    for thing, colour in sorted(COLOURS.items()):
+        for template in COLOUR_TEMPLATES:
+            prompt = template.format(x=thing)
+            key = f"colour:{prompt}"
+            if is_heldout(key, NEW_FACT_TASK.heldout_percent) == (split == "heldout"):
+                examples.append(Example("colour", prompt, colour, key))
+    return examples
+
 
 def is_heldout(split_key: str, percent: int = HELDOUT_PERCENT) -> bool:
     """Whether the problem named `split_key` belongs to the held-out split.
@@ -448,5 +487,5 @@ def corpus_fingerprint(texts: list[str]) -> str:
 __all__ = [
     "DEMO_SEED", "HELDOUT_PERCENT", "FACT_HELDOUT_PERCENT", "NUM_CHOICES", "TASKS", "Example",
     "MultipleChoiceItem", "Task", "is_heldout", "example_is_heldout", "make_examples", "make_multiple_choice",
-    "to_messages", "fact_sentences", "pretraining_texts", "tokenizer_texts", "corpus_fingerprint",
+    "to_messages", "COLOURS", "new_fact_examples", "fact_sentences", "pretraining_texts", "tokenizer_texts", "corpus_fingerprint",
 ]

@@ -2,7 +2,8 @@
 
 A build run with `--save_steps N` (`python -m demo.build_demo_model --save_steps 750 ...`) leaves `checkpoint-*`
 folders in its SFT stage folder. This script answers the same held-out questions with each of them and writes one
-JSON line per checkpoint (step, training loss, exact match per task and overall), then plots the curves:
+JSON line per checkpoint (step, training loss, exact match per task and overall), plots the curves and prints
+them as a markdown table:
 
     python -m demo.learning_curves --run runs/demo-build/stage2-sft            # the checkpoints there now
     python -m demo.learning_curves --run runs/demo-build/stage2-sft --watch    # ... and each new one, until the
@@ -112,6 +113,17 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def markdown_table(rows: list[dict]) -> str:
+    """The curves as a markdown table: one row per checkpoint, one column per task (exact match, %)."""
+    header = ["step", "loss", "all", *TASKS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [str(row["step"]), f"{row['loss']:.3f}" if row["loss"] is not None else "-"]
+        cells += [f"{row['exact_match'].get(name, float('nan')):.0%}" for name in ("all", *TASKS)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     args = build_parser().parse_args(argv)
     check_positive_int("--per-task", args.per_task)
@@ -139,6 +151,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             if plot_path is not None:
                 plot(rows, plot_path)
         if not args.watch or (run / "train_results.json").is_file():
+            if rows:
+                print(markdown_table(rows))
             return rows
         time.sleep(POLL_S)
 

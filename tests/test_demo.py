@@ -185,7 +185,7 @@ def test_demo_answers_builtin_and_command_line_prompts(cli, reference, tmp_path,
     answers = cli.main([*_model_args(), "--plot", str(plot), prompt])
     output = capsys.readouterr().out
     printed = _answers(output)
-    assert len(printed) == len(answers) == len(cli.BUILTIN_TASKS) + 1
+    assert len(printed) == len(answers) == cli.DEFAULT_QUESTIONS + 1
     model, tokenizer = reference
     settings = json.loads((_model_dir() / "generation_config.json").read_text())
     for (text, (nfe, length, budget, stopped)), answer in zip(printed, answers):
@@ -220,6 +220,49 @@ def _check_against_own_generate(reference, prompt: str, answer) -> None:
         row = row[:end]
     assert answer.token_ids == row
     assert answer.text == tokenizer.decode(row, skip_special_tokens=False).strip()  # the leading space stripped
+
+
+def test_builtin_questions_are_a_seeded_random_sample_of_the_heldout_split(cli):
+    from demo.data import TASKS, example_is_heldout, make_examples
+
+    pool = make_examples("heldout", cli.QUESTION_POOL_PER_TASK * len(TASKS), seed=0)
+    by_prompt = {example.prompt: example for example in pool}
+    drawn = cli.builtin_questions(8, seed=0)
+    assert drawn == cli.builtin_questions(8, seed=0)  # fixed seed: the same questions every run
+    assert len({prompt for prompt, _ in drawn}) == 8
+    assert all(prompt in by_prompt and by_prompt[prompt].response == answer for prompt, answer in drawn)
+    assert all(example_is_heldout(by_prompt[prompt]) for prompt, _ in drawn)
+    assert [prompt for prompt, _ in drawn] != [example.prompt for example in pool[:8]]  # not the pool's order
+    assert cli.builtin_questions(8, seed=1) != drawn
+
+
+@needs_model
+def test_demo_marks_each_answer_and_agrees_with_the_measured_accuracy(cli, reference, capsys):
+    """Each verdict is what an independent `generate` + compare gives; the printed accuracy is the one
+    `demo.evaluate` measured (eval_results.json), and the demo's own share of right answers is consistent with it."""
+    count = 12
+    answers = cli.main([*_model_args(), "--no-live", "--plot", "none", "--questions", str(count),
+                        "--question-seed", "3"])
+    output = capsys.readouterr().out
+    verdicts = re.findall(r"^        expected: (.*) \((right|wrong)\)$", output, re.MULTILINE)
+    assert len(verdicts) == len(answers) == count
+    questions = cli.builtin_questions(count, seed=3)
+    model, tokenizer = reference
+    for (prompt, expected), (printed_expected, verdict), answer in zip(questions, verdicts, answers):
+        assert printed_expected == expected
+        _check_against_own_generate(reference, prompt, answer)
+        assert verdict == ("right" if answer.text == expected else "wrong")
+    right = sum(verdict == "right" for _, verdict in verdicts)
+    assert f"{right} of {count} held-out questions right here" in output
+    results_file = _model_dir() / "eval_results.json"
+    if not results_file.is_file():
+        assert "No measured accuracy" in output
+        return
+    measured = json.loads(results_file.read_text())["summary"]["all"]
+    assert f"Measured on {measured['questions']} held-out questions: {measured['exact_match']:.1%} exact match" in output
+    # The sample agrees with the measured rate (3 binomial standard deviations, plus one question of rounding).
+    p = measured["exact_match"]
+    assert abs(right / count - p) <= 3 * (p * (1 - p) / count) ** 0.5 + 1 / count, (right, count, p)
 
 
 @needs_model
@@ -271,5 +314,5 @@ def test_readme_command_runs_as_a_script(cli, tmp_path):
     result = subprocess.run([sys.executable, str(DEMO_SCRIPT), *_model_args(), "--plot", str(plot)],
                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert len(_answers(result.stdout)) == len(cli.BUILTIN_TASKS) and "Denoising picture written" in result.stdout
+    assert len(_answers(result.stdout)) == cli.DEFAULT_QUESTIONS and "Denoising picture written" in result.stdout
     _check_png(plot)

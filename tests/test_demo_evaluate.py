@@ -23,8 +23,10 @@ SHIPPED = REPO / "illada-demo"
 EOS = 2
 JUNK = [7, 8, 9]  # ordinary tokens written after EOS: they must not count
 # Reproduction tolerance of the slow test: a rebuild on another machine or thread count takes other float
-# round-offs, so its exact match may move by a few questions of the 144 evaluated.
+# round-offs (and the training masks with them), so its exact match may move by several of the 300 questions
+# evaluated; each task's by a few of its 25.
 REBUILD_TOLERANCE = 0.05
+TASK_REBUILD_TOLERANCE = 0.2
 
 
 @pytest.fixture(scope="module")
@@ -130,17 +132,22 @@ def test_committed_results_match_the_readme():
 
 @pytest.mark.slow
 def test_rebuild_reproduces_the_committed_quality(tmp_path):
-    """Runs the whole recipe (about 30 minutes on 2 CPU cores) and compares its held-out figures with the
-    committed model's, within `REBUILD_TOLERANCE`."""
+    """Runs the whole recipe (about 1 h 45 min on 2 idle CPU cores, see build_info.json) and compares its held-out
+    figures with the committed model's: overall within `REBUILD_TOLERANCE`, each task within
+    `TASK_REBUILD_TOLERANCE`."""
     from demo.build_demo_model import BuildArguments, build
 
     committed = json.loads((SHIPPED / "build_info.json").read_text())["arguments"]
     arguments = {k: v for k, v in committed.items() if k in BuildArguments.__dataclass_fields__}
     arguments.update(output_dir=str(tmp_path / "model"), work_dir=str(tmp_path / "work"))
     folder = build(BuildArguments(**arguments))
-    rebuilt = ev.main(["--model", str(folder), "--trust-remote-code", "--output", "none"])["summary"]["all"]
-    expected = json.loads((SHIPPED / ev.RESULTS_FILE).read_text())["summary"]["all"]
+    summary = ev.main(["--model", str(folder), "--trust-remote-code", "--output", "none"])["summary"]
+    committed_summary = json.loads((SHIPPED / ev.RESULTS_FILE).read_text())["summary"]
+    rebuilt, expected = summary["all"], committed_summary["all"]
     assert rebuilt["exact_match"] == pytest.approx(expected["exact_match"], abs=REBUILD_TOLERANCE)
+    for task in TASKS:
+        assert summary[task]["exact_match"] == pytest.approx(committed_summary[task]["exact_match"],
+                                                             abs=TASK_REBUILD_TOLERANCE), task
     for method in ev.SCORING_METHODS:
         assert rebuilt["mc_accuracy"][method] == pytest.approx(expected["mc_accuracy"][method], abs=REBUILD_TOLERANCE)
     shutil.rmtree(tmp_path / "work", ignore_errors=True)

@@ -67,6 +67,9 @@ def test_exact_match_equals_an_independent_generate_loop_and_checkpoints_are_mea
     assert row["exact_match"]["all"] == pytest.approx(sum(right.values()) / len(TASKS), abs=1e-4)
     assert json.loads(output.read_text()) == row
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = learning_curves.markdown_table([row]).splitlines()
+    assert table[0].split(" | ")[:3] == ["| step", "loss", "all"] and len(table) == 3
+    assert table[2].startswith(f"| 7 | 2.000 | {row['exact_match']['all']:.0%} | ")
     assert learning_curves.main(argv) == [row]  # measured once: a second run reads it back
     assert len(output.read_text().splitlines()) == 1
 
