@@ -269,3 +269,21 @@ def test_examples_are_reproducible_with_a_fresh_rng_state():
     first = make_examples("train", 40)
     random.seed(7)
     assert make_examples("train", 40) == first
+
+
+def test_new_fact_table_is_unseen_by_the_demo_and_split_by_wording():
+    from demo.data import COLOUR_TEMPLATES, COLOURS, TASKS, fact_sentences, new_fact_examples
+
+    train, heldout = new_fact_examples("train"), new_fact_examples("heldout")
+    questions = {(thing, template.format(x=thing)) for thing in COLOURS for template in COLOUR_TEMPLATES}
+    assert {e.prompt for e in train} | {e.prompt for e in heldout} == {prompt for _, prompt in questions}
+    assert not {e.prompt for e in train} & {e.prompt for e in heldout}
+    assert heldout and all(e.response == COLOURS[next(t for t in COLOURS if f" {t}" in e.prompt)] for e in heldout)
+    for thing in COLOURS:  # every fact can be learned: at least one training wording asks it
+        assert any(f"the {thing} " in e.prompt + " " or f"the {thing}?" in e.prompt or f"the {thing}." in e.prompt
+                   for e in train), thing
+    assert "colour" not in TASKS
+    corpus = " ".join(fact_sentences()).lower()
+    assert "colour" not in corpus and all(f"the {thing} is" not in corpus for thing in COLOURS)
+    with pytest.raises(ValueError, match="split"):
+        new_fact_examples("test")
