@@ -137,6 +137,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     plot_path = None if args.plot == "none" else Path(args.plot) if args.plot else run / PLOT_FILE
     rows = [json.loads(line) for line in output.read_text().splitlines()] if output.is_file() else []
     while True:
+        finished = (run / "train_results.json").is_file()  # read before the pass: the last pass sees every checkpoint
         done = {row["step"] for row in rows}
         for step, folder in checkpoints(run):
             if step in done:
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             rows.sort(key=lambda r: r["step"])
             if plot_path is not None:
                 plot(rows, plot_path)
-        if not args.watch or (run / "train_results.json").is_file():
+        if not args.watch or finished:
             if rows:
                 print(markdown_table(rows))
             return rows

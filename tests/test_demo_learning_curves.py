@@ -49,7 +49,8 @@ def test_exact_match_equals_an_independent_generate_loop_and_checkpoints_are_mea
     _state(checkpoint, [(5, 2.5), (7, 1.5)])
     output, plot = tmp_path / "curves.jsonl", tmp_path / "curves.png"
     argv = ["--run", str(tmp_path), "--per-task", "1", "--seed", "3", "--output", str(output), "--plot", str(plot)]
-    (row,) = learning_curves.main(argv)
+    (tmp_path / "train_results.json").write_text("{}")  # a finished run: --watch makes one last pass and returns
+    (row,) = learning_curves.main([*argv, "--watch"])
 
     model = AutoModelForCausalLM.from_pretrained(SHIPPED, trust_remote_code=True).eval()
     model.generation_config.block_length = 32
