@@ -1,6 +1,6 @@
 """Builds the small iLLaDA demo model shipped in `illada-demo/`, through the paper's two training stages.
 
-Run from the repository root (fixed seeds, no network; with the defaults about BUILD_TIME on 2 CPU cores,
+Run from the repository root (fixed seeds, no network; with the defaults about 1 h 50 min on 2 CPU cores,
 measured in `illada-demo/build_info.json`; on cores busy with other work use `--num_threads 1` and expect it to
 take longer):
 
