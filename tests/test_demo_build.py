@@ -60,7 +60,7 @@ def test_written_data_hold_only_the_training_split(tmp_path):
     assert len(rows) == 600
     heldout_prompts = {e.prompt for e in make_examples("heldout", 240)}
     assert not heldout_prompts & {row["prompt"] for row in rows}
-    examples = make_examples("train", 600, seed=args.seed)
+    examples = make_examples("train", 600, seed=args.seed, tasks=args.weighted_tasks())
     assert [(r["prompt"], r["response"]) for r in rows] == [(e.prompt, e.response) for e in examples]
     assert not any(example_is_heldout(e) for e in examples)
     texts = [json.loads(line)["text"] for line in Path(files["pretrain"]).read_text().splitlines()]
