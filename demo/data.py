@@ -487,5 +487,6 @@ def corpus_fingerprint(texts: list[str]) -> str:
 __all__ = [
     "DEMO_SEED", "HELDOUT_PERCENT", "FACT_HELDOUT_PERCENT", "NUM_CHOICES", "TASKS", "Example",
     "MultipleChoiceItem", "Task", "is_heldout", "example_is_heldout", "make_examples", "make_multiple_choice",
-    "to_messages", "COLOURS", "new_fact_examples", "fact_sentences", "pretraining_texts", "tokenizer_texts", "corpus_fingerprint",
+    "to_messages", "COLOURS", "COLOUR_TEMPLATES", "new_fact_examples", "fact_sentences", "pretraining_texts",
+    "tokenizer_texts", "corpus_fingerprint",
 ]
