@@ -137,7 +137,9 @@ class BuildArguments:
         check_range("warmup_ratio", self.warmup_ratio, 0, 1, high_open=True)
         check_positive_int("num_threads", self.num_threads, allow_none=True)
         if not isinstance(self.save_steps, int) or isinstance(self.save_steps, bool) or self.save_steps < 0:
-            raise ValueError(f"`save_steps` must be a non-negative integer (0: no checkpoints), got {self.save_steps!r}.")
+            raise ValueError(
+                f"`save_steps` must be a non-negative integer (0: no checkpoints), got {self.save_steps!r}."
+            )
         self.weighted_tasks()  # checks `task_weights`
         if self.smoke:
             self.pretrain_steps = self.sft_steps = SMOKE_STEPS
@@ -208,7 +210,8 @@ def stage_command(args: BuildArguments, stage: str, model_flag: list[str], train
         "--max_seq_length": args.max_seq_length, "--per_device_train_batch_size": args.batch_size,
         "--max_steps": steps, "--learning_rate": lr, "--min_lr": min_lr,
         "--warmup_steps": max(1, round(args.warmup_ratio * steps)), "--seed": args.seed, "--data_seed": args.seed,
-        "--save_strategy": "steps" if args.save_steps else "no", "--logging_steps": max(1, min(50, steps // 10)), "--report_to": "none",
+        "--save_strategy": "steps" if args.save_steps else "no", "--logging_steps": max(1, min(50, steps // 10)),
+        "--report_to": "none",
         "--dtype": "float32", "--max_grad_norm": 1.0,
     }
     if args.save_steps:

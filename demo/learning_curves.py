@@ -42,12 +42,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--run", required=True, help="A training output folder holding `checkpoint-*` folders.")
     parser.add_argument("--per-task", type=int, default=DEFAULT_PER_TASK,
                         help=f"Held-out questions per task (default {DEFAULT_PER_TASK}).")
-    parser.add_argument("--seed", type=int, default=CURVE_SEED, help=f"Seed of the held-out draws (default {CURVE_SEED}).")
+    parser.add_argument("--seed", type=int, default=CURVE_SEED,
+                        help=f"Seed of the held-out draws (default {CURVE_SEED}).")
     parser.add_argument("--block-length", type=int, default=32, help="Generation block length (default 32).")
     parser.add_argument("--output", default=None, help=f"JSON-lines file (default: <run>/{CURVES_FILE}).")
-    parser.add_argument("--plot", default=None, help=f"PNG of the curves (default: <run>/{PLOT_FILE}); 'none': no plot.")
+    parser.add_argument("--plot", default=None,
+                        help=f"PNG of the curves (default: <run>/{PLOT_FILE}); 'none': no plot.")
     parser.add_argument("--watch", action="store_true",
-                        help="Keep polling for new checkpoints until the run's final model (train_results.json) exists.")
+                        help="Keep polling for new checkpoints until the run's final model "
+                        "(train_results.json) exists.")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads of torch (default 1).")
     return parser
 
