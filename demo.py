@@ -33,6 +33,7 @@ import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import ModelOutput
 
+from demo.evaluate import RESULTS_FILE  # the file `python -m demo.evaluate` writes into the model folder
 from demo.loading import encode, load_model
 
 REPO_ROOT = Path(__file__).resolve().parent
@@ -43,7 +44,6 @@ DEFAULT_PLOT = "outputs/denoising.png"
 DEFAULT_QUESTIONS = 4
 QUESTION_SEED = 0
 QUESTION_POOL_PER_TASK = 10  # held-out questions per task the random draw picks from
-RESULTS_FILE = "eval_results.json"  # written by `python -m demo.evaluate` into the model folder
 MASK_SYMBOL = "░"  # one per still-masked position in the live view
 FALLBACK_MASK_SYMBOL = "_"  # when the terminal's encoding has no `░`
 AFTER_STOP_SYMBOL = "."  # a position after the answer's stop token: decoded, but not part of the answer

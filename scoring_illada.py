@@ -590,5 +590,4 @@ def _split_by_question(result: ContinuationScores, sizes: list[int]) -> list[Cho
 
 
 __all__ = ["ILLaDAScoringMixin", "ChoiceScores", "ContinuationScores", "MAX_CFG_SCALE", "confidence_scores",
-           "likelihood_scores",
-           "stratified_mask_counts", "random_subset_mask"]
+           "likelihood_scores", "stratified_mask_counts", "random_subset_mask"]

@@ -58,7 +58,7 @@ from transformers import HfArgumentParser
 
 from configuration_illada import ILLaDAConfig
 from generation_illada import ILLaDAGenerationConfig
-from utils_illada import check_positive_int, check_range
+from utils_illada import check_non_negative_int, check_positive_int, check_range
 from demo.data import DEMO_SEED, TASKS, corpus_fingerprint, make_examples, pretraining_texts, tokenizer_texts
 from demo.tokenizer import train_tokenizer
 
@@ -136,10 +136,7 @@ class BuildArguments:
                              f"{self.max_position_embeddings}.")
         check_range("warmup_ratio", self.warmup_ratio, 0, 1, high_open=True)
         check_positive_int("num_threads", self.num_threads, allow_none=True)
-        if not isinstance(self.save_steps, int) or isinstance(self.save_steps, bool) or self.save_steps < 0:
-            raise ValueError(
-                f"`save_steps` must be a non-negative integer (0: no checkpoints), got {self.save_steps!r}."
-            )
+        check_non_negative_int("save_steps", self.save_steps)  # 0: no checkpoints
         self.weighted_tasks()  # checks `task_weights`
         if self.smoke:
             self.pretrain_steps = self.sft_steps = SMOKE_STEPS
