@@ -1,6 +1,6 @@
 """Builds the small iLLaDA demo model shipped in `illada-demo/`, through the paper's two training stages.
 
-Run from the repository root (fixed seeds, no network; with the defaults about 1 h 50 min on 2 CPU cores,
+Run from the repository root (fixed seeds, no network; with the defaults about 1 h 30 min on 2 CPU cores,
 measured in `illada-demo/build_info.json`; on cores busy with other work use `--num_threads 1` and expect it to
 take longer):
 
@@ -35,9 +35,12 @@ machine for the first recipe: hidden 128 / 4 layers (1.05M parameters, 4.0 MB) 0
 by -5% / 0 / +15%. Measured again on the day of the second recipe (the same machine type, shared): 128 / 4 0.37 s,
 128 / 6 0.54 s, 192 / 6 0.88 s. Within the 2-hour budget that is 15,000+ steps at 128 / 4 but 7,000 at 192 / 6,
 and the first recipe's learning curves said steps were what it lacked (see the README's "Demo" section), so the
-size stayed and the steps doubled. Windows of 16 x 256 cost 5-15% more than 32 x 128, packed-document masks 0-5%
-more. On a machine whose two cores are shared with other work, two torch threads run 3-7x slower than on an idle
-machine and one thread about 2x slower: build with `--num_threads 1` there.
+size stayed. The second recipe's curves (15,000 steps, constant LR, decay over the last 10%) showed the training
+loss flat at 1.11-1.13 from step 9,000 to 13,000 and most of the held-out gain in the final decay, so the third
+recipe (the defaults) decays the learning rate linearly from the end of the warmup (`sft_decay_fraction` 1.0) over
+13,000 steps (1 h 30 min, 0.41 s per step). Windows of 16 x 256 cost 5-15% more than 32 x 128, packed-document
+masks 0-5% more. On a machine whose two cores are shared with other work, two torch threads run 3-7x slower than
+on an idle machine and one thread about 2x slower: build with `--num_threads 1` there.
 """
 
 import hashlib
@@ -103,9 +106,12 @@ class BuildArguments:
     pretrain_steps: int = field(default=150, metadata={"help": "Stage-1 optimizer steps."})
     pretrain_learning_rate: float = field(default=2e-3, metadata={"help": "Stage-1 peak learning rate."})
     pretrain_min_lr: float = field(default=1e-4, metadata={"help": "Stage-1 floor of the cosine decay."})
-    sft_steps: int = field(default=15_000, metadata={"help": "Stage-2 optimizer steps."})
+    sft_steps: int = field(default=13_000, metadata={"help": "Stage-2 optimizer steps."})
     sft_learning_rate: float = field(default=3e-3, metadata={"help": "Stage-2 peak learning rate."})
-    sft_min_lr: float = field(default=1e-4, metadata={"help": "Stage-2 floor of the linear decay."})
+    sft_min_lr: float = field(default=3e-5, metadata={"help": "Stage-2 floor of the linear decay."})
+    sft_decay_fraction: float = field(default=1.0, metadata={
+        "help": "Share of the stage-2 steps, at the end, over which the learning rate decays linearly to "
+                "`sft_min_lr` (train_sft.py `--decay_fraction`; the paper: 0.1). 1: decay right after the warmup."})
     sft_examples: int = field(default=200_000, metadata={"help": "Training-split examples written for SFT."})
     warmup_ratio: float = field(default=0.05, metadata={"help": "Share of each stage's steps spent warming up."})
     generation_block_length: int = field(default=32, metadata={
@@ -135,6 +141,7 @@ class BuildArguments:
             raise ValueError(f"`max_seq_length`={self.max_seq_length} exceeds `max_position_embeddings`="
                              f"{self.max_position_embeddings}.")
         check_range("warmup_ratio", self.warmup_ratio, 0, 1, high_open=True)
+        check_range("sft_decay_fraction", self.sft_decay_fraction, 0, 1)
         check_positive_int("num_threads", self.num_threads, allow_none=True)
         check_non_negative_int("save_steps", self.save_steps)  # 0: no checkpoints
         self.weighted_tasks()  # checks `task_weights`
@@ -213,6 +220,8 @@ def stage_command(args: BuildArguments, stage: str, model_flag: list[str], train
     }
     if args.save_steps:
         flags["--save_steps"] = args.save_steps
+    if stage == "sft":
+        flags["--decay_fraction"] = args.sft_decay_fraction
     command = [sys.executable, str(TRAIN_SCRIPT), *model_flag, "--use_cpu"]
     command.append("--resume" if args.resume else "--overwrite_output_dir")
     if args.stratified_t:

@@ -49,6 +49,10 @@ def test_stage_commands_follow_the_two_stage_recipe(tmp_path):
     for flags in (pretrain, sft):
         assert "--use_cpu" in flags and flags["--seed"] == str(args.seed)
         assert "--stratified_t" in flags
+    # the SFT decay length is the build's own knob; the pre-training stage keeps train_sft.py's default
+    assert float(sft["--decay_fraction"]) == args.sft_decay_fraction and "--decay_fraction" not in pretrain
+    half = BuildArguments(work_dir=str(tmp_path), sft_decay_fraction=0.5)
+    assert _flags(stage_command(half, "sft", [], "s.jsonl", tmp_path / "s2"))["--decay_fraction"] == "0.5"
     plain = BuildArguments(work_dir=str(tmp_path), stratified_t=False)
     assert "--stratified_t" not in stage_command(plain, "sft", [], "s.jsonl", tmp_path / "s2")
 
@@ -135,6 +139,8 @@ def test_task_weights_set_the_share_of_each_task(tmp_path):
         (dict(hidden_size=1.5), "`hidden_size`"),
         (dict(max_seq_length=1024), "`max_seq_length`"),
         (dict(warmup_ratio=1.0), "`warmup_ratio`"),
+        (dict(sft_decay_fraction=1.5), "`sft_decay_fraction`"),
+        (dict(sft_decay_fraction=float("nan")), "`sft_decay_fraction`"),
         (dict(num_threads=0), "`num_threads`"),
     ],
 )
