@@ -275,13 +275,14 @@ def test_new_fact_table_is_unseen_by_the_demo_and_split_by_wording():
     from demo.data import COLOUR_TEMPLATES, COLOURS, TASKS, fact_sentences, new_fact_examples
 
     train, heldout = new_fact_examples("train"), new_fact_examples("heldout")
-    questions = {(thing, template.format(x=thing)) for thing in COLOURS for template in COLOUR_TEMPLATES}
-    assert {e.prompt for e in train} | {e.prompt for e in heldout} == {prompt for _, prompt in questions}
+    # every (thing, wording) question, written out here: prompt -> (thing, colour)
+    questions = {template.format(x=thing): (thing, colour)
+                 for thing, colour in COLOURS.items() for template in COLOUR_TEMPLATES}
+    assert {e.prompt for e in train} | {e.prompt for e in heldout} == set(questions)
     assert not {e.prompt for e in train} & {e.prompt for e in heldout}
-    assert heldout and all(e.response == COLOURS[next(t for t in COLOURS if f" {t}" in e.prompt)] for e in heldout)
-    for thing in COLOURS:  # every fact can be learned: at least one training wording asks it
-        assert any(f"the {thing} " in e.prompt + " " or f"the {thing}?" in e.prompt or f"the {thing}." in e.prompt
-                   for e in train), thing
+    assert heldout and all(e.response == questions[e.prompt][1] for e in train + heldout)
+    # every fact can be learned: at least one training wording asks it
+    assert {questions[e.prompt][0] for e in train} == set(COLOURS)
     assert "colour" not in TASKS
     corpus = " ".join(fact_sentences()).lower()
     assert "colour" not in corpus and all(f"the {thing} is" not in corpus for thing in COLOURS)
