@@ -8,9 +8,12 @@ them as a markdown table:
     python -m demo.learning_curves --run runs/demo-build/stage2-sft            # the checkpoints there now
     python -m demo.learning_curves --run runs/demo-build/stage2-sft --watch    # ... and each new one, until the
                                                                                # stage's final model is written
+    python -m demo.learning_curves --run runs/demo-build/stage3-focus --step-offset 13000   # a stage that continues
+                                                                               # another: steps counted from its start
 
 Checkpoints already in the output file are skipped, so the command can be re-run or left watching beside the build
-(one torch thread by default, so that it takes little from the training run). The questions are drawn from the
+(one torch thread by default, so that it takes little from the training run); with `--watch` it may be started
+before the build has created the stage folder, and waits for it. The questions are drawn from the
 held-out split with `--seed` (default 7), not with `demo.evaluate`'s seed, so the curves used to choose a recipe are
 measured on other questions than the final table.
 """
@@ -27,7 +30,7 @@ import torch
 
 from demo.data import TASKS, make_examples
 from demo.evaluate import generate_one
-from utils_illada import check_positive_int
+from utils_illada import check_non_negative_int, check_positive_int
 
 CURVE_SEED = 7
 DEFAULT_PER_TASK = 8
@@ -49,9 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--plot", default=None,
                         help=f"PNG of the curves (default: <run>/{PLOT_FILE}); 'none': no plot.")
     parser.add_argument("--watch", action="store_true",
-                        help="Keep polling for new checkpoints until the run's final model "
-                        "(train_results.json) exists.")
+                        help="Keep polling for new checkpoints (and for the folder itself, if the build has not "
+                        "created it yet) until the run's final model (train_results.json) exists.")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads of torch (default 1).")
+    parser.add_argument("--step-offset", type=int, default=0,
+                        help="Added to every checkpoint's step, for a stage that continues another (stage 3 of the "
+                        "build: the steps of stage 2); default 0.")
     return parser
 
 
@@ -132,9 +138,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     check_positive_int("--per-task", args.per_task)
     check_positive_int("--threads", args.threads)
     check_positive_int("--block-length", args.block_length)
+    check_non_negative_int("--step-offset", args.step_offset)
     run = Path(args.run)
     if not run.is_dir():
-        sys.exit(f"error: no training folder at {run}")
+        if not args.watch:
+            sys.exit(f"error: no training folder at {run}")
+        print(f"Waiting for {run} to be created (--watch).", flush=True)
     torch.set_num_threads(args.threads)
     output = Path(args.output) if args.output else run / CURVES_FILE
     plot_path = None if args.plot == "none" else Path(args.plot) if args.plot else run / PLOT_FILE
@@ -142,14 +151,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     while True:
         finished = (run / "train_results.json").is_file()  # read before the pass: the last pass sees every checkpoint
         done = {row["step"] for row in rows}
-        for step, folder in checkpoints(run):
-            if step in done:
+        for step, folder in checkpoints(run):  # none while the folder does not exist
+            if step + args.step_offset in done:
                 continue
             row = measure(folder, step, args.per_task, args.seed, args.block_length)
+            row["step"] += args.step_offset
             rows.append(row)
             with output.open("a") as handle:
                 handle.write(json.dumps(row) + "\n")
-            print(f"step {step:6d}  loss {row['loss']}  " + "  ".join(
+            print(f"step {row['step']:6d}  loss {row['loss']}  " + "  ".join(
                 f"{task} {value:.0%}" for task, value in row["exact_match"].items()), flush=True)
             rows.sort(key=lambda r: r["step"])
             if plot_path is not None:

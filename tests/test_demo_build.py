@@ -8,10 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from demo import build_demo_model
 from demo.build_demo_model import (
     EXPORTED_FILES,
+    STAGE_RECORD,
     BuildArguments,
     export_model,
+    run_or_reuse_stage,
     stage_command,
     write_data,
     write_model_config,
@@ -55,6 +58,61 @@ def test_stage_commands_follow_the_two_stage_recipe(tmp_path):
     assert _flags(stage_command(half, "sft", [], "s.jsonl", tmp_path / "s2"))["--decay_fraction"] == "0.5"
     plain = BuildArguments(work_dir=str(tmp_path), stratified_t=False)
     assert "--stratified_t" not in stage_command(plain, "sft", [], "s.jsonl", tmp_path / "s2")
+
+
+def test_focus_stage_is_an_sft_stage_with_its_own_steps_and_learning_rates(tmp_path):
+    args = BuildArguments(work_dir=str(tmp_path), focus_steps=300, focus_learning_rate=5e-4, focus_min_lr=1e-5,
+                          warmup_ratio=0.1, sft_decay_fraction=0.5)
+    focus = _flags(stage_command(args, "focus", ["--model_name_or_path", "s2"], "f.jsonl", tmp_path / "s3"))
+    assert focus["--model_name_or_path"] == "s2" and focus["--train_files"] == "f.jsonl"
+    assert (focus["--data_format"], focus["--lr_schedule"]) == ("sft", "sft")
+    assert (focus["--max_steps"], focus["--warmup_steps"], focus["--decay_fraction"]) == ("300", "30", "0.5")
+    assert float(focus["--learning_rate"]) == 5e-4 and float(focus["--min_lr"]) == 1e-5
+
+
+def test_focus_data_are_new_training_draws_in_their_own_mix(tmp_path):
+    from collections import Counter
+
+    from demo.data import TASKS
+
+    args = BuildArguments(work_dir=str(tmp_path), sft_examples=len(TASKS) * 10, focus_steps=5,
+                          focus_task_weights="count_up:4", focus_examples=(len(TASKS) + 3) * 10)
+    files = write_data(args, tmp_path)
+    sft, focus = ([json.loads(line) for line in Path(files[name]).read_text().splitlines()] for name in ("sft", "focus"))
+    assert Counter(row["task"] for row in focus) == {**dict.fromkeys(TASKS, 10), "count_up": 40}
+    examples = [e for e in make_examples("heldout", len(TASKS) * 20) if e.task == "count_up"]
+    assert not {row["prompt"] for row in focus} & {e.prompt for e in examples}
+    # the next seed's draws, not the start of the stage-2 file again
+    assert [row["prompt"] for row in focus[:len(TASKS)]] != [row["prompt"] for row in sft[:len(TASKS)]]
+    assert "focus" not in write_data(BuildArguments(work_dir=str(tmp_path), sft_examples=12, focus_steps=0), tmp_path)
+
+
+def test_resume_reuses_a_finished_stage_only_when_its_command_is_the_same(tmp_path, monkeypatch):
+    runs = []
+
+    def fake_run_stage(command, log_path, num_threads=None):
+        runs.append(command)
+        (output / "train_results.json").write_text(json.dumps({"train_loss": 0.5 + len(runs)}))
+        return 10.0 * len(runs)
+
+    monkeypatch.setattr(build_demo_model, "run_stage", fake_run_stage)
+    output = tmp_path / "stage2-sft"
+    output.mkdir()
+    fresh, resumed = BuildArguments(work_dir=str(tmp_path)), BuildArguments(work_dir=str(tmp_path), resume=True)
+    command = stage_command(fresh, "sft", ["--model_name_or_path", "s1"], "s.jsonl", output)
+    first = run_or_reuse_stage(fresh, command, output, tmp_path / "log")
+    assert (first["seconds"], first["train_loss"]) == (10.0, 1.5)
+    assert json.loads((output / STAGE_RECORD).read_text()) == first
+    # the same stage (the resume flag and the interpreter do not count) is not run again, and keeps its time
+    resumed_command = stage_command(resumed, "sft", ["--model_name_or_path", "s1"], "s.jsonl", output)
+    assert run_or_reuse_stage(resumed, ["/other/python", *resumed_command[1:]], output, tmp_path / "log") == first
+    assert len(runs) == 1
+    # another command, or no --resume: the stage runs again
+    longer = BuildArguments(work_dir=str(tmp_path), resume=True, sft_steps=99)
+    second = run_or_reuse_stage(longer, stage_command(longer, "sft", [], "s.jsonl", output), output, tmp_path / "log")
+    assert second["seconds"] == 20.0 and len(runs) == 2
+    run_or_reuse_stage(fresh, command, output, tmp_path / "log")
+    assert len(runs) == 3
 
 
 def test_written_data_hold_only_the_training_split(tmp_path):
@@ -142,6 +200,9 @@ def test_task_weights_set_the_share_of_each_task(tmp_path):
         (dict(sft_decay_fraction=1.5), "`sft_decay_fraction`"),
         (dict(sft_decay_fraction=float("nan")), "`sft_decay_fraction`"),
         (dict(num_threads=0), "`num_threads`"),
+        (dict(focus_steps=-1), "`focus_steps`"),
+        (dict(focus_examples=0), "`focus_examples`"),
+        (dict(focus_task_weights="add:x"), "`focus_task_weights`"),
     ],
 )
 def test_bad_build_arguments_raise(kwargs, match):
@@ -152,18 +213,32 @@ def test_bad_build_arguments_raise(kwargs, match):
 def test_smoke_shrinks_the_run_and_keeps_the_shipped_folder():
     args = BuildArguments(smoke=True, work_dir="somewhere")
     assert args.pretrain_steps == args.sft_steps == 2 and args.sft_examples < 10_000
+    assert args.focus_steps == 0  # the default recipe has no stage 3, nor has its smoke run
+    with_focus = BuildArguments(smoke=True, work_dir="somewhere", focus_steps=500)
+    assert with_focus.focus_steps == 2 and with_focus.focus_examples < 10_000
     assert Path(args.output_dir) == Path("somewhere") / "smoke-model"
 
 
 @pytest.mark.slow
 def test_smoke_build_loads_with_auto_classes(tmp_path):
-    """Both stages run through train_sft.py, and the exported folder loads offline with trust_remote_code."""
+    """All three stages run through train_sft.py, a `--resume` re-run reuses them, and the exported folder loads
+    offline with trust_remote_code."""
     out = tmp_path / "model"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, "-m", "demo.build_demo_model", "--smoke", "--work_dir", str(tmp_path / "work"),
                "--output_dir", str(out), "--hidden_size", "64", "--intermediate_size", "128", "--num_hidden_layers",
-               "2", "--batch_size", "4"]
+               "2", "--batch_size", "4", "--focus_steps", "2"]
     subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True, text=True, timeout=600)
+    first = json.loads((out / "build_info.json").read_text())
+    # a resumed build of the same recipe runs no stage again and reports the times the stages took when they ran
+    rerun = subprocess.run([*command, "--resume"], cwd=REPO, env=env, check=True, capture_output=True, text=True,
+                           timeout=600)
+    assert rerun.stdout.count("not run again") == 3 and "train_sft.py" not in rerun.stdout
+    again = json.loads((out / "build_info.json").read_text())
+    assert set(first["train_loss"]) == {"pretrain", "sft", "focus"} and again["train_loss"] == first["train_loss"]
+    assert {k: v for k, v in again["seconds"].items() if k not in ("data_and_tokenizer_s", "total_s")} == {
+        k: v for k, v in first["seconds"].items() if k not in ("data_and_tokenizer_s", "total_s")}
+    assert again["weights_sha256"] == first["weights_sha256"]
     check = (
         "import sys, torch\n"
         "from transformers import AutoModelForCausalLM, AutoTokenizer\n"

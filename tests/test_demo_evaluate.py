@@ -139,7 +139,7 @@ def test_rebuild_reproduces_the_committed_quality(tmp_path):
 
     committed = json.loads((SHIPPED / "build_info.json").read_text())["arguments"]
     arguments = {k: v for k, v in committed.items() if k in BuildArguments.__dataclass_fields__}
-    arguments.update(output_dir=str(tmp_path / "model"), work_dir=str(tmp_path / "work"))
+    arguments.update(output_dir=str(tmp_path / "model"), work_dir=str(tmp_path / "work"), resume=False)
     folder = build(BuildArguments(**arguments))
     summary = ev.main(["--model", str(folder), "--trust-remote-code", "--output", "none"])["summary"]
     committed_summary = json.loads((SHIPPED / ev.RESULTS_FILE).read_text())["summary"]

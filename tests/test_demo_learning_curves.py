@@ -80,3 +80,32 @@ def test_missing_run_folder_is_a_clear_error(tmp_path):
         learning_curves.main(["--run", str(tmp_path / "nope")])
     with pytest.raises(ValueError, match="--per-task"):
         learning_curves.main(["--run", str(tmp_path), "--per-task", "0"])
+
+
+def test_watch_waits_for_the_stage_folder_and_offsets_steps(tmp_path, monkeypatch):
+    """`--watch` started before the build created the stage folder waits for it (it used to exit); `--step-offset`
+    counts a continuing stage's checkpoints from the start of the stage before it."""
+    run = tmp_path / "stage3"
+    measured = []
+
+    def fake_measure(folder, step, per_task, seed, block_length):
+        measured.append((folder.name, step))
+        return {"step": step, "loss": 1.0, "exact_match": {"all": 0.5}, "questions_per_task": per_task,
+                "seed": seed, "seconds": 0.0}
+
+    def fake_sleep(seconds):  # the build creates the folder, one checkpoint and its final results while we wait
+        assert seconds == learning_curves.POLL_S
+        checkpoint = run / "checkpoint-250"
+        checkpoint.mkdir(parents=True)
+        (checkpoint / "model.safetensors").write_bytes(b"")
+        _state(checkpoint, [(250, 1.0)])
+        (run / "train_results.json").write_text("{}")
+
+    monkeypatch.setattr(learning_curves, "measure", fake_measure)
+    monkeypatch.setattr(learning_curves.time, "sleep", fake_sleep)
+    rows = learning_curves.main(["--run", str(run), "--watch", "--plot", "none", "--step-offset", "1000"])
+    assert measured == [("checkpoint-250", 250)]
+    assert [row["step"] for row in rows] == [1250]
+    assert [json.loads(line)["step"] for line in (run / learning_curves.CURVES_FILE).read_text().splitlines()] == [1250]
+    with pytest.raises(ValueError, match="--step-offset"):
+        learning_curves.main(["--run", str(run), "--step-offset", "-1"])
