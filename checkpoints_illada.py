@@ -28,6 +28,7 @@ import re
 import shutil
 import struct
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -273,6 +274,24 @@ class SafeCheckpointMixin:
 # ----------------------------------------------------------------------------------------------------------------
 # What the command line does with an existing output directory
 # ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ResumeArguments:
+    """The two command-line fields that decide what a run does with an existing `output_dir` (see
+    [`checkpoint_to_resume`]); a base of `DiffusionSFTConfig` and `VRPOConfig`, so that both scripts read them alike.
+
+    List it *before* the `TrainingArguments` class (`class MyConfig(ResumeArguments, TrainingArguments)`): dataclass
+    fields follow the reversed MRO, so its fields then come after the parent's and `MyConfig("out")` still sets
+    `output_dir`."""
+
+    resume: bool = field(
+        default=False, metadata={"help": "Resume from the newest complete checkpoint in `output_dir` (if any)."}
+    )
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Delete the checkpoints of an earlier run in `output_dir` and start afresh "
+                                 "(without it or `resume`, such an `output_dir` is refused)."}
+    )
 
 
 def checkpoint_to_resume(

@@ -38,7 +38,7 @@ from transformers.utils import ModelOutput
 from trl import SFTConfig, SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-from checkpoints_illada import SafeCheckpointMixin
+from checkpoints_illada import ResumeArguments, SafeCheckpointMixin
 from data_illada import (
     DEFAULT_MAX_LENGTH,
     DEFAULT_SPLIT_PROBABILITY,
@@ -152,7 +152,7 @@ def diffusion_lr_lambda(
 
 
 @dataclass
-class DiffusionSFTConfig(SFTConfig):
+class DiffusionSFTConfig(ResumeArguments, SFTConfig):
     """[`trl.SFTConfig`] for the masked-diffusion loss; the defaults follow the paper's SFT recipe.
 
     Defaults that differ from trl's: `learning_rate` 5e-6 and `weight_decay` 0.1 (AdamW, paper); activation
@@ -219,13 +219,6 @@ class DiffusionSFTConfig(SFTConfig):
     min_lr: float = field(default=5e-7, metadata={"help": "Floor of the 'sft'/'pretrain' schedules (paper: 5e-7)."})
     decay_fraction: float = field(
         default=DEFAULT_DECAY_FRACTION, metadata={"help": "Fraction of the steps, at the end, over which LR decays."}
-    )
-    resume: bool = field(
-        default=False, metadata={"help": "Resume from the newest complete checkpoint in `output_dir` (if any)."}
-    )
-    overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Delete the checkpoints of an earlier run in `output_dir` and start afresh "
-                                 "(without it or `resume`, such an `output_dir` is refused)."}
     )
 
     def __post_init__(self) -> None:

@@ -45,11 +45,11 @@ from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments
 from trl.data_utils import common_prefix_length, is_conversational, maybe_extract_prompt
 
 try:  # as Hub remote code
-    from .checkpoints_illada import SafeCheckpointMixin
+    from .checkpoints_illada import ResumeArguments, SafeCheckpointMixin
     from .scoring_illada import random_subset_mask, stratified_mask_counts
     from .utils_illada import check_choice, check_positive_int, check_range
 except ImportError:  # from a checkout, with the repo root on sys.path
-    from checkpoints_illada import SafeCheckpointMixin
+    from checkpoints_illada import ResumeArguments, SafeCheckpointMixin
     from scoring_illada import random_subset_mask, stratified_mask_counts
     from utils_illada import check_choice, check_positive_int, check_range
 
@@ -73,7 +73,7 @@ ANSWERS = ("chosen", "rejected")
 
 
 @dataclass
-class VRPOConfig(TrainingArguments):
+class VRPOConfig(ResumeArguments, TrainingArguments):
     """[`TrainingArguments`] plus VRPO's options, named as in trl's `DPOConfig` where they mean the same thing.
 
     Changed defaults: `learning_rate` 5e-7 (a DPO-scale rate for an 8B model; trl's default is 1e-6),
@@ -109,13 +109,6 @@ class VRPOConfig(TrainingArguments):
     )
     disable_dropout: bool = field(default=True, metadata={"help": "Turn dropout off in the policy and reference."})
     dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes for tokenisation."})
-    resume: bool = field(
-        default=False, metadata={"help": "Resume from the newest complete checkpoint in `output_dir` (if any)."}
-    )
-    overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Delete the checkpoints of an earlier run in `output_dir` and start afresh "
-                                 "(without it or `resume`, such an `output_dir` is refused)."}
-    )
 
     def __post_init__(self) -> None:
         if isinstance(self.loss_type, str):

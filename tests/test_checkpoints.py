@@ -312,3 +312,26 @@ def test_two_processes_publish_complete_checkpoints(tmp_path):
     for folder in list_checkpoints(out):
         assert checkpoint_problem(folder) is None
         assert sorted(p.name for p in folder.glob("rng_state*.pth")) == ["rng_state_0.pth", "rng_state_1.pth"]
+
+
+@pytest.mark.parametrize("config_class", ["DiffusionSFTConfig", "VRPOConfig"])
+def test_resume_fields_are_shared_and_keep_output_dir_first(config_class, tmp_path):
+    """Both training configs take `resume`/`overwrite_output_dir` from `ResumeArguments` (declared once), after the
+    parent's fields: `Config("out")` sets `output_dir`, as transformers users write `TrainingArguments("out")`."""
+    import dataclasses
+
+    from transformers import HfArgumentParser
+
+    from checkpoints_illada import ResumeArguments
+    from trainer_illada import DiffusionSFTConfig
+    from vrpo_illada import VRPOConfig
+
+    cls = {"DiffusionSFTConfig": DiffusionSFTConfig, "VRPOConfig": VRPOConfig}[config_class]
+    assert issubclass(cls, ResumeArguments)
+    names = [f.name for f in dataclasses.fields(cls)]
+    assert names[0] == "output_dir" and names.count("resume") == names.count("overwrite_output_dir") == 1
+    config = cls(str(tmp_path / "out"), use_cpu=True)
+    assert config.output_dir == str(tmp_path / "out") and (config.resume, config.overwrite_output_dir) == (False, False)
+    (parsed,) = HfArgumentParser(cls).parse_args_into_dataclasses(["--output_dir", str(tmp_path), "--resume",
+                                                                   "--use_cpu"])
+    assert (parsed.resume, parsed.overwrite_output_dir) == (True, False)
