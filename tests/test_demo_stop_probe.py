@@ -1,0 +1,48 @@
+"""bench/demo_stop_probe.py: the probe's canvas is the trained chat format, and its P(EOS) is the model's."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from demo.data import make_examples
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = REPO / "illada-demo"
+
+
+def _probe_module():
+    spec = importlib.util.spec_from_file_location("demo_stop_probe", REPO / "bench" / "demo_stop_probe.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    return module
+
+
+@pytest.mark.skipif(not (SHIPPED / "config.json").is_file(), reason="no shipped demo model")
+def test_probe_reads_the_model_right_after_the_answer_of_the_rendered_conversation():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(SHIPPED, trust_remote_code=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(SHIPPED, trust_remote_code=True)
+    examples = [e for e in make_examples("heldout", 60) if e.task == "count_up"][:3]
+    rows = _probe_module().stop_predictions(model, tokenizer, examples, masks=8)
+    for example, row in zip(examples, rows):
+        # independent canvas: the whole conversation as the chat template renders it for training (answer + EOS),
+        # with the EOS and 7 more positions masked
+        conversation = [{"role": "user", "content": example.prompt}, {"role": "assistant", "content": example.response}]
+        ids = tokenizer.apply_chat_template(conversation, return_tensors="pt")["input_ids"][0].tolist()
+        assert ids[-1] == tokenizer.eos_token_id
+        canvas = torch.tensor(ids[:-1] + [tokenizer.mask_token_id] * 8)[None]
+        with torch.no_grad():
+            probs = torch.softmax(model(canvas).logits[0, len(ids) - 1].double(), -1)
+        assert row["p_eos"] == pytest.approx(probs[tokenizer.eos_token_id].item(), abs=1e-5)
+        assert row["eos"] == (int(probs.argmax()) == tokenizer.eos_token_id)
+        assert row["length"] == len(example.response.split())
