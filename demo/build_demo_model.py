@@ -237,8 +237,11 @@ def write_model_config(args: BuildArguments, folder: Path) -> ILLaDAConfig:
     return config
 
 
-def stage_command(args: BuildArguments, stage: str, model_flag: list[str], train_file: str, output: Path) -> list[str]:
-    """The `train_sft.py` command line of one stage (`"pretrain"`, `"sft"` or `"focus"`, an SFT stage of its own)."""
+def stage_command(
+    args: BuildArguments, stage: str, model_flag: list[str], train_file: str, output: Path, resume: bool | None = None
+) -> list[str]:
+    """The `train_sft.py` command line of one stage (`"pretrain"`, `"sft"` or `"focus"`, an SFT stage of its own):
+    with `--resume` when `resume` (default: `args.resume`), else with `--overwrite_output_dir`."""
     steps, lr, min_lr = {
         "pretrain": (args.pretrain_steps, args.pretrain_learning_rate, args.pretrain_min_lr),
         "sft": (args.sft_steps, args.sft_learning_rate, args.sft_min_lr),
@@ -259,7 +262,7 @@ def stage_command(args: BuildArguments, stage: str, model_flag: list[str], train
     if kind == "sft":
         flags["--decay_fraction"] = args.sft_decay_fraction
     command = [sys.executable, str(TRAIN_SCRIPT), *model_flag, "--use_cpu"]
-    command.append("--resume" if args.resume else "--overwrite_output_dir")
+    command.append("--resume" if (args.resume if resume is None else resume) else "--overwrite_output_dir")
     if args.stratified_t:
         command.append("--stratified_t")
     for flag, value in flags.items():
@@ -294,21 +297,24 @@ def _command_key(command: list[str]) -> list[str]:
     return [part for part in command[1:] if part not in ("--resume", "--overwrite_output_dir")]
 
 
-def run_or_reuse_stage(args: BuildArguments, command: list[str], output: Path, log_path: Path) -> dict:
-    """Runs one stage and records it in `output`/`STAGE_RECORD`; with `--resume`, a stage already recorded with
-    the same command is not run again (its recorded seconds and loss are returned, so that `build_info.json`
-    counts the time the stage took when it ran). Returns `{"command", "seconds", "train_loss"}`."""
+def run_or_reuse_stage(
+    args: BuildArguments, command: list[str], output: Path, log_path: Path, reuse: bool = False
+) -> tuple[dict, bool]:
+    """Runs one stage and records it in `output`/`STAGE_RECORD`. With `reuse`, a stage already recorded with the
+    same command is not run again: its recorded seconds and loss are returned, so that `build_info.json` counts the
+    time the stage took when it ran (for a stage that was stopped and resumed, the run that finished it).
+    Returns the record `{"command", "seconds", "train_loss"}` and whether it was reused."""
     record_path = output / STAGE_RECORD
-    if args.resume and record_path.is_file():
+    if reuse and record_path.is_file():
         record = json.loads(record_path.read_text())
         if record.get("command") == _command_key(command):
             print(f"Stage {output.name} finished earlier ({record['seconds']:.0f} s, {record_path}); not run again.",
                   flush=True)
-            return record
+            return record, True
     seconds = run_stage(command, log_path, args.num_threads)
     record = {"command": _command_key(command), "seconds": round(seconds, 1), "train_loss": _train_loss(output)}
     record_path.write_text(json.dumps(record, indent=2) + "\n")
-    return record
+    return record, False
 
 
 def export_model(stage_dir: Path, output_dir: Path, info: dict, block_length: int | None = None) -> None:
@@ -342,9 +348,12 @@ def build(args: BuildArguments) -> Path:
         stages["focus"] = work_dir / "stage3-focus"
     times, records = {"data_and_tokenizer_s": time.perf_counter() - start}, {}
     model_flag = ["--config_name", str(work_dir / "init")]
+    # With --resume, finished stages are reused (and unfinished ones continued from their checkpoints) until one has
+    # to run: the stages after it start from its new model, so they run afresh.
+    reuse = args.resume
     for number, (stage, folder) in enumerate(stages.items(), start=1):
-        command = stage_command(args, stage, model_flag, files[stage], folder)
-        records[stage] = run_or_reuse_stage(args, command, folder, work_dir / f"stage{number}.log")
+        command = stage_command(args, stage, model_flag, files[stage], folder, resume=reuse)
+        records[stage], reuse = run_or_reuse_stage(args, command, folder, work_dir / f"stage{number}.log", reuse)
         times[f"{stage}_s"] = records[stage]["seconds"]
         model_flag = ["--model_name_or_path", str(folder)]
     # Stages reused by `--resume` count with the time they took when they ran.

@@ -87,7 +87,7 @@ def test_focus_data_are_new_training_draws_in_their_own_mix(tmp_path):
     assert "focus" not in write_data(BuildArguments(work_dir=str(tmp_path), sft_examples=12, focus_steps=0), tmp_path)
 
 
-def test_resume_reuses_a_finished_stage_only_when_its_command_is_the_same(tmp_path, monkeypatch):
+def test_a_finished_stage_is_reused_only_when_its_command_is_the_same(tmp_path, monkeypatch):
     runs = []
 
     def fake_run_stage(command, log_path, num_threads=None):
@@ -100,19 +100,61 @@ def test_resume_reuses_a_finished_stage_only_when_its_command_is_the_same(tmp_pa
     output.mkdir()
     fresh, resumed = BuildArguments(work_dir=str(tmp_path)), BuildArguments(work_dir=str(tmp_path), resume=True)
     command = stage_command(fresh, "sft", ["--model_name_or_path", "s1"], "s.jsonl", output)
-    first = run_or_reuse_stage(fresh, command, output, tmp_path / "log")
-    assert (first["seconds"], first["train_loss"]) == (10.0, 1.5)
+    first, reused = run_or_reuse_stage(fresh, command, output, tmp_path / "log")
+    assert (first["seconds"], first["train_loss"], reused) == (10.0, 1.5, False)
     assert json.loads((output / STAGE_RECORD).read_text()) == first
     # the same stage (the resume flag and the interpreter do not count) is not run again, and keeps its time
     resumed_command = stage_command(resumed, "sft", ["--model_name_or_path", "s1"], "s.jsonl", output)
-    assert run_or_reuse_stage(resumed, ["/other/python", *resumed_command[1:]], output, tmp_path / "log") == first
+    assert "--resume" in resumed_command
+    assert run_or_reuse_stage(resumed, ["/other/python", *resumed_command[1:]], output, tmp_path / "log",
+                              reuse=True) == (first, True)
     assert len(runs) == 1
-    # another command, or no --resume: the stage runs again
+    # another command, or reuse not allowed: the stage runs again
     longer = BuildArguments(work_dir=str(tmp_path), resume=True, sft_steps=99)
-    second = run_or_reuse_stage(longer, stage_command(longer, "sft", [], "s.jsonl", output), output, tmp_path / "log")
-    assert second["seconds"] == 20.0 and len(runs) == 2
-    run_or_reuse_stage(fresh, command, output, tmp_path / "log")
+    second, reused = run_or_reuse_stage(longer, stage_command(longer, "sft", [], "s.jsonl", output), output,
+                                        tmp_path / "log", reuse=True)
+    assert (second["seconds"], reused, len(runs)) == (20.0, False, 2)
+    run_or_reuse_stage(resumed, command, output, tmp_path / "log", reuse=False)
     assert len(runs) == 3
+    # the resume flag of a command can be set apart from the arguments' (a stage after a re-run one starts afresh)
+    assert "--overwrite_output_dir" in stage_command(resumed, "sft", [], "s.jsonl", output, resume=False)
+
+
+def test_resumed_build_reuses_finished_stages_until_one_has_to_run(tmp_path, monkeypatch):
+    """`--resume` re-runs nothing of a finished build; when a stage's command changed, that stage continues from its
+    checkpoints and every later stage starts afresh from the new model (its old checkpoints are stale)."""
+    from demo.build_demo_model import build
+
+    calls = []
+
+    def fake_run_stage(command, log_path, num_threads=None):
+        flags = _flags(command)
+        out = Path(flags["--output_dir"])
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "model.safetensors").write_bytes(out.name.encode())
+        ILLaDAGenerationConfig(block_length=32).save_pretrained(out)
+        (out / "train_results.json").write_text(json.dumps({"train_loss": 1.0 + len(calls)}))
+        calls.append((out.name, "--resume" in flags))
+        return 100.0
+
+    monkeypatch.setattr(build_demo_model, "run_stage", fake_run_stage)
+    recipe = dict(work_dir=str(tmp_path / "work"), output_dir=str(tmp_path / "out"), sft_examples=24,
+                  focus_examples=24, focus_steps=3, pretrain_steps=2, sft_steps=2)
+    build(BuildArguments(**recipe))
+    assert calls == [("stage1-pretrain", False), ("stage2-sft", False), ("stage3-focus", False)]
+    first = json.loads((tmp_path / "out" / "build_info.json").read_text())
+
+    calls.clear()
+    build(BuildArguments(**recipe, resume=True))
+    assert calls == []
+    again = json.loads((tmp_path / "out" / "build_info.json").read_text())
+    assert again["train_loss"] == first["train_loss"] == {"pretrain": 1.0, "sft": 2.0, "focus": 3.0}
+    assert again["seconds"]["pretrain_s"] == again["seconds"]["sft_s"] == again["seconds"]["focus_s"] == 100.0
+    assert again["seconds"]["total_s"] == pytest.approx(300.0 + again["seconds"]["data_and_tokenizer_s"], abs=0.1)
+
+    calls.clear()
+    build(BuildArguments(**{**recipe, "sft_steps": 4}, resume=True))
+    assert calls == [("stage2-sft", True), ("stage3-focus", False)]  # stage 3 afresh: --overwrite_output_dir
 
 
 def test_written_data_hold_only_the_training_split(tmp_path):
