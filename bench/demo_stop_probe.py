@@ -19,16 +19,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import markdown_table, write_section  # noqa: E402
 from demo.data import TASKS, make_examples  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
+from demo.loading import SHIPPED_MODEL_DIR, encode, load_model  # noqa: E402
 
 
 def stop_predictions(model, tokenizer, examples, masks: int = 32) -> list[dict]:
     """For each example: the token predicted right after the full correct answer (all later positions masked)."""
     rows = []
     for example in examples:
-        prompt = tokenizer.apply_chat_template([{"role": "user", "content": example.prompt}],
-                                               add_generation_prompt=True, return_tensors="pt")["input_ids"][0]
+        prompt = encode(tokenizer, [{"role": "user", "content": example.prompt}])[0]
         answer = torch.tensor(tokenizer(example.response, add_special_tokens=False).input_ids)
         canvas = torch.cat([prompt, answer, torch.full((masks,), tokenizer.mask_token_id)])[None]
         with torch.no_grad():
@@ -42,17 +40,13 @@ def stop_predictions(model, tokenizer, examples, masks: int = 32) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=str(REPO / "illada-demo"))
+    parser.add_argument("--model", default=str(SHIPPED_MODEL_DIR))
     parser.add_argument("--trust-remote-code", action="store_true", help="Needed for any folder but illada-demo/.")
     parser.add_argument("--per-task", type=int, default=25, help="Held-out count_up questions (default 25).")
     parser.add_argument("--masks", type=int, default=32, help="Masked positions after the answer (default 32).")
     parser.add_argument("--no-write", action="store_true", help="Print only; leave RESULTS.md alone.")
     args = parser.parse_args(argv)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    trust = args.trust_remote_code or Path(args.model).resolve() == (REPO / "illada-demo").resolve()
-    model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=trust).eval()
-    tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=trust)
+    model, tokenizer = load_model(args.model, trust_remote_code=args.trust_remote_code)
     # the questions demo.evaluate uses: its draw over every task, count_up's share of it
     examples = [e for e in make_examples("heldout", args.per_task * len(TASKS)) if e.task == "count_up"]
     rows = stop_predictions(model, tokenizer, examples, args.masks)

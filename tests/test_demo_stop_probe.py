@@ -1,6 +1,5 @@
 """bench/demo_stop_probe.py: the probe's canvas is the trained chat format, and its P(EOS) is the model's."""
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -9,21 +8,13 @@ import torch
 
 from demo.data import make_examples
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import demo_stop_probe  # noqa: E402
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "illada-demo"
-
-
-def _probe_module():
-    spec = importlib.util.spec_from_file_location("demo_stop_probe", REPO / "bench" / "demo_stop_probe.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(REPO / "bench"))
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(REPO / "bench"))
-    return module
 
 
 @pytest.mark.skipif(not (SHIPPED / "config.json").is_file(), reason="no shipped demo model")
@@ -33,7 +24,7 @@ def test_probe_reads_the_model_right_after_the_answer_of_the_rendered_conversati
     model = AutoModelForCausalLM.from_pretrained(SHIPPED, trust_remote_code=True).eval()
     tokenizer = AutoTokenizer.from_pretrained(SHIPPED, trust_remote_code=True)
     examples = [e for e in make_examples("heldout", 60) if e.task == "count_up"][:3]
-    rows = _probe_module().stop_predictions(model, tokenizer, examples, masks=8)
+    rows = demo_stop_probe.stop_predictions(model, tokenizer, examples, masks=8)
     for example, row in zip(examples, rows):
         # independent canvas: the whole conversation as the chat template renders it for training (answer + EOS),
         # with the EOS and 7 more positions masked
