@@ -29,8 +29,8 @@ What it does, in `work_dir` (default `runs/demo-build/`):
    versions, corpus fingerprint, stage times and losses).
 
 Every stage is a plain `train_sft.py` command line (printed before it runs), so the recipe can also be run by
-hand. With `--resume`, a stage that finished with the same command is not run again, and `build_info.json` counts
-the time it took when it ran (recorded in its folder's `build_stage.json`).
+hand. With `--resume`, a stage that finished with the same command and training data is not run again, and
+`build_info.json` counts the time it took when it ran (recorded in its folder's `build_stage.json`).
 
 Sizing (2-core CPU, fp32, one optimizer step of 32 x 128 tokens, forward + backward + AdamW). Measured on an idle
 machine for the first recipe: hidden 128 / 4 layers (1.05M parameters, 4.0 MB) 0.22 s; 192 / 6 (2.8M, 10.8 MB)
@@ -91,7 +91,8 @@ SMOKE_SFT_EXAMPLES = 2000
 # subtract and count_up still at 0-4% (README, "Demo"), so the shipped recipe has no stage 3.
 DEFAULT_FOCUS_TASK_WEIGHTS = "add:3,subtract:3,count_up:3,count_occurrences:3,sort_digits:3,count_words:3"
 # Written by `build` into each finished stage folder: the stage's command (without the interpreter and the
-# resume/overwrite flag), seconds and training loss. `--resume` reuses a stage whose record has the same command.
+# resume/overwrite flag), the SHA-256 of its training file, seconds and training loss. `--resume` reuses a stage
+# whose record has the same command and data.
 STAGE_RECORD = "build_stage.json"
 
 
@@ -151,7 +152,7 @@ class BuildArguments:
                 "a build that was stopped, and `python -m demo.learning_curves` measure each task as training goes."})
     resume: bool = field(default=False, metadata={
         "help": "Continue each stage from its newest complete checkpoint in `work_dir`; a stage that finished with "
-                "the same command is not run again, and its recorded time and loss count in `build_info.json`. "
+                "the same command and training data is not run again, and its recorded time and loss count in `build_info.json`. "
                 "Without it, checkpoints of an earlier build in `work_dir` are deleted."})
     num_threads: int | None = field(default=None, metadata={
         "help": "Torch threads of the training processes (OMP_NUM_THREADS); default: one per core. On a machine "
@@ -297,22 +298,44 @@ def _command_key(command: list[str]) -> list[str]:
     return [part for part in command[1:] if part not in ("--resume", "--overwrite_output_dir")]
 
 
+def _file_sha256(path: Path) -> str | None:
+    """SHA-256 of a file (None when it does not exist)."""
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
+def _train_file_sha256(command: list[str]) -> str | None:
+    """SHA-256 of the stage's `--train_files` file: the command names the file, not what is in it, and a changed
+    task mix rewrites the same path."""
+    return _file_sha256(Path(command[command.index("--train_files") + 1]))
+
+
+def _recorded_data_differs(folder: Path, train_file: str) -> bool:
+    """Whether `folder` holds a stage record whose training data is not `train_file`'s present content."""
+    record_path = folder / STAGE_RECORD
+    if not record_path.is_file():
+        return False
+    return json.loads(record_path.read_text()).get("train_file_sha256") != _file_sha256(Path(train_file))
+
+
 def run_or_reuse_stage(
     args: BuildArguments, command: list[str], output: Path, log_path: Path, reuse: bool = False
 ) -> tuple[dict, bool]:
     """Runs one stage and records it in `output`/`STAGE_RECORD`. With `reuse`, a stage already recorded with the
-    same command is not run again: its recorded seconds and loss are returned, so that `build_info.json` counts the
-    time the stage took when it ran (for a stage that was stopped and resumed, the run that finished it).
-    Returns the record `{"command", "seconds", "train_loss"}` and whether it was reused."""
+    same command and the same training data (SHA-256 of its `--train_files`) is not run again: its recorded seconds
+    and loss are returned, so that `build_info.json` counts the time the stage took when it ran (for a stage that was
+    stopped and resumed, the run that finished it).
+    Returns the record `{"command", "train_file_sha256", "seconds", "train_loss"}` and whether it was reused."""
     record_path = output / STAGE_RECORD
+    data_sha256 = _train_file_sha256(command)
     if reuse and record_path.is_file():
         record = json.loads(record_path.read_text())
-        if record.get("command") == _command_key(command):
+        if record.get("command") == _command_key(command) and record.get("train_file_sha256") == data_sha256:
             print(f"Stage {output.name} finished earlier ({record['seconds']:.0f} s, {record_path}); not run again.",
                   flush=True)
             return record, True
     seconds = run_stage(command, log_path, args.num_threads)
-    record = {"command": _command_key(command), "seconds": round(seconds, 1), "train_loss": _train_loss(output)}
+    record = {"command": _command_key(command), "train_file_sha256": data_sha256, "seconds": round(seconds, 1),
+              "train_loss": _train_loss(output)}
     record_path.write_text(json.dumps(record, indent=2) + "\n")
     return record, False
 
@@ -331,7 +354,7 @@ def export_model(stage_dir: Path, output_dir: Path, info: dict, block_length: in
         generation_config.block_length = block_length
         generation_config.save_pretrained(output_dir)
     weights = output_dir / "model.safetensors"
-    info["weights_sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    info["weights_sha256"] = _file_sha256(weights)
     info["weights_mib"] = round(weights.stat().st_size / 2**20, 2)
     (output_dir / "build_info.json").write_text(json.dumps(info, indent=2) + "\n")
 
@@ -352,6 +375,8 @@ def build(args: BuildArguments) -> Path:
     # to run: the stages after it start from its new model, so they run afresh.
     reuse = args.resume
     for number, (stage, folder) in enumerate(stages.items(), start=1):
+        # a stage whose training data changed cannot continue from its checkpoints: they learned other data
+        reuse = reuse and not _recorded_data_differs(folder, files[stage])
         command = stage_command(args, stage, model_flag, files[stage], folder, resume=reuse)
         records[stage], reuse = run_or_reuse_stage(args, command, folder, work_dir / f"stage{number}.log", reuse)
         times[f"{stage}_s"] = records[stage]["seconds"]

@@ -1,5 +1,6 @@
 """The demo-model recipe (demo/build_demo_model.py): arguments, stage command lines, config, export, smoke build."""
 
+import hashlib
 import json
 import os
 import subprocess
@@ -155,6 +156,15 @@ def test_resumed_build_reuses_finished_stages_until_one_has_to_run(tmp_path, mon
     calls.clear()
     build(BuildArguments(**{**recipe, "sft_steps": 4}, resume=True))
     assert calls == [("stage2-sft", True), ("stage3-focus", False)]  # stage 3 afresh: --overwrite_output_dir
+
+    # another task mix rewrites focus.jsonl under the same name, so the command is the same but the data is not:
+    # stage 3 runs again, afresh (its checkpoints learned the old data)
+    calls.clear()
+    build(BuildArguments(**{**recipe, "sft_steps": 4, "focus_task_weights": "add:5"}, resume=True))
+    assert calls == [("stage3-focus", False)]
+    record = json.loads((tmp_path / "work" / "stage3-focus" / STAGE_RECORD).read_text())
+    focus_file = tmp_path / "work" / "focus.jsonl"
+    assert record["train_file_sha256"] == hashlib.sha256(focus_file.read_bytes()).hexdigest()
 
 
 def test_written_data_hold_only_the_training_split(tmp_path):
