@@ -5,8 +5,10 @@
 
 For each held-out `count_up` question the model sees the prompt, the whole correct list, and only masks after it
 (`--masks` of them). If it had learned to stop when the list reaches the number the prompt names, it would put EOS
-at the first masked position whatever the list's length. The probe records the predicted token there and P(EOS),
-per list length, and writes the `demo-stop` section of bench/RESULTS.md.
+at the first masked position whatever the list's length. Two more conditions ask what it uses instead: one mask
+after the list, then the start of the next conversation (as in an SFT window, where examples follow one another),
+with the whole list or with its last number left out (EOS there would stop one number short). The probe records the
+predicted token at that mask and P(EOS), per list length, and writes the `demo-stop` section of bench/RESULTS.md.
 """
 
 import argparse
@@ -22,16 +24,29 @@ from demo.data import TASKS, make_examples  # noqa: E402
 from demo.loading import SHIPPED_MODEL_DIR, encode, load_model  # noqa: E402
 
 
-def stop_predictions(model, tokenizer, examples, masks: int = 32) -> list[dict]:
-    """For each example: the token predicted right after the full correct answer (all later positions masked)."""
+def stop_predictions(model, tokenizer, examples, masks: int = 32, boundary: bool = False,
+                     drop_last: bool = False) -> list[dict]:
+    """For each example: the token predicted right after the correct answer.
+
+    By default every later position is masked. With `boundary`, only that one position is masked and the next
+    conversation of the list (the following example, wrapped round) starts right after it, as in a training window
+    of SFT examples streamed one after another; `masks` masks follow. With `drop_last`, the answer's last number
+    is left out, so that EOS at the probed position would stop the list one number short."""
     rows = []
-    for example in examples:
+    for index, example in enumerate(examples):
         prompt = encode(tokenizer, [{"role": "user", "content": example.prompt}])[0]
-        answer = torch.tensor(tokenizer(example.response, add_special_tokens=False).input_ids)
-        canvas = torch.cat([prompt, answer, torch.full((masks,), tokenizer.mask_token_id)])[None]
+        numbers = example.response.split()
+        shown = " ".join(numbers[:-1] if drop_last else numbers)
+        answer = torch.tensor(tokenizer(shown, add_special_tokens=False).input_ids if shown else [], dtype=torch.long)
+        after = [torch.full((masks,), tokenizer.mask_token_id)]
+        if boundary:
+            following = examples[(index + 1) % len(examples)]
+            after[:0] = [torch.full((1,), tokenizer.mask_token_id),
+                         encode(tokenizer, [{"role": "user", "content": following.prompt}])[0]]
+        canvas = torch.cat([prompt, answer, *after])[None]
         with torch.no_grad():
             probs = model(canvas).logits[0, len(prompt) + len(answer)].float().softmax(-1)
-        rows.append({"prompt": example.prompt, "length": len(example.response.split()),
+        rows.append({"prompt": example.prompt, "length": len(numbers),
                      "predicted": tokenizer.decode([int(probs.argmax())]),
                      "eos": int(probs.argmax()) == tokenizer.eos_token_id,
                      "p_eos": float(probs[tokenizer.eos_token_id])})
@@ -49,25 +64,38 @@ def main(argv: list[str] | None = None) -> list[dict]:
     model, tokenizer = load_model(args.model, trust_remote_code=args.trust_remote_code)
     # the questions demo.evaluate uses: its draw over every task, count_up's share of it
     examples = [e for e in make_examples("heldout", args.per_task * len(TASKS)) if e.task == "count_up"]
-    rows = stop_predictions(model, tokenizer, examples, args.masks)
-    by_length = defaultdict(list)
-    for row in rows:
-        by_length[row["length"]].append(row)
+    conditions = {  # name: (boundary, drop_last)
+        "masks after": (False, False),
+        "next conversation after": (True, False),
+        "next conversation after, last number left out": (True, True),
+    }
+    results = {name: stop_predictions(model, tokenizer, examples, args.masks, boundary, drop_last)
+               for name, (boundary, drop_last) in conditions.items()}
+    rows = results["masks after"]
+    lengths = sorted({row["length"] for row in rows})
+
+    def cell(group: list[dict]) -> str:
+        return f"{sum(r['eos'] for r in group)} ({sorted(r['p_eos'] for r in group)[len(group) // 2]:.2f})"
+
     table = markdown_table(
-        ["numbers in the list", "questions", "EOS predicted next", "median P(EOS)"],
-        [[length, len(group), sum(r["eos"] for r in group),
-          f"{sorted(r['p_eos'] for r in group)[len(group) // 2]:.2f}"] for length, group in sorted(by_length.items())],
+        ["numbers in the list", "questions", *(f"EOS next: {name}" for name in conditions)],
+        [[length, sum(r["length"] == length for r in rows),
+          *(cell([r for r in result if r["length"] == length]) for result in results.values())]
+         for length in lengths]
+        + [["all", len(rows), *(cell(result) for result in results.values())]],
     )
-    total = sum(row["eos"] for row in rows)
-    median = sorted(row["p_eos"] for row in rows)[len(rows) // 2]
-    summary = (f"EOS predicted right after the full correct list in {total} of {len(rows)} held-out count_up "
-               f"questions (median P(EOS) {median:.2f}).")
+    summary = " ".join(
+        f"{name.capitalize()}: EOS predicted next in {sum(r['eos'] for r in result)} of {len(result)} "
+        f"(median P(EOS) {sorted(r['p_eos'] for r in result)[len(result) // 2]:.2f})."
+        for name, result in results.items())
     print(table + "\n\n" + summary)
     if not args.no_write:
         command = " ".join(["python bench/demo_stop_probe.py", *(sys.argv[1:] if argv is None else argv)])
         write_section("demo-stop", f"## Demo model: does it know where `count_up` ends?\n\n`{command}` "
-                      f"(model `{Path(args.model).name}`; prompt + the whole correct list + {args.masks} masks; "
-                      f"the token predicted at the first mask):\n\n{table}\n\n{summary}\n")
+                      f"(model `{Path(args.model).name}`; the prompt, the correct list, then either {args.masks} "
+                      "masks, or one mask followed by the start of the next conversation (as SFT streams examples "
+                      f"one after another into a window) and {args.masks} masks; each cell: questions where EOS is "
+                      f"the token predicted at the first mask (median P(EOS)):\n\n{table}\n\n{summary}\n")
     return rows
 
 
