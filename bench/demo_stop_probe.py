@@ -5,9 +5,10 @@
 
 For each held-out `count_up` question the model sees the prompt, the whole correct list, and only masks after it
 (`--masks` of them). If it had learned to stop when the list reaches the number the prompt names, it would put EOS
-at the first masked position whatever the list's length. Two more conditions ask what it uses instead: one mask
-after the list, then the start of the next conversation (as in an SFT window, where examples follow one another),
-with the whole list or with its last number left out (EOS there would stop one number short). The probe records the
+at the first masked position whatever the list's length, and not one number earlier (the list with its last number
+left out). Two more conditions ask what it uses instead: one mask after the list, then the start of the next
+conversation (as in an SFT window, where examples follow one another), with the whole list or with its last number
+left out (EOS there would stop one number short). The probe records the
 predicted token at that mask and P(EOS), per list length, and writes the `demo-stop` section of bench/RESULTS.md.
 """
 
@@ -66,6 +67,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     examples = [e for e in make_examples("heldout", args.per_task * len(TASKS)) if e.task == "count_up"]
     conditions = {  # name: (boundary, drop_last)
         "masks after": (False, False),
+        "masks after, last number left out": (False, True),
         "next conversation after": (True, False),
         "next conversation after, last number left out": (True, True),
     }
