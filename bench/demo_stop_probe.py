@@ -8,8 +8,8 @@ For each held-out `count_up` question the model sees the prompt, the whole corre
 at the first masked position whatever the list's length, and not one number earlier (the list with its last number
 left out). Two more conditions ask what it uses instead: one mask after the list, then the start of the next
 conversation (as in an SFT window, where examples follow one another), with the whole list or with its last number
-left out (EOS there would stop one number short). The probe records the
-predicted token at that mask and P(EOS), per list length, and writes the `demo-stop` section of bench/RESULTS.md.
+left out (EOS there would stop one number short). The probe records the predicted token at that mask and P(EOS),
+per list length, and writes the `demo-stop` section of bench/RESULTS.md.
 """
 
 import argparse

@@ -152,8 +152,8 @@ class BuildArguments:
                 "a build that was stopped, and `python -m demo.learning_curves` measure each task as training goes."})
     resume: bool = field(default=False, metadata={
         "help": "Continue each stage from its newest complete checkpoint in `work_dir`; a stage that finished with "
-                "the same command and training data is not run again, and its recorded time and loss count in `build_info.json`. "
-                "Without it, checkpoints of an earlier build in `work_dir` are deleted."})
+                "the same command and training data is not run again, and its recorded time and loss count in "
+                "`build_info.json`. Without it, checkpoints of an earlier build in `work_dir` are deleted."})
     num_threads: int | None = field(default=None, metadata={
         "help": "Torch threads of the training processes (OMP_NUM_THREADS); default: one per core. On a machine "
                 "busy with other work use 1: two threads competing for two busy cores run several times slower."})
