@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if not args.no_write:
         command = " ".join(["python bench/demo_stop_probe.py", *(sys.argv[1:] if argv is None else argv)])
         write_section("demo-stop", f"## Demo model: does it know where `count_up` ends?\n\n`{command}` "
-                      f"(model `{Path(args.model).name}`; the prompt, the correct list, then either {args.masks} "
+                      f"(model `{Path(args.model).name}`; the prompt, the correct list (or the list without its last "
+                      f"number), then either {args.masks} "
                       "masks, or one mask followed by the start of the next conversation (as SFT streams examples "
                       f"one after another into a window) and {args.masks} masks; each cell: questions where EOS is "
                       f"the token predicted at the first mask (median P(EOS)):\n\n{table}\n\n{summary}\n")
