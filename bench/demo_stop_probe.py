@@ -76,8 +76,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = results["masks after"]
     lengths = sorted({row["length"] for row in rows})
 
+    def median_p_eos(group: list[dict]) -> float:
+        return sorted(r["p_eos"] for r in group)[len(group) // 2]
+
     def cell(group: list[dict]) -> str:
-        return f"{sum(r['eos'] for r in group)} ({sorted(r['p_eos'] for r in group)[len(group) // 2]:.2f})"
+        return f"{sum(r['eos'] for r in group)} ({median_p_eos(group):.2f})"
 
     table = markdown_table(
         ["numbers in the list", "questions", *(f"EOS next: {name}" for name in conditions)],
@@ -88,17 +91,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     summary = " ".join(
         f"{name.capitalize()}: EOS predicted next in {sum(r['eos'] for r in result)} of {len(result)} "
-        f"(median P(EOS) {sorted(r['p_eos'] for r in result)[len(result) // 2]:.2f})."
+        f"(median P(EOS) {median_p_eos(result):.2f})."
         for name, result in results.items())
     print(table + "\n\n" + summary)
     if not args.no_write:
         command = " ".join(["python bench/demo_stop_probe.py", *(sys.argv[1:] if argv is None else argv)])
         write_section("demo-stop", f"## Demo model: does it know where `count_up` ends?\n\n`{command}` "
                       f"(model `{Path(args.model).name}`; the prompt, the correct list (or the list without its last "
-                      f"number), then either {args.masks} "
-                      "masks, or one mask followed by the start of the next conversation (as SFT streams examples "
-                      f"one after another into a window) and {args.masks} masks; each cell: questions where EOS is "
-                      f"the token predicted at the first mask (median P(EOS)):\n\n{table}\n\n{summary}\n")
+                      f"number), then either {args.masks} masks, or one mask followed by the start of the next "
+                      "conversation (as SFT streams examples one after another into a window) and "
+                      f"{args.masks} masks; each cell: questions where EOS is the token predicted at the first mask "
+                      f"(median P(EOS)):\n\n{table}\n\n{summary}\n")
     return rows
 
 
