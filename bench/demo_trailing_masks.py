@@ -17,22 +17,17 @@ import argparse
 import random
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from data_illada import tokenize_example  # noqa: E402
 from demo.build_demo_model import BuildArguments  # noqa: E402
 from demo.data import make_examples  # noqa: E402
-from demo.loading import SHIPPED_MODEL_DIR, encode, load_model  # noqa: E402
-
-EPS = 1e-3  # smallest masking rate, as train_sft.py's
-
-
-def example_ids(tokenizer, prompt: str, response: str) -> list[int]:
-    """The chat-rendered prompt (with the assistant marker), the response and one EOS."""
-    ids = encode(tokenizer, [{"role": "user", "content": prompt}])[0].tolist()
-    return ids + tokenizer(response, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+from demo.loading import SHIPPED_MODEL_DIR, load_model  # noqa: E402
+from trainer_illada import diffusion_lr_lambda, masked_diffusion_loss, sample_mask  # noqa: E402
 
 
 def trailing_mask_batch(rows: list[list[int]], trailing: list[int], mask_id: int,
@@ -53,13 +48,12 @@ def trailing_mask_batch(rows: list[list[int]], trailing: list[int], mask_id: int
 
 def diffusion_loss(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, is_example: torch.Tensor,
                    mask_id: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Masked-diffusion loss over the example tokens (see the module docstring)."""
-    t = torch.rand(len(input_ids), 1, generator=generator) * (1 - EPS) + EPS
-    masked = (torch.rand(input_ids.shape, generator=generator) < t) & is_example
-    noisy = torch.where(masked, torch.full_like(input_ids, mask_id), input_ids)
-    logits = model(input_ids=noisy, attention_mask=attention_mask).logits.float()
-    token_loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), input_ids, reduction="none")
-    return (token_loss * masked / t).sum() / is_example.sum()
+    """Masked-diffusion loss over the example tokens: `train_sft.py`'s forward process and loss (see the module
+    docstring), normalised by the example tokens of the batch."""
+    noisy, masked, t = sample_mask(input_ids, is_example, mask_id, generator=generator)
+    logits = model(input_ids=noisy, attention_mask=attention_mask).logits
+    return masked_diffusion_loss(logits[masked], input_ids[masked], t[:, None].expand_as(masked)[masked],
+                                 is_example.sum())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -82,17 +76,17 @@ def main(argv: list[str] | None = None) -> None:
     model.train()
     # the shipped recipe's task mix, drawn with a seed the build does not use
     examples = make_examples("train", args.steps * args.batch_size, seed=11, tasks=BuildArguments().weighted_tasks())
-    rows = [example_ids(tokenizer, e.prompt, e.response) for e in examples]
+    # prompt + response + EOS exactly as train_sft.py tokenises a prompt/response row
+    rows = [tokenize_example({"prompt": e.prompt, "response": e.response}, index, tokenizer, "prompt-response",
+                             "text")["input_ids"] for index, e in enumerate(examples)]
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=0.1)
+    # train_sft.py's schedule: linear warmup, then a linear decay to min_lr over all later steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(
+        diffusion_lr_lambda, warmup_steps=args.warmup_steps, total_steps=args.steps, decay_fraction=1.0,
+        min_lr_ratio=args.min_lr / args.learning_rate, decay="linear"))
     start = time.perf_counter()
     for step in range(args.steps):
-        if step < args.warmup_steps:
-            lr = args.learning_rate * (step + 1) / args.warmup_steps
-        else:  # linear decay to min_lr
-            done = (step - args.warmup_steps) / max(1, args.steps - args.warmup_steps)
-            lr = args.min_lr + (args.learning_rate - args.min_lr) * (1 - done)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        lr = scheduler.get_last_lr()[0]
         batch = rows[step * args.batch_size : (step + 1) * args.batch_size]
         trailing = [rng.randint(0, args.max_trailing) for _ in batch]
         tensors = trailing_mask_batch(batch, trailing, tokenizer.mask_token_id, tokenizer.pad_token_id)
@@ -100,6 +94,7 @@ def main(argv: list[str] | None = None) -> None:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
+        scheduler.step()
         optimizer.zero_grad()
         if step % 100 == 0 or step == args.steps - 1:
             print(f"step {step}: loss {loss.item():.3f}, lr {lr:.2e}, {time.perf_counter() - start:.0f} s", flush=True)

@@ -9,6 +9,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import demo_trailing_masks  # noqa: E402
+from trainer_illada import DEFAULT_EPS  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -35,7 +36,7 @@ def test_loss_is_the_weighted_cross_entropy_of_masked_example_tokens_only(tiny_c
     # the same draws, then the loss by a float64 loop over positions
     generator = torch.Generator().manual_seed(1)
     input_ids, attention, is_example = tensors
-    t = torch.rand(2, 1, generator=generator) * (1 - demo_trailing_masks.EPS) + demo_trailing_masks.EPS
+    t = torch.rand(2, 1, generator=generator) * (1 - DEFAULT_EPS) + DEFAULT_EPS
     draws = torch.rand(input_ids.shape, generator=generator)
     noisy = input_ids.clone()
     chosen = []
