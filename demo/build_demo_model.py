@@ -24,13 +24,18 @@ What it does, in `work_dir` (default `runs/demo-build/`):
    examples streamed into windows, masks over the whole window; the task mix set by `task_weights`.
    Optionally (`--focus_steps N`, off in the shipped recipe), stage 3: the same SFT continued from stage 2 on new
    training draws mixed by `focus_task_weights`, a curriculum step for the tasks stage 2 left weakest.
-6. Export: the weights, config (with `auto_map`), generation config (`block_length` set to
+6. Last stage, preference optimisation (`--vrpo_steps N`, 0 for none): the SFT model answers `vrpo_questions`
+   training-split questions (`python -m demo.build_preferences`, in the exported model's blocks); the gold answer
+   is preferred to each wrong answer and to a near miss of every question, and `train_vrpo.py` runs VRPO (DPO on
+   antithetic ELBO estimates, the SFT model as the frozen reference) on those pairs.
+7. Export: the weights, config (with `auto_map`), generation config (`block_length` set to
    `generation_block_length`), tokenizer and code files go to `output_dir`, with `build_info.json` (arguments,
-   versions, corpus fingerprint, stage times and losses).
+   versions, corpus fingerprint, stage times and losses, the preference pairs' counts).
 
-Every stage is a plain `train_sft.py` command line (printed before it runs), so the recipe can also be run by
-hand. With `--resume`, a stage that finished with the same command and training data is not run again, and
-`build_info.json` counts the time it took when it ran (recorded in its folder's `build_stage.json`).
+Every stage is a plain `train_sft.py` / `demo.build_preferences` / `train_vrpo.py` command line (printed before it
+runs), so the recipe can also be run by hand. With `--resume`, a stage that finished with the same command and
+training data is not run again, and `build_info.json` counts the time it took when it ran (recorded in its folder's
+`build_stage.json`); preference pairs built from the same weights with the same command are not built again.
 
 Sizing (2-core CPU, fp32, one optimizer step of 32 x 128 tokens, forward + backward + AdamW). Measured on an idle
 machine for the first recipe: hidden 128 / 4 layers (1.05M parameters, 4.0 MB) 0.22 s; 192 / 6 (2.8M, 10.8 MB)
@@ -50,6 +55,7 @@ exact match where it was (see `DEFAULT_FOCUS_TASK_WEIGHTS`), so it is not part o
 
 import hashlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -72,6 +78,7 @@ from demo.tokenizer import train_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = REPO_ROOT / "train_sft.py"
+VRPO_SCRIPT = REPO_ROOT / "train_vrpo.py"
 # What `output_dir` receives from the stage-2 folder: everything `from_pretrained` needs, nothing else.
 EXPORTED_FILES = (
     "model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
@@ -137,6 +144,17 @@ class BuildArguments:
     focus_learning_rate: float = field(default=1e-3, metadata={"help": "Stage-3 peak learning rate."})
     focus_min_lr: float = field(default=3e-5, metadata={"help": "Stage-3 floor of the linear decay."})
     focus_examples: int = field(default=100_000, metadata={"help": "Training-split examples written for stage 3."})
+    vrpo_steps: int = field(default=150, metadata={
+        "help": "Optimizer steps of the last stage, preference optimisation (train_vrpo.py) on pairs built from the SFT "
+                "model's own answers to `vrpo_questions` training-split questions (demo.build_preferences); 0: no "
+                "VRPO stage."})
+    vrpo_questions: int = field(default=240, metadata={
+        "help": "Training-split questions the SFT model answers to build the preference pairs (spread over the tasks)."})
+    vrpo_learning_rate: float = field(default=3e-5, metadata={"help": "VRPO peak learning rate (linear decay to 0)."})
+    vrpo_warmup_steps: int = field(default=10, metadata={"help": "VRPO warmup steps."})
+    vrpo_batch_size: int = field(default=8, metadata={"help": "Preference pairs per VRPO optimizer step."})
+    vrpo_num_mc_samples: int = field(default=8, metadata={"help": "ELBO samples per answer (VRPO's n)."})
+    vrpo_beta: float = field(default=0.1, metadata={"help": "DPO's beta: how far the policy may move from the SFT model."})
     warmup_ratio: float = field(default=0.05, metadata={"help": "Share of each stage's steps spent warming up."})
     generation_block_length: int = field(default=32, metadata={
         "help": "`block_length` of the exported generation config (the paper's 32; on the shipped model, blocks of "
@@ -161,9 +179,13 @@ class BuildArguments:
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "max_seq_length",
                      "batch_size", "pretrain_steps", "sft_steps", "sft_examples", "focus_examples",
-                     "generation_block_length"):
+                     "generation_block_length", "vrpo_questions", "vrpo_batch_size", "vrpo_num_mc_samples"):
             check_positive_int(name, getattr(self, name))
         check_non_negative_int("focus_steps", self.focus_steps)  # 0: no stage 3
+        check_non_negative_int("vrpo_steps", self.vrpo_steps)  # 0: no VRPO stage
+        check_non_negative_int("vrpo_warmup_steps", self.vrpo_warmup_steps)
+        check_range("vrpo_learning_rate", self.vrpo_learning_rate, 0, math.inf, low_open=True, high_open=True)
+        check_range("vrpo_beta", self.vrpo_beta, 0, math.inf, low_open=True, high_open=True)
         if self.max_seq_length > self.max_position_embeddings:
             raise ValueError(f"`max_seq_length`={self.max_seq_length} exceeds `max_position_embeddings`="
                              f"{self.max_position_embeddings}.")
@@ -176,6 +198,9 @@ class BuildArguments:
         if self.smoke:
             self.pretrain_steps = self.sft_steps = SMOKE_STEPS
             self.focus_steps = min(self.focus_steps, SMOKE_STEPS)
+            self.vrpo_steps = min(self.vrpo_steps, SMOKE_STEPS)
+            self.vrpo_questions = min(self.vrpo_questions, len(TASKS))
+            self.vrpo_warmup_steps = min(self.vrpo_warmup_steps, 1)
             self.sft_examples = self.focus_examples = SMOKE_SFT_EXAMPLES
             if self.output_dir == BuildArguments.output_dir:
                 self.output_dir = str(Path(self.work_dir) / "smoke-model")
@@ -271,6 +296,34 @@ def stage_command(
     return command
 
 
+def preferences_command(args: BuildArguments, model_dir: Path, output: Path) -> list[str]:
+    """The `demo.build_preferences` command that answers `vrpo_questions` training-split questions with the model in
+    `model_dir` (in the exported model's blocks) and writes the preference pairs to `output`."""
+    return [sys.executable, "-m", "demo.build_preferences", "--model", str(model_dir), "--trust-remote-code",
+            "--output", str(output), "--questions", str(args.vrpo_questions),
+            "--block-length", str(args.generation_block_length)]
+
+
+def vrpo_command(
+    args: BuildArguments, model_dir: Path, train_file: str, output: Path, resume: bool | None = None
+) -> list[str]:
+    """The `train_vrpo.py` command line of the VRPO stage (with `--resume` when `resume`, default `args.resume`, else
+    with `--overwrite_output_dir`): the SFT model in `model_dir` is the policy's start and the frozen reference."""
+    flags = {
+        "--model_name_or_path": str(model_dir), "--train_files": train_file, "--output_dir": str(output),
+        "--max_steps": args.vrpo_steps, "--learning_rate": args.vrpo_learning_rate,
+        "--warmup_steps": args.vrpo_warmup_steps, "--per_device_train_batch_size": args.vrpo_batch_size,
+        "--num_mc_samples": args.vrpo_num_mc_samples, "--beta": args.vrpo_beta, "--seed": args.seed,
+        "--data_seed": args.seed, "--logging_steps": max(1, min(5, args.vrpo_steps // 10)), "--save_strategy": "no",
+        "--report_to": "none", "--dtype": "float32",
+    }
+    command = [sys.executable, str(VRPO_SCRIPT), "--use_cpu"]
+    command.append("--resume" if (args.resume if resume is None else resume) else "--overwrite_output_dir")
+    for flag, value in flags.items():
+        command += [flag, str(value)]
+    return command
+
+
 def run_stage(command: list[str], log_path: Path, num_threads: int | None = None) -> float:
     """Runs one stage in a fresh process from the repository root, teeing its output to `log_path`."""
     env = dict(os.environ) if num_threads is None else {**os.environ, "OMP_NUM_THREADS": str(num_threads)}
@@ -340,6 +393,30 @@ def run_or_reuse_stage(
     return record, False
 
 
+def run_or_reuse_preferences(
+    args: BuildArguments, model_dir: Path, output: Path, log_path: Path, reuse: bool = False
+) -> tuple[dict, bool]:
+    """Builds the VRPO stage's preference pairs from `model_dir`'s answers and records the run next to `output`
+    (`<output>.build.json`: command, SHA-256 of the model's weights, seconds, and the summary's training-split exact
+    match and pair counts). With `reuse`, pairs recorded with the same command and the same weights are not built
+    again. Returns the record and whether it was reused."""
+    command = preferences_command(args, model_dir, output)
+    record_path = Path(f"{output}.build.json")
+    key = {"command": _command_key(command), "model_sha256": _file_sha256(model_dir / "model.safetensors")}
+    if reuse and record_path.is_file() and output.is_file():
+        record = json.loads(record_path.read_text())
+        if {name: record.get(name) for name in key} == key:
+            print(f"Preference pairs {output} built earlier from the same model ({record['seconds']:.0f} s); not built "
+                  "again.", flush=True)
+            return record, True
+    seconds = run_stage(command, log_path, args.num_threads)
+    summary = json.loads(Path(f"{output}.summary.json").read_text())
+    record = {**key, "seconds": round(seconds, 1),
+              **{name: summary[name] for name in ("exact_match", "pairs", "own_wrong_answers")}}
+    record_path.write_text(json.dumps(record, indent=2) + "\n")
+    return record, False
+
+
 def export_model(stage_dir: Path, output_dir: Path, info: dict, block_length: int | None = None) -> None:
     """Copies the loadable files of the final stage (weights, configs, tokenizer, code) into `output_dir`, with
     the generation config's `block_length` set to `block_length` when given."""
@@ -381,8 +458,19 @@ def build(args: BuildArguments) -> Path:
         records[stage], reuse = run_or_reuse_stage(args, command, folder, work_dir / f"stage{number}.log", reuse)
         times[f"{stage}_s"] = records[stage]["seconds"]
         model_flag = ["--model_name_or_path", str(folder)]
+    preferences = None
+    if args.vrpo_steps:  # the last stage: preferences from the SFT model's own answers, then VRPO from it
+        pairs_file = work_dir / "preferences.jsonl"
+        preferences, _ = run_or_reuse_preferences(args, folder, pairs_file, work_dir / "preferences.log", args.resume)
+        times["preferences_s"] = preferences["seconds"]
+        number, sft_folder, folder = len(stages) + 1, folder, work_dir / f"stage{len(stages) + 1}-vrpo"
+        reuse = reuse and not _recorded_data_differs(folder, str(pairs_file))
+        command = vrpo_command(args, sft_folder, str(pairs_file), folder, resume=reuse)
+        records["vrpo"], reuse = run_or_reuse_stage(args, command, folder, work_dir / f"stage{number}.log", reuse)
+        times["vrpo_s"] = records["vrpo"]["seconds"]
     # Stages reused by `--resume` count with the time they took when they ran.
-    times["total_s"] = times["data_and_tokenizer_s"] + sum(record["seconds"] for record in records.values())
+    times["total_s"] = (times["data_and_tokenizer_s"] + sum(record["seconds"] for record in records.values())
+                        + times.get("preferences_s", 0.0))
     info = {
         "arguments": asdict(args),
         "parameters": sum(p.numel() for p in _parameter_shapes(config)),
@@ -392,6 +480,8 @@ def build(args: BuildArguments) -> Path:
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "transformers": transformers.__version__, "tokenizers": tokenizers.__version__},
     }
+    if preferences is not None:
+        info["preferences"] = {name: preferences[name] for name in ("exact_match", "pairs", "own_wrong_answers")}
     export_model(folder, output_dir, info, args.generation_block_length)
     print(json.dumps({k: info[k] for k in ("parameters", "train_loss", "seconds", "weights_mib")}, indent=2))
     print(f"Demo model written to {output_dir}", flush=True)

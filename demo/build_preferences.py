@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="No generation: only (gold, near miss) pairs, without loading a model.")
     parser.add_argument("--seed", type=int, default=PREFERENCE_SEED, help="Seed of the questions and near misses.")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads of torch (default 1).")
+    parser.add_argument("--block-length", type=int, default=None,
+                        help="Generate with blocks of this many tokens (default: the model's generation config). The "
+                             "demo build sets it to the block length the exported model will generate with.")
     return parser
 
 
@@ -65,6 +68,7 @@ def check_arguments(args: argparse.Namespace) -> None:
     check_positive_int("--questions", args.questions)
     check_non_negative_int("--near-misses", args.near_misses)
     check_positive_int("--threads", args.threads)
+    check_positive_int("--block-length", args.block_length, allow_none=True)
     if not args.near_misses_only:
         check_model_folder(args.model)
 
@@ -111,6 +115,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             model, tokenizer = load_model(args.model, trust_remote_code=args.trust_remote_code)
         except ValueError as error:
             sys.exit(f"error: {error}")
+        if args.block_length is not None:
+            model.generation_config.block_length = args.block_length
         with torch.no_grad():
             answers = [generate_one(model, tokenizer, example)["answer"] for example in examples]
     rows = build_pairs(examples, answers, args.near_misses, args.seed)

@@ -1,11 +1,15 @@
 """Tests of demo/build_preferences.py: which pairs the preference set holds, in trl's conversational format."""
 
+from types import SimpleNamespace
+
 import pytest
 from datasets import Dataset
 
+from demo import build_preferences
 from demo.build_preferences import build_pairs, main
 from demo.data import example_is_heldout, make_examples
 from tiny_tokenizer import make_tiny_tokenizer
+from generation_illada import ILLaDAGenerationConfig
 from vrpo_illada import build_preference_dataset
 
 
@@ -32,7 +36,25 @@ def test_pairs_prefer_the_gold_answer_to_own_wrong_answers_and_near_misses():
     (["--questions", "0"], "`--questions` must be a positive integer"),
     (["--near-misses", "-1"], "`--near-misses` must be an integer >= 0"),
     (["--model", "no-such-folder"], "No model folder"),
+    (["--block-length", "0"], "`--block-length` must be a positive integer"),
 ])
 def test_errors_exit_before_loading(tmp_path, argv, message):
     with pytest.raises(SystemExit, match=message):
         main(["--output", str(tmp_path / "p.jsonl"), *argv])
+
+
+@pytest.mark.parametrize("argv, block_length", [([], 32), (["--block-length", "8"], 8)])
+def test_block_length_sets_the_blocks_the_model_answers_in(tmp_path, monkeypatch, argv, block_length):
+    """The demo build makes the pairs from answers in the exported model's blocks, whatever the stage folder says."""
+    model, seen = SimpleNamespace(generation_config=ILLaDAGenerationConfig(block_length=32)), []
+
+    def answer_right(model, tokenizer, example):
+        seen.append(model.generation_config.block_length)
+        return {"answer": example.response.strip()}
+
+    monkeypatch.setattr(build_preferences, "check_model_folder", lambda folder: None)
+    monkeypatch.setattr(build_preferences, "load_model", lambda folder, trust_remote_code: (model, None))
+    monkeypatch.setattr(build_preferences, "generate_one", answer_right)
+    rows = main(["--model", "m", "--output", str(tmp_path / "p.jsonl"), "--questions", "3", *argv])
+    assert seen == [block_length] * 3
+    assert [row["kind"] for row in rows] == ["near_miss"] * 3  # every answer right: near misses only

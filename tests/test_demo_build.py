@@ -15,12 +15,14 @@ from demo.build_demo_model import (
     STAGE_RECORD,
     BuildArguments,
     export_model,
+    preferences_command,
     run_or_reuse_stage,
     stage_command,
+    vrpo_command,
     write_data,
     write_model_config,
 )
-from demo.data import example_is_heldout, make_examples
+from demo.data import TASKS, example_is_heldout, make_examples
 from generation_illada import ILLaDAGenerationConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -140,7 +142,7 @@ def test_resumed_build_reuses_finished_stages_until_one_has_to_run(tmp_path, mon
 
     monkeypatch.setattr(build_demo_model, "run_stage", fake_run_stage)
     recipe = dict(work_dir=str(tmp_path / "work"), output_dir=str(tmp_path / "out"), sft_examples=24,
-                  focus_examples=24, focus_steps=3, pretrain_steps=2, sft_steps=2)
+                  focus_examples=24, focus_steps=3, pretrain_steps=2, sft_steps=2, vrpo_steps=0)
     build(BuildArguments(**recipe))
     assert calls == [("stage1-pretrain", False), ("stage2-sft", False), ("stage3-focus", False)]
     first = json.loads((tmp_path / "out" / "build_info.json").read_text())
@@ -165,6 +167,90 @@ def test_resumed_build_reuses_finished_stages_until_one_has_to_run(tmp_path, mon
     record = json.loads((tmp_path / "work" / "stage3-focus" / STAGE_RECORD).read_text())
     focus_file = tmp_path / "work" / "focus.jsonl"
     assert record["train_file_sha256"] == hashlib.sha256(focus_file.read_bytes()).hexdigest()
+
+
+def test_vrpo_stage_starts_from_the_sft_model_and_learns_its_preferences(tmp_path):
+    args = BuildArguments(work_dir=str(tmp_path), vrpo_steps=120, vrpo_learning_rate=2e-5, vrpo_questions=48,
+                          generation_block_length=16)
+    preferences = _flags(preferences_command(args, tmp_path / "s2", tmp_path / "p.jsonl"))
+    assert preferences["--model"] == str(tmp_path / "s2") and preferences["--output"] == str(tmp_path / "p.jsonl")
+    assert (preferences["--questions"], preferences["--block-length"]) == ("48", "16")
+    assert "--trust-remote-code" in preferences and "--split" not in preferences  # the training split only
+    vrpo = vrpo_command(args, tmp_path / "s2", "p.jsonl", tmp_path / "s3")
+    assert vrpo[1].endswith("train_vrpo.py")
+    flags = _flags(vrpo)
+    assert (flags["--model_name_or_path"], flags["--train_files"]) == (str(tmp_path / "s2"), "p.jsonl")
+    assert (flags["--max_steps"], float(flags["--learning_rate"]), flags["--warmup_steps"]) == ("120", 2e-5, "10")
+    assert (flags["--per_device_train_batch_size"], flags["--num_mc_samples"], float(flags["--beta"])) == (
+        "8", "8", 0.1)
+    assert "--use_cpu" in flags and flags["--seed"] == str(args.seed) and "--overwrite_output_dir" in flags
+    assert "--resume" in vrpo_command(args, tmp_path / "s2", "p.jsonl", tmp_path / "s3", resume=True)
+
+
+def test_resumed_build_rebuilds_preferences_only_for_another_model_or_command(tmp_path, monkeypatch):
+    """The VRPO stage's pairs come from the SFT model's answers: a resumed build reuses them (and the stage) while
+    the SFT weights and the command are the same, and builds them again, with VRPO afresh, when either changed."""
+    from demo.build_demo_model import build
+
+    calls = []
+
+    def fake_run_stage(command, log_path, num_threads=None):
+        flags = _flags(command)
+        if "demo.build_preferences" in command:
+            # pairs that depend on the model's weights and the number of questions, as the real answers do
+            weights = (Path(flags["--model"]) / "model.safetensors").read_bytes()
+            output = Path(flags["--output"])
+            output.write_text(json.dumps({"weights": weights.decode(), "questions": flags["--questions"]}) + "\n")
+            summary = {"exact_match": 0.5, "pairs": 1, "own_wrong_answers": 1}
+            Path(f"{output}.summary.json").write_text(json.dumps(summary))
+            calls.append(("preferences", flags["--model"]))
+            return 7.0
+        out = Path(flags["--output_dir"])
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "model.safetensors").write_bytes(f"{out.name}:{flags['--max_steps']}".encode())
+        ILLaDAGenerationConfig(block_length=32).save_pretrained(out)
+        (out / "train_results.json").write_text(json.dumps({"train_loss": 1.0 + len(calls)}))
+        calls.append((out.name, "--resume" in flags))
+        return 100.0
+
+    monkeypatch.setattr(build_demo_model, "run_stage", fake_run_stage)
+    work = tmp_path / "work"
+    recipe = dict(work_dir=str(work), output_dir=str(tmp_path / "out"), sft_examples=24, pretrain_steps=2,
+                  sft_steps=2, vrpo_steps=3)
+    build(BuildArguments(**recipe))
+    assert calls == [("stage1-pretrain", False), ("stage2-sft", False), ("preferences", str(work / "stage2-sft")),
+                     ("stage3-vrpo", False)]
+    info = json.loads((tmp_path / "out" / "build_info.json").read_text())
+    assert (tmp_path / "out" / "model.safetensors").read_bytes() == b"stage3-vrpo:3"  # the VRPO model is shipped
+    assert info["train_loss"] == {"pretrain": 1.0, "sft": 2.0, "vrpo": 4.0}
+    assert (info["seconds"]["preferences_s"], info["seconds"]["vrpo_s"]) == (7.0, 100.0)
+    assert info["seconds"]["total_s"] == pytest.approx(307.0 + info["seconds"]["data_and_tokenizer_s"], abs=0.1)
+    assert info["preferences"] == {"exact_match": 0.5, "pairs": 1, "own_wrong_answers": 1}
+
+    calls.clear()
+    build(BuildArguments(**recipe, resume=True))
+    assert calls == []
+    again = json.loads((tmp_path / "out" / "build_info.json").read_text())
+    assert again["seconds"] == {**info["seconds"], "data_and_tokenizer_s": again["seconds"]["data_and_tokenizer_s"],
+                                "total_s": again["seconds"]["total_s"]}
+
+    # more questions: the pairs change, so VRPO runs again, afresh
+    calls.clear()
+    build(BuildArguments(**{**recipe, "vrpo_questions": 36}, resume=True))
+    assert calls == [("preferences", str(work / "stage2-sft")), ("stage3-vrpo", False)]
+
+    # another SFT model: its answers (and so the pairs) are new, and VRPO starts afresh from it
+    calls.clear()
+    build(BuildArguments(**{**recipe, "vrpo_questions": 36, "sft_steps": 4}, resume=True))
+    assert calls == [("stage2-sft", True), ("preferences", str(work / "stage2-sft")), ("stage3-vrpo", False)]
+    record = json.loads((work / "preferences.jsonl.build.json").read_text())
+    assert record["model_sha256"] == hashlib.sha256(b"stage2-sft:4").hexdigest()
+
+    # without a VRPO stage the SFT model is shipped
+    calls.clear()
+    build(BuildArguments(**{**recipe, "vrpo_questions": 36, "sft_steps": 4, "vrpo_steps": 0}, resume=True))
+    assert calls == [] and (tmp_path / "out" / "model.safetensors").read_bytes() == b"stage2-sft:4"
+    assert "vrpo" not in json.loads((tmp_path / "out" / "build_info.json").read_text())["train_loss"]
 
 
 def test_written_data_hold_only_the_training_split(tmp_path):
@@ -255,6 +341,12 @@ def test_task_weights_set_the_share_of_each_task(tmp_path):
         (dict(focus_steps=-1), "`focus_steps`"),
         (dict(focus_examples=0), "`focus_examples`"),
         (dict(focus_task_weights="add:x"), "`focus_task_weights`"),
+        (dict(vrpo_steps=-1), "`vrpo_steps`"),
+        (dict(vrpo_questions=0), "`vrpo_questions`"),
+        (dict(vrpo_learning_rate=0.0), "`vrpo_learning_rate`"),
+        (dict(vrpo_beta=float("inf")), "`vrpo_beta`"),
+        (dict(vrpo_num_mc_samples=0), "`vrpo_num_mc_samples`"),
+        (dict(vrpo_warmup_steps=-2), "`vrpo_warmup_steps`"),
     ],
 )
 def test_bad_build_arguments_raise(kwargs, match):
@@ -268,13 +360,16 @@ def test_smoke_shrinks_the_run_and_keeps_the_shipped_folder():
     assert args.focus_steps == 0  # the default recipe has no stage 3, nor has its smoke run
     with_focus = BuildArguments(smoke=True, work_dir="somewhere", focus_steps=500)
     assert with_focus.focus_steps == 2 and with_focus.focus_examples < 10_000
+    assert args.vrpo_steps == 2 and args.vrpo_questions == len(TASKS)  # one question per task
+    assert BuildArguments(smoke=True, vrpo_steps=0).vrpo_steps == 0
     assert Path(args.output_dir) == Path("somewhere") / "smoke-model"
 
 
 @pytest.mark.slow
 def test_smoke_build_loads_with_auto_classes(tmp_path):
-    """All three stages run through train_sft.py, a `--resume` re-run reuses them, and the exported folder loads
-    offline with trust_remote_code."""
+    """All four stages run (three through train_sft.py, VRPO on the SFT model's own answers through train_vrpo.py), a
+    `--resume` re-run reuses them and the preference pairs, and the exported folder loads offline with
+    trust_remote_code."""
     out = tmp_path / "model"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, "-m", "demo.build_demo_model", "--smoke", "--work_dir", str(tmp_path / "work"),
@@ -285,9 +380,12 @@ def test_smoke_build_loads_with_auto_classes(tmp_path):
     # a resumed build of the same recipe runs no stage again and reports the times the stages took when they ran
     rerun = subprocess.run([*command, "--resume"], cwd=REPO, env=env, check=True, capture_output=True, text=True,
                            timeout=600)
-    assert rerun.stdout.count("not run again") == 3 and "train_sft.py" not in rerun.stdout
+    assert rerun.stdout.count("not run again") == 4 and "not built again" in rerun.stdout
+    assert "train_sft.py" not in rerun.stdout and "train_vrpo.py" not in rerun.stdout
     again = json.loads((out / "build_info.json").read_text())
-    assert set(first["train_loss"]) == {"pretrain", "sft", "focus"} and again["train_loss"] == first["train_loss"]
+    assert set(first["train_loss"]) == {"pretrain", "sft", "focus", "vrpo"}
+    assert again["train_loss"] == first["train_loss"] and again["preferences"] == first["preferences"]
+    assert first["preferences"]["pairs"] >= len(TASKS)  # a near miss for each question, at least
     assert {k: v for k, v in again["seconds"].items() if k not in ("data_and_tokenizer_s", "total_s")} == {
         k: v for k, v in first["seconds"].items() if k not in ("data_and_tokenizer_s", "total_s")}
     assert again["weights_sha256"] == first["weights_sha256"]
