@@ -132,7 +132,7 @@ def test_committed_results_match_the_readme():
 
 @pytest.mark.slow
 def test_rebuild_reproduces_the_committed_quality(tmp_path):
-    """Runs the whole recipe (about 1 h 30 min on 2 CPU cores, see build_info.json) and compares its held-out
+    """Runs the whole recipe (about 1 h 33 min on 2 CPU cores, see build_info.json) and compares its held-out
     figures with the committed model's: overall within `REBUILD_TOLERANCE`, each task within
     `TASK_REBUILD_TOLERANCE`."""
     from demo.build_demo_model import BuildArguments, build
