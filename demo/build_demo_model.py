@@ -27,7 +27,8 @@ What it does, in `work_dir` (default `runs/demo-build/`):
 6. Last stage, preference optimisation (`--vrpo_steps N`, 0 for none): the SFT model answers `vrpo_questions`
    training-split questions (`python -m demo.build_preferences`, in the exported model's blocks); the gold answer
    is preferred to each wrong answer and to a near miss of every question, and `train_vrpo.py` runs VRPO (DPO on
-   antithetic ELBO estimates, the SFT model as the frozen reference) on those pairs.
+   antithetic ELBO estimates, the SFT model as the frozen reference) on those pairs. It takes about two minutes and
+   keeps no checkpoints: a VRPO stage that was stopped runs again.
 7. Export: the weights, config (with `auto_map`), generation config (`block_length` set to
    `generation_block_length`), tokenizer and code files go to `output_dir`, with `build_info.json` (arguments,
    versions, corpus fingerprint, stage times and losses, the preference pairs' counts).
@@ -467,7 +468,8 @@ def build(args: BuildArguments) -> Path:
         pairs_file = work_dir / "preferences.jsonl"
         preferences, _ = run_or_reuse_preferences(args, folder, pairs_file, work_dir / "preferences.log", args.resume)
         times["preferences_s"] = preferences["seconds"]
-        number, sft_folder, folder = len(stages) + 1, folder, work_dir / f"stage{len(stages) + 1}-vrpo"
+        number = len(stages) + 1
+        sft_folder, folder = folder, work_dir / f"stage{number}-vrpo"
         reuse = reuse and not _recorded_data_differs(folder, str(pairs_file))
         command = vrpo_command(args, sft_folder, str(pairs_file), folder, resume=reuse)
         records["vrpo"], reuse = run_or_reuse_stage(args, command, folder, work_dir / f"stage{number}.log", reuse)
