@@ -169,7 +169,7 @@ def test_resumed_build_reuses_finished_stages_until_one_has_to_run(tmp_path, mon
     assert record["train_file_sha256"] == hashlib.sha256(focus_file.read_bytes()).hexdigest()
 
 
-def test_vrpo_stage_starts_from_the_sft_model_and_learns_its_preferences(tmp_path):
+def test_vrpo_stage_commands_start_from_the_sft_model_and_its_pairs(tmp_path):
     args = BuildArguments(work_dir=str(tmp_path), vrpo_steps=120, vrpo_learning_rate=2e-5, vrpo_questions=48,
                           generation_block_length=16)
     preferences = _flags(preferences_command(args, tmp_path / "s2", tmp_path / "p.jsonl"))
