@@ -65,6 +65,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -292,13 +293,21 @@ def stage_command(
         flags["--save_steps"] = args.save_steps
     if kind == "sft":
         flags["--decay_fraction"] = args.sft_decay_fraction
-    command = [sys.executable, str(TRAIN_SCRIPT), *model_flag, "--use_cpu"]
-    command.append("--resume" if (args.resume if resume is None else resume) else "--overwrite_output_dir")
+    switches = [*model_flag, "--use_cpu", _resume_switch(args, resume)]
     if args.stratified_t:
-        command.append("--stratified_t")
-    for flag, value in flags.items():
-        command += [flag, str(value)]
-    return command
+        switches.append("--stratified_t")
+    return _script_command(TRAIN_SCRIPT, switches, flags)
+
+
+def _resume_switch(args: BuildArguments, resume: bool | None) -> str:
+    """`--resume` when `resume` (default: `args.resume`), else `--overwrite_output_dir`."""
+    return "--resume" if (args.resume if resume is None else resume) else "--overwrite_output_dir"
+
+
+def _script_command(script: Path, switches: list[str], flags: dict) -> list[str]:
+    """`python script`, the flags without a value, then each `--flag value` pair."""
+    pairs = [part for flag, value in flags.items() for part in (flag, str(value))]
+    return [sys.executable, str(script), *switches, *pairs]
 
 
 def preferences_command(args: BuildArguments, model_dir: Path, output: Path) -> list[str]:
@@ -322,11 +331,7 @@ def vrpo_command(
         "--data_seed": args.seed, "--logging_steps": max(1, min(5, args.vrpo_steps // 10)), "--save_strategy": "no",
         "--report_to": "none", "--dtype": "float32",
     }
-    command = [sys.executable, str(VRPO_SCRIPT), "--use_cpu"]
-    command.append("--resume" if (args.resume if resume is None else resume) else "--overwrite_output_dir")
-    for flag, value in flags.items():
-        command += [flag, str(value)]
-    return command
+    return _script_command(VRPO_SCRIPT, ["--use_cpu", _resume_switch(args, resume)], flags)
 
 
 def run_stage(command: list[str], log_path: Path, num_threads: int | None = None) -> float:
@@ -383,17 +388,24 @@ def run_or_reuse_stage(
     and loss are returned, so that `build_info.json` counts the time the stage took when it ran (for a stage that was
     stopped and resumed, the run that finished it).
     Returns the record `{"command", "train_file_sha256", "seconds", "train_loss"}` and whether it was reused."""
-    record_path = output / STAGE_RECORD
-    data_sha256 = _train_file_sha256(command)
+    key = {"command": _command_key(command), "train_file_sha256": _train_file_sha256(command)}
+    return _run_or_reuse(args, command, key, output / STAGE_RECORD, log_path, reuse, f"Stage {output.name} finished",
+                         "run", lambda: {"train_loss": _train_loss(output)})
+
+
+def _run_or_reuse(
+    args: BuildArguments, command: list[str], key: dict, record_path: Path, log_path: Path, reuse: bool, done: str,
+    verb: str, results: Callable[[], dict],
+) -> tuple[dict, bool]:
+    """With `reuse`, returns the record in `record_path` when it holds the same `key` (saying `done` earlier, not
+    `verb` again); otherwise runs `command` and records `key`, its seconds and `results()` there."""
     if reuse and record_path.is_file():
         record = json.loads(record_path.read_text())
-        if record.get("command") == _command_key(command) and record.get("train_file_sha256") == data_sha256:
-            print(f"Stage {output.name} finished earlier ({record['seconds']:.0f} s, {record_path}); not run again.",
-                  flush=True)
+        if {name: record.get(name) for name in key} == key:
+            print(f"{done} earlier ({record['seconds']:.0f} s, {record_path}); not {verb} again.", flush=True)
             return record, True
     seconds = run_stage(command, log_path, args.num_threads)
-    record = {"command": _command_key(command), "train_file_sha256": data_sha256, "seconds": round(seconds, 1),
-              "train_loss": _train_loss(output)}
+    record = {**key, "seconds": round(seconds, 1), **results()}
     record_path.write_text(json.dumps(record, indent=2) + "\n")
     return record, False
 
@@ -406,20 +418,14 @@ def run_or_reuse_preferences(
     match and pair counts). With `reuse`, pairs recorded with the same command and the same weights are not built
     again. Returns the record and whether it was reused."""
     command = preferences_command(args, model_dir, output)
-    record_path = Path(f"{output}.build.json")
     key = {"command": _command_key(command), "model_sha256": _file_sha256(model_dir / "model.safetensors")}
-    if reuse and record_path.is_file() and output.is_file():
-        record = json.loads(record_path.read_text())
-        if {name: record.get(name) for name in key} == key:
-            print(f"Preference pairs {output} built earlier from the same model ({record['seconds']:.0f} s); not built "
-                  "again.", flush=True)
-            return record, True
-    seconds = run_stage(command, log_path, args.num_threads)
-    summary = json.loads(Path(f"{output}.summary.json").read_text())
-    record = {**key, "seconds": round(seconds, 1),
-              **{name: summary[name] for name in ("exact_match", "pairs", "own_wrong_answers")}}
-    record_path.write_text(json.dumps(record, indent=2) + "\n")
-    return record, False
+
+    def counts() -> dict:
+        summary = json.loads(Path(f"{output}.summary.json").read_text())
+        return {name: summary[name] for name in ("exact_match", "pairs", "own_wrong_answers")}
+
+    return _run_or_reuse(args, command, key, Path(f"{output}.build.json"), log_path, reuse and output.is_file(),
+                         f"Preference pairs {output} built from the same model", "built", counts)
 
 
 def export_model(stage_dir: Path, output_dir: Path, info: dict, block_length: int | None = None) -> None:
@@ -475,8 +481,7 @@ def build(args: BuildArguments) -> Path:
         records["vrpo"], reuse = run_or_reuse_stage(args, command, folder, work_dir / f"stage{number}.log", reuse)
         times["vrpo_s"] = records["vrpo"]["seconds"]
     # Stages reused by `--resume` count with the time they took when they ran.
-    times["total_s"] = (times["data_and_tokenizer_s"] + sum(record["seconds"] for record in records.values())
-                        + times.get("preferences_s", 0.0))
+    times["total_s"] = sum(times.values())
     info = {
         "arguments": asdict(args),
         "parameters": sum(p.numel() for p in _parameter_shapes(config)),
