@@ -14,24 +14,19 @@ import inspect
 from transformers import GenerationConfig
 from transformers.utils import logging
 
-try:  # as Hub remote code (a package made by transformers)
-    from .utils_illada import (
-        MAX_CFG_SCALE, as_id_list, check_choice, check_positive_int, check_range, check_token_ids, is_int,
-    )
-except ImportError:  # from a checkout, with the repo root on sys.path
-    from utils_illada import (
-        MAX_CFG_SCALE, as_id_list, check_choice, check_positive_int, check_range, check_token_ids, is_int,
-    )
+from .utils_illada import (
+    MAX_CFG_SCALE, as_id_list, check_choice, check_positive_int, check_range, check_token_ids, is_int,
+)
 
 logger = logging.get_logger(__name__)
 
 REMASKING_STRATEGIES = ("low_confidence", "random", "margin", "entropy")
 CANVAS_MODES = ("variable", "fixed")
-# `use_cache` values: no cache (also `None` / `False`), Fast-dLLM's prefix cache, and its dual cache.
+# `use_cache` values: no cache, Fast-dLLM's prefix cache, and its dual cache.
 CACHE_MODES = ("none", "prefix", "dual")
 # LLaDA generate.py's default answer length.
 DEFAULT_MAX_NEW_TOKENS = 128
-# The block length of most of the paper's evaluations (ILLADA.md §4).
+# The block length of most of the paper's evaluations (arXiv 2606.25331, evaluation settings).
 DEFAULT_BLOCK_LENGTH = 32
 # `do_sample=True` with `temperature=0`: sample from the model's own distribution (transformers' default temperature).
 DEFAULT_SAMPLING_TEMPERATURE = 1.0
@@ -107,11 +102,11 @@ class ILLaDAGenerationConfig(GenerationConfig):
             every position before its first stop token is committed, instead of decoding the whole block. Saves
             most steps of short answers in long blocks, but changes the output: the model sees masks, not decoded
             tokens, after the stop. Our addition; the iLLaDA paper decodes whole blocks.
-        use_cache (`str`, *optional*): Key-value cache of the canvas (Fast-dLLM, arXiv 2505.22618, Sec. 3.2).
+        use_cache (`str`, *optional*, defaults to `"none"`): Key-value cache of the canvas (Fast-dLLM, arXiv 2505.22618, Sec. 3.2).
             `"prefix"`: the first step of each block runs the model on the whole canvas and stores every layer's
             keys and values; the other steps of the block run only on the block and the canvas right of it, and
             take the prefix (prompt and earlier blocks) from the cache. `"dual"`: the other steps run on the block
-            alone, and take the suffix from the cache too. `None`, `False` or `"none"` (default): every step runs
+            alone, and take the suffix from the cache too. `"none"` (default): every step runs
             on the whole canvas. **An approximation**: attention is bidirectional, so the cached keys and values
             of a position depend on the whole canvas at the last refresh and miss the tokens committed since
             (Fast-dLLM reports that this costs little accuracy). In `variable` mode the canvas ends with the block,
@@ -149,7 +144,7 @@ class ILLaDAGenerationConfig(GenerationConfig):
         suppress_tokens: list[int] | None = None,
         stop_token_bias: dict | None = None,
         skip_after_stop: bool = False,
-        use_cache: str | bool | None = None,
+        use_cache: str = "none",
         cache_refresh_steps: int | None = None,
         return_dict_in_generate: bool = False,
         output_history: bool = False,
@@ -254,19 +249,14 @@ class ILLaDAGenerationConfig(GenerationConfig):
         return float(self.temperature)
 
     def _validate_cache(self) -> None:
-        if self.use_cache not in (None, False, *CACHE_MODES):
-            raise ValueError(f"`use_cache` must be one of {CACHE_MODES} (or None / False for no cache), got "
-                             f"{self.use_cache!r}. The autoregressive `use_cache=True` has no meaning here: choose "
-                             f"'prefix' or 'dual'.")
+        if not isinstance(self.use_cache, str) or self.use_cache not in CACHE_MODES:
+            raise ValueError(f"`use_cache` must be one of {CACHE_MODES}, got {self.use_cache!r}. The autoregressive "
+                             f"`use_cache=True` / `False` has no meaning here: 'none' runs every step on the whole "
+                             f"canvas, 'prefix' or 'dual' cache keys and values.")
         check_positive_int("cache_refresh_steps", self.cache_refresh_steps, allow_none=True)
-        if self.cache_refresh_steps is not None and self.cache_mode == "none":
+        if self.cache_refresh_steps is not None and self.use_cache == "none":
             raise ValueError(f"`cache_refresh_steps={self.cache_refresh_steps}` needs a cache: set `use_cache` to "
                              f"'prefix' or 'dual', or leave `cache_refresh_steps` at None.")
-
-    @property
-    def cache_mode(self) -> str:
-        """`use_cache` as one of `CACHE_MODES` (`None` and `False` read as `"none"`)."""
-        return self.use_cache or "none"
 
     def _validate_token_ids(self) -> None:
         for name in ("mask_token_id", "pad_token_id", "bos_token_id"):

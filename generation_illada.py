@@ -7,8 +7,7 @@ dict of them; an [`ILLaDAGenerationConfig`] or a plain `transformers.GenerationC
 pass, and hands over to the sampler. The text-generation `pipeline` works through it.
 
 Layout: `generation_config_illada.py` holds the settings and their validation, `sampler_illada.py` the algorithm
-(block-wise low-confidence remasking, variable-length canvas, guidance, threshold decoding, key-value cache). Their
-public names stay importable from this module.
+(block-wise low-confidence remasking, variable-length canvas, guidance, threshold decoding, key-value cache).
 """
 
 import json
@@ -19,28 +18,8 @@ from transformers import GenerationConfig
 from transformers.generation.streamers import BaseStreamer
 from transformers.utils import logging
 
-try:  # as Hub remote code (a package made by transformers)
-    from .generation_config_illada import (
-        CACHE_MODES, CANVAS_MODES, DEFAULT_BLOCK_LENGTH, DEFAULT_MAX_NEW_TOKENS, DEFAULT_SAMPLING_TEMPERATURE,
-        MAX_TEMPERATURE, REMASKING_STRATEGIES, SETTINGS, ILLaDAGenerationConfig, split_generation_options,
-    )
-    from .sampler_illada import (
-        NOISE_DTYPE, NOT_GENERATED, ILLaDAGenerateOutput, StepCallback, confidence_scores, constrain_logits,
-        cut_after_stop, denoiser_logits, filter_logits, remasking_confidence, run_sampler, sample_tokens,
-        select_commits, steps_in_block, transfer_schedule, undecided_positions,
-    )
-    from .utils_illada import guided_logits
-except ImportError:  # from a checkout, with the repo root on sys.path
-    from generation_config_illada import (
-        CACHE_MODES, CANVAS_MODES, DEFAULT_BLOCK_LENGTH, DEFAULT_MAX_NEW_TOKENS, DEFAULT_SAMPLING_TEMPERATURE,
-        MAX_TEMPERATURE, REMASKING_STRATEGIES, SETTINGS, ILLaDAGenerationConfig, split_generation_options,
-    )
-    from sampler_illada import (
-        NOISE_DTYPE, NOT_GENERATED, ILLaDAGenerateOutput, StepCallback, confidence_scores, constrain_logits,
-        cut_after_stop, denoiser_logits, filter_logits, remasking_confidence, run_sampler, sample_tokens,
-        select_commits, steps_in_block, transfer_schedule, undecided_positions,
-    )
-    from utils_illada import guided_logits
+from .generation_config_illada import ILLaDAGenerationConfig, split_generation_options
+from .sampler_illada import ILLaDAGenerateOutput, StepCallback, run_sampler
 
 logger = logging.get_logger(__name__)
 
@@ -122,6 +101,7 @@ class ILLaDAGenerationMixin:
         >>> tokenizer.batch_decode(out[:, input_ids.shape[1]:], skip_special_tokens=True)
         ```
         """
+        _check_no_prompt_learning(self)
         input_ids, attention_mask = _unpack_inputs(input_ids, attention_mask)
         _check_input_ids(input_ids)
         config = self._prepare_generation_config(generation_config, kwargs, prompt_width=input_ids.shape[1])
@@ -221,7 +201,7 @@ class ILLaDAGenerationMixin:
             raise ValueError(f"`cfg_scale={config.cfg_scale}` needs a prompt in every row: classifier-free guidance "
                              f"contrasts the prompt with its masked copy. Set `cfg_scale=0` for empty prompts.")
         padded = attention_mask is not None and not real.all()
-        if padded and config.cache_mode != "none" and self.config._attn_implementation.startswith("flash"):
+        if padded and config.use_cache != "none" and self.config._attn_implementation.startswith("flash"):
             raise ValueError(f"`use_cache={config.use_cache!r}` with left padding needs `sdpa` or `eager` attention "
                              f"(the cached span forward takes a padding mask that flash attention cannot), got "
                              f"{self.config._attn_implementation!r}. Batch prompts of one length or load the model "
@@ -271,6 +251,18 @@ def _unpack_inputs(inputs, attention_mask) -> tuple:
     if attention_mask is not None and "attention_mask" in inputs:
         raise TypeError("`attention_mask` is given twice: in the first argument and as a keyword. Give it once.")
     return inputs["input_ids"], inputs.get("attention_mask", attention_mask)
+
+
+def _check_no_prompt_learning(model) -> None:
+    """PEFT prompt learning (prompt, prefix or P-tuning) adds its virtual tokens in `generate` by swapping the model's
+    `prepare_inputs_for_generation` for its own; diffusion sampling runs the whole canvas through `forward` and never
+    calls it, so the adapter would be silently dropped."""
+    if "prepare_inputs_for_generation" in vars(model):
+        raise ValueError(
+            "`prepare_inputs_for_generation` was replaced on this model (PEFT prompt learning: prompt, prefix or "
+            "P-tuning), which has no effect on diffusion sampling: it runs the whole canvas through `forward`, so "
+            "the adapter would be silently dropped; use LoRA adapters."
+        )
 
 
 def _check_input_ids(input_ids) -> None:
@@ -335,17 +327,4 @@ def _check_hooks(step_callback, generator, progress) -> None:
         raise TypeError(f"`progress` must be True or False, got {progress!r}.")
 
 
-__all__ = [
-    "ILLaDAGenerationConfig",
-    "ILLaDAGenerationMixin",
-    "ILLaDAGenerateOutput",
-    "transfer_schedule",
-    "steps_in_block",
-    "select_commits",
-    "remasking_confidence",
-    "confidence_scores",
-    "sample_tokens",
-    "filter_logits",
-    "cut_after_stop",
-    "undecided_positions",
-]
+__all__ = ["ILLaDAGenerationMixin"]

@@ -34,14 +34,9 @@ from tqdm.auto import tqdm
 from transformers.generation.streamers import BaseStreamer
 from transformers.utils import ModelOutput
 
-try:  # as Hub remote code (a package made by transformers)
-    from .cache_illada import DiffusionKVCache
-    from .generation_config_illada import ILLaDAGenerationConfig
-    from .utils_illada import guided_logits
-except ImportError:  # from a checkout, with the repo root on sys.path
-    from cache_illada import DiffusionKVCache
-    from generation_config_illada import ILLaDAGenerationConfig
-    from utils_illada import guided_logits
+from .cache_illada import DiffusionKVCache
+from .generation_config_illada import ILLaDAGenerationConfig
+from .utils_illada import guided_logits
 
 # Gumbel-max in float64: low-precision Gumbel noise lowers the effective temperature of masked diffusion
 # models (Zheng et al., arXiv 2409.02908), which is why LLaDA samples in float64 too.
@@ -81,7 +76,7 @@ class ILLaDAGenerateOutput(ModelOutput):
 
 def steps_in_block(num_tokens: int, steps: int | None, tokens_per_step: int | None) -> int:
     """Forward passes spent on a block of `num_tokens` masks: `steps` (at most one per token), `ceil(num_tokens /
-    tokens_per_step)`, or one per token by default (ILLADA.md §4: the paper's steps are not published)."""
+    tokens_per_step)`, or one per token by default (the paper does not publish its steps per block)."""
     if steps is not None:
         return min(steps, num_tokens)
     if tokens_per_step is not None:
@@ -131,7 +126,7 @@ def stop_bias_values(offsets: torch.Tensor, spec: dict) -> torch.Tensor:
 def constrain_logits(logits: torch.Tensor, config: ILLaDAGenerationConfig, offsets: torch.Tensor) -> torch.Tensor:
     """Applies the stop-token bias, `suppress_tokens` and the mask ban to block logits `(rows, n, vocab)` in place.
 
-    The mask token gets `-inf`: it is an input symbol, never an answer (ILLADA.md §2). Suppression sets the logit
+    The mask token gets `-inf`: it is an input symbol, never an answer. Suppression sets the logit
     itself (not only the confidence), so a suppressed token can be neither proposed nor committed (LLaDA issue 137).
     """
     if config.stop_token_bias is not None:
@@ -207,13 +202,6 @@ def remasking_confidence(
     else:
         score = torch.exp(-torch.special.entr(probs).sum(-1))
     return score.to(NOISE_DTYPE)
-
-
-def confidence_scores(*args, **kwargs) -> torch.Tensor:
-    """Deprecated name of [`remasking_confidence`] (it clashed with a different function of scoring_illada.py)."""
-    warnings.warn("`confidence_scores` is renamed `remasking_confidence`; the old name will be removed.",
-                  FutureWarning, stacklevel=2)
-    return remasking_confidence(*args, **kwargs)
 
 
 def select_commits(
@@ -440,9 +428,9 @@ class _BlockCache:
 
 
 def _make_block_cache(config: ILLaDAGenerationConfig) -> _BlockCache | None:
-    if config.cache_mode == "none":
+    if config.use_cache == "none":
         return None
-    return _BlockCache(config.cache_mode, config.cache_refresh_steps, DiffusionKVCache())
+    return _BlockCache(config.use_cache, config.cache_refresh_steps, DiffusionKVCache())
 
 
 
@@ -486,7 +474,6 @@ __all__ = [
     "filter_logits",
     "select_commits",
     "remasking_confidence",
-    "confidence_scores",
     "sample_tokens",
     "cut_after_stop",
     "undecided_positions",

@@ -1,5 +1,4 @@
-"""Pieces shared by every iLLaDA module: argument checks, dtype names, classifier-free guidance and a checked
-tokenizer loader.
+"""Pieces shared by the iLLaDA Hub modules: argument checks, a JSON file check and classifier-free guidance.
 
 Each check raises the error the style guide asks for: `ValueError` for a bad value, `TypeError` for a wrong type,
 with the argument's name in backticks, the value received and what is allowed. The Hub folder carries this file
@@ -17,24 +16,9 @@ from typing import Any
 
 import torch
 
-# Names accepted wherever a dtype is chosen by a string (CLI flags, lm-eval model args); "auto" keeps the
-# checkpoint's own dtype.
-DTYPES: dict[str, Any] = {
-    "auto": "auto",
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
-
-
 def is_int(value: Any) -> bool:
     """True for Python and numpy integers, False for `bool` (which is an `int` subclass)."""
     return isinstance(value, Integral) and not isinstance(value, bool)
-
-
-def is_finite_number(value: Any) -> bool:
-    """True for a finite real number that is not a `bool`."""
-    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def check_positive_int(name: str, value: Any, allow_none: bool = False) -> None:
@@ -43,14 +27,6 @@ def check_positive_int(name: str, value: Any, allow_none: bool = False) -> None:
         return
     if not is_int(value) or value < 1:
         raise ValueError(f"`{name}` must be a positive integer{' or None' if allow_none else ''}, got {value!r}.")
-
-
-def check_non_negative_int(name: str, value: Any, allow_none: bool = False) -> None:
-    """`value` is an integer >= 0 (or None when `allow_none`)."""
-    if value is None and allow_none:
-        return
-    if not is_int(value) or value < 0:
-        raise ValueError(f"`{name}` must be an integer >= 0{' or None' if allow_none else ''}, got {value!r}.")
 
 
 def check_choice(name: str, value: Any, choices: Iterable) -> None:
@@ -93,20 +69,9 @@ def as_id_list(value: Any) -> list[int]:
     return [int(value)] if is_int(value) else [int(t) for t in value]
 
 
-def resolve_dtype(name: str, argument: str = "dtype") -> Any:
-    """The torch dtype (or "auto") for a name of `DTYPES`; `argument` names the option in the error."""
-    check_choice(argument, name, DTYPES)
-    return DTYPES[name]
-
-
 # Largest classifier-free guidance scale, for generation and scoring alike: scales in use are 0-3 (LLaDA); far larger
 # ones only amplify `c - u` until the guided logits overflow float32 (NaN scores, the mask token in an answer).
 MAX_CFG_SCALE = 1e3
-
-# The JSON files a tokenizer folder may hold; `load_tokenizer` checks those present before transformers reads them.
-TOKENIZER_JSON_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-                        "chat_template.json", "vocab.json")
-
 
 def check_json_files(folder: str | os.PathLike, names: Iterable[str]) -> None:
     """Each file of `names` present in `folder` is a UTF-8 JSON object; else a `ValueError` naming the file."""
@@ -123,18 +88,6 @@ def check_json_files(folder: str | os.PathLike, names: Iterable[str]) -> None:
         if not isinstance(content, dict):
             raise ValueError(f"`{path}` holds a JSON {type(content).__name__}, not an object. Restore {name} from "
                              f"the original folder.")
-
-
-def load_tokenizer(name_or_path: str | os.PathLike, **kwargs: Any):
-    """`AutoTokenizer.from_pretrained(name_or_path, **kwargs)`; for a local folder, its JSON files are checked first
-    (`check_json_files`): transformers and tokenizers raise a bare `JSONDecodeError` / `UnicodeDecodeError` that
-    names no file."""
-    from transformers import AutoTokenizer  # here: the model's Hub code never loads a tokenizer
-
-    folder = os.path.join(name_or_path, kwargs.get("subfolder") or "")
-    if os.path.isdir(folder):
-        check_json_files(folder, TOKENIZER_JSON_FILES)
-    return AutoTokenizer.from_pretrained(name_or_path, **kwargs)
 
 
 def guided_logits(conditional: torch.Tensor, unconditional: torch.Tensor, cfg_scale: float) -> torch.Tensor:

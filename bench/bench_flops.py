@@ -15,8 +15,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import best_time, environment, markdown_table, write_section  # noqa: E402
-from configuration_illada import ILLaDAConfig  # noqa: E402
-from modeling_illada import ILLaDAForCausalLM  # noqa: E402
+from illada.configuration_illada import ILLaDAConfig  # noqa: E402
+from illada.modeling_illada import ILLaDAForCausalLM  # noqa: E402
 
 
 def forward_flops(config: ILLaDAConfig, seq_len: int, logits_positions: int) -> int:

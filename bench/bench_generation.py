@@ -18,7 +18,7 @@ none / prefix / dual, greedy (temperature 0). Measured for each:
 - **peak MiB**: how far the process's peak resident memory rises above its size at the start of the setting
   (the model weights are not counted). Linux only: freed memory is returned with `malloc_trim`, the peak (VmHWM)
   is reset through `/proc/self/clear_refs` before each setting and read from `/proc/self/status` after it;
-- **demo model**: held-out exact match (the `demo.data` held-out split; the generated answer text, cut before the
+- **demo model**: held-out exact match (the `illada.demo.data` held-out split; the generated answer text, cut before the
   first stop token, equals the reference answer after `strip()`), prompts one at a time (the baseline takes no
   padding mask), one token per step unless a threshold commits more;
 - **random model**: equal-length random prompts; every answer is forced to 1/8 of the budget by a forward hook
@@ -49,9 +49,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
 from common import environment, markdown_table, write_section  # noqa: E402
-from configuration_illada import ILLaDAConfig  # noqa: E402
+from illada.configuration_illada import ILLaDAConfig  # noqa: E402
 from llada_baseline import llada_generate  # noqa: E402
-from modeling_illada import ILLaDAForCausalLM  # noqa: E402
+from illada.modeling_illada import ILLaDAForCausalLM  # noqa: E402
 
 # iLLaDA's ids 0-5 are special (bos, pad, eos, two chat markers, mask): random prompts use ordinary tokens only.
 FIRST_ORDINARY_ID = 6
@@ -243,7 +243,7 @@ def find(results: list[Result], canvas: str, threshold: float | None, cache: str
 
 
 def demo_prompts(tokenizer, num_prompts: int):
-    from demo.data import make_examples
+    from illada.demo.data import make_examples
 
     examples = make_examples("heldout", num_prompts)
     prompts = [tokenizer.apply_chat_template([{"role": "user", "content": e.prompt}], add_generation_prompt=True,
@@ -412,7 +412,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no_write", action="store_true", help="Print only; leave bench/RESULTS.md alone.")
     demo = parser.add_argument_group("demo model")
     demo.add_argument("--model", default=str(REPO / "illada-demo"), help="Folder of the demo model and tokenizer.")
-    demo.add_argument("--num_prompts", type=int, default=64, help="Held-out prompts (demo.data held-out split).")
+    demo.add_argument("--num_prompts", type=int, default=64, help="Held-out prompts (illada.demo.data held-out split).")
     demo.add_argument("--demo_budget", type=int, default=64, help="max_new_tokens on the demo task.")
     demo.add_argument("--demo_block", type=int, default=32, help="block_length on the demo task.")
     rand = parser.add_argument_group("random model")
@@ -441,7 +441,7 @@ def main(argv: list[str] | None = None) -> None:
             sections.append(("generation-demo", run_demo(args)))
         elif args.setup == "demo":
             raise ValueError(f"`--model` {args.model} holds no model.safetensors: build it with "
-                             f"`python -m demo.build_demo_model` or pass another folder.")
+                             f"`python -m illada.demo.build_demo_model` or pass another folder.")
         else:
             print(f"Skipping the demo model: {args.model} holds no model.safetensors.")
     for name, body in sections:

@@ -2,8 +2,8 @@
 
     python bench/bench_training.py
 
-Each case runs forward + backward of the masked-diffusion loss (`trainer_illada.sample_mask` and
-`trainer_illada.masked_diffusion_loss`) over the same documents, in as many optimizer steps, in a child process of its
+Each case runs forward + backward of the masked-diffusion loss (`illada.trainer.sample_mask` and
+`illada.trainer.masked_diffusion_loss`) over the same documents, in as many optimizer steps, in a child process of its
 own, so that the peak resident memory (`ru_maxrss` growth from before the first step) belongs to that case alone.
 Writes the `training` section of bench/RESULTS.md.
 
@@ -27,9 +27,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from common import environment, markdown_table, write_section  # noqa: E402
-from configuration_illada import ILLaDAConfig  # noqa: E402
-from modeling_illada import ILLaDAForCausalLM  # noqa: E402
-from trainer_illada import masked_diffusion_loss, sample_mask  # noqa: E402
+from illada.configuration_illada import ILLaDAConfig  # noqa: E402
+from illada.modeling_illada import ILLaDAForCausalLM  # noqa: E402
+from illada.trainer import masked_diffusion_loss, sample_mask  # noqa: E402
 
 PAD, MASK = 1, 5
 

@@ -23,14 +23,14 @@ from common import environment, markdown_table, write_section  # noqa: E402
 from datasets import load_dataset  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
-from modeling_illada import ILLaDAForCausalLM  # noqa: E402
-from vrpo_illada import (  # noqa: E402
+from illada.modeling_illada import ILLaDAForCausalLM  # noqa: E402
+from illada.utils import mask_seed  # noqa: E402
+from illada.vrpo import (  # noqa: E402
     PreferenceCollator,
     VRPOConfig,
     build_preference_dataset,
     draw_answer_masks,
     elbo_estimates,
-    mask_seed,
     preference_losses,
 )
 

@@ -21,8 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import markdown_table, write_section  # noqa: E402
-from demo.data import TASKS, make_examples  # noqa: E402
-from demo.loading import SHIPPED_MODEL_DIR, encode, load_model  # noqa: E402
+from illada.demo.data import TASKS, make_examples  # noqa: E402
+from illada.demo.loading import SHIPPED_MODEL_DIR, encode, load_model  # noqa: E402
 
 
 def stop_predictions(model, tokenizer, examples, masks: int = 32, boundary: bool = False,
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--no-write", action="store_true", help="Print only; leave RESULTS.md alone.")
     args = parser.parse_args(argv)
     model, tokenizer = load_model(args.model, trust_remote_code=args.trust_remote_code)
-    # the questions demo.evaluate uses: its draw over every task, count_up's share of it
+    # the questions illada.demo.evaluate uses: its draw over every task, count_up's share of it
     examples = [e for e in make_examples("heldout", args.per_task * len(TASKS)) if e.task == "count_up"]
     conditions = {  # name: (boundary, drop_last)
         "masks after": (False, False),

@@ -1,7 +1,7 @@
 """Experiment: SFT on the demo tasks without the cue that tells the model where an answer ends.
 
     python bench/demo_trailing_masks.py --output runs/trailing-masks            # 1,500 steps from illada-demo/
-    python -m demo.evaluate --model runs/trailing-masks --trust-remote-code --output none --no-mc
+    python -m illada.demo.evaluate --model runs/trailing-masks --trust-remote-code --output none --no-mc
     python bench/demo_stop_probe.py --model runs/trailing-masks --trust-remote-code --no-write
 
 The package's SFT (the paper's) streams `prompt + response + EOS` examples one after another into each window, so
@@ -23,11 +23,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from data_illada import tokenize_example  # noqa: E402
-from demo.build_demo_model import BuildArguments  # noqa: E402
-from demo.data import make_examples  # noqa: E402
-from demo.loading import SHIPPED_MODEL_DIR, load_model  # noqa: E402
-from trainer_illada import diffusion_lr_lambda, masked_diffusion_loss, sample_mask  # noqa: E402
+from illada.data import tokenize_example  # noqa: E402
+from illada.demo.build_demo_model import BuildArguments  # noqa: E402
+from illada.demo.data import make_examples  # noqa: E402
+from illada.demo.loading import SHIPPED_MODEL_DIR, load_model  # noqa: E402
+from illada.trainer import diffusion_lr_lambda, masked_diffusion_loss, sample_mask  # noqa: E402
 
 
 def trailing_mask_batch(rows: list[list[int]], trailing: list[int], mask_id: int,

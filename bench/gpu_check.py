@@ -38,11 +38,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from configuration_illada import ILLaDAConfig  # noqa: E402
-from modeling_illada import ILLaDAForCausalLM  # noqa: E402
-from trainer_illada import masked_diffusion_loss, sample_mask  # noqa: E402
+from illada.configuration_illada import ILLaDAConfig  # noqa: E402
+from illada.modeling_illada import ILLaDAForCausalLM  # noqa: E402
+from illada.trainer import masked_diffusion_loss, sample_mask  # noqa: E402
 
-# iLLaDA 8B (ILLADA.md, section 1), without the layer count.
+# iLLaDA 8B (arXiv 2606.25331; docs/architecture.md), without the layer count.
 SHAPE_8B = dict(hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8,
                 vocab_size=155136, max_position_embeddings=8192)
 TINY = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, vocab_size=512,

@@ -12,10 +12,7 @@ from typing import ClassVar
 
 from transformers import PretrainedConfig
 
-try:  # as Hub remote code (a package made by transformers)
-    from .utils_illada import check_json_files, check_positive_int, check_range, check_token_ids, is_int
-except ImportError:  # from a checkout, with the repo root on sys.path
-    from utils_illada import check_json_files, check_positive_int, check_range, check_token_ids, is_int
+from .utils_illada import check_json_files, check_positive_int, check_range, check_token_ids, is_int
 
 # Where a saved folder's `auto_map` sends the Auto classes (the released checkpoints' mapping).
 AUTO_MAP = {

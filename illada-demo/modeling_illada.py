@@ -3,7 +3,7 @@
 The network is Llama-shaped (pre-norm RMSNorm, SwiGLU, RoPE, grouped-query attention, no biases, tied
 embeddings) with one difference that matters everywhere: attention is fully bidirectional. It predicts the
 clean token at every masked position of a partially masked sequence; the diffusion time is never an input.
-Sampling lives in `generation_illada.py`, the training loss in `trainer_illada.py`, strict loading in
+Sampling lives in `generation_illada.py`, the training loss in `illada/trainer.py`, strict loading in
 `loading_illada.py`, the attention masks in `masks_illada.py`.
 """
 
@@ -18,20 +18,12 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, slice_logits_to_keep
 
-try:  # as Hub remote code (a package made by transformers)
-    from .cache_illada import DiffusionKVCache
-    from .configuration_illada import ILLaDAConfig
-    from .generation_illada import ILLaDAGenerationMixin
-    from .loading_illada import StrictLoadingMixin
-    from .masks_illada import build_bidirectional_mask, build_span_mask, check_logits_to_keep
-    from .scoring_illada import ILLaDAScoringMixin
-except ImportError:  # from a checkout, with the repo root on sys.path
-    from cache_illada import DiffusionKVCache
-    from configuration_illada import ILLaDAConfig
-    from generation_illada import ILLaDAGenerationMixin
-    from loading_illada import StrictLoadingMixin
-    from masks_illada import build_bidirectional_mask, build_span_mask, check_logits_to_keep
-    from scoring_illada import ILLaDAScoringMixin
+from .cache_illada import DiffusionKVCache
+from .configuration_illada import ILLaDAConfig
+from .generation_illada import ILLaDAGenerationMixin
+from .loading_illada import StrictLoadingMixin
+from .masks_illada import build_bidirectional_mask, build_span_mask, check_logits_to_keep
+from .scoring_illada import ILLaDAScoringMixin
 
 
 class ILLaDARMSNorm(nn.Module):
@@ -347,7 +339,7 @@ class ILLaDAForCausalLM(ILLaDAGenerationMixin, ILLaDAScoringMixin, ILLaDAPreTrai
     """iLLaDA with its (tied) LM head: predicts the clean token at every position.
 
     The name is the one the released `config.json` points at; despite it, the model is not autoregressive.
-    Use `model.generate(...)` for diffusion sampling and `DiffusionSFTTrainer` (trainer_illada.py) for training.
+    Use `model.generate(...)` for diffusion sampling and `DiffusionSFTTrainer` (illada/trainer.py) for training.
 
     Example:
 
@@ -400,8 +392,8 @@ class ILLaDAForCausalLM(ILLaDAGenerationMixin, ILLaDAScoringMixin, ILLaDAPreTrai
         if labels is not None:
             raise ValueError(
                 "`labels` is not supported by ILLaDAForCausalLM: iLLaDA is a masked diffusion model, and its loss "
-                "needs the diffusion time of every row. Train with `trainer_illada.DiffusionSFTTrainer` (trl's "
-                "SFTTrainer with the masked-diffusion loss) or use `trainer_illada.masked_diffusion_loss`."
+                "needs the diffusion time of every row. Train with `illada.trainer.DiffusionSFTTrainer` (trl's "
+                "SFTTrainer with the masked-diffusion loss) or use `illada.trainer.masked_diffusion_loss`."
             )
         inputs = input_ids if input_ids is not None else inputs_embeds
         if isinstance(inputs, torch.Tensor) and inputs.dim() >= 2:  # other inputs: the backbone's error
@@ -424,7 +416,7 @@ class ILLaDAForCausalLM(ILLaDAGenerationMixin, ILLaDAScoringMixin, ILLaDAPreTrai
         if "trl" in tags and "diffusion" not in tags:
             raise ValueError(
                 f"trl's trainer (tags {tags}) would train iLLaDA with a next-token (autoregressive) loss, which is "
-                "wrong for this masked diffusion model. Use `trainer_illada.DiffusionSFTTrainer` with "
+                "wrong for this masked diffusion model. Use `illada.trainer.DiffusionSFTTrainer` with "
                 "`DiffusionSFTConfig` (drop-in for `SFTTrainer`/`SFTConfig`)."
             )
         super().add_model_tags(tags)
@@ -434,16 +426,6 @@ class ILLaDAForCausalLM(ILLaDAGenerationMixin, ILLaDAScoringMixin, ILLaDAPreTrai
         this; PEFT's `PeftModelForCausalLM` (`task_type="CAUSAL_LM"`) requires a causal LM to have it."""
         return {"input_ids": input_ids, **kwargs}
 
-    def __setattr__(self, name: str, value) -> None:
-        # iLLaDA: PEFT prompt learning swaps this method in `generate` to add its virtual tokens; diffusion sampling
-        # never calls it, so the adapter would be silently ignored.
-        own = getattr(value, "__func__", None) is ILLaDAForCausalLM.prepare_inputs_for_generation
-        if name == "prepare_inputs_for_generation" and not own:
-            raise ValueError(
-                "Replacing `prepare_inputs_for_generation` (PEFT prompt learning: prompt, prefix or P-tuning) has no "
-                "effect on diffusion sampling, which runs the whole canvas through `forward`: use LoRA adapters."
-            )
-        super().__setattr__(name, value)
 
 
 __all__ = ["ILLaDAPreTrainedModel", "ILLaDAModel", "ILLaDAForCausalLM", "DiffusionKVCache"]

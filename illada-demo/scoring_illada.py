@@ -22,10 +22,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-try:  # as Hub remote code (a package made by transformers)
-    from .utils_illada import MAX_CFG_SCALE, check_choice, check_positive_int, check_range, guided_logits, is_int
-except ImportError:  # from a checkout, with the repo root on sys.path
-    from utils_illada import MAX_CFG_SCALE, check_choice, check_positive_int, check_range, guided_logits, is_int
+from .utils_illada import MAX_CFG_SCALE, check_choice, check_positive_int, check_range, guided_logits, is_int
 
 METHODS = ("confidence", "likelihood")
 # LLaDA (App. B.5) found 128 Monte-Carlo samples enough for stable likelihoods.

@@ -14,7 +14,7 @@ from datasets import Dataset  # noqa: E402
 
 from tiny import make_model  # noqa: E402
 from tiny_tokenizer import make_tiny_tokenizer  # noqa: E402
-from trainer_illada import DiffusionSFTConfig, DiffusionSFTTrainer  # noqa: E402
+from illada.trainer import DiffusionSFTConfig, DiffusionSFTTrainer  # noqa: E402
 
 WINDOW = 24
 

@@ -5,12 +5,12 @@ from types import SimpleNamespace
 import pytest
 from datasets import Dataset
 
-from demo import build_preferences
-from demo.build_preferences import build_pairs, main
-from demo.data import example_is_heldout, make_examples
+from illada.demo import build_preferences
+from illada.demo.build_preferences import build_pairs, main
+from illada.demo.data import example_is_heldout, make_examples
 from tiny_tokenizer import make_tiny_tokenizer
-from generation_illada import ILLaDAGenerationConfig
-from vrpo_illada import build_preference_dataset
+from illada.generation_config_illada import ILLaDAGenerationConfig
+from illada.vrpo import build_preference_dataset
 
 
 def test_pairs_prefer_the_gold_answer_to_own_wrong_answers_and_near_misses():

@@ -1,4 +1,4 @@
-"""Tests of checkpoints_illada.py: which checkpoint folders count as complete, atomic saves, and what the command
+"""Tests of illada/checkpoints.py: which checkpoint folders count as complete, atomic saves, and what the command
 line does with an existing output directory.
 
 The checkpoints are real ones written by the trainer on the tiny model, then damaged the way a crash damages them
@@ -19,8 +19,8 @@ import torch
 from safetensors.torch import load_file
 from transformers.trainer_utils import IntervalStrategy
 
-import checkpoints_illada
-from checkpoints_illada import (
+from illada import checkpoints as checkpoints_illada
+from illada.checkpoints import (
     STAGING_DIR,
     SafeCheckpointMixin,
     checkpoint_problem,
@@ -322,9 +322,9 @@ def test_resume_fields_are_shared_and_keep_output_dir_first(config_class, tmp_pa
 
     from transformers import HfArgumentParser
 
-    from checkpoints_illada import ResumeArguments
-    from trainer_illada import DiffusionSFTConfig
-    from vrpo_illada import VRPOConfig
+    from illada.checkpoints import ResumeArguments
+    from illada.trainer import DiffusionSFTConfig
+    from illada.vrpo import VRPOConfig
 
     cls = {"DiffusionSFTConfig": DiffusionSFTConfig, "VRPOConfig": VRPOConfig}[config_class]
     assert issubclass(cls, ResumeArguments)

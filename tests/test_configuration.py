@@ -2,7 +2,7 @@
 
 import pytest
 
-from configuration_illada import ILLaDAConfig
+from illada.configuration_illada import ILLaDAConfig
 from tiny import TINY, make_config
 
 

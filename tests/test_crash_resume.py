@@ -23,8 +23,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import modeling_utils
 
-import train_sft
-from checkpoints_illada import STAGING_DIR, list_checkpoints
+from illada import sft_cli as train_sft
+from illada.checkpoints import STAGING_DIR, list_checkpoints
 from tiny import make_config
 from tiny_tokenizer import make_tiny_tokenizer
 
@@ -37,7 +37,7 @@ CHILD = """
 import sys
 import torch
 torch.set_num_threads(1)
-import train_sft
+from illada import sft_cli as train_sft
 train_sft.main(sys.argv[1:])
 """
 

@@ -4,7 +4,7 @@ The model folder is `$ILLADA_DEMO_MODEL` if set, else `illada-demo/`; tests that
 `demo.py` is loaded from its path: `import demo` finds the `demo/` package (the recipe) that sits next to it.
 """
 
-import importlib.util
+import importlib
 import io
 import json
 import os
@@ -41,18 +41,16 @@ def _model_args() -> list[str]:
 
 needs_model = pytest.mark.skipif(
     not (_model_dir() / "config.json").is_file(),
-    reason=f"no demo model at {_model_dir()}: build it with `python -m demo.build_demo_model` (or set "
+    reason=f"no demo model at {_model_dir()}: build it with `python -m illada.demo.build_demo_model` (or set "
            "ILLADA_DEMO_MODEL)",
 )
 
 
 @pytest.fixture(scope="module")
 def cli():
-    """demo.py as a module; `load_model` memoised after its first (real) call, so each test does not reload."""
-    spec = importlib.util.spec_from_file_location("illada_demo_cli", DEMO_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
+    """The demo's module (`illada.demo.cli`, which demo.py runs); `load_model` memoised after its first (real) call,
+    so each test does not reload."""
+    module = importlib.import_module("illada.demo.cli")
     real_load, loaded = module.load_model, {}
 
     def load_once(folder, device, trust_remote_code=False):
@@ -63,7 +61,7 @@ def cli():
 
     module.load_model = load_once
     yield module
-    sys.modules.pop(spec.name, None)
+    module.load_model = real_load
 
 
 @pytest.fixture(scope="module")
@@ -223,7 +221,7 @@ def _check_against_own_generate(reference, prompt: str, answer) -> None:
 
 
 def test_builtin_questions_are_a_seeded_random_sample_of_the_heldout_split(cli):
-    from demo.data import TASKS, example_is_heldout, make_examples
+    from illada.demo.data import TASKS, example_is_heldout, make_examples
 
     pool = make_examples("heldout", cli.QUESTION_POOL_PER_TASK * len(TASKS), seed=0)
     by_prompt = {example.prompt: example for example in pool}
@@ -239,7 +237,7 @@ def test_builtin_questions_are_a_seeded_random_sample_of_the_heldout_split(cli):
 @needs_model
 def test_demo_marks_each_answer_and_agrees_with_the_measured_accuracy(cli, reference, capsys):
     """Each verdict is what an independent `generate` + compare gives; the printed accuracy is the one
-    `demo.evaluate` measured (eval_results.json), and the demo's own share of right answers is consistent with it."""
+    `illada.demo.evaluate` measured (eval_results.json), and the demo's own share of right answers is consistent with it."""
     count = 12
     answers = cli.main([*_model_args(), "--no-live", "--plot", "none", "--questions", str(count),
                         "--question-seed", "3"])
@@ -309,7 +307,7 @@ def test_bad_generation_setting_is_rejected_before_generating(cli, capsys):
 
 @needs_model
 def test_readme_command_runs_as_a_script(cli, tmp_path):
-    """`python demo.py` itself (one subprocess): `import demo.data` must find the package next to the script."""
+    """`python demo.py` itself (one subprocess): `import illada.demo.data` must find the package next to the script."""
     plot = tmp_path / "denoising.png"
     result = subprocess.run([sys.executable, str(DEMO_SCRIPT), *_model_args(), "--plot", str(plot)],
                             cwd=tmp_path, capture_output=True, text=True, timeout=120)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from demo import build_demo_model
-from demo.build_demo_model import (
+from illada.demo import build_demo_model
+from illada.demo.build_demo_model import (
     EXPORTED_FILES,
     STAGE_RECORD,
     BuildArguments,
@@ -22,8 +22,8 @@ from demo.build_demo_model import (
     write_data,
     write_model_config,
 )
-from demo.data import TASKS, example_is_heldout, make_examples
-from generation_illada import ILLaDAGenerationConfig
+from illada.demo.data import TASKS, example_is_heldout, make_examples
+from illada.generation_config_illada import ILLaDAGenerationConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -76,7 +76,7 @@ def test_focus_stage_is_an_sft_stage_with_its_own_steps_and_learning_rates(tmp_p
 def test_focus_data_are_new_training_draws_in_their_own_mix(tmp_path):
     from collections import Counter
 
-    from demo.data import TASKS
+    from illada.demo.data import TASKS
 
     args = BuildArguments(work_dir=str(tmp_path), sft_examples=len(TASKS) * 10, focus_steps=5,
                           focus_task_weights="count_up:4", focus_examples=(len(TASKS) + 3) * 10)
@@ -126,7 +126,7 @@ def test_a_finished_stage_is_reused_only_when_its_command_is_the_same(tmp_path, 
 def test_resumed_build_reuses_finished_stages_until_one_has_to_run(tmp_path, monkeypatch):
     """`--resume` re-runs nothing of a finished build; when a stage's command changed, that stage continues from its
     checkpoints and every later stage starts afresh from the new model (its old checkpoints are stale)."""
-    from demo.build_demo_model import build
+    from illada.demo.build_demo_model import build
 
     calls = []
 
@@ -190,13 +190,13 @@ def test_vrpo_stage_commands_start_from_the_sft_model_and_its_pairs(tmp_path):
 def test_resumed_build_rebuilds_preferences_only_for_another_model_or_command(tmp_path, monkeypatch):
     """The VRPO stage's pairs come from the SFT model's answers: a resumed build reuses them (and the stage) while
     the SFT weights and the command are the same, and builds them again, with VRPO afresh, when either changed."""
-    from demo.build_demo_model import build
+    from illada.demo.build_demo_model import build
 
     calls = []
 
     def fake_run_stage(command, log_path, num_threads=None):
         flags = _flags(command)
-        if "demo.build_preferences" in command:
+        if "illada.demo.build_preferences" in command:
             # pairs that depend on the model's weights and the number of questions, as the real answers do
             weights = (Path(flags["--model"]) / "model.safetensors").read_bytes()
             output = Path(flags["--output"])
@@ -309,7 +309,7 @@ def test_checkpoints_and_resume_reach_the_stage_commands(tmp_path):
 def test_task_weights_set_the_share_of_each_task(tmp_path):
     from collections import Counter
 
-    from demo.data import TASKS
+    from illada.demo.data import TASKS
 
     args = BuildArguments(work_dir=str(tmp_path), task_weights="add:3, copy:2", sft_examples=len(TASKS) * 30 + 90)
     cycle = args.weighted_tasks()
@@ -372,7 +372,7 @@ def test_smoke_build_loads_with_auto_classes(tmp_path):
     trust_remote_code."""
     out = tmp_path / "model"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "demo.build_demo_model", "--smoke", "--work_dir", str(tmp_path / "work"),
+    command = [sys.executable, "-m", "illada.demo.build_demo_model", "--smoke", "--work_dir", str(tmp_path / "work"),
                "--output_dir", str(out), "--hidden_size", "64", "--intermediate_size", "128", "--num_hidden_layers",
                "2", "--batch_size", "4", "--focus_steps", "2"]
     subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True, text=True, timeout=600)

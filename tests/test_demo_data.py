@@ -7,7 +7,7 @@ import pytest
 from tokenizers import Tokenizer, models
 from transformers import AutoTokenizer
 
-from demo.data import (
+from illada.demo.data import (
     TASKS,
     example_is_heldout,
     fact_sentences,
@@ -17,7 +17,7 @@ from demo.data import (
     to_messages,
     tokenizer_texts,
 )
-from demo.tokenizer import train_tokenizer, wrap_tokenizer
+from illada.demo.tokenizer import train_tokenizer, wrap_tokenizer
 
 NUM_TRAIN = 6000
 NUM_HELDOUT = 240  # 20 per task
@@ -272,7 +272,7 @@ def test_examples_are_reproducible_with_a_fresh_rng_state():
 
 
 def test_new_fact_table_is_unseen_by_the_demo_and_split_by_wording():
-    from demo.data import COLOUR_TEMPLATES, COLOURS, TASKS, fact_sentences, new_fact_examples
+    from illada.demo.data import COLOUR_TEMPLATES, COLOURS, TASKS, fact_sentences, new_fact_examples
 
     train, heldout = new_fact_examples("train"), new_fact_examples("heldout")
     # every (thing, wording) question, written out here: prompt -> (thing, colour)

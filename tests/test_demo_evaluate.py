@@ -14,9 +14,9 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from demo import evaluate as ev
-from demo.data import TASKS, make_examples, make_multiple_choice
-from generation_illada import ILLaDAGenerationConfig
+from illada.demo import evaluate as ev
+from illada.demo.data import TASKS, make_examples, make_multiple_choice
+from illada.generation_config_illada import ILLaDAGenerationConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "illada-demo"
@@ -135,7 +135,7 @@ def test_rebuild_reproduces_the_committed_quality(tmp_path):
     """Runs the whole recipe (about 1 h 33 min on 2 CPU cores, see build_info.json) and compares its held-out
     figures with the committed model's: overall within `REBUILD_TOLERANCE`, each task within
     `TASK_REBUILD_TOLERANCE`."""
-    from demo.build_demo_model import BuildArguments, build
+    from illada.demo.build_demo_model import BuildArguments, build
 
     committed = json.loads((SHIPPED / "build_info.json").read_text())["arguments"]
     arguments = {k: v for k, v in committed.items() if k in BuildArguments.__dataclass_fields__}

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from demo import learning_curves
-from demo.data import TASKS, make_examples
+from illada.demo import learning_curves
+from illada.demo.data import TASKS, make_examples
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

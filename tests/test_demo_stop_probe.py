@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from demo.data import make_examples
+from illada.demo.data import make_examples
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import demo_stop_probe  # noqa: E402

@@ -9,7 +9,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import demo_trailing_masks  # noqa: E402
-from trainer_illada import DEFAULT_EPS  # noqa: E402
+from illada.trainer import DEFAULT_EPS  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -24,7 +24,7 @@ def test_rows_are_the_example_then_its_masks_then_padding():
 
 
 def test_loss_is_the_weighted_cross_entropy_of_masked_example_tokens_only(tiny_config):
-    from modeling_illada import ILLaDAForCausalLM
+    from illada.modeling_illada import ILLaDAForCausalLM
 
     torch.manual_seed(0)
     model = ILLaDAForCausalLM(tiny_config).eval()

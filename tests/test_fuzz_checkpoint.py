@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fuzz_strategies import fuzz_settings, run_case
-from modeling_illada import ILLaDAForCausalLM
+from illada.modeling_illada import ILLaDAForCausalLM
 from tiny import make_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")

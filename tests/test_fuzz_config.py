@@ -10,9 +10,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from configuration_illada import ILLaDAConfig
+from illada.configuration_illada import ILLaDAConfig
 from fuzz_strategies import fuzz_settings, is_int, is_real, run_case, weird_numbers, wrong_types
-from modeling_illada import ILLaDAForCausalLM
+from illada.modeling_illada import ILLaDAForCausalLM
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,4 +1,4 @@
-"""Fuzz: training data rows and data files (issue 12), through `data_illada` (the data layer `train_sft.py` uses).
+"""Fuzz: training data rows and data files (issue 12), through `illada.data` (the data layer `train_sft.py` uses).
 
 Rows in trl's formats (`messages`, `prompt`/`completion` as strings or turns, `prompt`/`response`, `text`), with
 now and then one field missing, null, a number, a string instead of a list (or the reverse), a turn without
@@ -23,7 +23,7 @@ from datasets import Dataset
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from data_illada import load_data_files, prepare_dataset
+from illada.data import load_data_files, prepare_dataset
 from fuzz_strategies import fuzz_settings, run_case
 from tiny_tokenizer import make_tiny_tokenizer
 

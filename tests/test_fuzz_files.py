@@ -25,9 +25,9 @@ from lm_eval.api.instance import Instance
 from safetensors.torch import load_file, save_file
 
 from fuzz_strategies import fuzz_settings, is_int, is_real, run_case
-from generation_illada import ILLaDAGenerationConfig
-from lm_eval_illada import ILLaDAEvalHarness
-from modeling_illada import ILLaDAForCausalLM
+from illada.generation_config_illada import ILLaDAGenerationConfig
+from illada.lm_eval_model import ILLaDAEvalHarness
+from illada.modeling_illada import ILLaDAForCausalLM
 from tiny import TINY, make_model
 from tiny_tokenizer import make_tiny_tokenizer
 

@@ -170,7 +170,7 @@ def valid_settings(draw) -> dict:
         "stop_token_ids": st.lists(ORDINARY, max_size=2),
         "suppress_tokens": st.lists(st.integers(0, VOCAB - 1).filter(lambda t: t != MASK), max_size=5),
         "skip_after_stop": st.booleans(),
-        "use_cache": st.sampled_from([None, False, "none", "prefix", "dual"]),
+        "use_cache": st.sampled_from(["none", "prefix", "dual"]),
         "stop_token_bias": st.fixed_dictionaries({"token_ids": st.lists(ORDINARY, min_size=1, max_size=2),
                                                   "slope": st.floats(0.1, 5.0)}),
         "return_dict_in_generate": st.booleans(),
@@ -273,10 +273,9 @@ def settings_problems(kw: dict, prompts: list[list[int]]) -> set[str]:
                           ("canvas", ("variable", "fixed"))):
         if name in kw and (not isinstance(kw[name], str) or kw[name] not in choices):
             bad.add(name)
-    if not (kw.get("use_cache") is None or kw["use_cache"] is False
-            or isinstance(kw["use_cache"], str) and kw["use_cache"] in ("none", "prefix", "dual")):
+    if "use_cache" in kw and not (isinstance(kw["use_cache"], str) and kw["use_cache"] in ("none", "prefix", "dual")):
         bad.add("use_cache")
-    if kw.get("cache_refresh_steps") is not None and kw.get("use_cache") in (None, False, "none"):
+    if kw.get("cache_refresh_steps") is not None and kw.get("use_cache", "none") in ("none", None, False):
         bad |= {"cache_refresh_steps", "use_cache"}
     for name in ("temperature", "cfg_scale"):
         if name in kw and not (is_real(kw[name]) and kw[name] >= 0):

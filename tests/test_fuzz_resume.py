@@ -20,7 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
-from checkpoints_illada import JIT_SENTINEL, last_complete_checkpoint
+from illada.checkpoints import JIT_SENTINEL, last_complete_checkpoint
 from fuzz_strategies import fuzz_settings, run_case
 
 FILES = ("model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json")

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fuzz_strategies import fuzz_settings, is_int, is_real, run_case, weird_numbers, wrong_types
-from trainer_illada import DiffusionSFTConfig
+from illada.trainer import DiffusionSFTConfig
 
 AREA = "training args"
 OUTPUT_DIR = tempfile.gettempdir()

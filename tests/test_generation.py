@@ -11,16 +11,9 @@ from hypothesis import strategies as st
 from transformers import AutoModelForCausalLM, GenerationConfig, GenerationMixin
 from transformers.generation.streamers import BaseStreamer
 
-from generation_illada import (
-    ILLaDAGenerateOutput,
-    ILLaDAGenerationConfig,
-    ILLaDAGenerationMixin,
-    cut_after_stop,
-    sample_tokens,
-    select_commits,
-    steps_in_block,
-    transfer_schedule,
-)
+from illada.sampler_illada import ILLaDAGenerateOutput, cut_after_stop, sample_tokens, select_commits, steps_in_block, transfer_schedule
+from illada.generation_config_illada import ILLaDAGenerationConfig
+from illada.generation_illada import ILLaDAGenerationMixin
 from reference_sampler import llada_generate, reference_generate
 from tiny import FIRST_ORDINARY_ID, SHARP, TINY, left_pad, make_model, random_prompts
 
@@ -773,7 +766,7 @@ def test_out_of_vocabulary_ids_under_padding_read_as_pad(sharp_model):
 
 
 def test_huge_temperature_never_emits_mask_or_suppressed_tokens(sharp_model):
-    from generation_config_illada import MAX_TEMPERATURE
+    from illada.generation_config_illada import MAX_TEMPERATURE
 
     ids = torch.tensor(random_prompts([4], seed=29))
 
@@ -821,16 +814,6 @@ def test_invalid_generation_config_file_names_the_file(tmp_path):
     path.unlink()
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path, trust_remote_code=True)  # absent: model defaults
     assert loaded.generation_config.max_new_tokens == 128
-
-
-def test_confidence_scores_is_a_deprecated_alias():
-    import generation_illada
-
-    logits = torch.randn(1, 3, VOCAB)
-    x0 = logits.argmax(-1)
-    with pytest.warns(FutureWarning, match="remasking_confidence"):
-        old = generation_illada.confidence_scores(logits, x0, "low_confidence", None)
-    assert torch.equal(old, generation_illada.remasking_confidence(logits, x0, "low_confidence", None))
 
 
 def test_resolve_generation_config_gives_the_settings_a_call_uses(sharp_model):

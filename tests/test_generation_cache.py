@@ -11,8 +11,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from generation_illada import ILLaDAGenerationConfig
-from modeling_illada import DiffusionKVCache
+from illada.generation_config_illada import ILLaDAGenerationConfig
+from illada.modeling_illada import DiffusionKVCache
 from tiny import FIRST_ORDINARY_ID, SHARP, TINY, left_pad, make_model, random_prompts
 
 MASK, PAD, EOS, VOCAB = TINY["mask_token_id"], TINY["pad_token_id"], TINY["eos_token_id"], TINY["vocab_size"]
@@ -350,13 +350,21 @@ def test_flash_attention_with_padding_is_rejected_before_any_forward():
     assert calls == []
 
 
-@pytest.mark.parametrize("off", [None, False, "none"])
-def test_cache_off_spellings_run_uncached(sharp_model, off):
+def test_cache_off_runs_uncached(sharp_model):
     ids = torch.tensor(random_prompts([4], seed=9))
     with count_forwards(sharp_model) as calls:
-        sharp_model.generate(ids, max_new_tokens=8, block_length=4, steps=2, canvas="fixed", use_cache=off,
+        sharp_model.generate(ids, max_new_tokens=8, block_length=4, steps=2, canvas="fixed", use_cache="none",
                              eos_token_id=[])
     assert calls == [(1, 12)] * 4
+
+
+@pytest.mark.parametrize("off", [None, False])
+def test_use_cache_is_a_string_only(sharp_model, off):
+    """`use_cache` has one type: None / False (the autoregressive spellings) name `"none"` in the error."""
+    ids = torch.tensor(random_prompts([4], seed=9))
+    with count_forwards(sharp_model) as calls, pytest.raises(ValueError, match="must be one of .*'none'"):
+        sharp_model.generate(ids, max_new_tokens=8, block_length=4, steps=2, use_cache=off)
+    assert calls == []
 
 
 def test_cache_settings_round_trip_and_stock_flag_is_dropped(tmp_path):
@@ -365,7 +373,7 @@ def test_cache_settings_round_trip_and_stock_flag_is_dropped(tmp_path):
     assert (loaded.use_cache, loaded.cache_refresh_steps) == ("dual", 4)
     (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": 2, "use_cache": True}))
     stock = ILLaDAGenerationConfig.from_pretrained(tmp_path)  # an autoregressive file's flag is not a cache mode
-    assert stock.cache_mode == "none" and stock.eos_token_id == 2
+    assert stock.use_cache == "none" and stock.eos_token_id == 2
 
 
 # --------------------------------------------------------------------------------------------- benchmark

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from modeling_illada import DiffusionKVCache
+from illada.modeling_illada import DiffusionKVCache
 from tiny import TINY, make_model
 
 

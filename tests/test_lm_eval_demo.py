@@ -21,8 +21,8 @@ import lm_eval  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-import run_lm_eval  # noqa: E402
-from lm_eval_illada import ILLaDAEvalHarness  # noqa: E402
+from illada import lm_eval_model  # noqa: E402
+from illada.lm_eval_model import ILLaDAEvalHarness  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "illada-demo"
@@ -140,7 +140,7 @@ def evaluate_demo_tasks(how: str, tmp_path: Path, task_manager) -> tuple[dict, d
     with the registered model name; returns the results per task and the logged samples in doc order."""
     tasks, model_args = ["illada_demo_mc", "illada_demo_gen"], f"pretrained={DEMO},trust_remote_code=True"
     if how == "cli":
-        run_lm_eval.main([
+        lm_eval_model.main([
             "--model", "illada", "--device", "cpu", "--batch_size", "8", "--limit", str(LIMIT),
             "--model_args", model_args, "--apply_chat_template", "--include_path", str(EVAL_TASKS),
             "--tasks", ",".join(tasks), "--output_path", str(tmp_path / "out"), "--log_samples",

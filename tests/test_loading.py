@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from modeling_illada import ILLaDAForCausalLM, ILLaDAModel
+from illada.modeling_illada import ILLaDAForCausalLM, ILLaDAModel
 from tiny import make_config, released_state_dict, write_checkpoint
 
 

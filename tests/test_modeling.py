@@ -11,8 +11,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
 from transformers.utils import is_flash_attn_2_available
 
-from configuration_illada import ILLaDAConfig
-from modeling_illada import ILLaDAForCausalLM, ILLaDAModel
+from illada.configuration_illada import ILLaDAConfig
+from illada.modeling_illada import ILLaDAForCausalLM, ILLaDAModel
 from tiny import TINY, make_model
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ import pytest
 import torch
 from peft import LoraConfig, PeftModel, PeftModelForCausalLM, get_peft_model
 
-from modeling_illada import ILLaDAForCausalLM
+from illada.modeling_illada import ILLaDAForCausalLM
 from tiny import SHARP, TINY, left_pad, make_model, random_prompts
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
-from generation_illada import ILLaDAGenerationConfig
+from illada.generation_config_illada import ILLaDAGenerationConfig
 from tiny import SHARP, make_model
 from tiny_tokenizer import make_tiny_tokenizer
 

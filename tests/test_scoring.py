@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from scoring_illada import random_subset_mask, stratified_mask_counts
+from illada.scoring_illada import random_subset_mask, stratified_mask_counts
 from tiny import make_model
 from word_tokenizer import make_word_tokenizer
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 from datasets import Dataset, DatasetDict
 
-import data_illada
-import train_sft
+from illada import data as data_illada
+from illada import sft_cli as train_sft
 from tiny import make_config, make_model
 from tiny_tokenizer import make_tiny_tokenizer
 

@@ -1,4 +1,4 @@
-"""Tests of the diffusion trainer (trainer_illada.py), its data layer (data_illada.py) and the train_sft.py script:
+"""Tests of the diffusion trainer (illada/trainer.py), its data layer (illada/data.py) and the train_sft.py script:
 the masked-diffusion loss against float64 loops, accumulation and resume equivalence, the SFT / pre-training data
 pipelines, LoRA, the learning rate schedules, a real learning check and the errors.
 
@@ -18,15 +18,16 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
-import data_illada
-import trainer_illada
-import train_sft
-from data_illada import check_tokenizer, prepare_dataset
+from illada import data as data_illada
+from illada import trainer as trainer_illada
+from illada.utils import mask_seed
+from illada import sft_cli as train_sft
+from illada.data import check_tokenizer, prepare_dataset
 from ddp_train_helper import WINDOW, logged_losses, make_trainer, train
 from tiny import make_config, make_model
 from tiny_tokenizer import make_tiny_tokenizer
-from train_sft import DataArguments, ModelArguments, add_lora
-from trainer_illada import (
+from illada.sft_cli import DataArguments, ModelArguments, add_lora
+from illada.trainer import (
     DiffusionDataCollator,
     DiffusionSFTConfig,
     DiffusionSFTTrainer,
@@ -472,9 +473,6 @@ def test_collator_pads_as_a_separate_unmaskable_segment():
     assert response["input_ids"].shape == (2, 8)
     assert response["maskable"].tolist() == [[False, True, True] + [False] * 5, [True] * 5 + [False] * 3]
     assert response["position_ids"][1].tolist() == [0, 1, 2, 3, 4, 0, 1, 2]
-    with pytest.warns(FutureWarning, match="`mask_scope` is deprecated"):
-        old = DiffusionDataCollator(PAD_ID, "response_only", pad_to_multiple_of=4)(features)
-    assert torch.equal(old["maskable"], response["maskable"])
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".parquet", ".txt"])
@@ -640,32 +638,11 @@ def test_combination_file_collator_and_batch_errors(tmp_path):
                     num_rows=4)
 
 
-def test_old_names_still_work_with_a_future_warning(tmp_path):
-    """The trainer before trl: `DiffusionTrainingArguments(mask_scope=...)`, `MaskedDiffusionTrainer`,
-    `build_dataset(raw, tokenizer, data_args)` and `load_raw_dataset` warn and do what they did."""
-    with pytest.warns(FutureWarning, match="`DiffusionTrainingArguments` is deprecated"):
-        args = train_sft.DiffusionTrainingArguments(str(tmp_path), use_cpu=True, report_to="none",
-                                                    mask_scope="response_only")
-    assert args.completion_only_loss is True
-    with pytest.warns(FutureWarning, match="`build_dataset` is deprecated"):
-        rows = train_sft.build_dataset(Dataset.from_list(pair_examples(12)), make_tiny_tokenizer(),
-                                       SimpleNamespace(max_seq_length=WINDOW, packing="packed"))
-    assert rows["input_ids"] == packed_rows(pair_examples(12))["input_ids"]
-    with pytest.warns(FutureWarning, match="`MaskedDiffusionTrainer` is deprecated"):
-        trainer = train_sft.MaskedDiffusionTrainer(model=make_model(), args=args, train_dataset=rows,
-                                                   processing_class=make_tiny_tokenizer())
-    assert isinstance(trainer, DiffusionSFTTrainer) and trainer.data_collator.completion_only_loss
-    path = tmp_path / "a.jsonl"
-    path.write_text(json.dumps({"text": "the cat"}) + "\n")
-    with pytest.warns(FutureWarning, match="`load_raw_dataset` is deprecated"):
-        assert train_sft.load_raw_dataset([str(path)])["text"] == ["the cat"]
-
-
 def test_mask_seeds_depend_on_the_run_seed_and_the_step():
     """torch's CPU generator keeps only the low 32 bits of a seed: the (seed, step) key is hashed, not packed as
     `seed * 2**32 + step` (which made every run seed draw the same masks)."""
-    seeds = {trainer_illada.mask_seed(seed, step) for seed in range(4) for step in range(100)}
+    seeds = {mask_seed(seed, step) for seed in range(4) for step in range(100)}
     assert len(seeds) == 400 and all(0 <= s < 2**32 for s in seeds)
-    draws = [torch.rand(8, generator=torch.Generator().manual_seed(trainer_illada.mask_seed(seed, 0)))
+    draws = [torch.rand(8, generator=torch.Generator().manual_seed(mask_seed(seed, 0)))
              for seed in (5, 6)]
     assert not torch.equal(*draws)

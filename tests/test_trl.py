@@ -15,10 +15,10 @@ from datasets import Dataset, load_dataset
 from transformers import Trainer, TrainingArguments
 from trl import SFTConfig, SFTTrainer
 
-from data_illada import PLAIN_CHAT_TEMPLATE
+from illada.data import PLAIN_CHAT_TEMPLATE
 from tiny import make_model
 from tiny_tokenizer import make_tiny_tokenizer
-from trainer_illada import DiffusionSFTConfig, DiffusionSFTTrainer, build_model_card
+from illada.trainer import DiffusionSFTConfig, DiffusionSFTTrainer, build_model_card
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 EOS_ID, PAD_ID = 2, 1
@@ -239,7 +239,7 @@ def test_model_card_names_the_model_its_loading_and_the_settings(tmp_path):
 def test_trls_plain_sft_trainer_raises_and_names_the_diffusion_trainer(tmp_path):
     rows = Dataset.from_list([{"prompt": "count 1 2", "completion": " 3"}] * 4)
     args = SFTConfig(str(tmp_path / "out"), use_cpu=True, report_to="none", bf16=False, max_steps=1)
-    with pytest.raises(ValueError, match="next-token .* Use `trainer_illada.DiffusionSFTTrainer`"):
+    with pytest.raises(ValueError, match="next-token .* Use `illada.trainer.DiffusionSFTTrainer`"):
         SFTTrainer(model=make_model(), args=args, train_dataset=rows, processing_class=make_tiny_tokenizer())
 
     from peft import LoraConfig
@@ -288,7 +288,7 @@ def test_system_turns_with_the_shipped_chat_template(tmp_path):
     """The demo model's own template: a conversation with a system turn trains as rendered, with one EOS."""
     from transformers import AutoTokenizer
 
-    from data_illada import prepare_dataset
+    from illada.data import prepare_dataset
 
     tokenizer = AutoTokenizer.from_pretrained(str(Path(__file__).resolve().parents[1] / "illada-demo"),
                                               trust_remote_code=True)

@@ -1,4 +1,4 @@
-"""Tests of vrpo_illada.py / train_vrpo.py against independent computations: the ELBO estimate against float64
+"""Tests of illada/vrpo.py / train_vrpo.py against independent computations: the ELBO estimate against float64
 loops and the exact ELBO by enumeration of mask sets, the DPO losses against hand formulas, the antithetic
 identity (policy == reference gives exactly log 2 and zero rewards for any masks), accumulation and resume
 equivalence, LoRA, precomputed references, trl's data formats, the CLI and the errors.
@@ -17,13 +17,14 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM
 
-import train_vrpo
-from scoring_illada import likelihood_scores
+from illada import vrpo_cli as train_vrpo
+from illada.scoring_illada import likelihood_scores
 from tiny import make_model
 from tiny_tokenizer import make_tiny_tokenizer
-from train_sft import add_lora
+from illada.sft_cli import add_lora
 from vrpo_helper import logged_losses, make_trainer, preference_rows
-from vrpo_illada import (
+from illada.utils import mask_seed
+from illada.vrpo import (
     REFERENCE_COLUMNS,
     PreferenceCollator,
     VRPOConfig,
@@ -31,7 +32,6 @@ from vrpo_illada import (
     build_preference_dataset,
     draw_answer_masks,
     elbo_estimates,
-    mask_seed,
     preference_losses,
     tokenize_preference,
 )

@@ -5,8 +5,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from configuration_illada import ILLaDAConfig
-from modeling_illada import ILLaDAForCausalLM
+from illada.configuration_illada import ILLaDAConfig
+from illada.modeling_illada import ILLaDAForCausalLM
 
 TINY = dict(
     vocab_size=97,
@@ -65,7 +65,7 @@ RELEASED_KEYS = [
 
 
 def released_state_dict(config: ILLaDAConfig) -> dict[str, torch.Tensor]:
-    """A state dict spelled with the released checkpoint's tensor names (ILLADA.md §1), shapes from the config."""
+    """A state dict spelled with the released checkpoint's tensor names (docs/architecture.md), shapes from the config."""
     h, kv = config.hidden_size, config.num_key_value_heads * config.head_dim
     shapes = {"embed_tokens": (config.vocab_size, h), "lm_head": (config.vocab_size, h), "norm": (h,),
               "q_proj": (h, h), "k_proj": (kv, h), "v_proj": (kv, h), "o_proj": (h, h),

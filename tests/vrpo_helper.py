@@ -15,7 +15,7 @@ from datasets import Dataset  # noqa: E402
 
 from tiny import make_model  # noqa: E402
 from tiny_tokenizer import make_tiny_tokenizer  # noqa: E402
-from vrpo_illada import VRPOConfig, VRPOTrainer  # noqa: E402
+from illada.vrpo import VRPOConfig, VRPOTrainer  # noqa: E402
 
 WORDS = ("cat", "dog", "red", "blue", "big", "small", "yes", "no")
 

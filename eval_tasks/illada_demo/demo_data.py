@@ -1,14 +1,14 @@
 """Data of the `illada_demo` lm-evaluation-harness tasks: held-out questions of the demo model's look-up tasks.
 
-The documents come from `demo.data` (the generators the demo model was trained with) when lm-eval loads the task
+The documents come from `illada.demo.data` (the generators the demo model was trained with) when lm-eval loads the task
 (`custom_dataset` in the YAML files), so the evaluation runs offline:
 
 - `test`: questions from the held-out split (`make_examples("heldout", ...)`, drawn with the seed of
-  `python -m demo.evaluate`), never seen in training: capitals, animal sounds and opposites asked in wordings
+  `python -m illada.demo.evaluate`), never seen in training: capitals, animal sounds and opposites asked in wordings
   not trained on for that fact (the demo model's best tasks, see README "Quality on the held-out split").
 - `train`: training-split questions, the few-shot examples (`--num_fewshot`).
 
-Multiple choice puts the reference among `demo.data.NUM_CHOICES - 1` near misses (`make_multiple_choice`).
+Multiple choice puts the reference among `illada.demo.data.NUM_CHOICES - 1` near misses (`make_multiple_choice`).
 The demo model answers in its chat format: run the tasks with `--apply_chat_template`.
 """
 
@@ -18,8 +18,8 @@ from pathlib import Path
 import datasets
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for `demo`
-from demo.data import make_examples, make_multiple_choice  # noqa: E402
-from demo.evaluate import EVAL_SEED  # noqa: E402
+from illada.demo.data import make_examples, make_multiple_choice  # noqa: E402
+from illada.demo.evaluate import EVAL_SEED  # noqa: E402
 
 TASKS = ("capital", "animal_sound", "opposite")
 PER_TASK = 16

@@ -4,18 +4,18 @@ Run from the repository root (fixed seeds, no network; with the defaults about 1
 measured in `illada-demo/build_info.json`; on cores busy with other work use `--num_threads 1` and expect it to
 take longer):
 
-    python -m demo.build_demo_model                     # the full recipe, writes illada-demo/
-    python -m demo.build_demo_model --smoke             # a few steps of each stage, writes runs/demo-build/smoke-model/
-    python -m demo.build_demo_model --help              # every knob (sizes, steps, learning rates, task mix)
-    python -m demo.build_demo_model --resume            # continue a stopped build from its last checkpoints
-    python -m demo.learning_curves --run runs/demo-build/stage2-sft   # per-task held-out curves of the build
+    python -m illada.demo.build_demo_model                     # the full recipe, writes illada-demo/
+    python -m illada.demo.build_demo_model --smoke             # a few steps of each stage, writes runs/demo-build/smoke-model/
+    python -m illada.demo.build_demo_model --help              # every knob (sizes, steps, learning rates, task mix)
+    python -m illada.demo.build_demo_model --resume            # continue a stopped build from its last checkpoints
+    python -m illada.demo.learning_curves --run runs/demo-build/stage2-sft   # per-task held-out curves of the build
 
 What it does, in `work_dir` (default `runs/demo-build/`):
 
-1. Data (`demo.data`): the pre-training corpus (Python's bundled reference pages plus one sentence per fact) as
+1. Data (`illada.demo.data`): the pre-training corpus (Python's bundled reference pages plus one sentence per fact) as
    `pretrain.jsonl` (`text`), and `sft_examples` training-split instruction examples as `sft.jsonl`
    (`prompt`/`response`). The held-out split is never written.
-2. Tokenizer (`demo.tokenizer`): byte-level BPE with iLLaDA's special ids (bos 0, pad 1, eos 2, mask 5), one
+2. Tokenizer (`illada.demo.tokenizer`): byte-level BPE with iLLaDA's special ids (bos 0, pad 1, eos 2, mask 5), one
    token per digit, and the same token for a word at the start of an answer as inside the question.
 3. Model config: a few-million-parameter iLLaDA (grouped-query attention, tied embeddings).
 4. Stage 1, pre-training: `train_sft.py --data_format pretrain --lr_schedule pretrain` from a random
@@ -25,7 +25,7 @@ What it does, in `work_dir` (default `runs/demo-build/`):
    Optionally (`--focus_steps N`, off in the shipped recipe), stage 3: the same SFT continued from stage 2 on new
    training draws mixed by `focus_task_weights`, a curriculum step for the tasks stage 2 left weakest.
 6. Last stage, preference optimisation (`--vrpo_steps N`, 0 for none): the SFT model answers `vrpo_questions`
-   training-split questions (`python -m demo.build_preferences`, in the exported model's blocks); the gold answer
+   training-split questions (`python -m illada.demo.build_preferences`, in the exported model's blocks); the gold answer
    is preferred to each wrong answer and to a near miss of every question, and `train_vrpo.py` runs VRPO (DPO on
    antithetic ELBO estimates, the SFT model as the frozen reference) on those pairs. It takes about two minutes and
    keeps no checkpoints: a VRPO stage that was stopped runs again.
@@ -33,7 +33,7 @@ What it does, in `work_dir` (default `runs/demo-build/`):
    `generation_block_length`), tokenizer and code files go to `output_dir`, with `build_info.json` (arguments,
    versions, corpus fingerprint, stage times and losses, the preference pairs' counts).
 
-Every stage is a plain `train_sft.py` / `demo.build_preferences` / `train_vrpo.py` command line (printed before it
+Every stage is a plain `train_sft.py` / `illada.demo.build_preferences` / `train_vrpo.py` command line (printed before it
 runs), so the recipe can also be run by hand. With `--resume`, a stage that finished with the same command and
 training data is not run again, and `build_info.json` counts the time it took when it ran (recorded in its folder's
 `build_stage.json`); preference pairs built from the same weights with the same command are not built again.
@@ -74,13 +74,14 @@ import torch
 import transformers
 from transformers import HfArgumentParser
 
-from configuration_illada import ILLaDAConfig
-from generation_illada import ILLaDAGenerationConfig
-from utils_illada import check_non_negative_int, check_positive_int, check_range
-from demo.data import DEMO_SEED, TASKS, corpus_fingerprint, make_examples, pretraining_texts, tokenizer_texts
-from demo.tokenizer import train_tokenizer
+from illada.configuration_illada import ILLaDAConfig
+from illada.generation_config_illada import ILLaDAGenerationConfig
+from illada.utils import check_non_negative_int
+from illada.utils_illada import check_positive_int, check_range
+from illada.demo.data import DEMO_SEED, TASKS, corpus_fingerprint, make_examples, pretraining_texts, tokenizer_texts
+from illada.demo.tokenizer import train_tokenizer
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 TRAIN_SCRIPT = REPO_ROOT / "train_sft.py"
 VRPO_SCRIPT = REPO_ROOT / "train_vrpo.py"
 # What `output_dir` receives from the stage-2 folder: everything `from_pretrained` needs, nothing else.
@@ -150,7 +151,7 @@ class BuildArguments:
     focus_examples: int = field(default=100_000, metadata={"help": "Training-split examples written for stage 3."})
     vrpo_steps: int = field(default=150, metadata={
         "help": "Optimizer steps of the last stage, preference optimisation (train_vrpo.py) on pairs built from the "
-                "SFT model's own answers to `vrpo_questions` training-split questions (demo.build_preferences); 0: "
+                "SFT model's own answers to `vrpo_questions` training-split questions (illada.demo.build_preferences); 0: "
                 "no VRPO stage."})
     vrpo_questions: int = field(default=240, metadata={
         "help": "Training-split questions the SFT model answers to build the preference pairs (spread over the "
@@ -173,7 +174,7 @@ class BuildArguments:
                 "named weigh 1), e.g. `add:3,copy:2`. Empty: every task equally."})
     save_steps: int = field(default=1000, metadata={
         "help": "Save a checkpoint every this many steps in each stage (0: none). Checkpoints let `--resume` continue "
-                "a build that was stopped, and `python -m demo.learning_curves` measure each task as training goes."})
+                "a build that was stopped, and `python -m illada.demo.learning_curves` measure each task as training goes."})
     resume: bool = field(default=False, metadata={
         "help": "Continue each stage from its newest complete checkpoint in `work_dir`; a stage that finished with "
                 "the same command and training data is not run again, and its recorded time and loss count in "
@@ -311,9 +312,9 @@ def _script_command(script: Path, switches: list[str], flags: dict) -> list[str]
 
 
 def preferences_command(args: BuildArguments, model_dir: Path, output: Path) -> list[str]:
-    """The `demo.build_preferences` command that answers `vrpo_questions` training-split questions with the model in
+    """The `illada.demo.build_preferences` command that answers `vrpo_questions` training-split questions with the model in
     `model_dir` (in the exported model's blocks) and writes the preference pairs to `output`."""
-    return [sys.executable, "-m", "demo.build_preferences", "--model", str(model_dir), "--trust-remote-code",
+    return [sys.executable, "-m", "illada.demo.build_preferences", "--model", str(model_dir), "--trust-remote-code",
             "--output", str(output), "--questions", str(args.vrpo_questions),
             "--block-length", str(args.generation_block_length)]
 
@@ -501,7 +502,7 @@ def build(args: BuildArguments) -> Path:
 
 def _parameter_shapes(config: ILLaDAConfig) -> list[torch.Tensor]:
     """The model's parameters, built on the meta device (no memory, no compute): for the parameter count."""
-    from modeling_illada import ILLaDAForCausalLM
+    from illada.modeling_illada import ILLaDAForCausalLM
 
     with torch.device("meta"):
         model = ILLaDAForCausalLM(config)

@@ -3,13 +3,13 @@ model's own wrong answers and to near misses.
 
 Run from the repository root (about 0.5 s per question on one CPU thread for the shipped model):
 
-    python -m demo.build_preferences --output outputs/preferences.jsonl
-    python -m demo.build_preferences --help
+    python -m illada.demo.build_preferences --output outputs/preferences.jsonl
+    python -m illada.demo.build_preferences --help
 
-For each question of `demo.data.make_examples("train", ...)` (never a held-out problem), the model answers with
-its own generation config, as `demo.evaluate` does. A wrong answer gives the pair (gold, own answer); every
+For each question of `illada.demo.data.make_examples("train", ...)` (never a held-out problem), the model answers with
+its own generation config, as `illada.demo.evaluate` does. A wrong answer gives the pair (gold, own answer); every
 question also gives `--near-misses` pairs (gold, near miss), the near misses being the task's perturbations of
-the gold answer (an off-by-one sum, two swapped items, another capital: `demo.data.make_multiple_choice`). Rows
+the gold answer (an off-by-one sum, two swapped items, another capital: `illada.demo.data.make_multiple_choice`). Rows
 are trl's conversational preference format: `prompt` (a user turn), `chosen` and `rejected` (an assistant turn
 each), plus `task` and `kind` (`own` or `near_miss`). A summary (training-split exact match, pair counts) is
 written next to the output as `<output>.summary.json`.
@@ -27,10 +27,11 @@ from pathlib import Path
 
 import torch
 
-from demo.data import SPLITS, TASKS, Example, make_examples, make_multiple_choice
-from demo.evaluate import DEFAULT_MODEL_DIR, generate_one
-from demo.loading import check_model_folder, load_model
-from utils_illada import check_non_negative_int, check_positive_int
+from illada.demo.data import SPLITS, TASKS, Example, make_examples, make_multiple_choice
+from illada.demo.evaluate import DEFAULT_MODEL_DIR, generate_one
+from illada.demo.loading import check_model_folder, load_model
+from illada.utils import check_non_negative_int
+from illada.utils_illada import check_positive_int
 
 # Seed of the training-split draws; differs from the demo build's (DEMO_SEED), so the questions are a fresh sample
 # of the training problems, not the exact SFT rows.
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                "pairs": len(rows), "own_wrong_answers": sum(r["kind"] == "own" for r in rows),
                "near_misses": sum(r["kind"] == "near_miss" for r in rows), "tasks": sorted(TASKS),
                "generation_s": round(time.perf_counter() - start, 1),
-               "command": "python -m demo.build_preferences " + " ".join(argv if argv is not None else sys.argv[1:])}
+               "command": "python -m illada.demo.build_preferences " + " ".join(argv if argv is not None else sys.argv[1:])}
     Path(f"{output}.summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
     return rows

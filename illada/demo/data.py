@@ -22,7 +22,7 @@ network:
 Example:
 
 ```python
->>> from demo.data import example_is_heldout, make_examples
+>>> from illada.demo.data import example_is_heldout, make_examples
 >>> train = make_examples("train", 1000)
 >>> any(example_is_heldout(example) for example in train)
 False

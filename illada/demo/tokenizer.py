@@ -10,8 +10,8 @@ encodable, so the tokenizer needs no unknown token. Decoded text therefore start
 Example:
 
 ```python
->>> from demo.data import tokenizer_texts
->>> from demo.tokenizer import train_tokenizer
+>>> from illada.demo.data import tokenizer_texts
+>>> from illada.demo.tokenizer import train_tokenizer
 >>> tokenizer = train_tokenizer(tokenizer_texts())
 >>> tokenizer.mask_token_id, tokenizer.convert_ids_to_tokens(tokenizer("12 + 7").input_ids)
 (5, ['Ġ1', '2', 'Ġ+', 'Ġ7'])
@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-# Ordered so that the ids match iLLaDA's: bos 0, pad 1, eos 2, mask 5 (ILLADA.md section 2).
+# Ordered so that the ids match iLLaDA's: bos 0, pad 1, eos 2, mask 5 (the model card of the released checkpoints).
 BOS_TOKEN, PAD_TOKEN, EOS_TOKEN, MASK_TOKEN = "<bos>", "<pad>", "<eos>", "<[MASK]>"
 USER_TOKEN, ASSISTANT_TOKEN = "<|user|>", "<|assistant|>"
 SPECIAL_TOKENS = (BOS_TOKEN, PAD_TOKEN, EOS_TOKEN, USER_TOKEN, ASSISTANT_TOKEN, MASK_TOKEN)

@@ -14,7 +14,7 @@ and each process takes the rows it holds: with rows of equal padded length, the 
 process count and accumulation.
 
 A trl user changes one class: `SFTTrainer` -> [`DiffusionSFTTrainer`], `SFTConfig` -> [`DiffusionSFTConfig`]. The
-data layer is trl's (its dataset formats, packing strategies and packed position ids, see `data_illada.py`); what
+data layer is trl's (its dataset formats, packing strategies and packed position ids, see `illada/data.py`); what
 differs is the loss (whole-sequence masking by default, `completion_only_loss=True` for LLaDA's response-only
 masking) and the defaults of the paper's recipe.
 """
@@ -29,7 +29,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.optim.lr_scheduler import LambdaLR
@@ -38,15 +37,16 @@ from transformers.utils import ModelOutput
 from trl import SFTConfig, SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-from checkpoints_illada import ResumeArguments, SafeCheckpointMixin
-from data_illada import (
+from illada.checkpoints import ResumeArguments, SafeCheckpointMixin
+from illada.data import (
     DEFAULT_MAX_LENGTH,
     DEFAULT_SPLIT_PROBABILITY,
     check_tokenizer,
     prepare_dataset,
     resolve_max_length,
 )
-from utils_illada import check_choice, check_range
+from illada.utils import mask_seed
+from illada.utils_illada import check_choice, check_range
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ class DiffusionSFTConfig(ResumeArguments, SFTConfig):
     learning_rate: float = field(default=5e-6, metadata={"help": "Peak learning rate (paper SFT: 5e-6)."})
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay (paper: 0.1)."})
     gradient_checkpointing: bool | None = field(
-        default=None, metadata={"help": "Deprecated alias of `activation_checkpointing` (off by default here)."}
+        default=None, metadata={"help": "transformers' alias of `activation_checkpointing`; None keeps trl's default (on) out."}
     )
     bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision; default: on if CUDA supports it."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep the collator's columns."})
@@ -268,7 +268,7 @@ class DiffusionSFTConfig(ResumeArguments, SFTConfig):
 class DiffusionDataCollator:
     """Pads prepared rows into a batch of `input_ids`, `position_ids` and the `maskable` flags the trainer masks from.
 
-    Rows come from `data_illada.prepare_dataset`: `input_ids`, `completion_mask` and, for packed rows, trl's
+    Rows come from `illada.data.prepare_dataset`: `input_ids`, `completion_mask` and, for packed rows, trl's
     `seq_lengths` (the lengths of the documents in the row), from which the position ids restart at 0 at every
     document, as trl's padding-free collator computes them. Unlike that collator the rows are not flattened into one
     (each row keeps its own diffusion time t). Padding is appended as a separate packed segment (its positions restart
@@ -284,13 +284,6 @@ class DiffusionDataCollator:
     pad_token_id: int
     completion_only_loss: bool = False
     pad_to_multiple_of: int | None = None
-
-    def __post_init__(self) -> None:
-        if isinstance(self.completion_only_loss, str):  # the old `mask_scope` argument
-            warnings.warn("`mask_scope` is deprecated: pass `completion_only_loss` (True for 'response_only').",
-                          FutureWarning, stacklevel=3)
-            check_choice("mask_scope", self.completion_only_loss, ["whole", "response_only"])
-            self.completion_only_loss = self.completion_only_loss == "response_only"
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         if self.completion_only_loss and any("completion_mask" not in f for f in features):
@@ -342,7 +335,7 @@ class DiffusionSFTTrainer(SafeCheckpointMixin, SFTTrainer):
     """trl's [`SFTTrainer`] with the masked-diffusion loss of iLLaDA; `args` is a [`DiffusionSFTConfig`].
 
     Data: trl's formats (`messages`, `prompt`/`completion` plain or conversational, `text`) are tokenised, closed by
-    exactly one EOS and packed by `data_illada.prepare_dataset`; batches come from [`DiffusionDataCollator`].
+    exactly one EOS and packed by `illada.data.prepare_dataset`; batches come from [`DiffusionDataCollator`].
 
     Normalisation: the sum over masked tokens of CE / t is divided by the number of `maskable` tokens of the optimizer
     step, counted over its micro-batches and (with `average_tokens_across_devices`, the default) gathered over
@@ -399,7 +392,7 @@ class DiffusionSFTTrainer(SafeCheckpointMixin, SFTTrainer):
 
     def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
         """trl's data preparation, with exactly one EOS per example and the pre-training window splits (see
-        `data_illada.prepare_dataset`); the main process prepares first, the others read its cache."""
+        `illada.data.prepare_dataset`); the main process prepares first, the others read its cache."""
         with args.main_process_first(desc=f"preparing the {dataset_name} dataset"):
             return prepare_dataset(
                 dataset, self._tokenizer, max_length=args.max_length, packing=packing,
@@ -506,12 +499,6 @@ class DiffusionSFTTrainer(SafeCheckpointMixin, SFTTrainer):
 
     def _across_processes(self) -> bool:
         return self.args.average_tokens_across_devices and self.accelerator.num_processes > 1
-
-
-def mask_seed(*key: int) -> int:
-    """A 32-bit generator seed mixed from `key` (e.g. (seed, step)). torch's CPU generator keeps only the low 32 bits
-    of a seed, so `seed * 2**32 + step` would drop `seed`: numpy's `SeedSequence` hashes the whole key instead."""
-    return int(np.random.SeedSequence(list(key)).generate_state(1)[0])
 
 
 def _maskable(batch: dict[str, Any]) -> torch.BoolTensor:

@@ -1,20 +1,20 @@
 """Learning curves of a demo-model build: held-out exact match of every task at every saved checkpoint.
 
-A build run with `--save_steps N` (`python -m demo.build_demo_model --save_steps 750 ...`) leaves `checkpoint-*`
+A build run with `--save_steps N` (`python -m illada.demo.build_demo_model --save_steps 750 ...`) leaves `checkpoint-*`
 folders in its SFT stage folder. This script answers the same held-out questions with each of them and writes one
 JSON line per checkpoint (step, training loss, exact match per task and overall), plots the curves and prints
 them as a markdown table:
 
-    python -m demo.learning_curves --run runs/demo-build/stage2-sft            # the checkpoints there now
-    python -m demo.learning_curves --run runs/demo-build/stage2-sft --watch    # ... and each new one, until the
+    python -m illada.demo.learning_curves --run runs/demo-build/stage2-sft            # the checkpoints there now
+    python -m illada.demo.learning_curves --run runs/demo-build/stage2-sft --watch    # ... and each new one, until the
                                                                                # stage's final model is written
-    python -m demo.learning_curves --run runs/demo-build/stage3-focus --step-offset 13000   # a stage that continues
+    python -m illada.demo.learning_curves --run runs/demo-build/stage3-focus --step-offset 13000   # a stage that continues
                                                                                # another: steps counted from its start
 
 Checkpoints already in the output file are skipped, so the command can be re-run or left watching beside the build
 (one torch thread by default, so that it takes little from the training run); with `--watch` it may be started
 before the build has created the stage folder, and waits for it. The questions are drawn from the
-held-out split with `--seed` (default 7), not with `demo.evaluate`'s seed, so the curves used to choose a recipe are
+held-out split with `--seed` (default 7), not with `illada.demo.evaluate`'s seed, so the curves used to choose a recipe are
 measured on other questions than the final table.
 """
 
@@ -28,9 +28,10 @@ from pathlib import Path
 
 import torch
 
-from demo.data import TASKS, make_examples
-from demo.evaluate import generate_one
-from utils_illada import check_non_negative_int, check_positive_int
+from illada.demo.data import TASKS, make_examples
+from illada.demo.evaluate import generate_one
+from illada.utils import check_non_negative_int
+from illada.utils_illada import check_positive_int
 
 CURVE_SEED = 7
 DEFAULT_PER_TASK = 8
@@ -80,8 +81,8 @@ def training_loss(folder: Path, step: int) -> float | None:
 
 def measure(folder: Path, step: int, per_task: int, seed: int, block_length: int) -> dict:
     """Exact match per task and overall of the checkpoint in `folder` on the held-out questions."""
-    from modeling_illada import ILLaDAForCausalLM  # the repository's own code: checkpoints are ours
-    from utils_illada import load_tokenizer
+    from illada.modeling_illada import ILLaDAForCausalLM  # the repository's own code: checkpoints are ours
+    from illada.utils import load_tokenizer
 
     model = ILLaDAForCausalLM.from_pretrained(folder).eval()
     model.generation_config.block_length = block_length

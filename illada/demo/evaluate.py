@@ -3,16 +3,16 @@ multiple-choice accuracy with confidence scoring versus likelihood scoring.
 
 Run from the repository root (offline; about 2.5 minutes on one CPU thread for the shipped model):
 
-    python -m demo.evaluate                               # illada-demo/, writes illada-demo/eval_results.json
-    python -m demo.evaluate --model my-demo --trust-remote-code --output none  # another folder, print only
-    python -m demo.evaluate --help
+    python -m illada.demo.evaluate                               # illada-demo/, writes illada-demo/eval_results.json
+    python -m illada.demo.evaluate --model my-demo --trust-remote-code --output none  # another folder, print only
+    python -m illada.demo.evaluate --help
 
-Every question comes from `demo.data.make_examples("heldout", ...)`: problems (and, for facts, wordings) that
+Every question comes from `illada.demo.data.make_examples("heldout", ...)`: problems (and, for facts, wordings) that
 training never saw. The model is loaded like any Hub model (`AutoModelForCausalLM`, `trust_remote_code=True`)
 and generates with its own `generation_config.json` (variable-length, EOS-terminated), one question at a time,
 so that the forward-pass count is the one of a single answer. An answer is right when its text, cut at the first
 stop token and stripped of surrounding spaces, equals the reference. Multiple-choice items put each reference
-among `NUM_CHOICES - 1` near misses (`demo.data.make_multiple_choice`); every candidate is scored as its tokens
+among `NUM_CHOICES - 1` near misses (`illada.demo.data.make_multiple_choice`); every candidate is scored as its tokens
 followed by EOS, by the paper's confidence scoring and by the Monte-Carlo likelihood bound.
 """
 
@@ -27,11 +27,11 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from demo.data import TASKS, Example, make_examples, make_multiple_choice
-from demo.loading import check_model_folder, encode, load_model
-from utils_illada import check_positive_int
+from illada.demo.data import TASKS, Example, make_examples, make_multiple_choice
+from illada.demo.loading import check_model_folder, encode, load_model
+from illada.utils_illada import check_positive_int
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL_DIR = REPO_ROOT / "illada-demo"
 RESULTS_FILE = "eval_results.json"
 # Seed of the held-out draws; the demo's built-in questions use the default seed, so these differ from them.
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
     except ValueError as error:
         sys.exit(f"error: {error}")
     results = evaluate(model, tokenizer, args.per_task, args.seed, with_mc=not args.no_mc)
-    results["command"] = " ".join(["python -m demo.evaluate", *(argv if argv is not None else sys.argv[1:])])
+    results["command"] = " ".join(["python -m illada.demo.evaluate", *(argv if argv is not None else sys.argv[1:])])
     print_table({k: TaskResult(**v) for k, v in results["summary"].items()}, results["generation"]["max_new_tokens"])
     output = Path(args.model) / RESULTS_FILE if args.output is None else args.output
     if str(output) != "none":

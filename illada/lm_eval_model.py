@@ -29,6 +29,7 @@ text at the first stop sequence.
 import inspect
 import json
 import logging
+import sys
 from collections.abc import Iterator
 
 import torch
@@ -38,16 +39,9 @@ from lm_eval.api.registry import register_model
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-try:
-    from .scoring_illada import DEFAULT_MC_BATCH_SIZE, DEFAULT_MC_NUM, METHODS
-    from .utils_illada import (
-        MAX_CFG_SCALE, check_choice, check_positive_int, check_range, is_int, load_tokenizer, resolve_dtype,
-    )
-except ImportError:
-    from scoring_illada import DEFAULT_MC_BATCH_SIZE, DEFAULT_MC_NUM, METHODS
-    from utils_illada import (
-        MAX_CFG_SCALE, check_choice, check_positive_int, check_range, is_int, load_tokenizer, resolve_dtype,
-    )
+from illada.scoring_illada import DEFAULT_MC_BATCH_SIZE, DEFAULT_MC_NUM, METHODS
+from illada.utils import load_tokenizer, resolve_dtype
+from illada.utils_illada import MAX_CFG_SCALE, check_choice, check_positive_int, check_range, is_int
 
 logger = logging.getLogger(__name__)
 
@@ -352,3 +346,13 @@ class ILLaDAEvalHarness(TemplateLM):
                     self.cache_hook.add_partial("generate_until", requests[index].args, text)
                 progress.update(len(batch))
         return answers
+
+
+def main(argv: list[str] | None = None) -> None:
+    """lm-eval's command line on `argv` (defaults to `sys.argv[1:]`), with the `illada` model registered (by this
+    module's import): every `lm_eval` option works."""
+    from lm_eval.__main__ import cli_evaluate
+
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    cli_evaluate()

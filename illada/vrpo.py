@@ -44,14 +44,10 @@ from datasets import Dataset
 from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments
 from trl.data_utils import common_prefix_length, is_conversational, maybe_extract_prompt
 
-try:  # as Hub remote code
-    from .checkpoints_illada import ResumeArguments, SafeCheckpointMixin
-    from .scoring_illada import random_subset_mask, stratified_mask_counts
-    from .utils_illada import check_choice, check_positive_int, check_range
-except ImportError:  # from a checkout, with the repo root on sys.path
-    from checkpoints_illada import ResumeArguments, SafeCheckpointMixin
-    from scoring_illada import random_subset_mask, stratified_mask_counts
-    from utils_illada import check_choice, check_positive_int, check_range
+from illada.checkpoints import ResumeArguments, SafeCheckpointMixin
+from illada.scoring_illada import random_subset_mask, stratified_mask_counts
+from illada.utils import mask_seed
+from illada.utils_illada import check_choice, check_positive_int, check_range
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +58,6 @@ LOSS_TYPES = ("sigmoid", "hinge", "ipo", "robust")
 REFERENCE_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 # Mixing constants of the mask seed (odd, large): distinct (seed, step, index, answer) give distinct seeds for any
 # realistic run, and the result stays below 2**63 (torch.Generator.manual_seed accepts up to 2**64 - 1).
-_SEED_PRIMES = (1_000_003, 998_244_353, 2)
-_SEED_MODULUS = 2**63 - 25
 ANSWERS = ("chosen", "rejected")
 
 
@@ -223,12 +217,6 @@ class PreferenceCollator:
 # ----------------------------------------------------------------------------------------------------------------
 # ELBO estimate and loss
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def mask_seed(seed: int, step: int, index: int, answer: int) -> int:
-    """Seed of the masks of one answer: `answer` 0 (chosen) or 1 (rejected) of dataset example `index` at `step`."""
-    step_prime, index_prime, answer_count = _SEED_PRIMES
-    return (((seed * step_prime + step) * index_prime + index) * answer_count + answer) % _SEED_MODULUS
 
 
 def draw_answer_masks(

@@ -1,4 +1,4 @@
-"""Loading the demo model as a Hub user would, and the prompt helper `demo.py` and `demo.evaluate` share.
+"""Loading the demo model as a Hub user would, and the prompt helper `demo.py` and `illada.demo.evaluate` share.
 
 Loading a model folder runs its Python files (`trust_remote_code=True`). The shipped `illada-demo/` folder of this
 repository is trusted; any other folder is loaded only when the caller says so (`--trust-remote-code`).
@@ -10,9 +10,9 @@ import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
-from utils_illada import load_tokenizer
+from illada.utils import load_tokenizer
 
-SHIPPED_MODEL_DIR = Path(__file__).resolve().parents[1] / "illada-demo"
+SHIPPED_MODEL_DIR = Path(__file__).resolve().parents[2] / "illada-demo"
 
 
 def is_shipped_model(folder: str | Path) -> bool:
@@ -24,7 +24,7 @@ def check_model_folder(folder: str | Path) -> None:
     """Raises `ValueError` when `folder` holds no model (no `config.json`), before anything is loaded."""
     if not (Path(folder) / "config.json").is_file():
         raise ValueError(f"No model folder at {folder} (no config.json): pass `--model`, or build the demo model "
-                         "with `python -m demo.build_demo_model`.")
+                         "with `python -m illada.demo.build_demo_model`.")
 
 
 def load_model(folder: str | Path, device: str = "cpu",

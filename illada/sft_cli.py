@@ -1,0 +1,336 @@
+"""Command line for masked-diffusion training of iLLaDA: supervised fine-tuning (SFT) and pre-training, full or LoRA.
+
+The objective and the trainer are in `illada/trainer.py` ([`DiffusionSFTTrainer`], a subclass of trl's
+`SFTTrainer`, and [`DiffusionSFTConfig`]); the data preparation (trl's dataset formats, one EOS per example, trl's
+packing) in `illada/data.py`. This script loads the model and the data, trains and saves. The defaults are the paper's
+SFT recipe: each example `prompt + response + EOS` with exactly one EOS, all examples in one stream cut into windows
+of 8192 tokens (capped by the model's `max_position_embeddings`), the whole window maskable, AdamW with weight decay
+0.1, LR warmup, constant, linear decay to `--min_lr` over the last 10%.
+
+Data: `--train_files` (local .jsonl/.json/.parquet/.csv/.txt) or `--dataset_name` (a `datasets` Hub name with
+`--dataset_config`/`--dataset_split`, a folder written by `save_to_disk`, or a folder of data files). Rows in trl's
+formats: `messages` (conversational, system turns included), `prompt`/`completion` (plain or conversational),
+`text`, or the older `prompt`/`response` pairs.
+
+Commands (`--config_name` instead of `--model_name_or_path` trains from a random initialisation):
+
+    # one GPU (or CPU: add --use_cpu)
+    python train_sft.py --model_name_or_path GSAI-ML/iLLaDA-8B-Base --train_files sft.jsonl \\
+        --output_dir out/sft --per_device_train_batch_size 1 --gradient_accumulation_steps 16 \\
+        --learning_rate 5e-6 --min_lr 5e-7 --num_train_epochs 3 --activation_checkpointing \\
+        --save_steps 500 --save_total_limit 2
+
+    # a datasets name, config and split (or a folder written by save_to_disk)
+    python train_sft.py <same arguments> --dataset_name HuggingFaceH4/ultrachat_200k --dataset_split train_sft
+
+    # several GPUs (DeepSpeed / FSDP: add --deepspeed ds.json or --fsdp ... as for any Trainer script)
+    accelerate launch --num_processes 8 train_sft.py <same arguments>
+    torchrun --nproc_per_node 8 train_sft.py <same arguments>
+
+    # two CPU processes (gloo backend)
+    torchrun --nproc_per_node 2 train_sft.py --use_cpu <same arguments>
+
+    # LoRA on q/k/v/o/gate/up/down (a PEFT adapter folder; --merge_lora saves merged full weights instead)
+    python train_sft.py <same arguments> --use_lora --lora_r 16 --lora_alpha 32
+
+    # LLaDA's response-only masking; whole examples packed best-fit instead of the stream
+    python train_sft.py <same arguments> --completion_only_loss --packing_strategy bfd
+
+    # pre-training schedule and data: text documents, warmup, constant, cosine to the floor
+    python train_sft.py <same arguments> --data_format pretrain --lr_schedule pretrain \\
+        --learning_rate 2e-4 --min_lr 5e-6
+
+    # resume from the newest checkpoint-* in --output_dir (starts afresh when there is none)
+    python train_sft.py <same arguments> --resume
+
+The saved folder holds the weights (or the adapter), the code files (`AutoModelForCausalLM.from_pretrained(folder,
+trust_remote_code=True)` loads it), the tokenizer, the generation config and a model card (README.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset
+from transformers import HfArgumentParser, PreTrainedTokenizerBase, Trainer, set_seed
+
+from illada.checkpoints import checkpoint_to_resume
+from illada.configuration_illada import ILLaDAConfig
+from illada.data import (
+    DEFAULT_MAX_LENGTH,
+    check_tokenizer,
+    load_data,
+    load_data_files,
+    pad_token_id,
+    prepare_dataset,
+    resolve_max_length,
+)
+from illada.modeling_illada import ILLaDAForCausalLM
+from illada.trainer import (
+    DiffusionDataCollator,
+    DiffusionSFTConfig,
+    DiffusionSFTTrainer,
+    MaskedDiffusionOutput,
+    MaskNoise,
+    build_model_card,
+    diffusion_lr_lambda,
+    masked_diffusion_loss,
+    sample_mask,
+)
+from illada.utils import DTYPES, load_tokenizer
+from illada.utils_illada import check_choice, check_positive_int, check_range
+
+__all__ = [
+    "DataArguments", "DiffusionDataCollator", "DiffusionSFTConfig", "DiffusionSFTTrainer", "DiffusionTrainingArguments",
+    "MaskNoise", "MaskedDiffusionOutput", "MaskedDiffusionTrainer", "ModelArguments", "add_lora", "build_dataset",
+    "build_model_card", "check_arguments", "check_tokenizer", "diffusion_lr_lambda", "load_config", "load_data",
+    "load_model", "load_raw_dataset", "main", "masked_diffusion_loss", "pad_token_id", "parse_arguments",
+    "prepare_dataset", "resume_checkpoint", "sample_mask", "save_trained_model", "train_and_save",
+]
+
+logger = logging.getLogger(__name__)
+
+LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+ATTENTION_KERNELS = ("sdpa", "eager", "flash_attention_2")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Arguments
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelArguments:
+    """Which model to train and how: checkpoint or fresh config, dtype, attention kernel, LoRA."""
+
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Checkpoint folder or Hub id to fine-tune. Give this or `config_name`."}
+    )
+    config_name: str | None = field(
+        default=None, metadata={"help": "Config folder or file: train a randomly initialised model of that shape."}
+    )
+    tokenizer_name: str | None = field(
+        default=None, metadata={"help": "Tokenizer folder or Hub id; defaults to `model_name_or_path` / `config_name`."}
+    )
+    dtype: str = field(
+        default="auto",
+        metadata={"help": "Dtype of the loaded weights ('auto' = the checkpoint's, float32 for a fresh model). "
+                  "Mixed precision is `--bf16`.", "choices": list(DTYPES)},
+    )
+    attn_implementation: str = field(
+        default="sdpa", metadata={"help": "Attention kernel.", "choices": list(ATTENTION_KERNELS)}
+    )
+    use_lora: bool = field(default=False, metadata={"help": "Train LoRA adapters (PEFT) instead of all weights."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA branch."})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: list(LORA_TARGET_MODULES), metadata={"help": "Module names that get adapters."}
+    )
+    merge_lora: bool = field(
+        default=False, metadata={"help": "Merge the adapters into the base weights and save a full model."}
+    )
+
+    def __post_init__(self) -> None:
+        if (self.model_name_or_path is None) == (self.config_name is None):
+            raise ValueError(
+                "Give exactly one of `model_name_or_path` (fine-tune a checkpoint) and `config_name` (train from a "
+                f"random initialisation); got model_name_or_path={self.model_name_or_path!r}, "
+                f"config_name={self.config_name!r}."
+            )
+        check_choice("dtype", self.dtype, DTYPES)
+        check_choice("attn_implementation", self.attn_implementation, ATTENTION_KERNELS)
+        if self.use_lora:
+            check_positive_int("lora_r", self.lora_r)
+            check_range("lora_alpha", self.lora_alpha, 0, math.inf, low_open=True)
+            check_range("lora_dropout", self.lora_dropout, 0, 1, high_open=True)
+            if not self.lora_target_modules:
+                raise ValueError("`lora_target_modules` is empty: name at least one module, e.g. q_proj.")
+        elif self.merge_lora:
+            raise ValueError("`merge_lora=True` needs `use_lora=True`: there are no adapters to merge.")
+
+
+@dataclass
+class DataArguments:
+    """Where the data are: local files, or a `datasets` name / saved folder with its config and split.
+
+    The shaping of the data (window length, packing, data format) is part of [`DiffusionSFTConfig`]
+    (`--max_length`/`--max_seq_length`, `--packing_strategy`, `--data_format`, `--split_probability`).
+    """
+
+    train_files: list[str] | None = field(
+        default=None, metadata={"help": "Local training files (.jsonl, .json, .parquet, .csv or .txt)."}
+    )
+    eval_files: list[str] | None = field(default=None, metadata={"help": "Local evaluation files, same formats."})
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "A `datasets` name (Hub id), a folder written by `save_to_disk`, or a folder of data files."},
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Configuration of `dataset_name`."})
+    dataset_split: str = field(default="train", metadata={"help": "Training split of `dataset_name`."})
+    eval_split: str | None = field(default=None, metadata={"help": "Evaluation split of `dataset_name`."})
+
+    def __post_init__(self) -> None:
+        if self.train_files is not None and self.dataset_name is not None:
+            raise ValueError(f"Give one of `train_files` and `dataset_name`, not both; got {self.train_files!r} and "
+                             f"{self.dataset_name!r}.")
+        if self.eval_split is not None and self.dataset_name is None:
+            raise ValueError("`eval_split` selects a split of `dataset_name`; with local files use `eval_files`.")
+
+
+def check_arguments(model_args: ModelArguments, data_args: DataArguments, args: DiffusionSFTConfig) -> None:
+    """Checks the combinations that no single dataclass can see."""
+    if data_args.train_files is None and data_args.dataset_name is None:
+        raise ValueError("No training data: pass `--train_files` (local .jsonl/.json/.parquet/.csv/.txt files) or "
+                         "`--dataset_name` (a datasets name, or a folder).")
+
+
+def parse_arguments(argv: list[str] | None = None, dataclass_types: tuple[type, ...] = (
+    ModelArguments, DataArguments, DiffusionSFTConfig)) -> tuple:
+    """Command-line flags, or a single .json / .yaml file holding them, parsed into `dataclass_types` (by default
+    this script's model, data and training arguments; `train_vrpo.py` passes its own)."""
+    parser = HfArgumentParser(dataclass_types)
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_json_file(argv[0])
+    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
+        return parser.parse_yaml_file(argv[0])
+    return parser.parse_args_into_dataclasses(argv)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Model, data, checkpoints, saving
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def load_config(model_args: ModelArguments) -> ILLaDAConfig:
+    """The config of the checkpoint (or of `config_name`), read before any weight is loaded."""
+    return ILLaDAConfig.from_pretrained(model_args.model_name_or_path or model_args.config_name)
+
+
+def load_model(model_args: ModelArguments, config: ILLaDAConfig) -> ILLaDAForCausalLM:
+    """Loads the checkpoint strictly (every tensor must match), or builds a random model from `config`."""
+    dtype = DTYPES[model_args.dtype]
+    if model_args.model_name_or_path is None:
+        dtype = torch.float32 if dtype == "auto" else dtype
+        return ILLaDAForCausalLM._from_config(config, dtype=dtype, attn_implementation=model_args.attn_implementation)
+    return ILLaDAForCausalLM.from_pretrained(
+        model_args.model_name_or_path, config=config, dtype=dtype, attn_implementation=model_args.attn_implementation
+    )
+
+
+def add_lora(
+    model: ILLaDAForCausalLM,
+    r: int = 16,
+    alpha: float = 32,
+    dropout: float = 0.0,
+    target_modules: list[str] | tuple[str, ...] = LORA_TARGET_MODULES,
+) -> torch.nn.Module:
+    """Wraps `model` in a PEFT model with LoRA adapters of rank `r` (scale `alpha / r`) on `target_modules`;
+    only the adapters are trainable. `task_type="CAUSAL_LM"`, so the saved adapter loads with
+    `AutoPeftModelForCausalLM.from_pretrained(folder, trust_remote_code=True)`."""
+    from peft import LoraConfig, get_peft_model
+
+    lora_config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules),
+                             task_type="CAUSAL_LM")
+    return get_peft_model(model, lora_config)
+
+
+def load_datasets(data_args: DataArguments, args: DiffusionSFTConfig) -> tuple[Dataset, Dataset | None]:
+    """The raw training rows and, if asked for, the raw evaluation rows (the trainer tokenises and packs them)."""
+    source = {"dataset_name": data_args.dataset_name, "dataset_config": data_args.dataset_config,
+              "data_format": args.data_format, "text_field": args.dataset_text_field}
+    train = load_data(split=data_args.dataset_split, files=data_args.train_files, **source)
+    evaluation = None
+    if data_args.eval_files:
+        evaluation = load_data(files=data_args.eval_files, **{**source, "dataset_name": None})
+    elif data_args.eval_split:
+        evaluation = load_data(split=data_args.eval_split, **source)
+    return train, evaluation
+
+
+def resume_checkpoint(args: DiffusionSFTConfig) -> str | None:
+    """With `--resume`, the newest complete `checkpoint-*` folder of `output_dir` (incomplete ones are skipped with
+    a warning), or `None` (start afresh) if there is none. Without it, `None`, after refusing an `output_dir` that
+    holds an earlier run's checkpoints (`--overwrite_output_dir` deletes them): see `illada.checkpoints`."""
+    with args.main_process_first(desc="checking output_dir"):
+        return checkpoint_to_resume(args.output_dir, args.resume, args.max_steps, args.overwrite_output_dir)
+
+
+def train_and_save(trainer: Trainer, checkpoint: str | None, merge_lora: bool = False) -> None:
+    """Trains (from `checkpoint` if given), logs and saves the metrics and state, evaluates when the trainer has an
+    evaluation set, then saves the model with `save_trained_model`. Shared by `train_sft.py` and `train_vrpo.py`."""
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.log_metrics("train", result.metrics)
+    trainer.save_metrics("train", result.metrics)
+    trainer.save_state()
+    if trainer.eval_dataset is not None:
+        metrics = trainer.evaluate()
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+    save_trained_model(trainer, merge_lora=merge_lora)
+
+
+def save_trained_model(trainer: Trainer, merge_lora: bool = False) -> None:
+    """Saves weights (or the LoRA adapter), code files, tokenizer, generation config and model card to
+    `output_dir`; LoRA adapters are merged into a full model first when `merge_lora`. Pushes when `push_to_hub`."""
+    if merge_lora:
+        trainer.model = trainer.model.merge_and_unload()
+    trainer.save_model()
+    generation_config = getattr(trainer.model, "generation_config", None)
+    output_dir = Path(trainer.args.output_dir)
+    missing = not (output_dir / "generation_config.json").exists()
+    if trainer.args.should_save and generation_config is not None and missing:
+        generation_config.save_pretrained(output_dir)
+    if isinstance(trainer, DiffusionSFTTrainer):  # other trainers (train_vrpo.py) keep their own card
+        trainer.create_model_card()
+    if trainer.args.push_to_hub:
+        trainer.push_to_hub()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Script
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    model_args, data_args, training_args = parse_arguments(argv)
+    check_arguments(model_args, data_args, training_args)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        level=training_args.get_process_log_level())
+    set_seed(training_args.seed)
+    checkpoint = resume_checkpoint(training_args)  # before any loading: may refuse `output_dir`
+
+    # Model: the config, tokenizer and window length are checked before any weight is loaded.
+    config = load_config(model_args)
+    # Passing the config keeps AutoTokenizer from asking to run the folder's remote code to read it.
+    tokenizer = load_tokenizer(
+        model_args.tokenizer_name or model_args.model_name_or_path or model_args.config_name, config=config
+    )
+    check_tokenizer(tokenizer, config)
+    training_args.max_length = resolve_max_length(training_args.max_length, config.max_position_embeddings)
+    model = load_model(model_args, config)
+    if model_args.use_lora:
+        model = add_lora(model, model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout,
+                         model_args.lora_target_modules)
+
+    # Data: raw rows here; the trainer tokenises and packs them (trl's data layer, see illada/data.py).
+    with training_args.main_process_first(desc="loading the data"):
+        train_dataset, eval_dataset = load_datasets(data_args, training_args)
+
+    # Train and save
+    trainer = DiffusionSFTTrainer(model=model, args=training_args, train_dataset=train_dataset,
+                                  eval_dataset=eval_dataset, processing_class=tokenizer)
+    logger.info("%d training rows of at most %d tokens", len(trainer.train_dataset), training_args.max_length)
+    train_and_save(trainer, checkpoint, merge_lora=model_args.merge_lora)
+
+
+if __name__ == "__main__":
+    main()
