@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+
 def is_int(value: Any) -> bool:
     """True for Python and numpy integers, False for `bool` (which is an `int` subclass)."""
     return isinstance(value, Integral) and not isinstance(value, bool)

@@ -15,6 +15,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import best_time, environment, markdown_table, write_section  # noqa: E402
+
 from illada.configuration_illada import ILLaDAConfig  # noqa: E402
 from illada.modeling_illada import ILLaDAForCausalLM  # noqa: E402
 
@@ -51,7 +52,7 @@ def main() -> None:
     peak = matmul_flops_per_s(args.seq_len, args.hidden, config.intermediate_size)
     for label, keep in (("all positions", 0), ("one 32-token block", 32)):
         with torch.no_grad():
-            seconds = best_time(lambda: model(ids, logits_to_keep=keep))
+            seconds = best_time(lambda keep=keep: model(ids, logits_to_keep=keep))
         flops = forward_flops(config, args.seq_len, keep or args.seq_len)
         rows.append([label, f"{flops / 1e9:.1f}", f"{seconds:.3f}", f"{flops / seconds / 1e9:.1f}",
                      f"{peak / 1e9:.1f}", f"{flops / seconds / peak:.0%}"])

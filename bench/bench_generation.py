@@ -49,8 +49,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
 from common import environment, markdown_table, write_section  # noqa: E402
-from illada.configuration_illada import ILLaDAConfig  # noqa: E402
 from llada_baseline import llada_generate  # noqa: E402
+
+from illada.configuration_illada import ILLaDAConfig  # noqa: E402
 from illada.modeling_illada import ILLaDAForCausalLM  # noqa: E402
 
 # iLLaDA's ids 0-5 are special (bos, pad, eos, two chat markers, mask): random prompts use ordinary tokens only.

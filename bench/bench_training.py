@@ -27,6 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from common import environment, markdown_table, write_section  # noqa: E402
+
 from illada.configuration_illada import ILLaDAConfig  # noqa: E402
 from illada.modeling_illada import ILLaDAForCausalLM  # noqa: E402
 from illada.trainer import masked_diffusion_loss, sample_mask  # noqa: E402

@@ -14,13 +14,13 @@ per list length, and writes the `demo-stop` section of bench/RESULTS.md.
 
 import argparse
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import markdown_table, write_section  # noqa: E402
+
 from illada.demo.data import TASKS, make_examples  # noqa: E402
 from illada.demo.loading import SHIPPED_MODEL_DIR, encode, load_model  # noqa: E402
 

@@ -15,7 +15,13 @@ from transformers import GenerationConfig
 from transformers.utils import logging
 
 from .utils_illada import (
-    MAX_CFG_SCALE, as_id_list, check_choice, check_positive_int, check_range, check_token_ids, is_int,
+    MAX_CFG_SCALE,
+    as_id_list,
+    check_choice,
+    check_positive_int,
+    check_range,
+    check_token_ids,
+    is_int,
 )
 
 logger = logging.get_logger(__name__)

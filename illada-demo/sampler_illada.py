@@ -25,7 +25,6 @@ the block being decoded, and finished rows leave the batch. The settings come va
 """
 
 import math
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 

@@ -52,47 +52,32 @@ from __future__ import annotations
 import logging
 import math
 import sys
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from datasets import Dataset
-from transformers import HfArgumentParser, PreTrainedTokenizerBase, Trainer, set_seed
+from transformers import HfArgumentParser, Trainer, set_seed
 
 from illada.checkpoints import checkpoint_to_resume
 from illada.configuration_illada import ILLaDAConfig
 from illada.data import (
-    DEFAULT_MAX_LENGTH,
     check_tokenizer,
     load_data,
-    load_data_files,
-    pad_token_id,
-    prepare_dataset,
     resolve_max_length,
 )
 from illada.modeling_illada import ILLaDAForCausalLM
 from illada.trainer import (
-    DiffusionDataCollator,
     DiffusionSFTConfig,
     DiffusionSFTTrainer,
-    MaskedDiffusionOutput,
-    MaskNoise,
-    build_model_card,
-    diffusion_lr_lambda,
-    masked_diffusion_loss,
-    sample_mask,
 )
 from illada.utils import DTYPES, load_tokenizer
 from illada.utils_illada import check_choice, check_positive_int, check_range
 
 __all__ = [
-    "DataArguments", "DiffusionDataCollator", "DiffusionSFTConfig", "DiffusionSFTTrainer", "DiffusionTrainingArguments",
-    "MaskNoise", "MaskedDiffusionOutput", "MaskedDiffusionTrainer", "ModelArguments", "add_lora", "build_dataset",
-    "build_model_card", "check_arguments", "check_tokenizer", "diffusion_lr_lambda", "load_config", "load_data",
-    "load_model", "load_raw_dataset", "main", "masked_diffusion_loss", "pad_token_id", "parse_arguments",
-    "prepare_dataset", "resume_checkpoint", "sample_mask", "save_trained_model", "train_and_save",
+    "ATTENTION_KERNELS", "DataArguments", "LORA_TARGET_MODULES", "ModelArguments", "add_lora", "check_arguments",
+    "load_config", "load_datasets", "load_model", "main", "parse_arguments", "resume_checkpoint",
+    "save_trained_model", "train_and_save",
 ]
 
 logger = logging.getLogger(__name__)

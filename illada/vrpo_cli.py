@@ -46,8 +46,15 @@ from pathlib import Path
 from datasets import Dataset, load_dataset, load_from_disk
 from transformers import set_seed
 
-from illada.sft_cli import (ModelArguments, add_lora, check_tokenizer, load_config, load_model, resume_checkpoint,
-                       train_and_save)
+from illada.data import check_tokenizer
+from illada.sft_cli import (
+    ModelArguments,
+    add_lora,
+    load_config,
+    load_model,
+    resume_checkpoint,
+    train_and_save,
+)
 from illada.sft_cli import parse_arguments as sft_parse_arguments
 from illada.utils import load_tokenizer
 from illada.vrpo import VRPOConfig, VRPOTrainer

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from tiny import SHARP, make_config, make_model
 
 

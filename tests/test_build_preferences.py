@@ -4,11 +4,11 @@ from types import SimpleNamespace
 
 import pytest
 from datasets import Dataset
+from tiny_tokenizer import make_tiny_tokenizer
 
 from illada.demo import build_preferences
 from illada.demo.build_preferences import build_pairs, main
 from illada.demo.data import example_is_heldout, make_examples
-from tiny_tokenizer import make_tiny_tokenizer
 from illada.generation_config_illada import ILLaDAGenerationConfig
 from illada.vrpo import build_preference_dataset
 

@@ -1,9 +1,9 @@
 """ILLaDAConfig: 8B defaults, released-format keys, validation errors."""
 
 import pytest
+from tiny import TINY, make_config
 
 from illada.configuration_illada import ILLaDAConfig
-from tiny import TINY, make_config
 
 
 def test_defaults_describe_illada_8b():

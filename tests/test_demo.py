@@ -9,8 +9,8 @@ import io
 import json
 import os
 import re
-import subprocess
 import struct
+import subprocess
 import sys
 from pathlib import Path
 

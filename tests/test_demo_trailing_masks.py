@@ -9,6 +9,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import demo_trailing_masks  # noqa: E402
+
 from illada.trainer import DEFAULT_EPS  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -12,12 +12,12 @@ import shutil
 
 import pytest
 import torch
+from fuzz_strategies import fuzz_settings, run_case
 from hypothesis import given
 from hypothesis import strategies as st
-
-from fuzz_strategies import fuzz_settings, run_case
-from illada.modeling_illada import ILLaDAForCausalLM
 from tiny import make_config
+
+from illada.modeling_illada import ILLaDAForCausalLM
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

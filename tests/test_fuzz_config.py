@@ -7,11 +7,11 @@ a valid config must keep its values, round-trip through its dict, and build a mo
 
 import pytest
 import torch
+from fuzz_strategies import fuzz_settings, is_int, is_real, run_case, weird_numbers, wrong_types
 from hypothesis import given
 from hypothesis import strategies as st
 
 from illada.configuration_illada import ILLaDAConfig
-from fuzz_strategies import fuzz_settings, is_int, is_real, run_case, weird_numbers, wrong_types
 from illada.modeling_illada import ILLaDAForCausalLM
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -20,12 +20,12 @@ from pathlib import Path
 import datasets
 import pytest
 from datasets import Dataset
+from fuzz_strategies import fuzz_settings, run_case
 from hypothesis import assume, given
 from hypothesis import strategies as st
+from tiny_tokenizer import make_tiny_tokenizer
 
 from illada.data import load_data_files, prepare_dataset
-from fuzz_strategies import fuzz_settings, run_case
-from tiny_tokenizer import make_tiny_tokenizer
 
 datasets.disable_progress_bars()
 datasets.logging.set_verbosity_error()

@@ -19,17 +19,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from fuzz_strategies import fuzz_settings, is_int, is_real, run_case
 from hypothesis import given
 from hypothesis import strategies as st
 from lm_eval.api.instance import Instance
 from safetensors.torch import load_file, save_file
+from tiny import TINY, make_model
+from tiny_tokenizer import make_tiny_tokenizer
 
-from fuzz_strategies import fuzz_settings, is_int, is_real, run_case
 from illada.generation_config_illada import ILLaDAGenerationConfig
 from illada.lm_eval_model import ILLaDAEvalHarness
 from illada.modeling_illada import ILLaDAForCausalLM
-from tiny import TINY, make_model
-from tiny_tokenizer import make_tiny_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

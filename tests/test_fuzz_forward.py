@@ -11,10 +11,9 @@ device synchronisation per step; `generate` and the scoring functions do.)
 
 import pytest
 import torch
+from fuzz_strategies import fuzz_settings, run_case
 from hypothesis import given
 from hypothesis import strategies as st
-
-from fuzz_strategies import fuzz_settings, run_case
 from tiny import FIRST_ORDINARY_ID, SHARP, TINY, make_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")

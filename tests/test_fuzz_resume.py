@@ -16,12 +16,12 @@ import tempfile
 from pathlib import Path
 
 import torch
+from fuzz_strategies import fuzz_settings, run_case
 from hypothesis import given
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 from illada.checkpoints import JIT_SENTINEL, last_complete_checkpoint
-from fuzz_strategies import fuzz_settings, run_case
 
 FILES = ("model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json")
 TEMPLATE = Path(tempfile.mkdtemp(prefix="illada-fuzz-resume-"))

@@ -1,9 +1,8 @@
 """The fuzz runner itself (`fuzz_strategies.run_case`): each way a case can go wrong fails it, so the fuzz suite
 cannot pass vacuously. The tally is restored afterwards so that these deliberate failures stay out of the table."""
 
-import pytest
-
 import fuzz_strategies
+import pytest
 from fuzz_strategies import CLEAR_ERROR, CORRECT, REFUSED, SILENT, UNCLEAR, FuzzFailure, run_case
 
 

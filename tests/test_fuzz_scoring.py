@@ -16,10 +16,9 @@ import math
 
 import pytest
 import torch
+from fuzz_strategies import fuzz_settings, is_int, is_real, run_case, weird_numbers, wrong_types
 from hypothesis import given
 from hypothesis import strategies as st
-
-from fuzz_strategies import fuzz_settings, is_int, is_real, run_case, weird_numbers, wrong_types
 from tiny import FIRST_ORDINARY_ID, SHARP, TINY, make_model
 from tiny_tokenizer import make_tiny_tokenizer
 

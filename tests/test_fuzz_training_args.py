@@ -6,10 +6,10 @@ import math
 import tempfile
 
 import pytest
+from fuzz_strategies import fuzz_settings, is_int, is_real, run_case, weird_numbers, wrong_types
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fuzz_strategies import fuzz_settings, is_int, is_real, run_case, weird_numbers, wrong_types
 from illada.trainer import DiffusionSFTConfig
 
 AREA = "training args"

@@ -8,14 +8,21 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from reference_sampler import llada_generate, reference_generate
+from tiny import FIRST_ORDINARY_ID, SHARP, TINY, left_pad, make_model, random_prompts
 from transformers import AutoModelForCausalLM, GenerationConfig, GenerationMixin
 from transformers.generation.streamers import BaseStreamer
 
-from illada.sampler_illada import ILLaDAGenerateOutput, cut_after_stop, sample_tokens, select_commits, steps_in_block, transfer_schedule
 from illada.generation_config_illada import ILLaDAGenerationConfig
 from illada.generation_illada import ILLaDAGenerationMixin
-from reference_sampler import llada_generate, reference_generate
-from tiny import FIRST_ORDINARY_ID, SHARP, TINY, left_pad, make_model, random_prompts
+from illada.sampler_illada import (
+    ILLaDAGenerateOutput,
+    cut_after_stop,
+    sample_tokens,
+    select_commits,
+    steps_in_block,
+    transfer_schedule,
+)
 
 MASK, PAD, EOS, VOCAB = TINY["mask_token_id"], TINY["pad_token_id"], TINY["eos_token_id"], TINY["vocab_size"]
 PROPERTY_SETTINGS = settings(max_examples=25, deadline=None)
@@ -611,7 +618,9 @@ def test_generation_config_round_trip_with_remote_code(tmp_path, sharp_model):
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path, trust_remote_code=True)
     assert type(loaded.generation_config).__name__ == "ILLaDAGenerationConfig"
     assert type(loaded).__module__ != type(sharp_model).__module__  # really the copied remote code
-    strip = lambda d: {k: v for k, v in d.items() if k not in ("transformers_version", "_from_model_config")}
+    def strip(d):
+        return {k: v for k, v in d.items() if k not in ("transformers_version", "_from_model_config")}
+
     assert strip(loaded.generation_config.to_dict()) == strip(custom.to_dict())
     ids = torch.tensor(random_prompts([4], seed=18))
     expected = sharp_model.generate(ids, generation_config=custom)

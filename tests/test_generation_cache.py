@@ -10,10 +10,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tiny import FIRST_ORDINARY_ID, SHARP, TINY, left_pad, make_model, random_prompts
 
 from illada.generation_config_illada import ILLaDAGenerationConfig
 from illada.modeling_illada import DiffusionKVCache
-from tiny import FIRST_ORDINARY_ID, SHARP, TINY, left_pad, make_model, random_prompts
 
 MASK, PAD, EOS, VOCAB = TINY["mask_token_id"], TINY["pad_token_id"], TINY["eos_token_id"], TINY["vocab_size"]
 MODES = ("prefix", "dual")
@@ -221,7 +221,7 @@ def test_cache_forwards_fewer_tokens_as_counted_by_hand(sharp_model, canvas):
     forwarded, logits_rows = {}, {}
     for mode in ("none", *MODES):
         head = []
-        handle = sharp_model.lm_head.register_forward_hook(lambda m, args, out: head.append(tuple(args[0].shape)))
+        handle = sharp_model.lm_head.register_forward_hook(lambda m, args, out, head=head: head.append(tuple(args[0].shape)))
         try:
             with count_forwards(sharp_model) as calls:
                 sharp_model.generate(ids, use_cache=mode, **options)

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from tiny import TINY, make_model
 
 from illada.modeling_illada import DiffusionKVCache
-from tiny import TINY, make_model
 
 
 def canvas_with_left_padding() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

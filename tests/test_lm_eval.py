@@ -12,11 +12,11 @@ pytest.importorskip("lm_eval")
 
 from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.utils import simple_parse_args_string  # noqa: E402
+from tiny import make_model  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
+from word_tokenizer import make_word_tokenizer  # noqa: E402
 
 from illada.lm_eval_model import ILLaDAEvalHarness, truncate_at_stop  # noqa: E402
-from tiny import make_model  # noqa: E402
-from word_tokenizer import make_word_tokenizer  # noqa: E402
 
 MODEL_SEED = 3  # a random tiny model whose generations are not one word repeated
 BLOCK_LENGTH = 4

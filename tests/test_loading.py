@@ -7,9 +7,9 @@ import os
 
 import pytest
 import torch
+from tiny import make_config, released_state_dict, write_checkpoint
 
 from illada.modeling_illada import ILLaDAForCausalLM, ILLaDAModel
-from tiny import make_config, released_state_dict, write_checkpoint
 
 
 def test_released_key_names_load_exactly(tmp_path):

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import TINY, make_model
 from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
 from transformers.utils import is_flash_attn_2_available
 
 from illada.configuration_illada import ILLaDAConfig
 from illada.modeling_illada import ILLaDAForCausalLM, ILLaDAModel
-from tiny import TINY, make_model
 
 REPO = Path(__file__).resolve().parents[1]
 BACKENDS = ["eager", "sdpa"]

@@ -109,7 +109,7 @@ def test_answers_are_marked_right_exactly_when_they_equal_the_reference(executed
     batch = re.findall(r"^   ('.*?') -> ('.*?') \((right|wrong)\)$", _text(cells["generate-batch"]), re.MULTILINE)
     assert len(batch) == 8
     single = {ast.literal_eval(prompt): ast.literal_eval(answer) for prompt, answer, _, _ in lines}
-    for prompt, answer, verdict in batch[:4]:
+    for prompt, answer, _verdict in batch[:4]:
         assert single[ast.literal_eval(prompt)] == ast.literal_eval(answer)
 
 

@@ -9,9 +9,9 @@ import sys
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, PeftModelForCausalLM, get_peft_model
+from tiny import SHARP, TINY, left_pad, make_model, random_prompts
 
 from illada.modeling_illada import ILLaDAForCausalLM
-from tiny import SHARP, TINY, left_pad, make_model, random_prompts
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

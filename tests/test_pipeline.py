@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import SHARP, make_model
+from tiny_tokenizer import make_tiny_tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
 from illada.generation_config_illada import ILLaDAGenerationConfig
-from tiny import SHARP, make_model
-from tiny_tokenizer import make_tiny_tokenizer
 
 SHIPPED = Path(__file__).resolve().parents[1] / "illada-demo"
 CHAT = [{"role": "user", "content": "What is 12 + 30?"}]

@@ -10,10 +10,10 @@ import math
 
 import pytest
 import torch
-
-from illada.scoring_illada import random_subset_mask, stratified_mask_counts
 from tiny import make_model
 from word_tokenizer import make_word_tokenizer
+
+from illada.scoring_illada import random_subset_mask, stratified_mask_counts
 
 MASK = 5  # tiny.py's mask_token_id
 SCORE_ATOL = 1e-4  # float32 batched forward vs float64 reference, summed over a few tokens

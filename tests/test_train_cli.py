@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 from datasets import Dataset, DatasetDict
+from tiny import make_config, make_model
+from tiny_tokenizer import make_tiny_tokenizer
 
 from illada import data as data_illada
 from illada import sft_cli as train_sft
-from tiny import make_config, make_model
-from tiny_tokenizer import make_tiny_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,23 +9,20 @@ against next-token trainers in `test_trl.py`; the command line on every data sou
 import copy
 import json
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
 from datasets import Dataset
+from ddp_train_helper import WINDOW, logged_losses, make_trainer, train
 from safetensors.torch import load_file
+from tiny import make_config, make_model
+from tiny_tokenizer import make_tiny_tokenizer
 from transformers import AutoModelForCausalLM, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from illada import data as data_illada
-from illada import trainer as trainer_illada
-from illada.utils import mask_seed
 from illada import sft_cli as train_sft
 from illada.data import check_tokenizer, prepare_dataset
-from ddp_train_helper import WINDOW, logged_losses, make_trainer, train
-from tiny import make_config, make_model
-from tiny_tokenizer import make_tiny_tokenizer
 from illada.sft_cli import DataArguments, ModelArguments, add_lora
 from illada.trainer import (
     DiffusionDataCollator,
@@ -35,6 +32,7 @@ from illada.trainer import (
     masked_diffusion_loss,
     sample_mask,
 )
+from illada.utils import mask_seed
 
 MASK_ID, PAD_ID, EOS_ID = 5, 1, 2
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from ddp_train_helper import logged_losses, run_on_two_processes, train
 
 HELPER = Path(__file__).resolve().parent / "ddp_train_helper.py"

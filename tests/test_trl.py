@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 from datasets import Dataset, load_dataset
+from tiny import make_model
+from tiny_tokenizer import make_tiny_tokenizer
 from transformers import Trainer, TrainingArguments
 from trl import SFTConfig, SFTTrainer
 
 from illada.data import PLAIN_CHAT_TEMPLATE
-from tiny import make_model
-from tiny_tokenizer import make_tiny_tokenizer
 from illada.trainer import DiffusionSFTConfig, DiffusionSFTTrainer, build_model_card
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -7,7 +7,15 @@ import pytest
 import torch
 
 from illada.utils import check_non_negative_int, load_tokenizer, resolve_dtype
-from illada.utils_illada import as_id_list, check_choice, check_positive_int, check_range, check_token_ids, guided_logits, is_int
+from illada.utils_illada import (
+    as_id_list,
+    check_choice,
+    check_positive_int,
+    check_range,
+    check_token_ids,
+    guided_logits,
+    is_int,
+)
 
 
 def test_integers_and_numbers():

@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 import torch
 from datasets import Dataset
+from tiny import make_model
+from tiny_tokenizer import make_tiny_tokenizer
 from transformers import AutoModelForCausalLM
+from vrpo_helper import logged_losses, make_trainer, preference_rows
 
 from illada import vrpo_cli as train_vrpo
 from illada.scoring_illada import likelihood_scores
-from tiny import make_model
-from tiny_tokenizer import make_tiny_tokenizer
 from illada.sft_cli import add_lora
-from vrpo_helper import logged_losses, make_trainer, preference_rows
 from illada.utils import mask_seed
 from illada.vrpo import (
     REFERENCE_COLUMNS,

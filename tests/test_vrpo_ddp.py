@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from ddp_train_helper import run_on_two_processes
 from vrpo_helper import logged_losses, make_trainer
 

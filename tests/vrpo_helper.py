@@ -12,9 +12,9 @@ from pathlib import Path
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
 from datasets import Dataset  # noqa: E402
-
 from tiny import make_model  # noqa: E402
 from tiny_tokenizer import make_tiny_tokenizer  # noqa: E402
+
 from illada.vrpo import VRPOConfig, VRPOTrainer  # noqa: E402
 
 WORDS = ("cat", "dog", "red", "blue", "big", "small", "yes", "no")

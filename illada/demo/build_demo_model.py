@@ -75,11 +75,11 @@ import transformers
 from transformers import HfArgumentParser
 
 from illada.configuration_illada import ILLaDAConfig
+from illada.demo.data import DEMO_SEED, TASKS, corpus_fingerprint, make_examples, pretraining_texts, tokenizer_texts
+from illada.demo.tokenizer import train_tokenizer
 from illada.generation_config_illada import ILLaDAGenerationConfig
 from illada.utils import check_non_negative_int
 from illada.utils_illada import check_positive_int, check_range
-from illada.demo.data import DEMO_SEED, TASKS, corpus_fingerprint, make_examples, pretraining_texts, tokenizer_texts
-from illada.demo.tokenizer import train_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TRAIN_SCRIPT = REPO_ROOT / "train_sft.py"
