@@ -113,8 +113,9 @@ class ILLaDAGenerationMixin:
                 attention_mask = attention_mask.repeat_interleave(config.num_return_sequences, dim=0)
         return run_sampler(self, input_ids, attention_mask, config, generator, step_callback, streamer, progress)
 
-    def resolve_generation_config(self, generation_config: ILLaDAGenerationConfig | GenerationConfig | None = None,
-                                  **kwargs) -> ILLaDAGenerationConfig:
+    def resolve_generation_config(
+        self, generation_config: ILLaDAGenerationConfig | GenerationConfig | None = None, **kwargs
+    ) -> ILLaDAGenerationConfig:
         """The complete, validated settings that `generate(..., generation_config, **kwargs)` would use: the
         model's generation config overridden by the caller's options, every token id filled in (e.g. its
         `stop_ids` and `mask_token_id`). A demo or an evaluation harness reads them here instead of re-deriving.
@@ -124,8 +125,9 @@ class ILLaDAGenerationMixin:
         """
         return self._prepare_generation_config(generation_config, kwargs)
 
-    def _prepare_generation_config(self, generation_config, kwargs: dict,
-                                   prompt_width: int | None = None) -> ILLaDAGenerationConfig:
+    def _prepare_generation_config(
+        self, generation_config, kwargs: dict, prompt_width: int | None = None
+    ) -> ILLaDAGenerationConfig:
         """The call's complete settings: the model's generation config (or `generation_config`), copied, updated by
         the caller's options (`max_length` turned into `max_new_tokens` for a prompt of `prompt_width` columns),
         token ids filled from the model config; validated once, as the call will use them."""
@@ -133,16 +135,22 @@ class ILLaDAGenerationMixin:
         if _is_diffusion_config(generation_config):
             base = generation_config
         elif isinstance(generation_config, GenerationConfig):  # a stock config: only what it sets overrides
-            options = {k: v for k, v in generation_config.to_diff_dict().items()
-                       if k not in ("transformers_version", "_from_model_config", "_commit_hash")}
+            options = {
+                k: v
+                for k, v in generation_config.to_diff_dict().items()
+                if k not in ("transformers_version", "_from_model_config", "_commit_hash")
+            }
         elif generation_config is not None:
-            raise TypeError(f"`generation_config` must be an ILLaDAGenerationConfig or a transformers "
-                            f"GenerationConfig, got {type(generation_config).__name__}.")
+            raise TypeError(
+                f"`generation_config` must be an ILLaDAGenerationConfig or a transformers "
+                f"GenerationConfig, got {type(generation_config).__name__}."
+            )
         config_settings, config_max_length = split_generation_options(options, "`generation_config`")
         call_settings, max_length = split_generation_options(kwargs, "generate()")
         if max_length is not None and "max_new_tokens" in call_settings:
-            raise ValueError(f"Give `max_new_tokens` ({call_settings['max_new_tokens']}) or `max_length` "
-                             f"({max_length}), not both.")
+            raise ValueError(
+                f"Give `max_new_tokens` ({call_settings['max_new_tokens']}) or `max_length` ({max_length}), not both."
+            )
         # The most specific length wins: the call's, then the stock config's (its max_new_tokens before its max_length).
         if max_length is None and "max_new_tokens" not in call_settings and "max_new_tokens" not in config_settings:
             max_length = config_max_length
@@ -155,10 +163,14 @@ class ILLaDAGenerationMixin:
         except ValueError as error:
             if max_length is None or "`max_new_tokens`" not in str(error):
                 raise
-            raise ValueError(f"{error} (`max_new_tokens` is `max_length` ({max_length}) minus the prompt width "
-                             f"({prompt_width}).)") from None
-        defaults = {"mask_token_id": self.config.mask_token_id, "pad_token_id": self.config.pad_token_id,
-                    "eos_token_id": self.config.eos_token_ids}
+            raise ValueError(
+                f"{error} (`max_new_tokens` is `max_length` ({max_length}) minus the prompt width ({prompt_width}).)"
+            ) from None
+        defaults = {
+            "mask_token_id": self.config.mask_token_id,
+            "pad_token_id": self.config.pad_token_id,
+            "eos_token_id": self.config.eos_token_ids,
+        }
         config.update(**{name: value for name, value in defaults.items() if getattr(config, name) is None})
         self._check_config_against_model(config)
         return config
@@ -169,8 +181,12 @@ class ILLaDAGenerationMixin:
             raise ValueError("No mask token: set `mask_token_id` in the model config or the generation config.")
         if config.pad_token_id is None:
             raise ValueError("No pad token to fill finished rows: set `pad_token_id` (any id but the mask's).")
-        named = {"mask_token_id": [config.mask_token_id], "pad_token_id": [config.pad_token_id],
-                 "eos_token_id / stop_token_ids": config.stop_ids, "suppress_tokens": config.suppress_tokens or []}
+        named = {
+            "mask_token_id": [config.mask_token_id],
+            "pad_token_id": [config.pad_token_id],
+            "eos_token_id / stop_token_ids": config.stop_ids,
+            "suppress_tokens": config.suppress_tokens or [],
+        }
         if config.stop_token_bias is not None:
             named["stop_token_bias['token_ids']"] = config.stop_token_bias["token_ids"]
         for name, ids in named.items():
@@ -178,11 +194,13 @@ class ILLaDAGenerationMixin:
             if bad:
                 raise ValueError(f"`{name}` holds ids {bad} outside the vocabulary [0, {vocab_size}).")
         if len(set(config.suppress_tokens or []) | {config.mask_token_id}) >= vocab_size:
-            raise ValueError("`suppress_tokens` and the mask token cover the whole vocabulary: nothing can be "
-                             "generated.")
+            raise ValueError(
+                "`suppress_tokens` and the mask token cover the whole vocabulary: nothing can be generated."
+            )
 
-    def _check_generate_inputs(self, input_ids: torch.Tensor, attention_mask, config: ILLaDAGenerationConfig,
-                               streamer) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _check_generate_inputs(
+        self, input_ids: torch.Tensor, attention_mask, config: ILLaDAGenerationConfig, streamer
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Checks prompts (already a 2-D integer tensor) and mask against the settings before any forward pass;
         returns them on the model's device."""
         input_ids = input_ids.to(self.device)
@@ -198,21 +216,34 @@ class ILLaDAGenerationMixin:
                 f"model's `max_position_embeddings` ({self.config.max_position_embeddings})."
             )
         if config.cfg_scale > 0 and (input_ids.shape[1] == 0 or not real.any(-1).all()):
-            raise ValueError(f"`cfg_scale={config.cfg_scale}` needs a prompt in every row: classifier-free guidance "
-                             f"contrasts the prompt with its masked copy. Set `cfg_scale=0` for empty prompts.")
+            raise ValueError(
+                f"`cfg_scale={config.cfg_scale}` needs a prompt in every row: classifier-free guidance "
+                f"contrasts the prompt with its masked copy. Set `cfg_scale=0` for empty prompts."
+            )
         padded = attention_mask is not None and not real.all()
         if padded and config.use_cache != "none" and self.config._attn_implementation.startswith("flash"):
-            raise ValueError(f"`use_cache={config.use_cache!r}` with left padding needs `sdpa` or `eager` attention "
-                             f"(the cached span forward takes a padding mask that flash attention cannot), got "
-                             f"{self.config._attn_implementation!r}. Batch prompts of one length or load the model "
-                             f"with `attn_implementation='sdpa'`.")
+            raise ValueError(
+                f"`use_cache={config.use_cache!r}` with left padding needs `sdpa` or `eager` attention "
+                f"(the cached span forward takes a padding mask that flash attention cannot), got "
+                f"{self.config._attn_implementation!r}. Batch prompts of one length or load the model "
+                f"with `attn_implementation='sdpa'`."
+            )
         if streamer is not None and input_ids.shape[0] * config.num_return_sequences != 1:
-            raise ValueError(f"`streamer` supports one answer at a time, got a batch of {input_ids.shape[0]} with "
-                             f"`num_return_sequences={config.num_return_sequences}`.")
+            raise ValueError(
+                f"`streamer` supports one answer at a time, got a batch of {input_ids.shape[0]} with "
+                f"`num_return_sequences={config.num_return_sequences}`."
+            )
         return input_ids, attention_mask
 
-    def adjust_generation_fn(self, generation_config, from_auto_class, from_pipeline, pretrained_model_name_or_path,
-                             trust_remote_code=None, **kwargs) -> None:
+    def adjust_generation_fn(
+        self,
+        generation_config,
+        from_auto_class,
+        from_pipeline,
+        pretrained_model_name_or_path,
+        trust_remote_code=None,
+        **kwargs,
+    ) -> None:
         """Called by `from_pretrained`: loads the folder's generation_config.json as an [`ILLaDAGenerationConfig`]
         (after transformers' `GenerationMixin.adjust_generation_fn`). Without the file, the defaults built from
         the model config stay; a file that is not valid JSON raises `ValueError` naming it."""
@@ -224,14 +255,18 @@ class ILLaDAGenerationMixin:
         download = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision", "subfolder")
         try:
             self.generation_config = self.generation_config_class.from_pretrained(
-                pretrained_model_name_or_path, _from_auto=from_auto_class, _from_pipeline=from_pipeline,
+                pretrained_model_name_or_path,
+                _from_auto=from_auto_class,
+                _from_pipeline=from_pipeline,
                 **{key: kwargs[key] for key in download if key in kwargs},
             )
         except OSError as error:
             if isinstance(error.__context__, (json.JSONDecodeError, UnicodeDecodeError)):
-                raise ValueError(f"The generation config of {pretrained_model_name_or_path} is not valid JSON "
-                                 f"({error}). Fix or delete generation_config.json; the model's generation "
-                                 f"settings would otherwise silently become the defaults.") from error
+                raise ValueError(
+                    f"The generation config of {pretrained_model_name_or_path} is not valid JSON "
+                    f"({error}). Fix or delete generation_config.json; the model's generation "
+                    f"settings would otherwise silently become the defaults."
+                ) from error
             logger.info("No generation_config.json found: using the defaults built from the model config.")
 
 
@@ -242,12 +277,16 @@ def _unpack_inputs(inputs, attention_mask) -> tuple:
     if not isinstance(inputs, Mapping):
         return inputs, attention_mask
     if "input_ids" not in inputs:
-        raise TypeError(f"The first argument of generate() is a {type(inputs).__name__} without `input_ids` (keys: "
-                        f"{sorted(inputs)}). Pass a tokenizer's output or the `input_ids` tensor.")
+        raise TypeError(
+            f"The first argument of generate() is a {type(inputs).__name__} without `input_ids` (keys: "
+            f"{sorted(inputs)}). Pass a tokenizer's output or the `input_ids` tensor."
+        )
     extra = sorted(set(inputs) - set(_ENCODING_KEYS) - set(_IGNORED_ENCODING_KEYS))
     if extra:
-        raise TypeError(f"The first argument of generate() holds keys {extra} that generate() does not take; it "
-                        f"reads {list(_ENCODING_KEYS)}.")
+        raise TypeError(
+            f"The first argument of generate() holds keys {extra} that generate() does not take; it "
+            f"reads {list(_ENCODING_KEYS)}."
+        )
     if attention_mask is not None and "attention_mask" in inputs:
         raise TypeError("`attention_mask` is given twice: in the first argument and as a keyword. Give it once.")
     return inputs["input_ids"], inputs.get("attention_mask", attention_mask)
@@ -268,11 +307,14 @@ def _check_no_prompt_learning(model) -> None:
 def _check_input_ids(input_ids) -> None:
     """`input_ids` is a non-empty batch of integer ids: a 2-D tensor `(batch_size, prompt_len)`."""
     if not isinstance(input_ids, torch.Tensor):
-        raise TypeError(f"`input_ids` must be a 2-D integer tensor (batch_size, prompt_len), a BatchEncoding or "
-                        f"a dict holding one, got {type(input_ids).__name__}.")
+        raise TypeError(
+            f"`input_ids` must be a 2-D integer tensor (batch_size, prompt_len), a BatchEncoding or "
+            f"a dict holding one, got {type(input_ids).__name__}."
+        )
     if input_ids.dim() != 2:
-        raise ValueError(f"`input_ids` must be a 2-D tensor (batch_size, prompt_len), got shape "
-                         f"{tuple(input_ids.shape)}.")
+        raise ValueError(
+            f"`input_ids` must be a 2-D tensor (batch_size, prompt_len), got shape {tuple(input_ids.shape)}."
+        )
     if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
         raise TypeError(f"`input_ids` must be an integer tensor, got {input_ids.dtype}.")
     if input_ids.shape[0] == 0:
@@ -284,8 +326,10 @@ def _budget_from_max_length(max_length, prompt_width: int | None) -> int:
     if prompt_width is None:
         raise ValueError(f"`max_length` ({max_length!r}) depends on the prompt width; give `max_new_tokens` here.")
     if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length <= prompt_width:
-        raise ValueError(f"`max_length` ({max_length!r}) counts the prompt ({prompt_width} columns) and the answer, so "
-                         f"it must be an integer > {prompt_width}; or give `max_new_tokens`.")
+        raise ValueError(
+            f"`max_length` ({max_length!r}) counts the prompt ({prompt_width} columns) and the answer, so "
+            f"it must be an integer > {prompt_width}; or give `max_new_tokens`."
+        )
     return max_length - prompt_width
 
 
@@ -297,14 +341,17 @@ def _is_diffusion_config(config) -> bool:
 def _check_attention_mask(attention_mask, input_ids: torch.Tensor) -> torch.Tensor:
     if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != input_ids.shape:
         shape = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask)
-        raise ValueError(f"`attention_mask` must be a tensor of the shape of `input_ids` {tuple(input_ids.shape)}, "
-                         f"got {shape}.")
+        raise ValueError(
+            f"`attention_mask` must be a tensor of the shape of `input_ids` {tuple(input_ids.shape)}, got {shape}."
+        )
     if attention_mask.is_floating_point() or not ((attention_mask == 0) | (attention_mask == 1)).all():
         raise ValueError("`attention_mask` must hold only 0 (padding) and 1 (token), as an integer or bool tensor.")
     mask = attention_mask.long()
     if (mask[:, 1:] < mask[:, :-1]).any():
-        raise ValueError("`attention_mask` shows right or inner padding: generate() needs left padding "
-                         "(`tokenizer.padding_side = 'left'`), so that every answer starts in the same column.")
+        raise ValueError(
+            "`attention_mask` shows right or inner padding: generate() needs left padding "
+            "(`tokenizer.padding_side = 'left'`), so that every answer starts in the same column."
+        )
     return attention_mask
 
 

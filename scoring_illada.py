@@ -158,8 +158,9 @@ def _confidence_step(
     n = canvas.shape[0]
     keep = _span_to_canvas(packed.starts[:n], still_masked, width)  # [n, T]
     mask = packed.attention_mask
-    log_probs = _log_probs(model, canvas[:, :width], None if mask is None else mask[:n, :width], keep,
-                           packed.starts[:n], cfg_scale)  # [N, V]
+    log_probs = _log_probs(
+        model, canvas[:, :width], None if mask is None else mask[:n, :width], keep, packed.starts[:n], cfg_scale
+    )  # [N, V]
     own = log_probs.new_full(still_masked.shape, float("-inf"))  # [n, L_max]
     own[still_masked] = log_probs.gather(1, packed.targets[:n][still_masked][:, None]).squeeze(1)
     most_likely = torch.full_like(own, float("-inf"))
@@ -187,8 +188,9 @@ def _confidence_rows(
     num_rows, max_len = packed.targets.shape
     device = packed.clean.device
     still_masked = torch.arange(max_len, device=device) < packed.lengths[:, None]  # [R, L_max]
-    canvas = packed.clean.masked_fill(_span_to_canvas(packed.starts, still_masked, packed.clean.shape[1]),
-                                      model.config.mask_token_id)
+    canvas = packed.clean.masked_fill(
+        _span_to_canvas(packed.starts, still_masked, packed.clean.shape[1]), model.config.mask_token_id
+    )
     scores = torch.zeros(num_rows, dtype=torch.float64, device=device)
     is_greedy = torch.ones(num_rows, dtype=torch.bool, device=device)
     order = torch.full((num_rows, max_len), -1, dtype=torch.long, device=device)
@@ -227,8 +229,7 @@ def confidence_scores(
     total_passes = sum(lengths[rows[0]] for rows in batches)
     with tqdm(total=total_passes, desc="Confidence scoring", disable=not show_progress) as progress:
         for rows in batches:
-            packed = _pack([prompts[i] for i in rows], [continuations[i] for i in rows],
-                           _pad_id(model), device)
+            packed = _pack([prompts[i] for i in rows], [continuations[i] for i in rows], _pad_id(model), device)
             batch_scores, batch_greedy, batch_order = _confidence_rows(
                 model, packed, [lengths[i] for i in rows], cfg_scale, progress
             )
@@ -291,8 +292,9 @@ def _likelihood_rows(
     log_probs = _log_probs(model, clean.masked_fill(keep, model.config.mask_token_id), mask, keep, starts, cfg_scale)
     token_log_probs = log_probs.gather(1, clean[keep][:, None]).squeeze(1).double()  # [N]
     sample_of_token = torch.arange(rows.shape[0], device=rows.device)[:, None].expand_as(keep)[keep]
-    sums = torch.zeros(rows.shape[0], dtype=torch.float64, device=rows.device).index_add_(0, sample_of_token,
-                                                                                         token_log_probs)
+    sums = torch.zeros(rows.shape[0], dtype=torch.float64, device=rows.device).index_add_(
+        0, sample_of_token, token_log_probs
+    )
     return sums * lengths / counts
 
 
@@ -321,8 +323,9 @@ def likelihood_scores(
     sample_row = torch.repeat_interleave(torch.arange(len(order), device=device), samples)  # [S]
     counts = torch.ones_like(sample_row)
     several = packed.lengths[sample_row] > 1
-    counts[several] = stratified_mask_counts(packed.lengths[sample_row][several][::mc_batch_size],
-                                             mc_batch_size, generator).flatten()
+    counts[several] = stratified_mask_counts(
+        packed.lengths[sample_row][several][::mc_batch_size], mc_batch_size, generator
+    ).flatten()
     sums = torch.zeros(len(order), dtype=torch.float64, device=device)
     first_rows = sample_row.tolist()
     parts = list(_batches(sample_row.shape[0], batch_size))
@@ -382,8 +385,14 @@ def _check_options(method: str, mc_num: int, mc_batch_size: int, batch_size: int
         raise ValueError(f"`generator` must be a CPU generator (draws are made on the CPU), got {generator.device}.")
 
 
-def _check_pairs(config, prompts: list[list[int]], continuations: list[list[int]], prompt_names: list[str],
-                 names: list[str], cfg_scale: float) -> None:
+def _check_pairs(
+    config,
+    prompts: list[list[int]],
+    continuations: list[list[int]],
+    prompt_names: list[str],
+    names: list[str],
+    cfg_scale: float,
+) -> None:
     """Checks token ids, prompt and continuation contents and lengths; `prompt_names[k]` and `names[k]` name
     pair `k` in errors."""
     if not continuations:
@@ -480,13 +489,25 @@ class ILLaDAScoringMixin:
         cfg_scale = self._guidance_scale(cfg_scale)
         if len(prompts) != len(continuations):
             raise ValueError(f"Got {len(prompts)} `prompts` for {len(continuations)} `continuations`: give one each.")
-        prompt_names, names = pair_names or ([f"prompts[{k}]" for k in range(len(prompts))],
-                                             [f"continuations[{k}]" for k in range(len(continuations))])
+        prompt_names, names = pair_names or (
+            [f"prompts[{k}]" for k in range(len(prompts))],
+            [f"continuations[{k}]" for k in range(len(continuations))],
+        )
         prompt_ids = [_as_ids(p, None, name, True) for p, name in zip(prompts, prompt_names)]
         continuation_ids = [_as_ids(c, None, name, False) for c, name in zip(continuations, names)]
         _check_pairs(self.config, prompt_ids, continuation_ids, prompt_names, names, cfg_scale)
-        result = self._score_ids(prompt_ids, continuation_ids, method, batch_size, cfg_scale, mc_num, mc_batch_size,
-                                 check_greedy, generator, show_progress)
+        result = self._score_ids(
+            prompt_ids,
+            continuation_ids,
+            method,
+            batch_size,
+            cfg_scale,
+            mc_num,
+            mc_batch_size,
+            check_greedy,
+            generator,
+            show_progress,
+        )
         _check_finite(result, names)
         return result
 
@@ -498,15 +519,27 @@ class ILLaDAScoringMixin:
         check_range("cfg_scale", cfg_scale, 0, MAX_CFG_SCALE)
         return float(cfg_scale)
 
-    def _score_ids(self, prompts, continuations, method, batch_size, cfg_scale, mc_num, mc_batch_size,
-                   check_greedy, generator, show_progress) -> ContinuationScores:
+    def _score_ids(
+        self,
+        prompts,
+        continuations,
+        method,
+        batch_size,
+        cfg_scale,
+        mc_num,
+        mc_batch_size,
+        check_greedy,
+        generator,
+        show_progress,
+    ) -> ContinuationScores:
         confidence = None
         if method == "confidence" or check_greedy:
             confidence = confidence_scores(self, prompts, continuations, batch_size, cfg_scale, show_progress)
         if method == "confidence":
             return confidence
-        result = likelihood_scores(self, prompts, continuations, mc_num, mc_batch_size, batch_size, cfg_scale,
-                                   generator, show_progress)
+        result = likelihood_scores(
+            self, prompts, continuations, mc_num, mc_batch_size, batch_size, cfg_scale, generator, show_progress
+        )
         result.is_greedy = None if confidence is None else confidence.is_greedy
         return result
 
@@ -570,8 +603,9 @@ class ILLaDAScoringMixin:
                 prompt_names.append(prompt_name)
                 names.append(name)
             sizes.append(len(question_choices))
-        result = self.score_continuations(pair_prompts, pair_choices, method, pair_names=(prompt_names, names),
-                                          **options)
+        result = self.score_continuations(
+            pair_prompts, pair_choices, method, pair_names=(prompt_names, names), **options
+        )
         return _split_by_question(result, sizes)
 
 
@@ -580,11 +614,23 @@ def _split_by_question(result: ContinuationScores, sizes: list[int]) -> list[Cho
         return None if tensor is None else tensor.split(sizes)[index]
 
     return [
-        ChoiceScores(scores=scores, best=int(scores.argmax()), is_greedy=part(result.is_greedy, q),
-                     reveal_order=part(result.reveal_order, q))
+        ChoiceScores(
+            scores=scores,
+            best=int(scores.argmax()),
+            is_greedy=part(result.is_greedy, q),
+            reveal_order=part(result.reveal_order, q),
+        )
         for q, scores in enumerate(result.scores.split(sizes))
     ]
 
 
-__all__ = ["ILLaDAScoringMixin", "ChoiceScores", "ContinuationScores", "MAX_CFG_SCALE", "confidence_scores",
-           "likelihood_scores", "stratified_mask_counts", "random_subset_mask"]
+__all__ = [
+    "ILLaDAScoringMixin",
+    "ChoiceScores",
+    "ContinuationScores",
+    "MAX_CFG_SCALE",
+    "confidence_scores",
+    "likelihood_scores",
+    "stratified_mask_counts",
+    "random_subset_mask",
+]

@@ -43,8 +43,12 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     config = ILLaDAConfig(
-        vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.hidden * 7 // 2,
-        num_hidden_layers=args.layers, num_attention_heads=args.hidden // 128, num_key_value_heads=max(1, args.hidden // 512),
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=args.hidden * 7 // 2,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.hidden // 128,
+        num_key_value_heads=max(1, args.hidden // 512),
     )
     model = ILLaDAForCausalLM(config).eval()
     ids = torch.randint(6, args.vocab, (1, args.seq_len))
@@ -54,8 +58,16 @@ def main() -> None:
         with torch.no_grad():
             seconds = best_time(lambda keep=keep: model(ids, logits_to_keep=keep))
         flops = forward_flops(config, args.seq_len, keep or args.seq_len)
-        rows.append([label, f"{flops / 1e9:.1f}", f"{seconds:.3f}", f"{flops / seconds / 1e9:.1f}",
-                     f"{peak / 1e9:.1f}", f"{flops / seconds / peak:.0%}"])
+        rows.append(
+            [
+                label,
+                f"{flops / 1e9:.1f}",
+                f"{seconds:.3f}",
+                f"{flops / seconds / 1e9:.1f}",
+                f"{peak / 1e9:.1f}",
+                f"{flops / seconds / peak:.0%}",
+            ]
+        )
     params = sum(p.numel() for p in model.parameters())
     table = markdown_table(["logits for", "GFLOP", "seconds", "GFLOP/s", "matmul GFLOP/s", "fraction"], rows)
     body = (

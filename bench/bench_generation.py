@@ -62,8 +62,15 @@ FORCE = 1e4
 ANSWER_FRACTION = 8
 PROC_STATUS, PROC_CLEAR_REFS = Path("/proc/self/status"), Path("/proc/self/clear_refs")
 # Whatever the model's generation_config.json says: greedy low-confidence remasking like the baseline.
-PLAIN_SAMPLING = dict(steps=None, temperature=0.0, remasking="low_confidence", cfg_scale=0.0, suppress_tokens=None,
-                      stop_token_bias=None, cache_refresh_steps=None)
+PLAIN_SAMPLING = dict(
+    steps=None,
+    temperature=0.0,
+    remasking="low_confidence",
+    cfg_scale=0.0,
+    suppress_tokens=None,
+    stop_token_bias=None,
+    cache_refresh_steps=None,
+)
 RESET_PEAK_RSS = "5"  # written to clear_refs: resets VmHWM to the current resident size (Linux >= 4.0)
 
 
@@ -117,8 +124,10 @@ def counting(model: ILLaDAForCausalLM):
     def on_head(module, args, output):
         counts.logits += output.shape[:-1].numel()
 
-    handles = [model.register_forward_pre_hook(on_forward, with_kwargs=True),
-               model.lm_head.register_forward_hook(on_head)]
+    handles = [
+        model.register_forward_pre_hook(on_forward, with_kwargs=True),
+        model.lm_head.register_forward_hook(on_head),
+    ]
     try:
         yield counts
     finally:
@@ -170,41 +179,78 @@ def cut_answer(tokens: list[int], stop_ids: set[int]) -> list[int]:
     return tokens[:end]
 
 
-def baseline_answers(model, prompts: list[torch.Tensor], budget: int, block: int, steps: int,
-                     stop_ids: set[int]) -> list[list[int]]:
+def baseline_answers(
+    model, prompts: list[torch.Tensor], budget: int, block: int, steps: int, stop_ids: set[int]
+) -> list[list[int]]:
     """The official loop on each batch of equal-length prompts; answers cut after the first stop token."""
     answers = []
     for prompt in prompts:
-        canvas, _ = llada_generate(model, prompt, model.config.mask_token_id, gen_length=budget, block_length=block,
-                                   steps=steps, temperature=0.0)
-        answers += [cut_answer(row, stop_ids) for row in canvas[:, prompt.shape[1]:].tolist()]
+        canvas, _ = llada_generate(
+            model,
+            prompt,
+            model.config.mask_token_id,
+            gen_length=budget,
+            block_length=block,
+            steps=steps,
+            temperature=0.0,
+        )
+        answers += [cut_answer(row, stop_ids) for row in canvas[:, prompt.shape[1] :].tolist()]
     return answers
 
 
-def our_answers(model, prompts: list[torch.Tensor], setting: Setting, budget: int, block: int,
-                tokens_per_step: int, stop_ids: set[int]) -> list[list[int]]:
+def our_answers(
+    model,
+    prompts: list[torch.Tensor],
+    setting: Setting,
+    budget: int,
+    block: int,
+    tokens_per_step: int,
+    stop_ids: set[int],
+) -> list[list[int]]:
     answers = []
     for prompt in prompts:
-        sequences = model.generate(prompt, max_new_tokens=budget, block_length=block, tokens_per_step=tokens_per_step,
-                                   canvas=setting.canvas, threshold=setting.threshold, use_cache=setting.cache,
-                                   skip_after_stop=setting.skip_after_stop, **PLAIN_SAMPLING)
-        answers += [cut_answer(row, stop_ids) for row in sequences[:, prompt.shape[1]:].tolist()]
+        sequences = model.generate(
+            prompt,
+            max_new_tokens=budget,
+            block_length=block,
+            tokens_per_step=tokens_per_step,
+            canvas=setting.canvas,
+            threshold=setting.threshold,
+            use_cache=setting.cache,
+            skip_after_stop=setting.skip_after_stop,
+            **PLAIN_SAMPLING,
+        )
+        answers += [cut_answer(row, stop_ids) for row in sequences[:, prompt.shape[1] :].tolist()]
     return answers
 
 
 def settings_grid(args, skip_default: str) -> list[Setting]:
     thresholds = [None if t == "none" else float(t) for t in args.thresholds.split(",")]
     skips = [{"off": False, "on": True}[value] for value in (args.skip_after_stop or skip_default).split(",")]
-    return [Setting(canvas, threshold, cache, skip) for skip in skips for canvas in args.canvases.split(",")
-            for threshold in thresholds for cache in args.caches.split(",")]
+    return [
+        Setting(canvas, threshold, cache, skip)
+        for skip in skips
+        for canvas in args.canvases.split(",")
+        for threshold in thresholds
+        for cache in args.caches.split(",")
+    ]
 
 
-def run_settings(model, prompts, settings: list[Setting], budget: int, block: int, tokens_per_step: int,
-                 stop_ids: set[int], repeats: int) -> list[Result]:
+def run_settings(
+    model,
+    prompts,
+    settings: list[Setting],
+    budget: int,
+    block: int,
+    tokens_per_step: int,
+    stop_ids: set[int],
+    repeats: int,
+) -> list[Result]:
     """The baseline first, then every setting; prints one line per setting as it finishes. One warm-up call
     first, so that no setting pays for the kernels' one-time initialisation."""
-    model.generate(prompts[0], max_new_tokens=block, block_length=block, tokens_per_step=block, use_cache="dual",
-                   **PLAIN_SAMPLING)
+    model.generate(
+        prompts[0], max_new_tokens=block, block_length=block, tokens_per_step=block, use_cache="dual", **PLAIN_SAMPLING
+    )
     run = partial(baseline_answers, model, prompts, budget, block, budget // tokens_per_step, stop_ids)
     results = [measure(model, Setting(None), run, repeats)]
     baseline = results[0]
@@ -224,16 +270,36 @@ def result_rows(results: list[Result], num_prompts: int, quality: Callable[[Resu
     rows = []
     for r in results:
         answer_tokens = sum(len(a) for a in r.answers)
-        rows.append([r.setting.label, f"{r.seconds:.2f}", f"{baseline.seconds / r.seconds:.1f}x",
-                     f"{r.cpu_seconds:.2f}", f"{baseline.cpu_seconds / r.cpu_seconds:.1f}x",
-                     f"{r.counts.forwards / num_prompts:.1f}", f"{r.counts.tokens / 1e3:.1f}",
-                     f"{r.counts.logits / 1e3:.1f}", f"{answer_tokens / r.seconds:.1f}",
-                     "n/a" if r.peak_mib is None else f"{r.peak_mib:.0f}", quality(r)])
+        rows.append(
+            [
+                r.setting.label,
+                f"{r.seconds:.2f}",
+                f"{baseline.seconds / r.seconds:.1f}x",
+                f"{r.cpu_seconds:.2f}",
+                f"{baseline.cpu_seconds / r.cpu_seconds:.1f}x",
+                f"{r.counts.forwards / num_prompts:.1f}",
+                f"{r.counts.tokens / 1e3:.1f}",
+                f"{r.counts.logits / 1e3:.1f}",
+                f"{answer_tokens / r.seconds:.1f}",
+                "n/a" if r.peak_mib is None else f"{r.peak_mib:.0f}",
+                quality(r),
+            ]
+        )
     return rows
 
 
-HEADER = ["setting", "seconds", "speed-up", "CPU seconds", "CPU speed-up", "forwards / prompt",
-          "tokens forwarded (k)", "logits positions (k)", "answer tok/s", "peak MiB"]
+HEADER = [
+    "setting",
+    "seconds",
+    "speed-up",
+    "CPU seconds",
+    "CPU speed-up",
+    "forwards / prompt",
+    "tokens forwarded (k)",
+    "logits positions (k)",
+    "answer tok/s",
+    "peak MiB",
+]
 
 
 def find(results: list[Result], canvas: str, threshold: float | None, cache: str, skip: bool = False) -> Result | None:
@@ -247,8 +313,12 @@ def demo_prompts(tokenizer, num_prompts: int):
     from illada.demo.data import make_examples
 
     examples = make_examples("heldout", num_prompts)
-    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": e.prompt}], add_generation_prompt=True,
-                                             return_tensors="pt", return_dict=True)["input_ids"] for e in examples]
+    prompts = [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": e.prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )["input_ids"]
+        for e in examples
+    ]
     return examples, prompts
 
 
@@ -297,8 +367,10 @@ def run_demo(args) -> str:
         f"## Generation on the demo model\n\n`{args.command}` (model `{where}`, {params / 1e6:.1f}M parameters, "
         f"fp32, {len(prompts)} held-out prompts one at a time, budget {args.demo_budget}, block {args.demo_block}, "
         f"one token per step unless a threshold commits more, greedy; {environment()})\n\n"
-        f"{markdown_table(HEADER + ['held-out exact match'], rows)}\n\n" + "\n".join(demo_targets(results, accuracy))
-        + "\n\n" + MEASURE_NOTE
+        f"{markdown_table(HEADER + ['held-out exact match'], rows)}\n\n"
+        + "\n".join(demo_targets(results, accuracy))
+        + "\n\n"
+        + MEASURE_NOTE
     )
 
 
@@ -307,9 +379,15 @@ def run_demo(args) -> str:
 
 def random_model(args) -> ILLaDAForCausalLM:
     heads = max(1, args.hidden // 128)
-    config = ILLaDAConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.hidden * 7 // 2,
-                          num_hidden_layers=args.layers, num_attention_heads=heads,
-                          num_key_value_heads=max(1, heads // 4), max_position_embeddings=args.prompt_len + args.budget)
+    config = ILLaDAConfig(
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=args.hidden * 7 // 2,
+        num_hidden_layers=args.layers,
+        num_attention_heads=heads,
+        num_key_value_heads=max(1, heads // 4),
+        max_position_embeddings=args.prompt_len + args.budget,
+    )
     torch.manual_seed(0)
     return ILLaDAForCausalLM(config).eval()
 
@@ -359,19 +437,30 @@ def random_targets(results: list[Result], answer_length: int) -> list[str]:
 
 def run_random(args) -> str:
     if args.budget % ANSWER_FRACTION or args.budget % args.block or args.block % args.tokens_per_step:
-        raise ValueError(f"`--budget` ({args.budget}) must be a multiple of {ANSWER_FRACTION} and of `--block` "
-                         f"({args.block}), and `--block` a multiple of `--tokens_per_step` ({args.tokens_per_step}).")
+        raise ValueError(
+            f"`--budget` ({args.budget}) must be a multiple of {ANSWER_FRACTION} and of `--block` "
+            f"({args.block}), and `--block` a multiple of `--tokens_per_step` ({args.tokens_per_step})."
+        )
     model = random_model(args)
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(FIRST_ORDINARY_ID, args.vocab, (args.batch, args.prompt_len), generator=g)]
     answer_length = args.budget // ANSWER_FRACTION
     print(f"random model: {args.layers} x {args.hidden}, vocab {args.vocab}, answer {answer_length}", flush=True)
     with forced_eos(model, args.prompt_len + answer_length - 1):
-        results = run_settings(model, prompts, settings_grid(args, "off"), args.budget, args.block,
-                               args.tokens_per_step, set(model.config.eos_token_ids), args.repeats)
+        results = run_settings(
+            model,
+            prompts,
+            settings_grid(args, "off"),
+            args.budget,
+            args.block,
+            args.tokens_per_step,
+            set(model.config.eos_token_ids),
+            args.repeats,
+        )
     baseline = results[0].answers
-    rows = result_rows(results, args.batch, lambda r: f"{sum(a == b for a, b in zip(r.answers, baseline))}/"
-                                                      f"{len(baseline)}")
+    rows = result_rows(
+        results, args.batch, lambda r: f"{sum(a == b for a, b in zip(r.answers, baseline))}/{len(baseline)}"
+    )
     params = sum(p.numel() for p in model.parameters())
     return (
         f"## Generation cost on a larger random model\n\n`{args.command}` ({params / 1e6:.0f}M parameters, GQA "
@@ -403,13 +492,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--canvases", default="fixed,variable", help="Comma-separated canvas modes.")
     parser.add_argument("--thresholds", default="none,0.9,0.8,0.7", help="Comma-separated; 'none' for no threshold.")
     parser.add_argument("--caches", default="none,prefix,dual", help="Comma-separated `use_cache` values.")
-    parser.add_argument("--skip_after_stop", default=None,
-                        help="Comma-separated `skip_after_stop` values, off / on (default: both on the demo model; off "
-                             "on the random model, whose forced EOS ends the block, so that skipping changes nothing).")
+    parser.add_argument(
+        "--skip_after_stop",
+        default=None,
+        help="Comma-separated `skip_after_stop` values, off / on (default: both on the demo model; off "
+        "on the random model, whose forced EOS ends the block, so that skipping changes nothing).",
+    )
     parser.add_argument("--repeats", type=int, default=1, help="Runs per setting; the best wall time is kept.")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads (default: torch's choice). On a machine busy with other jobs, 1 avoids "
-                             "OpenMP threads spinning against them, which makes wall times erratic.")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: torch's choice). On a machine busy with other jobs, 1 avoids "
+        "OpenMP threads spinning against them, which makes wall times erratic.",
+    )
     parser.add_argument("--no_write", action="store_true", help="Print only; leave bench/RESULTS.md alone.")
     demo = parser.add_argument_group("demo model")
     demo.add_argument("--model", default=str(REPO / "illada-demo"), help="Folder of the demo model and tokenizer.")
@@ -424,8 +520,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     rand.add_argument("--budget", type=int, default=256)
     rand.add_argument("--block", type=int, default=32)
     rand.add_argument("--batch", type=int, default=1)
-    rand.add_argument("--tokens_per_step", type=int, default=4,
-                      help="Tokens committed per step, baseline and ours (the official default is 1: ~4x the time).")
+    rand.add_argument(
+        "--tokens_per_step",
+        type=int,
+        default=4,
+        help="Tokens committed per step, baseline and ours (the official default is 1: ~4x the time).",
+    )
     return parser.parse_args(argv)
 
 
@@ -441,8 +541,10 @@ def main(argv: list[str] | None = None) -> None:
         if (Path(args.model) / "model.safetensors").exists():
             sections.append(("generation-demo", run_demo(args)))
         elif args.setup == "demo":
-            raise ValueError(f"`--model` {args.model} holds no model.safetensors: build it with "
-                             f"`python -m illada.demo.build_demo_model` or pass another folder.")
+            raise ValueError(
+                f"`--model` {args.model} holds no model.safetensors: build it with "
+                f"`python -m illada.demo.build_demo_model` or pass another folder."
+            )
         else:
             print(f"Skipping the demo model: {args.model} holds no model.safetensors.")
     for name, body in sections:

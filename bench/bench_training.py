@@ -94,9 +94,15 @@ def train_step(model: ILLaDAForCausalLM, batch: dict, full_logits: bool, generat
 
 def run_case(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
-    config = ILLaDAConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.hidden * 3,
-                          num_hidden_layers=args.layers, num_attention_heads=args.hidden // 64,
-                          num_key_value_heads=max(1, args.hidden // 128), max_position_embeddings=args.row_len)
+    config = ILLaDAConfig(
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=args.hidden * 3,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.hidden // 64,
+        num_key_value_heads=max(1, args.hidden // 128),
+        max_position_embeddings=args.row_len,
+    )
     model = ILLaDAForCausalLM(config).train()
     lengths = document_lengths(args.docs, seed=0, low=16, high=args.row_len)
     g = torch.Generator().manual_seed(1)
@@ -118,9 +124,15 @@ def run_case(args: argparse.Namespace) -> dict:
         model.zero_grad(set_to_none=True)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"case": args.case, "tokens": real, "computed": computed, "seconds": seconds,
-            "peak_mb": max(peak - rss_before, 0) / 1024, "batches": len(batches),
-            "logits_mb": head_positions * args.vocab * 4 / 2**20 / len(batches)}
+    return {
+        "case": args.case,
+        "tokens": real,
+        "computed": computed,
+        "seconds": seconds,
+        "peak_mb": max(peak - rss_before, 0) / 1024,
+        "batches": len(batches),
+        "logits_mb": head_positions * args.vocab * 4 / 2**20 / len(batches),
+    }
 
 
 def main() -> None:
@@ -139,19 +151,45 @@ def main() -> None:
     flags = [f"--{k}={v}" for k, v in vars(args).items() if k != "case"]
     results = {}
     for case in ("padded-masked", "packed-masked", "packed-full"):
-        out = subprocess.run([sys.executable, __file__, *flags, f"--case={case}"], capture_output=True, text=True,
-                             check=True)
+        out = subprocess.run(
+            [sys.executable, __file__, *flags, f"--case={case}"], capture_output=True, text=True, check=True
+        )
         results[case] = json.loads(out.stdout.strip().splitlines()[-1])
     base = results["padded-masked"]
-    rows = [[case, r["batches"], r["tokens"], r["computed"], f"{r['tokens'] / r['computed']:.0%}",
-             f"{r['tokens'] / r['seconds']:.0f}", f"{(r['tokens'] / r['seconds']) / (base['tokens'] / base['seconds']):.2f}x",
-             f"{r['logits_mb']:.0f}", f"{r['peak_mb']:.0f}"] for case, r in results.items()]
-    table = markdown_table(["case", "batches", "real tokens", "tokens computed", "useful", "tokens/s",
-                            "vs padded", "fp32 logits per step (MB)", "peak RSS growth (MB)"], rows)
+    rows = [
+        [
+            case,
+            r["batches"],
+            r["tokens"],
+            r["computed"],
+            f"{r['tokens'] / r['computed']:.0%}",
+            f"{r['tokens'] / r['seconds']:.0f}",
+            f"{(r['tokens'] / r['seconds']) / (base['tokens'] / base['seconds']):.2f}x",
+            f"{r['logits_mb']:.0f}",
+            f"{r['peak_mb']:.0f}",
+        ]
+        for case, r in results.items()
+    ]
+    table = markdown_table(
+        [
+            "case",
+            "batches",
+            "real tokens",
+            "tokens computed",
+            "useful",
+            "tokens/s",
+            "vs padded",
+            "fp32 logits per step (MB)",
+            "peak RSS growth (MB)",
+        ],
+        rows,
+    )
     command = "python bench/bench_training.py " + " ".join(flags)
-    body = (f"## Training: packed vs padded, masked vs full logits\n\n`{command}` (forward + backward of the "
-            f"masked-diffusion loss, fp32; {environment()})\n\n{table}\n\n`useful` = real tokens / tokens run "
-            f"through the model; peak memory is the growth of the child process's peak resident set (`ru_maxrss`) over the training steps, from its value once the model and data are built.")
+    body = (
+        f"## Training: packed vs padded, masked vs full logits\n\n`{command}` (forward + backward of the "
+        f"masked-diffusion loss, fp32; {environment()})\n\n{table}\n\n`useful` = real tokens / tokens run "
+        f"through the model; peak memory is the growth of the child process's peak resident set (`ru_maxrss`) over the training steps, from its value once the model and data are built."
+    )
     print(body)
     write_section("training", body)
 

@@ -106,12 +106,23 @@ def main() -> None:
         (loss_a, grad_a), (loss_i, grad_i) = result["antithetic"], result["independent"]
         ratio = grad_i / grad_a
         rows.append([beta, f"{loss_a:.3g}", f"{loss_i:.3g}", f"{grad_a:.4g}", f"{grad_i:.4g}", f"{ratio:.3f}"])
-    table = markdown_table(["β", "loss var. antithetic", "loss var. independent", "grad var. antithetic",
-                            "grad var. independent", "grad ratio indep./anti."], rows)
-    body = (f"## VRPO: antithetic versus independent masks\n\n`python bench/bench_vrpo.py --pairs {args.pairs} "
-            f"--draws {args.draws} --samples {args.samples}`; policy `{Path(policy_folder).name}`, reference "
-            f"`{Path(args.reference).name}`, {args.pairs} pairs of `{Path(args.data).name}`, n = {args.samples}; "
-            f"{environment()}.\n\n{table}\n\n{READING}\n")
+    table = markdown_table(
+        [
+            "β",
+            "loss var. antithetic",
+            "loss var. independent",
+            "grad var. antithetic",
+            "grad var. independent",
+            "grad ratio indep./anti.",
+        ],
+        rows,
+    )
+    body = (
+        f"## VRPO: antithetic versus independent masks\n\n`python bench/bench_vrpo.py --pairs {args.pairs} "
+        f"--draws {args.draws} --samples {args.samples}`; policy `{Path(policy_folder).name}`, reference "
+        f"`{Path(args.reference).name}`, {args.pairs} pairs of `{Path(args.data).name}`, n = {args.samples}; "
+        f"{environment()}.\n\n{table}\n\n{READING}\n"
+    )
     print(body)
     write_section("vrpo", body)
 

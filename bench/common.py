@@ -25,7 +25,11 @@ def best_time(fn: Callable[[], object], repeats: int = 3, warmup: int = 1) -> fl
 
 
 def environment() -> str:
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()}), {torch.get_num_threads()} threads"
+    device = (
+        torch.cuda.get_device_name()
+        if torch.cuda.is_available()
+        else f"CPU ({platform.processor() or platform.machine()}), {torch.get_num_threads()} threads"
+    )
     return f"{device}; torch {torch.__version__}; transformers {transformers.__version__}"
 
 
@@ -39,7 +43,11 @@ def write_section(name: str, body: str) -> None:
     """Replaces (or appends) the section `name` of RESULTS.md, leaving the other benchmarks' sections alone."""
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     block = f"{start}\n{body.strip()}\n{end}"
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\nEach section is rewritten by the command it names.\n"
+    text = (
+        RESULTS.read_text()
+        if RESULTS.exists()
+        else "# Benchmark results\n\nEach section is rewritten by the command it names.\n"
+    )
     pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.DOTALL)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
     RESULTS.write_text(text)

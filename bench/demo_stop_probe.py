@@ -25,8 +25,9 @@ from illada.demo.data import TASKS, make_examples  # noqa: E402
 from illada.demo.loading import SHIPPED_MODEL_DIR, encode, load_model  # noqa: E402
 
 
-def stop_predictions(model, tokenizer, examples, masks: int = 32, boundary: bool = False,
-                     drop_last: bool = False) -> list[dict]:
+def stop_predictions(
+    model, tokenizer, examples, masks: int = 32, boundary: bool = False, drop_last: bool = False
+) -> list[dict]:
     """For each example: the token predicted right after the correct answer.
 
     By default every later position is masked. With `boundary`, only that one position is masked and the next
@@ -42,15 +43,22 @@ def stop_predictions(model, tokenizer, examples, masks: int = 32, boundary: bool
         after = [torch.full((masks,), tokenizer.mask_token_id)]
         if boundary:
             following = examples[(index + 1) % len(examples)]
-            after[:0] = [torch.full((1,), tokenizer.mask_token_id),
-                         encode(tokenizer, [{"role": "user", "content": following.prompt}])[0]]
+            after[:0] = [
+                torch.full((1,), tokenizer.mask_token_id),
+                encode(tokenizer, [{"role": "user", "content": following.prompt}])[0],
+            ]
         canvas = torch.cat([prompt, answer, *after])[None]
         with torch.no_grad():
             probs = model(canvas).logits[0, len(prompt) + len(answer)].float().softmax(-1)
-        rows.append({"prompt": example.prompt, "length": len(numbers),
-                     "predicted": tokenizer.decode([int(probs.argmax())]),
-                     "eos": int(probs.argmax()) == tokenizer.eos_token_id,
-                     "p_eos": float(probs[tokenizer.eos_token_id])})
+        rows.append(
+            {
+                "prompt": example.prompt,
+                "length": len(numbers),
+                "predicted": tokenizer.decode([int(probs.argmax())]),
+                "eos": int(probs.argmax()) == tokenizer.eos_token_id,
+                "p_eos": float(probs[tokenizer.eos_token_id]),
+            }
+        )
     return rows
 
 
@@ -71,8 +79,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "next conversation after": (True, False),
         "next conversation after, last number left out": (True, True),
     }
-    results = {name: stop_predictions(model, tokenizer, examples, args.masks, boundary, drop_last)
-               for name, (boundary, drop_last) in conditions.items()}
+    results = {
+        name: stop_predictions(model, tokenizer, examples, args.masks, boundary, drop_last)
+        for name, (boundary, drop_last) in conditions.items()
+    }
     rows = results["masks after"]
     lengths = sorted({row["length"] for row in rows})
 
@@ -84,24 +94,33 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     table = markdown_table(
         ["numbers in the list", "questions", *(f"EOS next: {name}" for name in conditions)],
-        [[length, sum(r["length"] == length for r in rows),
-          *(cell([r for r in result if r["length"] == length]) for result in results.values())]
-         for length in lengths]
+        [
+            [
+                length,
+                sum(r["length"] == length for r in rows),
+                *(cell([r for r in result if r["length"] == length]) for result in results.values()),
+            ]
+            for length in lengths
+        ]
         + [["all", len(rows), *(cell(result) for result in results.values())]],
     )
     summary = " ".join(
         f"{name.capitalize()}: EOS predicted next in {sum(r['eos'] for r in result)} of {len(result)} "
         f"(median P(EOS) {median_p_eos(result):.2f})."
-        for name, result in results.items())
+        for name, result in results.items()
+    )
     print(table + "\n\n" + summary)
     if not args.no_write:
         command = " ".join(["python bench/demo_stop_probe.py", *(sys.argv[1:] if argv is None else argv)])
-        write_section("demo-stop", f"## Demo model: does it know where `count_up` ends?\n\n`{command}` "
-                      f"(model `{Path(args.model).name}`; the prompt, the correct list (or the list without its last "
-                      f"number), then either {args.masks} masks, or one mask followed by the start of the next "
-                      "conversation (as SFT streams examples one after another into a window) and "
-                      f"{args.masks} masks; each cell: questions where EOS is the token predicted at the first mask "
-                      f"(median P(EOS)):\n\n{table}\n\n{summary}\n")
+        write_section(
+            "demo-stop",
+            f"## Demo model: does it know where `count_up` ends?\n\n`{command}` "
+            f"(model `{Path(args.model).name}`; the prompt, the correct list (or the list without its last "
+            f"number), then either {args.masks} masks, or one mask followed by the start of the next "
+            "conversation (as SFT streams examples one after another into a window) and "
+            f"{args.masks} masks; each cell: questions where EOS is the token predicted at the first mask "
+            f"(median P(EOS)):\n\n{table}\n\n{summary}\n",
+        )
     return rows
 
 

@@ -30,8 +30,9 @@ from illada.demo.loading import SHIPPED_MODEL_DIR, load_model  # noqa: E402
 from illada.trainer import diffusion_lr_lambda, masked_diffusion_loss, sample_mask  # noqa: E402
 
 
-def trailing_mask_batch(rows: list[list[int]], trailing: list[int], mask_id: int,
-                        pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def trailing_mask_batch(
+    rows: list[list[int]], trailing: list[int], mask_id: int, pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-padded rows, each example followed by `trailing[i]` masks: `(input_ids, attention_mask, is_example)`,
     where `is_example` marks the example's own tokens (the only ones that can be masked and carry loss)."""
     length = max(len(row) + extra for row, extra in zip(rows, trailing))
@@ -46,14 +47,21 @@ def trailing_mask_batch(rows: list[list[int]], trailing: list[int], mask_id: int
     return input_ids, attention_mask, is_example
 
 
-def diffusion_loss(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, is_example: torch.Tensor,
-                   mask_id: int, generator: torch.Generator | None = None) -> torch.Tensor:
+def diffusion_loss(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    is_example: torch.Tensor,
+    mask_id: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Masked-diffusion loss over the example tokens: `train_sft.py`'s forward process and loss (see the module
     docstring), normalised by the example tokens of the batch."""
     noisy, masked, t = sample_mask(input_ids, is_example, mask_id, generator=generator)
     logits = model(input_ids=noisy, attention_mask=attention_mask).logits
-    return masked_diffusion_loss(logits[masked], input_ids[masked], t[:, None].expand_as(masked)[masked],
-                                 is_example.sum())
+    return masked_diffusion_loss(
+        logits[masked], input_ids[masked], t[:, None].expand_as(masked)[masked], is_example.sum()
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -63,8 +71,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", required=True, help="Folder of the fine-tuned model.")
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--max-trailing", type=int, default=31, help="Most masks after an example (default 31: "
-                        "the generation block of 32 minus the EOS).")
+    parser.add_argument(
+        "--max-trailing",
+        type=int,
+        default=31,
+        help="Most masks after an example (default 31: the generation block of 32 minus the EOS).",
+    )
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--min-lr", type=float, default=3e-5)
     parser.add_argument("--warmup-steps", type=int, default=50)
@@ -77,13 +89,25 @@ def main(argv: list[str] | None = None) -> None:
     # the shipped recipe's task mix, drawn with a seed the build does not use
     examples = make_examples("train", args.steps * args.batch_size, seed=11, tasks=BuildArguments().weighted_tasks())
     # prompt + response + EOS exactly as train_sft.py tokenises a prompt/response row
-    rows = [tokenize_example({"prompt": e.prompt, "response": e.response}, index, tokenizer, "prompt-response",
-                             "text")["input_ids"] for index, e in enumerate(examples)]
+    rows = [
+        tokenize_example({"prompt": e.prompt, "response": e.response}, index, tokenizer, "prompt-response", "text")[
+            "input_ids"
+        ]
+        for index, e in enumerate(examples)
+    ]
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=0.1)
     # train_sft.py's schedule: linear warmup, then a linear decay to min_lr over all later steps
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(
-        diffusion_lr_lambda, warmup_steps=args.warmup_steps, total_steps=args.steps, decay_fraction=1.0,
-        min_lr_ratio=args.min_lr / args.learning_rate, decay="linear"))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        partial(
+            diffusion_lr_lambda,
+            warmup_steps=args.warmup_steps,
+            total_steps=args.steps,
+            decay_fraction=1.0,
+            min_lr_ratio=args.min_lr / args.learning_rate,
+            decay="linear",
+        ),
+    )
     start = time.perf_counter()
     for step in range(args.steps):
         lr = scheduler.get_last_lr()[0]

@@ -44,10 +44,23 @@ from illada.modeling_illada import ILLaDAForCausalLM  # noqa: E402
 from illada.trainer import masked_diffusion_loss, sample_mask  # noqa: E402
 
 # iLLaDA 8B (arXiv 2606.25331; docs/architecture.md), without the layer count.
-SHAPE_8B = dict(hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8,
-                vocab_size=155136, max_position_embeddings=8192)
-TINY = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, vocab_size=512,
-            num_hidden_layers=2, max_position_embeddings=1024)
+SHAPE_8B = dict(
+    hidden_size=4096,
+    intermediate_size=14336,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    vocab_size=155136,
+    max_position_embeddings=8192,
+)
+TINY = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=512,
+    num_hidden_layers=2,
+    max_position_embeddings=1024,
+)
 SPECIAL_IDS = dict(bos_token_id=0, pad_token_id=1, eos_token_id=2, mask_token_id=5)
 FIRST_ORDINARY_ID = 6
 # A wider init than the default 0.02 makes the random model's top-1 choices less tied, so that bf16 versus fp32
@@ -68,7 +81,9 @@ class CheckResult:
     note: str = ""
 
 
-def make_model(shape: dict, num_layers: int | None, device: str, attn: str = "sdpa", seed: int = 0) -> ILLaDAForCausalLM:
+def make_model(
+    shape: dict, num_layers: int | None, device: str, attn: str = "sdpa", seed: int = 0
+) -> ILLaDAForCausalLM:
     """A randomly initialised fp32 model of `shape` (`num_layers` overrides its layer count), built on CPU from
     `seed` (so that two calls give the same weights whatever the attention kernel), then moved to `device`."""
     settings = {**shape, **SPECIAL_IDS, "initializer_range": SHARP_INIT}
@@ -104,16 +119,23 @@ def check_flash(device: str) -> CheckResult:
         flash = flash_model(input_ids=ids, position_ids=positions).logits.float()
         alone, start = [], 0
         for length in lengths:  # each document by itself, flash kernel, no packing
-            piece = ids[:, start:start + length]
-            alone.append(flash_model(input_ids=piece, position_ids=positions[:, start:start + length]).logits.float())
+            piece = ids[:, start : start + length]
+            alone.append(flash_model(input_ids=piece, position_ids=positions[:, start : start + length]).logits.float())
             start += length
         alone = torch.cat(alone, dim=1)
     sdpa_error = (sdpa - exact).abs().max().item()
     flash_error = (flash - exact).abs().max().item()
     packing_error = (flash - alone).abs().max().item()
-    figures = {"sdpa_bf16_max_error": sdpa_error, "flash_bf16_max_error": flash_error,
-               "flash_packed_vs_alone_max_diff": packing_error, "flash_vs_sdpa_max_diff": (flash - sdpa).abs().max().item()}
-    ok = flash_error <= FLASH_ERROR_FACTOR * sdpa_error + 1e-3 and packing_error <= FLASH_ERROR_FACTOR * sdpa_error + 1e-3
+    figures = {
+        "sdpa_bf16_max_error": sdpa_error,
+        "flash_bf16_max_error": flash_error,
+        "flash_packed_vs_alone_max_diff": packing_error,
+        "flash_vs_sdpa_max_diff": (flash - sdpa).abs().max().item(),
+    }
+    ok = (
+        flash_error <= FLASH_ERROR_FACTOR * sdpa_error + 1e-3
+        and packing_error <= FLASH_ERROR_FACTOR * sdpa_error + 1e-3
+    )
     return CheckResult(name, "pass" if ok else "FAIL", figures)
 
 
@@ -128,15 +150,18 @@ def top1_agreement(fp32: ILLaDAForCausalLM, bf16: ILLaDAForCausalLM, ids: torch.
     return (exact.argmax(-1) == low.argmax(-1)).float().mean().item(), (exact - low).abs().max().item()
 
 
-def generate_agreement(fp32: ILLaDAForCausalLM, bf16: ILLaDAForCausalLM, prompts: torch.Tensor,
-                       new_tokens: int) -> dict[str, float]:
+def generate_agreement(
+    fp32: ILLaDAForCausalLM, bf16: ILLaDAForCausalLM, prompts: torch.Tensor, new_tokens: int
+) -> dict[str, float]:
     """Greedy `generate` (fixed canvas, one token per step) of the two models: shares of identical answer tokens
     and of identical rows."""
     settings = dict(max_new_tokens=new_tokens, block_length=min(32, new_tokens), canvas="fixed", temperature=0.0)
-    exact, low = (model.generate(prompts, **settings)[:, prompts.shape[1]:] for model in (fp32, bf16))
+    exact, low = (model.generate(prompts, **settings)[:, prompts.shape[1] :] for model in (fp32, bf16))
     same = exact == low
-    return {"generate_token_agreement": same.float().mean().item(),
-            "generate_identical_rows": same.all(dim=1).float().mean().item()}
+    return {
+        "generate_token_agreement": same.float().mean().item(),
+        "generate_identical_rows": same.all(dim=1).float().mean().item(),
+    }
 
 
 def check_bf16(device: str, label: str, shape: dict, num_layers: int | None, new_tokens: int) -> CheckResult:
@@ -147,8 +172,11 @@ def check_bf16(device: str, label: str, shape: dict, num_layers: int | None, new
     g = torch.Generator().manual_seed(2)
     ids = torch.randint(FIRST_ORDINARY_ID, shape["vocab_size"], (4, 128), generator=g).to(device)
     agreement, max_diff = top1_agreement(fp32, bf16, ids)
-    figures = {"top1_agreement": agreement, "max_logit_diff": max_diff,
-               **generate_agreement(fp32, bf16, ids[:, :16], new_tokens)}
+    figures = {
+        "top1_agreement": agreement,
+        "max_logit_diff": max_diff,
+        **generate_agreement(fp32, bf16, ids[:, :16], new_tokens),
+    }
     return CheckResult(name, "pass" if agreement >= MIN_TOP1_AGREEMENT else "FAIL", figures)
 
 
@@ -207,8 +235,12 @@ def run_checks(args: argparse.Namespace) -> list[CheckResult]:
         lambda: check_training(device, args.train_steps),
     ]
     if device == "cuda":
-        checks.insert(2, lambda: check_bf16(device, f"8B-shaped, {args.layers_8b} layers", SHAPE_8B,
-                                            args.layers_8b, args.new_tokens))
+        checks.insert(
+            2,
+            lambda: check_bf16(
+                device, f"8B-shaped, {args.layers_8b} layers", SHAPE_8B, args.layers_8b, args.new_tokens
+            ),
+        )
     return [measured(device, check) for check in checks]
 
 
@@ -222,8 +254,12 @@ def report(results: list[CheckResult]) -> str:
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
-                        help="cpu: run the checks that do not need CUDA, on tiny shapes (to test this script)")
+    parser.add_argument(
+        "--device",
+        choices=["cuda", "cpu"],
+        default="cuda",
+        help="cpu: run the checks that do not need CUDA, on tiny shapes (to test this script)",
+    )
     parser.add_argument("--layers_8b", type=int, default=4, help="layers of the 8B-shaped stack")
     parser.add_argument("--new_tokens", type=int, default=64, help="answer length of the generate comparison")
     parser.add_argument("--train_steps", type=int, default=200, help="optimizer steps of the training check")
@@ -238,8 +274,10 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_arguments(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
-        print("No CUDA device: skipped every GPU check (flash-attn parity, bf16 vs fp32 on the tiny and 8B-shaped "
-              "stacks, bf16 training, peak memory). `--device cpu` runs the non-flash checks on CPU.")
+        print(
+            "No CUDA device: skipped every GPU check (flash-attn parity, bf16 vs fp32 on the tiny and 8B-shaped "
+            "stacks, bf16 training, peak memory). `--device cpu` runs the non-flash checks on CPU."
+        )
         return 0
     print(f"device: {torch.cuda.get_device_name() if args.device == 'cuda' else 'cpu'}; torch {torch.__version__}")
     results = run_checks(args)

@@ -34,6 +34,13 @@ def llada_generate(
         forwards += 1
         return model(x).logits  # every position, every step
 
-    canvas = reference_llada_generate(logits_fn, prompt, mask_id=mask_id, steps=steps, gen_length=gen_length,
-                                      block_length=block_length, temperature=temperature)
+    canvas = reference_llada_generate(
+        logits_fn,
+        prompt,
+        mask_id=mask_id,
+        steps=steps,
+        gen_length=gen_length,
+        block_length=block_length,
+        temperature=temperature,
+    )
     return canvas, forwards

@@ -118,8 +118,15 @@ class ILLaDAConfig(PretrainedConfig):
         return super()._dict_from_json_file(json_file)
 
     def _validate_sizes(self) -> None:
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                     "num_attention_heads", "num_key_value_heads", "max_position_embeddings"):
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "max_position_embeddings",
+        ):
             check_positive_int(name, getattr(self, name))
         check_positive_int("head_dim", self.head_dim, allow_none=True)
         if self.hidden_size % self.num_attention_heads != 0:
@@ -139,8 +146,9 @@ class ILLaDAConfig(PretrainedConfig):
             )
         head_dim = self.hidden_size // self.num_attention_heads
         if head_dim % 2:
-            raise ValueError(f"`head_dim` (`hidden_size // num_attention_heads`) must be even for rotary embeddings, "
-                             f"got {head_dim}.")
+            raise ValueError(
+                f"`head_dim` (`hidden_size // num_attention_heads`) must be even for rotary embeddings, got {head_dim}."
+            )
 
     def _validate_floats(self) -> None:
         check_range("rms_norm_eps", self.rms_norm_eps, 0.0, math.inf, low_open=True, high_open=True)
@@ -182,8 +190,10 @@ class ILLaDAConfig(PretrainedConfig):
         check_token_ids("eos_token_id", self.eos_token_id, allow_int=True)
         for eos in self.eos_token_ids:
             if not 0 <= eos < self.vocab_size:
-                raise ValueError(f"`eos_token_id` must be in [0, `vocab_size`) = [0, {self.vocab_size}), got {eos}: "
-                                 f"check both fields.")
+                raise ValueError(
+                    f"`eos_token_id` must be in [0, `vocab_size`) = [0, {self.vocab_size}), got {eos}: "
+                    f"check both fields."
+                )
             if eos == self.mask_token_id:
                 raise ValueError(f"`eos_token_id` {eos} equals `mask_token_id`: the mask can never be output.")
 

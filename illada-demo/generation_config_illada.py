@@ -42,9 +42,18 @@ MAX_TEMPERATURE = 1e4
 # Options of `transformers.GenerationConfig` without a diffusion meaning, accepted only at these neutral values
 # (a pipeline or a stock generation_config.json may carry them); any other value is an error.
 NEUTRAL_OPTIONS = {
-    "num_beams": 1, "num_beam_groups": 1, "repetition_penalty": 1.0, "length_penalty": 1.0,
-    "no_repeat_ngram_size": 0, "output_scores": False, "output_logits": False, "output_attentions": False,
-    "output_hidden_states": False, "early_stopping": False, "min_length": 0, "min_new_tokens": 0,
+    "num_beams": 1,
+    "num_beam_groups": 1,
+    "repetition_penalty": 1.0,
+    "length_penalty": 1.0,
+    "no_repeat_ngram_size": 0,
+    "output_scores": False,
+    "output_logits": False,
+    "output_attentions": False,
+    "output_hidden_states": False,
+    "early_stopping": False,
+    "min_length": 0,
+    "min_new_tokens": 0,
 }
 # Keys a generation_config.json may carry besides the settings.
 _METADATA_KEYS = ("transformers_version", "_from_model_config", "_commit_hash")
@@ -208,8 +217,10 @@ class ILLaDAGenerationConfig(GenerationConfig):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"`{name}` must be True or False, got {getattr(self, name)!r}.")
         if self.output_history and not self.return_dict_in_generate:
-            raise ValueError("`output_history=True` needs `return_dict_in_generate=True` (the history is a field of "
-                             "the returned ILLaDAGenerateOutput).")
+            raise ValueError(
+                "`output_history=True` needs `return_dict_in_generate=True` (the history is a field of "
+                "the returned ILLaDAGenerateOutput)."
+            )
 
     def _validate_schedule(self) -> None:
         if self.steps is not None and self.tokens_per_step is not None:
@@ -234,8 +245,10 @@ class ILLaDAGenerationConfig(GenerationConfig):
         if self.threshold is not None:
             _check_number("threshold", self.threshold, 0, float("inf"))
             if self.remasking == "random":
-                raise ValueError("`threshold` compares the model's confidence and cannot be used with "
-                                 "`remasking='random'`: choose 'low_confidence', 'margin' or 'entropy'.")
+                raise ValueError(
+                    "`threshold` compares the model's confidence and cannot be used with "
+                    "`remasking='random'`: choose 'low_confidence', 'margin' or 'entropy'."
+                )
 
     def _validate_sampling(self) -> None:
         _check_number("temperature", self.temperature, 0, MAX_TEMPERATURE)
@@ -256,13 +269,17 @@ class ILLaDAGenerationConfig(GenerationConfig):
 
     def _validate_cache(self) -> None:
         if not isinstance(self.use_cache, str) or self.use_cache not in CACHE_MODES:
-            raise ValueError(f"`use_cache` must be one of {CACHE_MODES}, got {self.use_cache!r}. The autoregressive "
-                             f"`use_cache=True` / `False` has no meaning here: 'none' runs every step on the whole "
-                             f"canvas, 'prefix' or 'dual' cache keys and values.")
+            raise ValueError(
+                f"`use_cache` must be one of {CACHE_MODES}, got {self.use_cache!r}. The autoregressive "
+                f"`use_cache=True` / `False` has no meaning here: 'none' runs every step on the whole "
+                f"canvas, 'prefix' or 'dual' cache keys and values."
+            )
         check_positive_int("cache_refresh_steps", self.cache_refresh_steps, allow_none=True)
         if self.cache_refresh_steps is not None and self.use_cache == "none":
-            raise ValueError(f"`cache_refresh_steps={self.cache_refresh_steps}` needs a cache: set `use_cache` to "
-                             f"'prefix' or 'dual', or leave `cache_refresh_steps` at None.")
+            raise ValueError(
+                f"`cache_refresh_steps={self.cache_refresh_steps}` needs a cache: set `use_cache` to "
+                f"'prefix' or 'dual', or leave `cache_refresh_steps` at None."
+            )
 
     def _validate_token_ids(self) -> None:
         for name in ("mask_token_id", "pad_token_id", "bos_token_id"):
@@ -274,8 +291,10 @@ class ILLaDAGenerationConfig(GenerationConfig):
         check_token_ids("suppress_tokens", self.suppress_tokens)
         mask = self.mask_token_id
         if mask is not None and mask == self.pad_token_id:
-            raise ValueError(f"`pad_token_id` and `mask_token_id` are both {mask}: padding would read as masked "
-                             f"positions. Use a different pad token.")
+            raise ValueError(
+                f"`pad_token_id` and `mask_token_id` are both {mask}: padding would read as masked "
+                f"positions. Use a different pad token."
+            )
         if mask is not None and mask in self.stop_ids:
             raise ValueError(f"The mask token {mask} is among the stop tokens {self.stop_ids}; it is never generated.")
 
@@ -288,8 +307,13 @@ class ILLaDAGenerationConfig(GenerationConfig):
     def from_model_config(cls, model_config) -> "ILLaDAGenerationConfig":
         """The defaults with the special token ids of a model config (an `ILLaDAConfig` or its dict)."""
         get = model_config.get if isinstance(model_config, dict) else lambda key: getattr(model_config, key, None)
-        return cls(mask_token_id=get("mask_token_id"), eos_token_id=get("eos_token_id"),
-                   pad_token_id=get("pad_token_id"), bos_token_id=get("bos_token_id"), _from_model_config=True)
+        return cls(
+            mask_token_id=get("mask_token_id"),
+            eos_token_id=get("eos_token_id"),
+            pad_token_id=get("pad_token_id"),
+            bos_token_id=get("bos_token_id"),
+            _from_model_config=True,
+        )
 
     @classmethod
     def from_dict(cls, config_dict: dict, **kwargs) -> "ILLaDAGenerationConfig":
@@ -300,14 +324,18 @@ class ILLaDAGenerationConfig(GenerationConfig):
         for key in ("_from_auto", "_from_pipeline"):
             config_dict.pop(key, None)
         stock_keys = GenerationConfig().to_dict()
-        ignored = {k: config_dict.pop(k) for k in list(config_dict)
-                   if k in stock_keys and k not in SETTINGS and k not in _METADATA_KEYS}
+        ignored = {
+            k: config_dict.pop(k)
+            for k in list(config_dict)
+            if k in stock_keys and k not in SETTINGS and k not in _METADATA_KEYS
+        }
         if isinstance(config_dict.get("use_cache"), bool):  # a stock file's autoregressive flag, not a cache mode
             ignored["use_cache"] = config_dict.pop("use_cache")
         ignored_set = {k: v for k, v in ignored.items() if v is not None and NEUTRAL_OPTIONS.get(k, "unset") != v}
         if ignored_set:
-            logger.warning(f"Ignoring autoregressive generation options that diffusion decoding does not use: "
-                           f"{ignored_set}.")
+            logger.warning(
+                f"Ignoring autoregressive generation options that diffusion decoding does not use: {ignored_set}."
+            )
         config = cls(**{k: v for k, v in config_dict.items() if v is not None or k not in _NOT_NONE})
         return (config, {}) if return_unused_kwargs else config
 
@@ -322,11 +350,17 @@ class ILLaDAGenerationConfig(GenerationConfig):
 
 
 # The settings, in the order of `ILLaDAGenerationConfig.__init__`.
-SETTINGS = tuple(name for name, parameter in inspect.signature(ILLaDAGenerationConfig.__init__).parameters.items()
-                 if name != "self" and parameter.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD)
+SETTINGS = tuple(
+    name
+    for name, parameter in inspect.signature(ILLaDAGenerationConfig.__init__).parameters.items()
+    if name != "self" and parameter.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+)
 # Settings whose default is not None: a stock file's `null` for them means "not set", i.e. the default.
-_NOT_NONE = tuple(name for name, parameter in inspect.signature(ILLaDAGenerationConfig.__init__).parameters.items()
-                  if name in SETTINGS and parameter.default is not None)
+_NOT_NONE = tuple(
+    name
+    for name, parameter in inspect.signature(ILLaDAGenerationConfig.__init__).parameters.items()
+    if name in SETTINGS and parameter.default is not None
+)
 
 
 def split_generation_options(options: dict, where: str) -> tuple[dict, int | None]:
@@ -362,8 +396,10 @@ def _check_stop_token_bias(spec) -> None:
     if spec is None:
         return
     if not isinstance(spec, dict) or not {"token_ids", "slope"} <= set(spec) or not set(spec) <= _STOP_BIAS_KEYS:
-        raise ValueError(f"`stop_token_bias` must be None or a dict with keys `token_ids` and `slope` and optionally "
-                         f"`start` and `max_bias`, got {spec!r}.")
+        raise ValueError(
+            f"`stop_token_bias` must be None or a dict with keys `token_ids` and `slope` and optionally "
+            f"`start` and `max_bias`, got {spec!r}."
+        )
     check_token_ids("stop_token_bias['token_ids']", spec["token_ids"])
     if not spec["token_ids"]:
         raise ValueError("`stop_token_bias['token_ids']` must name at least one token.")
@@ -385,8 +421,7 @@ def unknown_names_message(where: str, names: list[str]) -> str:
             continue
         close = difflib.get_close_matches(name, SETTINGS, n=1)
         parts.append(f"`{name}`" + (f" (did you mean `{close[0]}`?)" if close else ""))
-    return (f"{where} got unexpected keyword argument(s): {'; '.join(parts)}. Allowed settings: "
-            f"{', '.join(SETTINGS)}.")
+    return f"{where} got unexpected keyword argument(s): {'; '.join(parts)}. Allowed settings: {', '.join(SETTINGS)}."
 
 
 __all__ = [

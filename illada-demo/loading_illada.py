@@ -37,8 +37,10 @@ def safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     truncated or corrupt."""
     size = path.stat().st_size
     if size == 0:
-        raise ValueError(f"The weight file `{path}` is empty (0 bytes): an interrupted save, copy or download. "
-                         f"Replace it with a complete copy.")
+        raise ValueError(
+            f"The weight file `{path}` is empty (0 bytes): an interrupted save, copy or download. "
+            f"Replace it with a complete copy."
+        )
     try:
         with safe_open(path, framework="pt") as handle:
             return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
@@ -54,13 +56,18 @@ def _read_index(index: Path) -> dict[str, str]:
     try:
         weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as error:
-        raise ValueError(f"The shard index `{index}` is not a JSON object ({error}). Restore it from the original "
-                         f"checkpoint.") from None
-    if not weight_map or not isinstance(weight_map, dict) or not all(
-        isinstance(key, str) and isinstance(shard, str) for key, shard in weight_map.items()
+        raise ValueError(
+            f"The shard index `{index}` is not a JSON object ({error}). Restore it from the original checkpoint."
+        ) from None
+    if (
+        not weight_map
+        or not isinstance(weight_map, dict)
+        or not all(isinstance(key, str) and isinstance(shard, str) for key, shard in weight_map.items())
     ):
-        raise ValueError(f"The shard index `{index}` has no `weight_map` object mapping tensor names to shard files "
-                         f"(got {json.dumps(weight_map)[:80]}). Restore it from the original checkpoint.")
+        raise ValueError(
+            f"The shard index `{index}` has no `weight_map` object mapping tensor names to shard files "
+            f"(got {json.dumps(weight_map)[:80]}). Restore it from the original checkpoint."
+        )
     return weight_map
 
 
@@ -82,8 +89,10 @@ def checkpoint_shapes(folder: str | os.PathLike, variant: str | None = None) -> 
         shapes.update(found := safetensors_shapes(path))
         absent = sorted(key for key, name in weight_map.items() if name == shard and key not in found)
         if absent:
-            raise ValueError(f"The shard index `{index}` places tensors {absent[:SHOWN_KEYS]} in `{shard}`, which does "
-                             f"not contain them. Restore the index and shards from the same checkpoint.")
+            raise ValueError(
+                f"The shard index `{index}` places tensors {absent[:SHOWN_KEYS]} in `{shard}`, which does "
+                f"not contain them. Restore the index and shards from the same checkpoint."
+            )
     return shapes
 
 
@@ -99,11 +108,19 @@ def check_shapes(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[in
     if not wrong:
         return
     details = "; ".join(f"`{key}` checkpoint {ckpt} vs model {model}" for key, ckpt, model in wrong[:SHOWN_KEYS])
-    vocab = next((f" The checkpoint's vocabulary has {ckpt[0]} rows, the config's `vocab_size` is {model[0]}."
-                  for key, ckpt, model in wrong if key.endswith(("embed_tokens.weight", "lm_head.weight"))), "")
-    raise ValueError(f"{len(wrong)} tensor(s) of the checkpoint do not have the model's shape: {details}.{vocab} "
-                     f"Load the config.json saved with these weights (or pass `ignore_mismatched_sizes=True` to re-initialise "
-                     f"those tensors).")
+    vocab = next(
+        (
+            f" The checkpoint's vocabulary has {ckpt[0]} rows, the config's `vocab_size` is {model[0]}."
+            for key, ckpt, model in wrong
+            if key.endswith(("embed_tokens.weight", "lm_head.weight"))
+        ),
+        "",
+    )
+    raise ValueError(
+        f"{len(wrong)} tensor(s) of the checkpoint do not have the model's shape: {details}.{vocab} "
+        f"Load the config.json saved with these weights (or pass `ignore_mismatched_sizes=True` to re-initialise "
+        f"those tensors)."
+    )
 
 
 def check_checkpoint_folder(model_class: type, folder: str | os.PathLike, kwargs: dict) -> None:
@@ -125,8 +142,9 @@ def check_checkpoint_folder(model_class: type, folder: str | os.PathLike, kwargs
 def cached_folder(repo_id: str, kwargs: dict) -> str | None:
     """The local snapshot folder of a Hub checkpoint that `from_pretrained` has downloaded, or `None`."""
     download = {key: kwargs[key] for key in ("cache_dir", "revision", "token", "subfolder") if key in kwargs}
-    config_file = cached_file(repo_id, "config.json", local_files_only=True, _raise_exceptions_for_missing_entries=False,
-                              **download)
+    config_file = cached_file(
+        repo_id, "config.json", local_files_only=True, _raise_exceptions_for_missing_entries=False, **download
+    )
     return None if config_file is None else os.path.dirname(config_file)
 
 
@@ -156,8 +174,9 @@ class StrictLoadingMixin:
     """Mixed into `ILLaDAPreTrainedModel` before `PreTrainedModel`: `from_pretrained` with the checks above."""
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, strict: bool = True,
-                        output_loading_info: bool = False, **kwargs):
+    def from_pretrained(
+        cls, pretrained_model_name_or_path, *args, strict: bool = True, output_loading_info: bool = False, **kwargs
+    ):
         """[`PreTrainedModel.from_pretrained`], but a checkpoint that does not fill the model exactly is an error.
 
         transformers logs missing or unexpected tensors and silently re-initialises the missing ones; with an 8B
@@ -167,14 +186,16 @@ class StrictLoadingMixin:
         `strict=False` for the library's lenient behaviour.
         """
         if not strict:
-            return super().from_pretrained(pretrained_model_name_or_path, *args,
-                                           output_loading_info=output_loading_info, **kwargs)
+            return super().from_pretrained(
+                pretrained_model_name_or_path, *args, output_loading_info=output_loading_info, **kwargs
+            )
         folder = os.path.join(str(pretrained_model_name_or_path), kwargs.get("subfolder", ""))
         if os.path.isdir(folder):
             check_checkpoint_folder(cls, folder, kwargs)
         try:
-            model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True,
-                                                  **kwargs)
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
+            )
         except RuntimeError as error:  # transformers' "look at the above report": name the tensors instead
             snapshot = None if os.path.isdir(folder) else cached_folder(str(pretrained_model_name_or_path), kwargs)
             if "ignore_mismatched_sizes" in str(error) and snapshot is not None:

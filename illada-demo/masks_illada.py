@@ -116,28 +116,38 @@ def check_logits_to_keep(logits_to_keep, batch_size: int, seq_len: int) -> int |
     out-of-range tensor with a raw torch error.
     """
     if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, (Integral, torch.Tensor)):
-        raise TypeError(f"`logits_to_keep` must be an int or a tensor (positions, or a boolean mask), got "
-                        f"{type(logits_to_keep).__name__} {logits_to_keep!r}.")
+        raise TypeError(
+            f"`logits_to_keep` must be an int or a tensor (positions, or a boolean mask), got "
+            f"{type(logits_to_keep).__name__} {logits_to_keep!r}."
+        )
     if not isinstance(logits_to_keep, torch.Tensor):
         if logits_to_keep < 0:
-            raise ValueError(f"`logits_to_keep` must be >= 0 (the number of last positions kept; 0 keeps all), got "
-                             f"{logits_to_keep}.")
+            raise ValueError(
+                f"`logits_to_keep` must be >= 0 (the number of last positions kept; 0 keeps all), got {logits_to_keep}."
+            )
         return int(logits_to_keep)
     keep = logits_to_keep
     if keep.dtype == torch.bool:
         if tuple(keep.shape) not in ((batch_size, seq_len), (seq_len,)):
-            raise ValueError(f"A boolean `logits_to_keep` must have the shape of the inputs (batch_size, seq_len) = "
-                             f"{(batch_size, seq_len)} (or ({seq_len},)), got {tuple(keep.shape)}.")
+            raise ValueError(
+                f"A boolean `logits_to_keep` must have the shape of the inputs (batch_size, seq_len) = "
+                f"{(batch_size, seq_len)} (or ({seq_len},)), got {tuple(keep.shape)}."
+            )
         return keep
     if keep.is_floating_point() or keep.is_complex():
-        raise TypeError(f"`logits_to_keep` must be an integer tensor of positions or a boolean mask, got dtype "
-                        f"{keep.dtype}.")
+        raise TypeError(
+            f"`logits_to_keep` must be an integer tensor of positions or a boolean mask, got dtype {keep.dtype}."
+        )
     if keep.dim() not in (1, 2) or (keep.dim() == 2 and keep.shape[0] != batch_size):
-        raise ValueError(f"A `logits_to_keep` tensor of positions must be 1-D, or 2-D (batch_size={batch_size}, "
-                         f"num_positions), got shape {tuple(keep.shape)}.")
+        raise ValueError(
+            f"A `logits_to_keep` tensor of positions must be 1-D, or 2-D (batch_size={batch_size}, "
+            f"num_positions), got shape {tuple(keep.shape)}."
+        )
     if keep.numel() and (keep.min() < 0 or keep.max() >= seq_len):
-        raise ValueError(f"`logits_to_keep` holds positions outside [0, {seq_len}) (the input length): "
-                         f"{sorted(set(keep[(keep < 0) | (keep >= seq_len)].tolist()))[:5]}.")
+        raise ValueError(
+            f"`logits_to_keep` holds positions outside [0, {seq_len}) (the input length): "
+            f"{sorted(set(keep[(keep < 0) | (keep >= seq_len)].tolist()))[:5]}."
+        )
     return keep
 
 

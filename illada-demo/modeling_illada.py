@@ -262,8 +262,10 @@ class ILLaDAModel(ILLaDAPreTrainedModel):
                 padding mask of the whole canvas, and the rest of the canvas comes from the cache.
         """
         if kwargs.get("past_key_values") is not None:
-            raise ValueError("`past_key_values` is not supported: iLLaDA attends bidirectionally and keeps no "
-                             "autoregressive cache (PEFT prefix tuning needs one: use LoRA). See `kv_cache`.")
+            raise ValueError(
+                "`past_key_values` is not supported: iLLaDA attends bidirectionally and keeps no "
+                "autoregressive cache (PEFT prefix tuning needs one: use LoRA). See `kv_cache`."
+            )
         span = kv_cache.span if kv_cache is not None else None
         inputs_embeds, position_ids = self._check_inputs(input_ids, inputs_embeds, position_ids, span, kv_cache)
         implementation = self.config._attn_implementation
@@ -315,7 +317,11 @@ class ILLaDAModel(ILLaDAPreTrainedModel):
         else:
             if position_ids.dim() == 1:
                 position_ids = position_ids[None]
-            if position_ids.dim() != 2 or position_ids.shape[-1] != seq_len or position_ids.shape[0] not in (1, batch_size):
+            if (
+                position_ids.dim() != 2
+                or position_ids.shape[-1] != seq_len
+                or position_ids.shape[0] not in (1, batch_size)
+            ):
                 raise ValueError(
                     f"`position_ids` must have shape (batch_size, seq_len) = {(batch_size, seq_len)} "
                     f"(or (1, seq_len)), got {tuple(position_ids.shape)}."
@@ -425,7 +431,6 @@ class ILLaDAForCausalLM(ILLaDAGenerationMixin, ILLaDAScoringMixin, ILLaDAPreTrai
         """The forward's inputs for a denoising step: the whole canvas, as given. Diffusion `generate` does not call
         this; PEFT's `PeftModelForCausalLM` (`task_type="CAUSAL_LM"`) requires a causal LM to have it."""
         return {"input_ids": input_ids, **kwargs}
-
 
 
 __all__ = ["ILLaDAPreTrainedModel", "ILLaDAModel", "ILLaDAForCausalLM", "DiffusionKVCache"]

@@ -108,8 +108,7 @@ def denoiser_logits(
     whole canvas are the largest waste of a naive sampler. With `use_cache`, `_BlockCache.logits` replaces it.
     """
     keep = torch.arange(start, end, device=tokens.device)
-    return model(input_ids=tokens, attention_mask=attention_mask, position_ids=position_ids,
-                 logits_to_keep=keep).logits
+    return model(input_ids=tokens, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=keep).logits
 
 
 def stop_bias_values(offsets: torch.Tensor, spec: dict) -> torch.Tensor:
@@ -161,8 +160,13 @@ def filter_logits(scaled: torch.Tensor, top_k: int | None, top_p: float | None) 
     return scaled
 
 
-def sample_tokens(logits: torch.Tensor, temperature: float, generator: torch.Generator | None,
-                  top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
+def sample_tokens(
+    logits: torch.Tensor,
+    temperature: float,
+    generator: torch.Generator | None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+) -> torch.Tensor:
     """Proposed tokens `x0` `(rows, n)`: the argmax, or at `temperature > 0` a draw from `softmax(logits / T)`,
     restricted to the `top_p` nucleus and the `top_k` best tokens when given.
 
@@ -235,7 +239,6 @@ def cut_after_stop(
     return answers.masked_fill(after_stop, pad_token_id), lengths
 
 
-
 # --------------------------------------------------------------------------------------------- sampler loop
 
 
@@ -252,11 +255,11 @@ class _Canvas:
     nfe: int = 0
 
 
-def _make_canvas(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, config: ILLaDAGenerationConfig,
-                 vocab_size: int) -> _Canvas:
+def _make_canvas(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor | None, config: ILLaDAGenerationConfig, vocab_size: int
+) -> _Canvas:
     batch, width = input_ids.shape
-    answer = torch.full((batch, config.max_new_tokens), config.mask_token_id, dtype=torch.long,
-                        device=input_ids.device)
+    answer = torch.full((batch, config.max_new_tokens), config.mask_token_id, dtype=torch.long, device=input_ids.device)
     tokens = torch.cat([input_ids.long(), answer], dim=1)
     mask = position_ids = None
     if attention_mask is not None:
@@ -272,8 +275,17 @@ def _make_canvas(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, c
     return _Canvas(tokens, mask, position_ids, width, finished, history)
 
 
-def _step_logits(model, canvas: _Canvas, rows: torch.Tensor, visible: int, start: int, end: int,
-                 config: ILLaDAGenerationConfig, cache: "_BlockCache | None", step: int) -> torch.Tensor:
+def _step_logits(
+    model,
+    canvas: _Canvas,
+    rows: torch.Tensor,
+    visible: int,
+    start: int,
+    end: int,
+    config: ILLaDAGenerationConfig,
+    cache: "_BlockCache | None",
+    step: int,
+) -> torch.Tensor:
     """Constrained float32 logits `(len(rows), end - start, vocab)` of one step, guided when `cfg_scale > 0`.
 
     With CFG, the conditional and unconditional canvases run as one doubled batch (and share one cache).
@@ -297,8 +309,9 @@ def _step_logits(model, canvas: _Canvas, rows: torch.Tensor, visible: int, start
     return constrain_logits(logits, config, offsets)
 
 
-def _report_step(canvas: _Canvas, rows: torch.Tensor, logits: torch.Tensor, visible: int,
-                 callback: StepCallback | None) -> None:
+def _report_step(
+    canvas: _Canvas, rows: torch.Tensor, logits: torch.Tensor, visible: int, callback: StepCallback | None
+) -> None:
     if callback is None:
         return
     full = logits
@@ -317,9 +330,18 @@ def undecided_positions(block: torch.Tensor, mask_token_id: int, stop_ids: torch
     return masked & (torch.isin(block, stop_ids).cumsum(-1) == 0)
 
 
-def _denoise_block(model, canvas: _Canvas, start: int, end: int, visible: int, config: ILLaDAGenerationConfig,
-                   generator: torch.Generator | None, callback: StepCallback | None,
-                   cache: "_BlockCache | None" = None, skip_after: torch.Tensor | None = None) -> None:
+def _denoise_block(
+    model,
+    canvas: _Canvas,
+    start: int,
+    end: int,
+    visible: int,
+    config: ILLaDAGenerationConfig,
+    generator: torch.Generator | None,
+    callback: StepCallback | None,
+    cache: "_BlockCache | None" = None,
+    skip_after: torch.Tensor | None = None,
+) -> None:
     """Decodes canvas columns `start:end` of the unfinished rows (LLaDA Alg. 5, one block), seeing `:visible`.
 
     Per step: logits of the rows with positions left to decode, proposals `x0`, scores, top-`k` commits. Random
@@ -343,8 +365,9 @@ def _denoise_block(model, canvas: _Canvas, start: int, end: int, visible: int, c
         _report_step(canvas, rows, logits, visible, callback)
 
 
-def _close_block(canvas: _Canvas, start: int, end: int, stop_ids: torch.Tensor, pad_token_id: int,
-                 streamer: BaseStreamer | None) -> None:
+def _close_block(
+    canvas: _Canvas, start: int, end: int, stop_ids: torch.Tensor, pad_token_id: int, streamer: BaseStreamer | None
+) -> None:
     """After a block: streams it, and finishes the rows whose block holds a stop token (iLLaDA paper, variable-length
     generation: stop once the decoded block contains EOS); their later columns become padding."""
     block = canvas.tokens[:, start:end]
@@ -356,13 +379,13 @@ def _close_block(canvas: _Canvas, start: int, end: int, stop_ids: torch.Tensor, 
     canvas.tokens[:, end:] = canvas.tokens[:, end:].masked_fill(stopped[:, None], pad_token_id)
 
 
-def _finish(canvas: _Canvas, generated: int, stop_ids: torch.Tensor, pad_token_id: int,
-            config: ILLaDAGenerationConfig) -> torch.Tensor | ILLaDAGenerateOutput:
+def _finish(
+    canvas: _Canvas, generated: int, stop_ids: torch.Tensor, pad_token_id: int, config: ILLaDAGenerationConfig
+) -> torch.Tensor | ILLaDAGenerateOutput:
     """Cuts answers after their first stop token and trims columns that no row uses; with
     `return_dict_in_generate`, also reports each answer's length and whether it stopped on a stop token."""
     prompt_width = canvas.prompt_width
-    answers, lengths = cut_after_stop(canvas.tokens[:, prompt_width : prompt_width + generated], stop_ids,
-                                      pad_token_id)
+    answers, lengths = cut_after_stop(canvas.tokens[:, prompt_width : prompt_width + generated], stop_ids, pad_token_id)
     width = prompt_width + int(lengths.max()) if lengths.numel() else prompt_width
     sequences = torch.cat([canvas.tokens[:, :prompt_width], answers], dim=1)[:, :width]
     if not config.return_dict_in_generate:
@@ -372,8 +395,9 @@ def _finish(canvas: _Canvas, generated: int, stop_ids: torch.Tensor, pad_token_i
         after_end = torch.arange(width, device=sequences.device) >= prompt_width + lengths[:, None]
         history = canvas.history[:, :width].masked_fill(after_end, NOT_GENERATED)
     stopped = torch.isin(answers, stop_ids).any(-1)
-    return ILLaDAGenerateOutput(sequences=sequences, nfe=canvas.nfe, answer_lengths=lengths - stopped.long(),
-                                stopped=stopped, history=history)
+    return ILLaDAGenerateOutput(
+        sequences=sequences, nfe=canvas.nfe, answer_lengths=lengths - stopped.long(), stopped=stopped, history=history
+    )
 
 
 # --------------------------------------------------------------------------------------------- key-value cache
@@ -394,8 +418,17 @@ class _BlockCache:
     kv: DiffusionKVCache
     rows: torch.Tensor | None = None  # [r] batch rows of the stored keys and values, in batch order
 
-    def logits(self, model, rows: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor | None,
-               positions: torch.Tensor | None, start: int, end: int, step: int) -> torch.Tensor:
+    def logits(
+        self,
+        model,
+        rows: torch.Tensor,
+        tokens: torch.Tensor,
+        mask: torch.Tensor | None,
+        positions: torch.Tensor | None,
+        start: int,
+        end: int,
+        step: int,
+    ) -> torch.Tensor:
         """Logits `(tokens.shape[0], end - start, vocab)` of canvas columns `start:end`, as [`denoiser_logits`].
 
         `tokens` `(batch, visible)` holds the canvases of `rows` (twice, conditional then unconditional, with CFG).
@@ -403,15 +436,20 @@ class _BlockCache:
         if step == 0 or (self.refresh_steps is not None and step % self.refresh_steps == 0):
             self.kv.span, self.rows = None, rows
             keep = torch.arange(start, end, device=tokens.device)
-            return model(input_ids=tokens, attention_mask=mask, position_ids=positions, logits_to_keep=keep,
-                         kv_cache=self.kv).logits
+            return model(
+                input_ids=tokens, attention_mask=mask, position_ids=positions, logits_to_keep=keep, kv_cache=self.kv
+            ).logits
         self._narrow(rows, tokens.shape[0])
         span_end = end if self.mode == "dual" else tokens.shape[1]
         self.kv.span = (start, span_end)
         keep = torch.arange(end - start, device=tokens.device)
-        return model(input_ids=tokens[:, start:span_end], attention_mask=mask,
-                     position_ids=None if positions is None else positions[:, start:span_end],
-                     logits_to_keep=keep, kv_cache=self.kv).logits
+        return model(
+            input_ids=tokens[:, start:span_end],
+            attention_mask=mask,
+            position_ids=None if positions is None else positions[:, start:span_end],
+            logits_to_keep=keep,
+            kv_cache=self.kv,
+        ).logits
 
     def _narrow(self, rows: torch.Tensor, batch: int) -> None:
         """Keeps the stored keys and values of `rows` only (a subset of the stored rows)."""
@@ -432,14 +470,19 @@ def _make_block_cache(config: ILLaDAGenerationConfig) -> _BlockCache | None:
     return _BlockCache(config.use_cache, config.cache_refresh_steps, DiffusionKVCache())
 
 
-
-
 # --------------------------------------------------------------------------------------------- whole run
 
 
-def run_sampler(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, config: ILLaDAGenerationConfig,
-                generator: torch.Generator | None = None, step_callback: StepCallback | None = None,
-                streamer: BaseStreamer | None = None, progress: bool = False) -> torch.Tensor | ILLaDAGenerateOutput:
+def run_sampler(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    config: ILLaDAGenerationConfig,
+    generator: torch.Generator | None = None,
+    step_callback: StepCallback | None = None,
+    streamer: BaseStreamer | None = None,
+    progress: bool = False,
+) -> torch.Tensor | ILLaDAGenerateOutput:
     """Generates answers for checked, left-padded prompts `(batch, prompt_len)` with a complete, validated config
     (every token id set): the block loop, then the cut after stop tokens. See the module docstring."""
     if streamer is not None:
@@ -452,10 +495,19 @@ def run_sampler(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | N
     for block_start in tqdm(range(0, budget, config.block_length), desc="iLLaDA blocks", disable=not progress):
         end = min(block_start + config.block_length, budget)
         visible = prompt_width + (end if config.canvas == "variable" else budget)
-        _denoise_block(model, canvas, prompt_width + block_start, prompt_width + end, visible, config,
-                       generator, step_callback, cache, stop_ids if config.skip_after_stop else None)
-        _close_block(canvas, prompt_width + block_start, prompt_width + end, stop_ids, config.pad_token_id,
-                     streamer)
+        _denoise_block(
+            model,
+            canvas,
+            prompt_width + block_start,
+            prompt_width + end,
+            visible,
+            config,
+            generator,
+            step_callback,
+            cache,
+            stop_ids if config.skip_after_stop else None,
+        )
+        _close_block(canvas, prompt_width + block_start, prompt_width + end, stop_ids, config.pad_token_id, streamer)
         if canvas.finished.all():
             break
     if streamer is not None:

@@ -74,6 +74,7 @@ def as_id_list(value: Any) -> list[int]:
 # ones only amplify `c - u` until the guided logits overflow float32 (NaN scores, the mask token in an answer).
 MAX_CFG_SCALE = 1e3
 
+
 def check_json_files(folder: str | os.PathLike, names: Iterable[str]) -> None:
     """Each file of `names` present in `folder` is a UTF-8 JSON object; else a `ValueError` naming the file."""
     for name in names:
@@ -84,11 +85,15 @@ def check_json_files(folder: str | os.PathLike, names: Iterable[str]) -> None:
             with open(path, encoding="utf-8") as handle:
                 content = json.load(handle)
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ValueError(f"`{path}` is not valid JSON ({error}): it is empty, truncated or corrupt, probably by an "
-                             f"interrupted save, copy or download. Restore {name} from the original folder.") from None
+            raise ValueError(
+                f"`{path}` is not valid JSON ({error}): it is empty, truncated or corrupt, probably by an "
+                f"interrupted save, copy or download. Restore {name} from the original folder."
+            ) from None
         if not isinstance(content, dict):
-            raise ValueError(f"`{path}` holds a JSON {type(content).__name__}, not an object. Restore {name} from "
-                             f"the original folder.")
+            raise ValueError(
+                f"`{path}` holds a JSON {type(content).__name__}, not an object. Restore {name} from "
+                f"the original folder."
+            )
 
 
 def guided_logits(conditional: torch.Tensor, unconditional: torch.Tensor, cfg_scale: float) -> torch.Tensor:

@@ -69,8 +69,9 @@ def safetensors_problem(path: Path) -> str | None:
             return f"`{path.name}` is {size} bytes but its header alone claims {header_length} (truncated?)"
         try:
             header = json.loads(file.read(header_length))
-            data_end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"),
-                           default=0)
+            data_end = max(
+                (entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0
+            )
         except (ValueError, TypeError, KeyError, IndexError) as error:
             return f"`{path.name}` has a corrupt header ({error})"
     expected = SAFETENSORS_LENGTH_BYTES + header_length + data_end
@@ -113,7 +114,9 @@ def _weights_problem(folder: Path) -> str | None:
         if not shards:
             return f"`{SAFE_INDEX}` names no shards"
         for shard in shards:
-            problem = safetensors_problem(folder / shard) if (folder / shard).is_file() else f"shard `{shard}` is missing"
+            problem = (
+                safetensors_problem(folder / shard) if (folder / shard).is_file() else f"shard `{shard}` is missing"
+            )
             if problem:
                 return problem
         return None
@@ -122,16 +125,20 @@ def _weights_problem(folder: Path) -> str | None:
             return torch_file_problem(folder / name)
     if any(path.is_dir() and path.name.startswith(SHARDED_WEIGHT_DIRS) for path in folder.iterdir()):
         return None
-    return ("no model weights (`model.safetensors`, a sharded index, `adapter_model.safetensors`, "
-            "`pytorch_model.bin` or an FSDP/DeepSpeed folder)")
+    return (
+        "no model weights (`model.safetensors`, a sharded index, `adapter_model.safetensors`, "
+        "`pytorch_model.bin` or an FSDP/DeepSpeed folder)"
+    )
 
 
 def _training_state_problem(folder: Path) -> str | None:
     """Optimizer, scheduler, gradient scaler and RNG states: present where Trainer needs them, and whole."""
     has_sharded_optimizer = any(p.is_dir() and p.name.startswith(SHARDED_OPTIMIZER_DIRS) for p in folder.iterdir())
     if not (folder / "optimizer.pt").is_file() and not has_sharded_optimizer:
-        return ("no optimizer state (`optimizer.pt`): saved with `save_only_model`, from which Trainer cannot "
-                "resume exactly")
+        return (
+            "no optimizer state (`optimizer.pt`): saved with `save_only_model`, from which Trainer cannot "
+            "resume exactly"
+        )
     if (folder / "optimizer.pt").is_file() and not (folder / "scheduler.pt").is_file():
         # transformers 5.23 `Trainer._load_optimizer_and_scheduler` loads the optimizer only when both files exist:
         # without the scheduler a resume would silently restart Adam's moments and the learning-rate schedule.
@@ -252,8 +259,12 @@ class SafeCheckpointMixin:
         if self.args.should_save:
             self._publish_checkpoint(staging_root / name, run_dir / name)
             shutil.rmtree(staging_root, ignore_errors=True)
-            rotate_checkpoints(output_dir=str(run_dir), save_total_limit=self.args.save_total_limit,
-                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+            rotate_checkpoints(
+                output_dir=str(run_dir),
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
         self.accelerator.wait_for_everyone()
 
     def _publish_checkpoint(self, staged: Path, final: Path) -> None:
@@ -289,8 +300,11 @@ class ResumeArguments:
         default=False, metadata={"help": "Resume from the newest complete checkpoint in `output_dir` (if any)."}
     )
     overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Delete the checkpoints of an earlier run in `output_dir` and start afresh "
-                                 "(without it or `resume`, such an `output_dir` is refused)."}
+        default=False,
+        metadata={
+            "help": "Delete the checkpoints of an earlier run in `output_dir` and start afresh "
+            "(without it or `resume`, such an `output_dir` is refused)."
+        },
     )
 
 
@@ -340,8 +354,12 @@ def checkpoint_to_resume(
         return None
     step = int(CHECKPOINT_NAME.match(Path(checkpoint).name).group(1))
     if 0 < max_steps <= step:
-        logger.warning("`--resume`: %s already reached `max_steps`=%d: nothing to train (the final model is saved "
-                       "again from it). Raise `--max_steps` to train further.", checkpoint, max_steps)
+        logger.warning(
+            "`--resume`: %s already reached `max_steps`=%d: nothing to train (the final model is saved "
+            "again from it). Raise `--max_steps` to train further.",
+            checkpoint,
+            max_steps,
+        )
     else:
         logger.info("Resuming from %s.", checkpoint)
     return checkpoint

@@ -69,8 +69,10 @@ def resolve_max_length(max_length: int | None, model_limit: int) -> int:
     if max_length is None:
         return min(DEFAULT_MAX_LENGTH, model_limit)
     if max_length > model_limit:
-        raise ValueError(f"`max_length` (`--max_seq_length`)={max_length} exceeds the model's "
-                         f"`max_position_embeddings`={model_limit}: use at most {model_limit}, or leave it unset.")
+        raise ValueError(
+            f"`max_length` (`--max_seq_length`)={max_length} exceeds the model's "
+            f"`max_position_embeddings`={model_limit}: use at most {model_limit}, or leave it unset."
+        )
     return max_length
 
 
@@ -78,16 +80,22 @@ def check_tokenizer(tokenizer: PreTrainedTokenizerBase, config: Any) -> None:
     """Checks that the tokenizer and the model config agree on the special tokens and the vocabulary size."""
     mask_id, size = config.mask_token_id, len(tokenizer)
     if size <= mask_id:
-        raise ValueError(f"The tokenizer has {size} tokens, so it has no token with the config's `mask_token_id` "
-                         f"{mask_id}: use the model's own tokenizer.")
+        raise ValueError(
+            f"The tokenizer has {size} tokens, so it has no token with the config's `mask_token_id` "
+            f"{mask_id}: use the model's own tokenizer."
+        )
     if tokenizer.mask_token_id is not None and tokenizer.mask_token_id != mask_id:
-        raise ValueError(f"The tokenizer's mask token has id {tokenizer.mask_token_id}, the config's "
-                         f"`mask_token_id` is {mask_id}: they must be the same token.")
+        raise ValueError(
+            f"The tokenizer's mask token has id {tokenizer.mask_token_id}, the config's "
+            f"`mask_token_id` is {mask_id}: they must be the same token."
+        )
     if size > config.vocab_size:
         raise ValueError(f"The tokenizer has {size} tokens, more than the model's `vocab_size` {config.vocab_size}.")
     if tokenizer.eos_token_id not in config.eos_token_ids:
-        raise ValueError(f"The tokenizer's `eos_token_id` {tokenizer.eos_token_id} is not among the config's EOS "
-                         f"ids {config.eos_token_ids}: SFT appends this token to every example.")
+        raise ValueError(
+            f"The tokenizer's `eos_token_id` {tokenizer.eos_token_id} is not among the config's EOS "
+            f"ids {config.eos_token_ids}: SFT appends this token to every example."
+        )
     pad_id = pad_token_id(tokenizer, config)
     if pad_id is None or pad_id == mask_id:
         raise ValueError(f"Padding id {pad_id!r} is unusable: set a pad token different from the mask token.")
@@ -126,8 +134,10 @@ def dataset_format(example: dict[str, Any], data_format: str, text_field: str, w
             hint = " (`completion` or `response` is missing or null)"
         elif {"completion", "response"} & set(present):
             hint = " (`prompt` is missing or null)"
-        raise ValueError(f"SFT data need a `messages` column, `prompt` and `completion` columns, or a "
-                         f"`{text_field}` column; {where} has {present}{hint}.")
+        raise ValueError(
+            f"SFT data need a `messages` column, `prompt` and `completion` columns, or a "
+            f"`{text_field}` column; {where} has {present}{hint}."
+        )
     return found
 
 
@@ -136,12 +146,16 @@ def check_example(example: dict[str, Any], fmt: str, text_field: str, where: str
     found = row_format(example, text_field)
     columns = FORMAT_COLUMNS.get(fmt, (text_field,))
     if found is not None and found != fmt:
-        raise ValueError(f"{where} is in the {found} format but the data before it are in the {fmt} format: use "
-                         f"one format per dataset (the row has {_non_null(example)}).")
+        raise ValueError(
+            f"{where} is in the {found} format but the data before it are in the {fmt} format: use "
+            f"one format per dataset (the row has {_non_null(example)})."
+        )
     missing = [c for c in columns if example.get(c) is None]
     if missing:
-        raise ValueError(f"{where}: `{missing[0]}` is missing or null (the data are in the {fmt} format, which "
-                         f"needs {list(columns)}); the row has {_non_null(example)}.")
+        raise ValueError(
+            f"{where}: `{missing[0]}` is missing or null (the data are in the {fmt} format, which "
+            f"needs {list(columns)}); the row has {_non_null(example)}."
+        )
     if fmt == "text":
         _check_string(example[text_field], text_field, where)
     elif fmt == "messages":
@@ -165,15 +179,20 @@ def _check_string(value: Any, name: str, where: str, non_empty: bool = False) ->
 
 def _check_turns(turns: Any, name: str, where: str, final_response: bool = False) -> None:
     if not isinstance(turns, list):
-        raise TypeError(f"{where}: `{name}` must be a list of {{'role', 'content'}} turns, got "
-                        f"{type(turns).__name__} {repr(turns)[:80]}.")
+        raise TypeError(
+            f"{where}: `{name}` must be a list of {{'role', 'content'}} turns, got "
+            f"{type(turns).__name__} {repr(turns)[:80]}."
+        )
     for k, turn in enumerate(turns):
         if not (isinstance(turn, dict) and isinstance(turn.get("role"), str) and isinstance(turn.get("content"), str)):
-            raise TypeError(f"{where}: turn {k} of `{name}` must be a dict with string `role` and `content`, got "
-                            f"{repr(turn)[:80]}.")
+            raise TypeError(
+                f"{where}: turn {k} of `{name}` must be a dict with string `role` and `content`, got {repr(turn)[:80]}."
+            )
     if final_response and (not turns or turns[-1]["role"] != "assistant" or not turns[-1]["content"]):
-        raise ValueError(f"{where} has no response: the last turn of `{name}` must be a non-empty assistant turn, "
-                         f"got {str(turns)[:200]}.")
+        raise ValueError(
+            f"{where} has no response: the last turn of `{name}` must be a non-empty assistant turn, "
+            f"got {str(turns)[:200]}."
+        )
 
 
 def _non_null(example: dict[str, Any]) -> list[str]:
@@ -210,8 +229,13 @@ def tokenize_example(
     if isinstance(prompt, list):
         template = tokenizer.chat_template or PLAIN_CHAT_TEMPLATE
         tools = example.get("tools")
-        kwargs = {"chat_template": template, "tools": json.loads(tools) if isinstance(tools, str) else tools,
-                  "tokenize": True, "return_dict": True, **(example.get("chat_template_kwargs") or {})}
+        kwargs = {
+            "chat_template": template,
+            "tools": json.loads(tools) if isinstance(tools, str) else tools,
+            "tokenize": True,
+            "return_dict": True,
+            **(example.get("chat_template_kwargs") or {}),
+        }
         prompt_ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, **kwargs)["input_ids"]
         full_ids = tokenizer.apply_chat_template(prompt + completion, **kwargs)["input_ids"]
     else:
@@ -246,7 +270,12 @@ def split_windows(batch: dict, indices: list[int], split_probability: float, see
 
 
 def pack_rows(
-    tokenized: Dataset, max_length: int, packing: bool, strategy: str, split_probability: float, seed: int,
+    tokenized: Dataset,
+    max_length: int,
+    packing: bool,
+    strategy: str,
+    split_probability: float,
+    seed: int,
     num_proc: int | None = None,
 ) -> Dataset:
     """Packs tokenised examples with trl's `pack_dataset` (see the module docstring)."""
@@ -254,17 +283,25 @@ def pack_rows(
         lengths = [len(ids) for ids in tokenized["input_ids"]]
         too_long = [n for n in lengths if n > max_length]
         if too_long:
-            raise ValueError(f"{len(too_long)} examples are longer than `max_length`={max_length} (longest "
-                             f"{max(too_long)}): truncating them would drop their EOS. Use `packing_strategy="
-                             "'wrapped'` or 'bfd_split', or a longer `max_length`.")
+            raise ValueError(
+                f"{len(too_long)} examples are longer than `max_length`={max_length} (longest "
+                f"{max(too_long)}): truncating them would drop their EOS. Use `packing_strategy="
+                "'wrapped'` or 'bfd_split', or a longer `max_length`."
+            )
     if not packing:
         return tokenized
     map_kwargs = {"num_proc": num_proc, "batch_size": STREAM_CHUNK_EXAMPLES}
     packed = pack_dataset(tokenized, max_length, strategy, map_kwargs)
     if strategy != "wrapped":
         return packed
-    return packed.map(split_windows, batched=True, with_indices=True, batch_size=STREAM_CHUNK_EXAMPLES,
-                      fn_kwargs={"split_probability": split_probability, "seed": seed}, num_proc=num_proc)
+    return packed.map(
+        split_windows,
+        batched=True,
+        with_indices=True,
+        batch_size=STREAM_CHUNK_EXAMPLES,
+        fn_kwargs={"split_probability": split_probability, "seed": seed},
+        num_proc=num_proc,
+    )
 
 
 def prepare_dataset(
@@ -304,8 +341,10 @@ def prepare_dataset(
         `datasets.Dataset` with `input_ids`, `completion_mask` and, when packed, `seq_lengths`.
     """
     if isinstance(dataset, DatasetDict) or not isinstance(dataset, Dataset):
-        raise TypeError(f"The {name} dataset must be a `datasets.Dataset`, got {type(dataset).__name__} (pick one "
-                        "split of a DatasetDict).")
+        raise TypeError(
+            f"The {name} dataset must be a `datasets.Dataset`, got {type(dataset).__name__} (pick one "
+            "split of a DatasetDict)."
+        )
     if "input_ids" in dataset.column_names:
         return dataset
     if len(dataset) == 0:
@@ -316,7 +355,10 @@ def prepare_dataset(
         dataset = dataset.map(maybe_convert_to_chatml, remove_columns="conversations", num_proc=num_proc)
     fmt = dataset_format(dataset[0], data_format, text_field, f"example 0 of the {name} dataset")
     tokenized = dataset.map(
-        tokenize_example, with_indices=True, remove_columns=dataset.column_names, num_proc=num_proc,
+        tokenize_example,
+        with_indices=True,
+        remove_columns=dataset.column_names,
+        num_proc=num_proc,
         fn_kwargs={"tokenizer": tokenizer, "fmt": fmt, "text_field": text_field},
     )
     split_probability = split_probability if data_format == "pretrain" else 0.0
@@ -405,8 +447,10 @@ def load_data(
     """One split of a dataset: local `files`, or `dataset_name`, which is a folder written by `save_to_disk`, a
     folder of data files, or a `datasets` name (Hub id) loaded with `dataset_config` and `split`."""
     if (dataset_name is None) == (files is None):
-        raise ValueError("Give exactly one of `dataset_name` and `train_files`/`eval_files`; got "
-                         f"dataset_name={dataset_name!r}, files={files!r}.")
+        raise ValueError(
+            "Give exactly one of `dataset_name` and `train_files`/`eval_files`; got "
+            f"dataset_name={dataset_name!r}, files={files!r}."
+        )
     if files is not None:
         return load_data_files(files, data_format, text_field)
     folder = Path(dataset_name)
@@ -420,7 +464,8 @@ def load_data(
     if folder.is_dir():
         found = sorted(p for p in folder.iterdir() if p.suffix.lower() in DATA_FILE_BUILDERS)
         if not found:
-            raise ValueError(f"{folder} holds no data files ({sorted(DATA_FILE_BUILDERS)}) and was not written by "
-                             "`save_to_disk`.")
+            raise ValueError(
+                f"{folder} holds no data files ({sorted(DATA_FILE_BUILDERS)}) and was not written by `save_to_disk`."
+            )
         return load_data_files([str(p) for p in found], data_format, text_field)
     return load_dataset(dataset_name, dataset_config, split=split)

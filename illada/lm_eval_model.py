@@ -141,17 +141,32 @@ class ILLaDAEvalHarness(TemplateLM):
         **generation_settings,
     ) -> None:
         super().__init__()
-        self._check_model_args(method, mc_num, mc_batch_size, cfg_scale, batch_size, max_batch_size, max_length,
-                               max_new_tokens, seed, dict(check_greedy=check_greedy, trust_remote_code=trust_remote_code,
-                                                          add_bos_token=add_bos_token, enable_thinking=enable_thinking))
+        self._check_model_args(
+            method,
+            mc_num,
+            mc_batch_size,
+            cfg_scale,
+            batch_size,
+            max_batch_size,
+            max_length,
+            max_new_tokens,
+            seed,
+            dict(
+                check_greedy=check_greedy,
+                trust_remote_code=trust_remote_code,
+                add_bos_token=add_bos_token,
+                enable_thinking=enable_thinking,
+            ),
+        )
         self._device = self._pick_device(device)
         self.model = self._load_model(pretrained, resolve_dtype(dtype), trust_remote_code, revision)
         self.tokenizer = self._load_tokenizer(tokenizer, pretrained, trust_remote_code, revision)
         self.method, self.check_greedy, self.add_bos_token = method, check_greedy, add_bos_token
         self.chat_template_args = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
         self.batch_size = int(batch_size)
-        self.score_options = dict(batch_size=self.batch_size, cfg_scale=cfg_scale, mc_num=mc_num,
-                                  mc_batch_size=mc_batch_size)
+        self.score_options = dict(
+            batch_size=self.batch_size, cfg_scale=cfg_scale, mc_num=mc_num, mc_batch_size=mc_batch_size
+        )
         self.max_length = self.model.config.max_position_embeddings if max_length is None else max_length
         self.max_new_tokens = max_new_tokens
         # Only what the user set: everything else comes from the checkpoint's generation config.
@@ -160,8 +175,18 @@ class ILLaDAEvalHarness(TemplateLM):
         self.generator = None if seed is None else torch.Generator().manual_seed(seed)
 
     @staticmethod
-    def _check_model_args(method, mc_num, mc_batch_size, cfg_scale, batch_size, max_batch_size, max_length,
-                          max_new_tokens, seed, flags: dict) -> None:
+    def _check_model_args(
+        method,
+        mc_num,
+        mc_batch_size,
+        cfg_scale,
+        batch_size,
+        max_batch_size,
+        max_length,
+        max_new_tokens,
+        seed,
+        flags: dict,
+    ) -> None:
         """Model args arrive as parsed strings (`seed=abc` stays a string): each is checked by name."""
         check_choice("method", method, METHODS)
         check_positive_int("mc_num", mc_num)
@@ -244,8 +269,11 @@ class ILLaDAEvalHarness(TemplateLM):
         task's `gen_prefix`.
         """
         return self.tokenizer.apply_chat_template(
-            chat_history, tokenize=False, add_generation_prompt=add_generation_prompt,
-            continue_final_message=not add_generation_prompt, **self.chat_template_args,
+            chat_history,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+            continue_final_message=not add_generation_prompt,
+            **self.chat_template_args,
         )
 
     def _fit(self, context: list[int], reserved: int) -> list[int]:
@@ -256,7 +284,7 @@ class ILLaDAEvalHarness(TemplateLM):
                 f"A continuation or generation budget of {reserved} tokens does not fit in `max_length` = "
                 f"{self.max_length}."
             )
-        return context[len(context) - room:] if len(context) > room else context
+        return context[len(context) - room :] if len(context) > room else context
 
     # ------------------------------------------------------------------------------------------ scoring
 
@@ -264,8 +292,13 @@ class ILLaDAEvalHarness(TemplateLM):
         contexts = [self._fit(context, len(continuation)) for _, context, continuation in requests]
         continuations = [continuation for _, _, continuation in requests]
         result = self.model.score_continuations(
-            contexts, continuations, self.method, **self.score_options, generator=self.generator,
-            check_greedy=self.check_greedy and self.method == "likelihood", show_progress=not disable_tqdm,
+            contexts,
+            continuations,
+            self.method,
+            **self.score_options,
+            generator=self.generator,
+            check_greedy=self.check_greedy and self.method == "likelihood",
+            show_progress=not disable_tqdm,
         )
         greedy = [False] * len(requests) if result.is_greedy is None else result.is_greedy.tolist()
         answers = [(score, is_greedy) for score, is_greedy in zip(result.scores.tolist(), greedy)]
@@ -289,7 +322,7 @@ class ILLaDAEvalHarness(TemplateLM):
         for indices in groups.values():
             indices.sort(key=lambda i: -len(requests[i].args[0]))
             for start in range(0, len(indices), self.batch_size):
-                yield indices[start:start + self.batch_size]
+                yield indices[start : start + self.batch_size]
 
     def _generation_options(self, gen_kwargs: dict) -> tuple[list[str], dict]:
         """The stop sequences and the settings to pass to `generate` for one request's `gen_kwargs`: only what the

@@ -75,9 +75,20 @@ from illada.utils import DTYPES, load_tokenizer
 from illada.utils_illada import check_choice, check_positive_int, check_range
 
 __all__ = [
-    "ATTENTION_KERNELS", "DataArguments", "LORA_TARGET_MODULES", "ModelArguments", "add_lora", "check_arguments",
-    "load_config", "load_datasets", "load_model", "main", "parse_arguments", "resume_checkpoint",
-    "save_trained_model", "train_and_save",
+    "ATTENTION_KERNELS",
+    "DataArguments",
+    "LORA_TARGET_MODULES",
+    "ModelArguments",
+    "add_lora",
+    "check_arguments",
+    "load_config",
+    "load_datasets",
+    "load_model",
+    "main",
+    "parse_arguments",
+    "resume_checkpoint",
+    "save_trained_model",
+    "train_and_save",
 ]
 
 logger = logging.getLogger(__name__)
@@ -106,8 +117,11 @@ class ModelArguments:
     )
     dtype: str = field(
         default="auto",
-        metadata={"help": "Dtype of the loaded weights ('auto' = the checkpoint's, float32 for a fresh model). "
-                  "Mixed precision is `--bf16`.", "choices": list(DTYPES)},
+        metadata={
+            "help": "Dtype of the loaded weights ('auto' = the checkpoint's, float32 for a fresh model). "
+            "Mixed precision is `--bf16`.",
+            "choices": list(DTYPES),
+        },
     )
     attn_implementation: str = field(
         default="sdpa", metadata={"help": "Attention kernel.", "choices": list(ATTENTION_KERNELS)}
@@ -164,8 +178,10 @@ class DataArguments:
 
     def __post_init__(self) -> None:
         if self.train_files is not None and self.dataset_name is not None:
-            raise ValueError(f"Give one of `train_files` and `dataset_name`, not both; got {self.train_files!r} and "
-                             f"{self.dataset_name!r}.")
+            raise ValueError(
+                f"Give one of `train_files` and `dataset_name`, not both; got {self.train_files!r} and "
+                f"{self.dataset_name!r}."
+            )
         if self.eval_split is not None and self.dataset_name is None:
             raise ValueError("`eval_split` selects a split of `dataset_name`; with local files use `eval_files`.")
 
@@ -173,12 +189,16 @@ class DataArguments:
 def check_arguments(model_args: ModelArguments, data_args: DataArguments, args: DiffusionSFTConfig) -> None:
     """Checks the combinations that no single dataclass can see."""
     if data_args.train_files is None and data_args.dataset_name is None:
-        raise ValueError("No training data: pass `--train_files` (local .jsonl/.json/.parquet/.csv/.txt files) or "
-                         "`--dataset_name` (a datasets name, or a folder).")
+        raise ValueError(
+            "No training data: pass `--train_files` (local .jsonl/.json/.parquet/.csv/.txt files) or "
+            "`--dataset_name` (a datasets name, or a folder)."
+        )
 
 
-def parse_arguments(argv: list[str] | None = None, dataclass_types: tuple[type, ...] = (
-    ModelArguments, DataArguments, DiffusionSFTConfig)) -> tuple:
+def parse_arguments(
+    argv: list[str] | None = None,
+    dataclass_types: tuple[type, ...] = (ModelArguments, DataArguments, DiffusionSFTConfig),
+) -> tuple:
     """Command-line flags, or a single .json / .yaml file holding them, parsed into `dataclass_types` (by default
     this script's model, data and training arguments; `train_vrpo.py` passes its own)."""
     parser = HfArgumentParser(dataclass_types)
@@ -223,15 +243,20 @@ def add_lora(
     `AutoPeftModelForCausalLM.from_pretrained(folder, trust_remote_code=True)`."""
     from peft import LoraConfig, get_peft_model
 
-    lora_config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules),
-                             task_type="CAUSAL_LM")
+    lora_config = LoraConfig(
+        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules), task_type="CAUSAL_LM"
+    )
     return get_peft_model(model, lora_config)
 
 
 def load_datasets(data_args: DataArguments, args: DiffusionSFTConfig) -> tuple[Dataset, Dataset | None]:
     """The raw training rows and, if asked for, the raw evaluation rows (the trainer tokenises and packs them)."""
-    source = {"dataset_name": data_args.dataset_name, "dataset_config": data_args.dataset_config,
-              "data_format": args.data_format, "text_field": args.dataset_text_field}
+    source = {
+        "dataset_name": data_args.dataset_name,
+        "dataset_config": data_args.dataset_config,
+        "data_format": args.data_format,
+        "text_field": args.dataset_text_field,
+    }
     train = load_data(split=data_args.dataset_split, files=data_args.train_files, **source)
     evaluation = None
     if data_args.eval_files:
@@ -288,8 +313,9 @@ def save_trained_model(trainer: Trainer, merge_lora: bool = False) -> None:
 def main(argv: list[str] | None = None) -> None:
     model_args, data_args, training_args = parse_arguments(argv)
     check_arguments(model_args, data_args, training_args)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        level=training_args.get_process_log_level())
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=training_args.get_process_log_level()
+    )
     set_seed(training_args.seed)
     checkpoint = resume_checkpoint(training_args)  # before any loading: may refuse `output_dir`
 
@@ -303,16 +329,22 @@ def main(argv: list[str] | None = None) -> None:
     training_args.max_length = resolve_max_length(training_args.max_length, config.max_position_embeddings)
     model = load_model(model_args, config)
     if model_args.use_lora:
-        model = add_lora(model, model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout,
-                         model_args.lora_target_modules)
+        model = add_lora(
+            model, model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout, model_args.lora_target_modules
+        )
 
     # Data: raw rows here; the trainer tokenises and packs them (trl's data layer, see illada/data.py).
     with training_args.main_process_first(desc="loading the data"):
         train_dataset, eval_dataset = load_datasets(data_args, training_args)
 
     # Train and save
-    trainer = DiffusionSFTTrainer(model=model, args=training_args, train_dataset=train_dataset,
-                                  eval_dataset=eval_dataset, processing_class=tokenizer)
+    trainer = DiffusionSFTTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+    )
     logger.info("%d training rows of at most %d tokens", len(trainer.train_dataset), training_args.max_length)
     train_and_save(trainer, checkpoint, merge_lora=model_args.merge_lora)
 

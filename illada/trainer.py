@@ -98,8 +98,10 @@ def sample_mask(
     batch_size, seq_len = input_ids.shape
     num_rows = batch_size if num_rows is None else num_rows
     if maskable.shape != input_ids.shape or maskable.dtype != torch.bool:
-        raise ValueError(f"`maskable` must be a bool tensor of shape {tuple(input_ids.shape)}, got "
-                         f"{maskable.dtype} {tuple(maskable.shape)}.")
+        raise ValueError(
+            f"`maskable` must be a bool tensor of shape {tuple(input_ids.shape)}, got "
+            f"{maskable.dtype} {tuple(maskable.shape)}."
+        )
     if not 0 <= row_offset <= num_rows - batch_size:
         raise ValueError(f"Rows {row_offset}..{row_offset + batch_size} do not fit in `num_rows`={num_rows}.")
     device = input_ids.device
@@ -169,7 +171,8 @@ class DiffusionSFTConfig(ResumeArguments, SFTConfig):
     learning_rate: float = field(default=5e-6, metadata={"help": "Peak learning rate (paper SFT: 5e-6)."})
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay (paper: 0.1)."})
     gradient_checkpointing: bool | None = field(
-        default=None, metadata={"help": "transformers' alias of `activation_checkpointing`; None keeps trl's default (on) out."}
+        default=None,
+        metadata={"help": "transformers' alias of `activation_checkpointing`; None keeps trl's default (on) out."},
     )
     bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision; default: on if CUDA supports it."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep the collator's columns."})
@@ -179,25 +182,35 @@ class DiffusionSFTConfig(ResumeArguments, SFTConfig):
     )
     max_length: int | None = field(
         default=None,
-        metadata={"help": f"Window length in tokens; default {DEFAULT_MAX_LENGTH} capped by the model's "
-                  "`max_position_embeddings`.", "aliases": ["--max_seq_length"]},
+        metadata={
+            "help": f"Window length in tokens; default {DEFAULT_MAX_LENGTH} capped by the model's "
+            "`max_position_embeddings`.",
+            "aliases": ["--max_seq_length"],
+        },
     )
     packing: bool = field(default=True, metadata={"help": "Pack examples into windows of `max_length` tokens."})
     packing_strategy: str = field(
         default="wrapped",
-        metadata={"help": "'wrapped': one stream of all examples cut into windows (paper); 'bfd': whole examples "
-                  "packed best-fit, positions restart per example; 'bfd_split': the same, long examples split.",
-                  "choices": list(PACKING_STRATEGIES)},
+        metadata={
+            "help": "'wrapped': one stream of all examples cut into windows (paper); 'bfd': whole examples "
+            "packed best-fit, positions restart per example; 'bfd_split': the same, long examples split.",
+            "choices": list(PACKING_STRATEGIES),
+        },
     )
     completion_only_loss: bool | None = field(
         default=False,
-        metadata={"help": "False: prompt, response and EOS are maskable (iLLaDA); True: only the completion "
-                  "(response and EOS) is masked and scored (LLaDA)."},
+        metadata={
+            "help": "False: prompt, response and EOS are maskable (iLLaDA); True: only the completion "
+            "(response and EOS) is masked and scored (LLaDA)."
+        },
     )
     data_format: str = field(
         default="sft",
-        metadata={"help": "'sft': trl's formats (`messages`, `prompt`/`completion`, `text`); 'pretrain': `text` "
-                  "documents joined by EOS, windows split at random.", "choices": list(DATA_FORMATS)},
+        metadata={
+            "help": "'sft': trl's formats (`messages`, `prompt`/`completion`, `text`); 'pretrain': `text` "
+            "documents joined by EOS, windows split at random.",
+            "choices": list(DATA_FORMATS),
+        },
     )
     split_probability: float = field(
         default=DEFAULT_SPLIT_PROBABILITY,
@@ -211,9 +224,11 @@ class DiffusionSFTConfig(ResumeArguments, SFTConfig):
     )
     lr_schedule: str = field(
         default="sft",
-        metadata={"help": "'sft': warmup, constant, linear decay to `min_lr` over the last `decay_fraction`; "
-                  "'pretrain': the same with a cosine decay; 'trainer': use `lr_scheduler_type`.",
-                  "choices": list(LR_SCHEDULES)},
+        metadata={
+            "help": "'sft': warmup, constant, linear decay to `min_lr` over the last `decay_fraction`; "
+            "'pretrain': the same with a cosine decay; 'trainer': use `lr_scheduler_type`.",
+            "choices": list(LR_SCHEDULES),
+        },
     )
     min_lr: float = field(default=5e-7, metadata={"help": "Floor of the 'sft'/'pretrain' schedules (paper: 5e-7)."})
     decay_fraction: float = field(
@@ -230,18 +245,24 @@ class DiffusionSFTConfig(ResumeArguments, SFTConfig):
         check_range("learning_rate", self.learning_rate, 0, math.inf, low_open=True)
         check_range("min_lr", self.min_lr, 0, math.inf)
         if self.min_lr > self.learning_rate:
-            raise ValueError(f"`min_lr`={self.min_lr} is above `learning_rate`={self.learning_rate}: the schedules "
-                             "decay from `learning_rate` down to `min_lr`.")
-        if self.max_length is not None and (isinstance(self.max_length, bool) or not isinstance(self.max_length, int)
-                                            or self.max_length < 2):
+            raise ValueError(
+                f"`min_lr`={self.min_lr} is above `learning_rate`={self.learning_rate}: the schedules "
+                "decay from `learning_rate` down to `min_lr`."
+            )
+        if self.max_length is not None and (
+            isinstance(self.max_length, bool) or not isinstance(self.max_length, int) or self.max_length < 2
+        ):
             raise ValueError(f"`max_length` must be an integer >= 2 or None, got {self.max_length!r}.")
         if self.completion_only_loss is not None and not isinstance(self.completion_only_loss, bool):
-            raise TypeError(f"`completion_only_loss` must be True, False or None (None: whole-sequence masking), got "
-                            f"{type(self.completion_only_loss).__name__} {self.completion_only_loss!r}.")
+            raise TypeError(
+                f"`completion_only_loss` must be True, False or None (None: whole-sequence masking), got "
+                f"{type(self.completion_only_loss).__name__} {self.completion_only_loss!r}."
+            )
         self.completion_only_loss = bool(self.completion_only_loss)
         if self.completion_only_loss and self.data_format == "pretrain":
-            raise ValueError("`completion_only_loss=True` needs `data_format='sft'`: pre-training text has no "
-                             "completion.")
+            raise ValueError(
+                "`completion_only_loss=True` needs `data_format='sft'`: pre-training text has no completion."
+            )
         for name, value, fix in [
             ("padding_free", self.padding_free, "packed rows carry their documents in `position_ids` already"),
             ("assistant_only_loss", self.assistant_only_loss, "use `completion_only_loss=True`"),
@@ -249,8 +270,10 @@ class DiffusionSFTConfig(ResumeArguments, SFTConfig):
             if value:
                 raise ValueError(f"`{name}=True` is not supported by the diffusion trainer: {fix}.")
         if self.loss_type not in ("nll", "chunked_nll"):
-            raise ValueError(f"`loss_type`={self.loss_type!r} is a next-token loss option; the diffusion trainer has "
-                             "one loss (leave `loss_type` unset).")
+            raise ValueError(
+                f"`loss_type`={self.loss_type!r} is a next-token loss option; the diffusion trainer has "
+                "one loss (leave `loss_type` unset)."
+            )
         if self.label_names is None:
             self.label_names = ["maskable"]
         if self.bf16 is None:
@@ -385,7 +408,8 @@ class DiffusionSFTTrainer(SafeCheckpointMixin, SFTTrainer):
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         base.__dict__.pop("forward", None)
         self.data_collator = data_collator or DiffusionDataCollator(
-            self._tokenizer.pad_token_id, completion_only_loss=args.completion_only_loss,
+            self._tokenizer.pad_token_id,
+            completion_only_loss=args.completion_only_loss,
             pad_to_multiple_of=args.pad_to_multiple_of,
         )
 
@@ -394,11 +418,19 @@ class DiffusionSFTTrainer(SafeCheckpointMixin, SFTTrainer):
         `illada.data.prepare_dataset`); the main process prepares first, the others read its cache."""
         with args.main_process_first(desc=f"preparing the {dataset_name} dataset"):
             return prepare_dataset(
-                dataset, self._tokenizer, max_length=args.max_length, packing=packing,
-                packing_strategy=args.packing_strategy, data_format=args.data_format,
-                split_probability=args.split_probability, seed=args.seed if args.data_seed is None else args.data_seed,
-                text_field=args.dataset_text_field, formatting_func=formatting_func, num_proc=args.dataset_num_proc,
-                shuffle=args.shuffle_dataset, name=dataset_name,
+                dataset,
+                self._tokenizer,
+                max_length=args.max_length,
+                packing=packing,
+                packing_strategy=args.packing_strategy,
+                data_format=args.data_format,
+                split_probability=args.split_probability,
+                seed=args.seed if args.data_seed is None else args.data_seed,
+                text_field=args.dataset_text_field,
+                formatting_func=formatting_func,
+                num_proc=args.dataset_num_proc,
+                shuffle=args.shuffle_dataset,
+                name=dataset_name,
             )
 
     def _set_signature_columns_if_needed(self) -> None:
@@ -439,8 +471,14 @@ class DiffusionSFTTrainer(SafeCheckpointMixin, SFTTrainer):
         # 1. Noise: t per row, then each maskable token is masked with probability t.
         generator = torch.Generator(device=input_ids.device).manual_seed(noise.seed)
         noisy_ids, masked, t = sample_mask(
-            input_ids, maskable, self.model.config.mask_token_id, self.args.diffusion_eps, generator,
-            self.args.stratified_t, noise.row_offset, noise.num_rows,
+            input_ids,
+            maskable,
+            self.model.config.mask_token_id,
+            self.args.diffusion_eps,
+            generator,
+            self.args.stratified_t,
+            noise.row_offset,
+            noise.num_rows,
         )  # [B, L], [B, L], [B]
         # 2. Forward; the LM head runs only at the masked positions.
         logits = model(input_ids=noisy_ids, logits_to_keep=masked, **inputs).logits  # [N, V]
@@ -502,8 +540,9 @@ class DiffusionSFTTrainer(SafeCheckpointMixin, SFTTrainer):
 
 def _maskable(batch: dict[str, Any]) -> torch.BoolTensor:
     if "maskable" not in batch:
-        raise ValueError(f"The batch has no `maskable` tensor (keys: {sorted(batch)}): build batches with "
-                         "`DiffusionDataCollator`.")
+        raise ValueError(
+            f"The batch has no `maskable` tensor (keys: {sorted(batch)}): build batches with `DiffusionDataCollator`."
+        )
     return batch["maskable"]
 
 
@@ -521,8 +560,15 @@ def _as_diffusion_config(args: TrainingArguments | None, model: Any) -> Diffusio
         raise TypeError(f"`args` must be a `DiffusionSFTConfig`, got {type(args).__name__}.")
     ours = {f.name for f in fields(DiffusionSFTConfig) if f.init}
     values = {f.name: getattr(args, f.name) for f in fields(args) if f.init and f.name in ours}
-    unfit = ["completion_only_loss", "gradient_checkpointing", "activation_checkpointing", "max_length", "packing",
-             "packing_strategy", "bf16"]
+    unfit = [
+        "completion_only_loss",
+        "gradient_checkpointing",
+        "activation_checkpointing",
+        "max_length",
+        "packing",
+        "packing_strategy",
+        "bf16",
+    ]
     if isinstance(args, SFTConfig):
         unfit.append("learning_rate")  # trl's 2e-5 default cannot be told from a value the user chose
     for name in unfit:
@@ -535,9 +581,22 @@ def _as_diffusion_config(args: TrainingArguments | None, model: Any) -> Diffusio
 # ----------------------------------------------------------------------------------------------------------------
 
 MODEL_CARD_TAGS = ("illada", "diffusion", "masked-diffusion", "custom_code", "text-generation")
-_CARD_SETTINGS = ("learning_rate", "min_lr", "lr_schedule", "weight_decay", "max_length", "packing_strategy",
-                  "completion_only_loss", "data_format", "diffusion_eps", "per_device_train_batch_size",
-                  "gradient_accumulation_steps", "max_steps", "num_train_epochs", "seed")
+_CARD_SETTINGS = (
+    "learning_rate",
+    "min_lr",
+    "lr_schedule",
+    "weight_decay",
+    "max_length",
+    "packing_strategy",
+    "completion_only_loss",
+    "data_format",
+    "diffusion_eps",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "max_steps",
+    "num_train_epochs",
+    "seed",
+)
 
 
 def build_model_card(
@@ -560,8 +619,9 @@ def build_model_card(
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     base_model = getattr(base.config, "_name_or_path", "") or getattr(base.config, "name_or_path", "")
     is_adapter = hasattr(model, "peft_config")
-    all_tags = list(dict.fromkeys([*MODEL_CARD_TAGS, "trl", "sft", *(["lora", "peft"] if is_adapter else []),
-                                   *(tags or [])]))
+    all_tags = list(
+        dict.fromkeys([*MODEL_CARD_TAGS, "trl", "sft", *(["lora", "peft"] if is_adapter else []), *(tags or [])])
+    )
     name = model_name or Path(args.output_dir).name
     metadata = ["---", "library_name: " + ("peft" if is_adapter else "transformers"), "pipeline_tag: text-generation"]
     if base_model and not Path(base_model).is_dir():
@@ -569,13 +629,18 @@ def build_model_card(
     if dataset_name:
         metadata.append(f"datasets:\n- {dataset_name}")
     metadata += ["tags:", *(f"- {tag}" for tag in all_tags), "---"]
-    load = ("from peft import AutoPeftModelForCausalLM\n"
-            'model = AutoPeftModelForCausalLM.from_pretrained("REPO_OR_FOLDER", trust_remote_code=True)'
-            if is_adapter else
-            'model = AutoModelForCausalLM.from_pretrained("REPO_OR_FOLDER", trust_remote_code=True)')
+    load = (
+        "from peft import AutoPeftModelForCausalLM\n"
+        'model = AutoPeftModelForCausalLM.from_pretrained("REPO_OR_FOLDER", trust_remote_code=True)'
+        if is_adapter
+        else 'model = AutoModelForCausalLM.from_pretrained("REPO_OR_FOLDER", trust_remote_code=True)'
+    )
     settings = "\n".join(f"| `{key}` | {getattr(args, key)!r} |" for key in _CARD_SETTINGS)
-    objective = ("only the completion (response and EOS) masked, LLaDA-style" if args.completion_only_loss
-                 else "the whole sequence (prompt, response and EOS) maskable, as in iLLaDA")
+    objective = (
+        "only the completion (response and EOS) masked, LLaDA-style"
+        if args.completion_only_loss
+        else "the whole sequence (prompt, response and EOS) maskable, as in iLLaDA"
+    )
     body = f"""
 # {name}
 

@@ -37,8 +37,14 @@ def resolve_dtype(name: str, argument: str = "dtype") -> Any:
 
 
 # The JSON files a tokenizer folder may hold; `load_tokenizer` checks those present before transformers reads them.
-TOKENIZER_JSON_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-                        "chat_template.json", "vocab.json")
+TOKENIZER_JSON_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.json",
+    "vocab.json",
+)
 
 
 def load_tokenizer(name_or_path: str | os.PathLike, **kwargs: Any):

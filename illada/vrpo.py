@@ -98,8 +98,11 @@ class VRPOConfig(ResumeArguments, TrainingArguments):
         default=None, metadata={"help": "Longest prompt + answer (tokens); default: the model's context length."}
     )
     precompute_ref_log_probs: bool = field(
-        default=False, metadata={"help": "Estimate the reference ELBOs once before training (no reference forward "
-                                 "during training); the masks of each answer are then the same at every step."}
+        default=False,
+        metadata={
+            "help": "Estimate the reference ELBOs once before training (no reference forward "
+            "during training); the masks of each answer are then the same at every step."
+        },
     )
     disable_dropout: bool = field(default=True, metadata={"help": "Turn dropout off in the policy and reference."})
     dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes for tokenisation."})
@@ -110,8 +113,10 @@ class VRPOConfig(ResumeArguments, TrainingArguments):
         for loss_type in self.loss_type:
             check_choice("loss_type", loss_type, LOSS_TYPES)
         if self.loss_weights is not None and len(self.loss_weights) != len(self.loss_type):
-            raise ValueError(f"`loss_weights` has {len(self.loss_weights)} values for {len(self.loss_type)} loss "
-                             f"types {self.loss_type}: give one weight per loss type.")
+            raise ValueError(
+                f"`loss_weights` has {len(self.loss_weights)} values for {len(self.loss_type)} loss "
+                f"types {self.loss_type}: give one weight per loss type."
+            )
         check_range("beta", self.beta, 0, math.inf, low_open=True)
         check_range("label_smoothing", self.label_smoothing, 0, 0.5, high_open=True)
         check_positive_int("num_mc_samples", self.num_mc_samples)
@@ -128,8 +133,11 @@ def _token_ids(tokenizer: PreTrainedTokenizerBase, value: str | list, generation
     """Ids of plain text (tokenizer call) or of a conversation (chat template)."""
     if isinstance(value, str):
         return list(tokenizer(value)["input_ids"])
-    return list(tokenizer.apply_chat_template(value, tokenize=True, return_dict=True,
-                                              add_generation_prompt=generation_prompt)["input_ids"])
+    return list(
+        tokenizer.apply_chat_template(value, tokenize=True, return_dict=True, add_generation_prompt=generation_prompt)[
+            "input_ids"
+        ]
+    )
 
 
 def tokenize_preference(example: dict[str, Any], tokenizer: PreTrainedTokenizerBase) -> dict[str, list[int]]:
@@ -169,8 +177,10 @@ def build_preference_dataset(
     """
     missing = [name for name in ANSWERS if name not in dataset.column_names]
     if missing:
-        raise ValueError(f"The preference dataset has no {missing} column (columns: {dataset.column_names}): "
-                         "give `prompt`/`chosen`/`rejected`, or `chosen`/`rejected` with an implicit prompt.")
+        raise ValueError(
+            f"The preference dataset has no {missing} column (columns: {dataset.column_names}): "
+            "give `prompt`/`chosen`/`rejected`, or `chosen`/`rejected` with an implicit prompt."
+        )
     if "index" not in dataset.column_names:
         dataset = dataset.map(lambda _, i: {"index": i}, with_indices=True)
     dataset = dataset.map(maybe_extract_prompt, num_proc=num_proc)
@@ -178,8 +188,10 @@ def build_preference_dataset(
     for row, (prompt, *answers) in enumerate(zip(*(dataset[f"{n}_ids"] for n in ("prompt", *ANSWERS)))):
         for name, answer in zip(ANSWERS, answers):
             if len(prompt) + len(answer) > max_length:
-                raise ValueError(f"Example {row}: prompt + {name} answer is {len(prompt) + len(answer)} tokens, over "
-                                 f"`max_length`={max_length}: filter long examples or raise `max_length`.")
+                raise ValueError(
+                    f"Example {row}: prompt + {name} answer is {len(prompt) + len(answer)} tokens, over "
+                    f"`max_length`={max_length}: filter long examples or raise `max_length`."
+                )
             if mask_token_id in answer:
                 raise ValueError(f"Example {row}: the {name} answer contains the mask token id {mask_token_id}.")
     return dataset
@@ -203,7 +215,8 @@ class PreferenceCollator:
             input_ids[row, : len(prompt) + len(answer)] = torch.tensor(prompt + answer)
             attention_mask[row, : len(prompt) + len(answer)] = 1
         batch = {
-            "input_ids": input_ids, "attention_mask": attention_mask,
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
             "prompt_lengths": torch.tensor([len(p) for p in prompts]),
             "answer_lengths": torch.tensor([len(a) for a in answers]),
             "index": torch.tensor([f["index"] for f in features]),
@@ -278,8 +291,9 @@ def elbo_estimates(
     if attention_mask is not None:
         attention_mask = attention_mask.repeat_interleave(num_samples, 0)
     # 2. One forward over all samples; the LM head runs at the masked positions only.
-    logits = model(input_ids=clean.masked_fill(masked, mask_token_id), attention_mask=attention_mask,
-                   logits_to_keep=masked).logits  # [N, V]
+    logits = model(
+        input_ids=clean.masked_fill(masked, mask_token_id), attention_mask=attention_mask, logits_to_keep=masked
+    ).logits  # [N, V]
     log_probs = logits.to(torch.promote_types(logits.dtype, torch.float32)).log_softmax(-1)
     token_log_probs = log_probs.gather(1, clean[masked][:, None]).squeeze(1)  # [N]
     # 3. Per sample: sum over its masked tokens, weighted by L / l; then the mean over samples.
@@ -315,7 +329,8 @@ def preference_losses(
             loss = (average_delta - 1 / (2 * beta)) ** 2
         else:  # robust
             loss = (-(1 - smoothing) * F.logsigmoid(beta * delta) + smoothing * F.logsigmoid(-beta * delta)) / (
-                1 - 2 * smoothing)
+                1 - 2 * smoothing
+            )
         losses = losses + weight * loss
     return losses, beta * chosen_ratio.detach(), beta * rejected_ratio.detach()
 
@@ -367,9 +382,17 @@ class VRPOTrainer(SafeCheckpointMixin, Trainer):
 
     loss_is_scaled_for_ga = True
 
-    def __init__(self, model, ref_model=None, args: VRPOConfig | None = None, train_dataset: Dataset | None = None,
-                 eval_dataset: Dataset | None = None, processing_class: PreTrainedTokenizerBase | None = None,
-                 data_collator=None, **kwargs) -> None:
+    def __init__(
+        self,
+        model,
+        ref_model=None,
+        args: VRPOConfig | None = None,
+        train_dataset: Dataset | None = None,
+        eval_dataset: Dataset | None = None,
+        processing_class: PreTrainedTokenizerBase | None = None,
+        data_collator=None,
+        **kwargs,
+    ) -> None:
         args = VRPOConfig("vrpo-output") if args is None else args
         if not isinstance(args, VRPOConfig):
             raise TypeError(f"`args` must be a `VRPOConfig`, got {type(args).__name__}.")
@@ -378,8 +401,10 @@ class VRPOTrainer(SafeCheckpointMixin, Trainer):
         config = model.config
         max_length = args.max_length or config.max_position_embeddings
         if max_length > config.max_position_embeddings:
-            raise ValueError(f"`max_length`={max_length} exceeds the model's `max_position_embeddings`="
-                             f"{config.max_position_embeddings}.")
+            raise ValueError(
+                f"`max_length`={max_length} exceeds the model's `max_position_embeddings`="
+                f"{config.max_position_embeddings}."
+            )
         train_dataset, eval_dataset = (
             _build(data, processing_class, max_length, config.mask_token_id, args.dataset_num_proc)
             for data in (train_dataset, eval_dataset)
@@ -390,8 +415,15 @@ class VRPOTrainer(SafeCheckpointMixin, Trainer):
         if args.disable_dropout:
             disable_dropout(model)
         self.ref_model = _reference_model(model, ref_model, args, [train_dataset, eval_dataset])
-        super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                         processing_class=processing_class, data_collator=data_collator, **kwargs)
+        super().__init__(
+            model=model,
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            data_collator=data_collator,
+            **kwargs,
+        )
         if self.ref_model is not None:
             self.ref_model.to(self.args.device)
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
@@ -407,8 +439,9 @@ class VRPOTrainer(SafeCheckpointMixin, Trainer):
         the step-0 masks that training then reuses (antithetic sampling). Each process computes all rows."""
         if _has_reference(dataset):
             return dataset
-        loader = torch.utils.data.DataLoader(dataset, batch_size=self.args.per_device_eval_batch_size,
-                                             collate_fn=self.data_collator)
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=self.args.per_device_eval_batch_size, collate_fn=self.data_collator
+        )
         was_training = self.model.training
         self.model.eval()
         estimates = []
@@ -446,7 +479,8 @@ class VRPOTrainer(SafeCheckpointMixin, Trainer):
         # 3. Per-pair losses and implicit rewards.
         chosen_lengths, rejected_lengths = inputs["answer_lengths"].chunk(2)
         losses, chosen_rewards, rejected_rewards = preference_losses(
-            *policy.chunk(2), *reference.chunk(2), self.args, chosen_lengths, rejected_lengths)  # [B] each
+            *policy.chunk(2), *reference.chunk(2), self.args, chosen_lengths, rejected_lengths
+        )  # [B] each
         self._record_metrics(policy.detach(), chosen_rewards, rejected_rewards)
         # 4. Normalised by the pairs of the optimizer step (the micro-batch's own count in evaluation).
         if num_items_in_batch is None:
@@ -497,10 +531,12 @@ class VRPOTrainer(SafeCheckpointMixin, Trainer):
         mode = "train" if self.model.training else "eval"
         chosen_logps, rejected_logps = policy.chunk(2)
         values = {
-            "rewards/chosen": chosen_rewards, "rewards/rejected": rejected_rewards,
+            "rewards/chosen": chosen_rewards,
+            "rewards/rejected": rejected_rewards,
             "rewards/accuracies": (chosen_rewards > rejected_rewards).float(),
             "rewards/margins": chosen_rewards - rejected_rewards,
-            "logps/chosen": chosen_logps, "logps/rejected": rejected_logps,
+            "logps/chosen": chosen_logps,
+            "logps/rejected": rejected_logps,
         }
         for key, value in values.items():
             self._metrics[mode][key].append(self.accelerator.gather_for_metrics(value.float()).mean().item())

@@ -81,8 +81,10 @@ class PreferenceDataArguments:
 
     def __post_init__(self) -> None:
         if (self.train_files is None) == (self.dataset_name is None):
-            raise ValueError("Give exactly one of `train_files` and `dataset_name`; got "
-                             f"train_files={self.train_files!r}, dataset_name={self.dataset_name!r}.")
+            raise ValueError(
+                "Give exactly one of `train_files` and `dataset_name`; got "
+                f"train_files={self.train_files!r}, dataset_name={self.dataset_name!r}."
+            )
 
 
 def parse_arguments(argv: list[str] | None = None) -> tuple[ModelArguments, PreferenceDataArguments, VRPOConfig]:
@@ -117,8 +119,9 @@ def load_preferences(data_args: PreferenceDataArguments) -> tuple[Dataset, Datas
 
 def main(argv: list[str] | None = None) -> None:
     model_args, data_args, training_args = parse_arguments(argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        level=training_args.get_process_log_level())
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=training_args.get_process_log_level()
+    )
     set_seed(training_args.seed)
 
     # Model: the config and tokenizer are checked before any weight is loaded.
@@ -129,16 +132,18 @@ def main(argv: list[str] | None = None) -> None:
     check_tokenizer(tokenizer, config)
     model = load_model(model_args, config)
     if model_args.use_lora:
-        model = add_lora(model, model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout,
-                         model_args.lora_target_modules)
+        model = add_lora(
+            model, model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout, model_args.lora_target_modules
+        )
 
     # Data
     train_dataset, eval_dataset = load_preferences(data_args)
     logger.info("%d preference pairs", len(train_dataset))
 
     # Train and save
-    trainer = VRPOTrainer(model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                          processing_class=tokenizer)
+    trainer = VRPOTrainer(
+        model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=tokenizer
+    )
     train_and_save(trainer, resume_checkpoint(training_args), merge_lora=model_args.merge_lora)
 
 

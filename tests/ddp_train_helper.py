@@ -31,8 +31,18 @@ def run_on_two_processes(helper: Path, out: Path) -> tuple[list[float], dict]:
     from safetensors.torch import load_file
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(helper),
-               str(out), "1", "2"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(helper),
+        str(out),
+        "1",
+        "2",
+    ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=TORCHRUN_TIMEOUT_S)
     assert result.returncode == 0, result.stderr[-4000:]
     return json.loads((out / "losses.json").read_text()), load_file(out / "final" / "model.safetensors")
@@ -40,11 +50,17 @@ def run_on_two_processes(helper: Path, out: Path) -> tuple[list[float], dict]:
 
 def sft_examples(num_examples: int = 48) -> Dataset:
     """Conversations of varying length and prompt share, so micro-batches hold different token counts."""
-    return Dataset.from_list([
-        {"messages": [{"role": "user", "content": " ".join(str((i + k) % 50) for k in range(1 + i % 5))},
-                      {"role": "assistant", "content": " ".join(["cat"] * (1 + i % 4))}]}
-        for i in range(num_examples)
-    ])
+    return Dataset.from_list(
+        [
+            {
+                "messages": [
+                    {"role": "user", "content": " ".join(str((i + k) % 50) for k in range(1 + i % 5))},
+                    {"role": "assistant", "content": " ".join(["cat"] * (1 + i % 4))},
+                ]
+            }
+            for i in range(num_examples)
+        ]
+    )
 
 
 def make_trainer(
@@ -53,15 +69,31 @@ def make_trainer(
     """A trainer on `sft_examples()`: whole examples packed best-fit into rows padded to the window length, with
     response-only masking (rows then hold different numbers of maskable tokens)."""
     settings = dict(
-        max_steps=max_steps, per_device_train_batch_size=per_device, gradient_accumulation_steps=accumulation,
-        learning_rate=1e-2, min_lr=1e-3, warmup_steps=1, completion_only_loss=True, packing_strategy="bfd",
-        max_length=WINDOW, pad_to_multiple_of=WINDOW, use_cpu=True, report_to="none", logging_steps=1,
-        save_strategy="no", disable_tqdm=True, max_grad_norm=0.0, seed=3,
+        max_steps=max_steps,
+        per_device_train_batch_size=per_device,
+        gradient_accumulation_steps=accumulation,
+        learning_rate=1e-2,
+        min_lr=1e-3,
+        warmup_steps=1,
+        completion_only_loss=True,
+        packing_strategy="bfd",
+        max_length=WINDOW,
+        pad_to_multiple_of=WINDOW,
+        use_cpu=True,
+        report_to="none",
+        logging_steps=1,
+        save_strategy="no",
+        disable_tqdm=True,
+        max_grad_norm=0.0,
+        seed=3,
     )
     args = DiffusionSFTConfig(output_dir, **{**settings, **overrides})
     return DiffusionSFTTrainer(
-        model=make_model(seed=1) if model is None else model, args=args, train_dataset=sft_examples(),
-        processing_class=make_tiny_tokenizer(), callbacks=callbacks,
+        model=make_model(seed=1) if model is None else model,
+        args=args,
+        train_dataset=sft_examples(),
+        processing_class=make_tiny_tokenizer(),
+        callbacks=callbacks,
     )
 
 

@@ -46,11 +46,17 @@ SURVEY = os.environ.get("FUZZ_SURVEY") == "1"
 FAILURES: Counter = Counter()  # survey mode: first line of each distinct failure -> cases
 FAILURE_CASES: dict[str, str] = {}  # survey mode: first line -> the first case that showed it
 
+
 def fuzz_settings(max_examples: int) -> settings:
     """Reproducible in CI: the same examples on every run (`derandomize`, no example database). No deadline and no
     too-slow health check: a busy shared CPU makes timings noisy."""
-    return settings(max_examples=max_examples, deadline=None, derandomize=True, database=None,
-                    suppress_health_check=[HealthCheck.too_slow])
+    return settings(
+        max_examples=max_examples,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
 
 
 class FuzzFailure(AssertionError):
@@ -114,15 +120,27 @@ def run_case(
         if not invalid:
             return _fail(area, REFUSED, f"[{area}] a valid case raised {message}\n  case: {describe}", error)
         if not names_one_of(str(error), bad, bad_files):
-            return _fail(area, UNCLEAR, f"[{area}] the error does not name the offending argument(s) {sorted(bad)} or "
-                               f"file(s) {sorted(bad_files)}: {message}\n  case: {describe}", error)
+            return _fail(
+                area,
+                UNCLEAR,
+                f"[{area}] the error does not name the offending argument(s) {sorted(bad)} or "
+                f"file(s) {sorted(bad_files)}: {message}\n  case: {describe}",
+                error,
+            )
         _record(area, CLEAR_ERROR)
         return None
     except Exception as error:  # any other type is an unclear error by definition
-        return _fail(area, UNCLEAR, f"[{area}] raised {type(error).__name__} (not ValueError/TypeError) for bad "
-                           f"{sorted(bad)} {sorted(bad_files)}: {error}\n  case: {describe}", error)
+        return _fail(
+            area,
+            UNCLEAR,
+            f"[{area}] raised {type(error).__name__} (not ValueError/TypeError) for bad "
+            f"{sorted(bad)} {sorted(bad_files)}: {error}\n  case: {describe}",
+            error,
+        )
     if invalid:
-        return _fail(area, SILENT, f"[{area}] accepted bad {sorted(bad)} {sorted(bad_files)} silently\n  case: {describe}")
+        return _fail(
+            area, SILENT, f"[{area}] accepted bad {sorted(bad)} {sorted(bad_files)} silently\n  case: {describe}"
+        )
     if check is not None:
         try:
             check(result)
@@ -152,7 +170,8 @@ def _write_table() -> None:
     text = table()
     if FAILURES:
         text += "\n\nDistinct failures (survey):\n" + "\n".join(
-            f"{n:4d} x {m}\n         e.g. {FAILURE_CASES[m]}" for m, n in FAILURES.most_common())
+            f"{n:4d} x {m}\n         e.g. {FAILURE_CASES[m]}" for m, n in FAILURES.most_common()
+        )
     if target == "-":
         print("\n" + text, file=sys.stderr)
     else:

@@ -116,8 +116,15 @@ def reference_generate(
     """Returns each row's answer (cut after its first stop token) and the number of batched steps.
 
     With `skip_after_stop`, a row decodes only the positions of its block before the first stop token it holds."""
-    options = dict(mask_id=mask_id, temperature=temperature, remasking=remasking, suppress=suppress,
-                   stop_bias=stop_bias, top_k=top_k, top_p=top_p)
+    options = dict(
+        mask_id=mask_id,
+        temperature=temperature,
+        remasking=remasking,
+        suppress=suppress,
+        stop_bias=stop_bias,
+        top_k=top_k,
+        top_p=top_p,
+    )
     vocab = model.config.vocab_size
     rows = [list(p) + [mask_id] * max_new_tokens for p in prompts]
     finished = [False] * len(rows)
@@ -137,19 +144,29 @@ def reference_generate(
             active = [r for r in range(len(rows)) if not finished[r] and todo[r]]
             if not active:
                 break
-            gumbel = torch.rand((len(active), n, vocab), dtype=torch.float64, generator=generator) \
-                if temperature > 0 else None
-            random_scores = torch.rand((len(active), n), dtype=torch.float64, generator=generator) \
-                if remasking == "random" else None
+            gumbel = (
+                torch.rand((len(active), n, vocab), dtype=torch.float64, generator=generator)
+                if temperature > 0
+                else None
+            )
+            random_scores = (
+                torch.rand((len(active), n), dtype=torch.float64, generator=generator)
+                if remasking == "random"
+                else None
+            )
             for i, r in enumerate(active):
                 p = len(prompts[r])
                 visible = p + (end if canvas == "variable" else max_new_tokens)
                 logits = _row_logits(model, rows[r][:visible], p, cfg_scale, mask_id)
                 proposals = {}
                 for j in todo[r]:
-                    proposals[j] = _propose(logits[p + start + j], start + j,
-                                            None if gumbel is None else gumbel[i, j],
-                                            None if random_scores is None else random_scores[i, j], options)
+                    proposals[j] = _propose(
+                        logits[p + start + j],
+                        start + j,
+                        None if gumbel is None else gumbel[i, j],
+                        None if random_scores is None else random_scores[i, j],
+                        options,
+                    )
                 k = schedule[step]
                 if threshold is not None:
                     k = max(k, sum(1 for _, score in proposals.values() if score >= threshold))

@@ -32,12 +32,15 @@ def test_pairs_prefer_the_gold_answer_to_own_wrong_answers_and_near_misses():
     assert len(data) == len(rows)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--questions", "0"], "`--questions` must be a positive integer"),
-    (["--near-misses", "-1"], "`--near-misses` must be an integer >= 0"),
-    (["--model", "no-such-folder"], "No model folder"),
-    (["--block-length", "0"], "`--block-length` must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--questions", "0"], "`--questions` must be a positive integer"),
+        (["--near-misses", "-1"], "`--near-misses` must be an integer >= 0"),
+        (["--model", "no-such-folder"], "No model folder"),
+        (["--block-length", "0"], "`--block-length` must be a positive integer"),
+    ],
+)
 def test_errors_exit_before_loading(tmp_path, argv, message):
     with pytest.raises(SystemExit, match=message):
         main(["--output", str(tmp_path / "p.jsonl"), *argv])

@@ -131,9 +131,11 @@ def test_no_complete_checkpoint_gives_none(out):
 @pytest.mark.parametrize("keep", [0.0, 0.002, 0.2, 0.5, 0.9, 0.999])
 def test_file_checks_agree_with_the_loaders_on_truncated_files(run_dir, tmp_path, keep):
     """A verdict of "whole" must mean the library loads the file, and "not whole" that it cannot."""
-    for name, check, loader in [("optimizer.pt", torch_file_problem, torch.load),
-                                ("rng_state.pth", torch_file_problem, lambda p: torch.load(p, weights_only=False)),
-                                ("model.safetensors", safetensors_problem, load_file)]:
+    for name, check, loader in [
+        ("optimizer.pt", torch_file_problem, torch.load),
+        ("rng_state.pth", torch_file_problem, lambda p: torch.load(p, weights_only=False)),
+        ("model.safetensors", safetensors_problem, load_file),
+    ]:
         path = tmp_path / name
         shutil.copy(run_dir / "checkpoint-2" / name, path)
         loader(path)  # the intact file loads
@@ -161,8 +163,9 @@ def test_lora_checkpoint(tmp_path):
     """A LoRA run's checkpoint holds the adapter (`adapter_model.safetensors`, `adapter_config.json`)."""
     from peft import LoraConfig, get_peft_model
 
-    model = get_peft_model(make_model(seed=1), LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8,
-                                                          target_modules=["q_proj", "v_proj"]))
+    model = get_peft_model(
+        make_model(seed=1), LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    )
     atomic_trainer(tmp_path / "out", max_steps=1, model=model).train()
     folder = tmp_path / "out" / "checkpoint-1"
     assert (folder / "adapter_model.safetensors").is_file() and not (folder / "model.safetensors").exists()
@@ -226,8 +229,9 @@ def test_best_checkpoint_path_points_into_output_dir(tmp_path):
     trainer = atomic_trainer(out, max_steps=2)
     # Evaluation is switched on after construction: `make_trainer` builds no evaluation set.
     trainer.eval_dataset = trainer.train_dataset.select(range(4))
-    settings = dict(eval_strategy=IntervalStrategy.STEPS, eval_steps=1, metric_for_best_model="loss",
-                    greater_is_better=False)
+    settings = dict(
+        eval_strategy=IntervalStrategy.STEPS, eval_steps=1, metric_for_best_model="loss", greater_is_better=False
+    )
     for name, value in settings.items():
         setattr(trainer.args, name, value)
     trainer.train()
@@ -245,8 +249,11 @@ def test_best_checkpoint_path_points_into_output_dir(tmp_path):
 
 def test_reusing_an_output_dir_without_resume(out, tmp_path):
     assert checkpoint_to_resume(tmp_path / "new", resume=False) is None
-    with pytest.raises(ValueError, match=r"holds checkpoints of an earlier run \(checkpoint-2, checkpoint-1\).*"
-                                         r"`--resume`.*`--overwrite_output_dir`"):
+    with pytest.raises(
+        ValueError,
+        match=r"holds checkpoints of an earlier run \(checkpoint-2, checkpoint-1\).*"
+        r"`--resume`.*`--overwrite_output_dir`",
+    ):
         checkpoint_to_resume(out, resume=False, max_steps=5)
     assert len(list_checkpoints(out)) == 2  # refusing deletes nothing
     (out / STAGING_DIR).mkdir()
@@ -332,6 +339,7 @@ def test_resume_fields_are_shared_and_keep_output_dir_first(config_class, tmp_pa
     assert names[0] == "output_dir" and names.count("resume") == names.count("overwrite_output_dir") == 1
     config = cls(str(tmp_path / "out"), use_cpu=True)
     assert config.output_dir == str(tmp_path / "out") and (config.resume, config.overwrite_output_dir) == (False, False)
-    (parsed,) = HfArgumentParser(cls).parse_args_into_dataclasses(["--output_dir", str(tmp_path), "--resume",
-                                                                   "--use_cpu"])
+    (parsed,) = HfArgumentParser(cls).parse_args_into_dataclasses(
+        ["--output_dir", str(tmp_path), "--resume", "--use_cpu"]
+    )
     assert (parsed.resume, parsed.overwrite_output_dir) == (True, False)

@@ -9,7 +9,12 @@ from illada.configuration_illada import ILLaDAConfig
 def test_defaults_describe_illada_8b():
     c = ILLaDAConfig()
     assert (c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim) == (
-        32, 4096, 32, 8, 128)
+        32,
+        4096,
+        32,
+        8,
+        128,
+    )
     assert (c.intermediate_size, c.vocab_size, c.max_position_embeddings) == (14336, 155136, 8192)
     assert (c.bos_token_id, c.pad_token_id, c.eos_token_id, c.mask_token_id) == (0, 1, 2, 5)
     assert c.tie_word_embeddings and c.model_type == "illada"
@@ -86,20 +91,31 @@ def test_float_fields_must_be_numbers(name):
         ILLaDAConfig(**{**TINY, name: "0.1"})
 
 
-@pytest.mark.parametrize("overrides", [{"initializer_range": 0.0}, {"attention_dropout": 0.0},
-                                       {"rms_norm_eps": 1e-12}, {"rope_theta": 1.5}, {"head_dim": 8}])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"initializer_range": 0.0},
+        {"attention_dropout": 0.0},
+        {"rms_norm_eps": 1e-12},
+        {"rope_theta": 1.5},
+        {"head_dim": 8},
+    ],
+)
 def test_boundary_values_are_accepted(overrides):
     config = ILLaDAConfig(**{**TINY, **overrides})
     assert all(getattr(config, k) == v for k, v in overrides.items() if k != "rope_theta")
     assert config.rope_parameters["rope_theta"] == overrides.get("rope_theta", TINY["rope_theta"])
 
 
-@pytest.mark.parametrize("content, match", [
-    (b"", "is not valid JSON"),
-    (b'{"vocab_size": 9', "is not valid JSON"),
-    (b"\xff\xfe{}", "is not valid JSON"),
-    (b"[1, 2]", "holds a JSON list"),
-])
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        (b"", "is not valid JSON"),
+        (b'{"vocab_size": 9', "is not valid JSON"),
+        (b"\xff\xfe{}", "is not valid JSON"),
+        (b"[1, 2]", "holds a JSON list"),
+    ],
+)
 def test_unreadable_config_json_is_a_value_error_naming_it(tmp_path, content, match):
     """Fuzz finding F1: transformers raised `OSError` (as for a missing file); the file is named either way."""
     make_config().save_pretrained(tmp_path)

@@ -48,25 +48,64 @@ def inputs(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("inputs")
     make_config().save_pretrained(folder / "init")
     make_tiny_tokenizer(chat_template=True).save_pretrained(folder / "init")
-    rows = [{"messages": [{"role": "user", "content": f"count {i % 50} {(i + 1) % 50}"},
-                          {"role": "assistant", "content": " ".join(["cat"] * (1 + i % 3))}]} for i in range(40)]
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"count {i % 50} {(i + 1) % 50}"},
+                {"role": "assistant", "content": " ".join(["cat"] * (1 + i % 3))},
+            ]
+        }
+        for i in range(40)
+    ]
     (folder / "train.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     return folder
 
 
 def cli_arguments(inputs: Path, out: Path) -> list[str]:
-    return ["--config_name", str(inputs / "init"), "--train_files", str(inputs / "train.jsonl"),
-            "--output_dir", str(out), "--max_seq_length", "32", "--per_device_train_batch_size", "4",
-            "--max_steps", str(MAX_STEPS), "--save_steps", str(SAVE_STEPS), "--learning_rate", "1e-3",
-            "--min_lr", "1e-4", "--warmup_steps", "1", "--use_cpu", "--report_to", "none", "--disable_tqdm", "true",
-            "--logging_steps", "1", "--seed", "11"]
+    return [
+        "--config_name",
+        str(inputs / "init"),
+        "--train_files",
+        str(inputs / "train.jsonl"),
+        "--output_dir",
+        str(out),
+        "--max_seq_length",
+        "32",
+        "--per_device_train_batch_size",
+        "4",
+        "--max_steps",
+        str(MAX_STEPS),
+        "--save_steps",
+        str(SAVE_STEPS),
+        "--learning_rate",
+        "1e-3",
+        "--min_lr",
+        "1e-4",
+        "--warmup_steps",
+        "1",
+        "--use_cpu",
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+        "--logging_steps",
+        "1",
+        "--seed",
+        "11",
+    ]
 
 
 def start(arguments: list[str]) -> subprocess.Popen:
     """The command line in a new interpreter."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT)}
-    return subprocess.Popen([sys.executable, "-c", CHILD, *arguments], cwd=REPO_ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD, *arguments],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def finish(process: subprocess.Popen, expected_returncode: int) -> str:
@@ -125,6 +164,7 @@ def run_forked(arguments: list[str], crash_save: tuple[str, str] | None = None) 
 def install_crash_hook(folder: str, name: str) -> None:
     """Wraps the two writers of checkpoint files (`torch.save`: optimizer, scheduler, RNG, training arguments;
     transformers' safetensors writer: weights) so that writing `folder/name` leaves half of it and SIGKILLs."""
+
     def crashing(write):
         def wrapper(obj, path, *args, **kwargs):
             write(obj, path, *args, **kwargs)
@@ -132,6 +172,7 @@ def install_crash_hook(folder: str, name: str) -> None:
             if path.name == name and path.parent.name == folder:
                 os.truncate(path, path.stat().st_size // 2)
                 os.kill(os.getpid(), signal.SIGKILL)
+
         return wrapper
 
     torch.save = crashing(torch.save)

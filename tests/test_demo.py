@@ -42,7 +42,7 @@ def _model_args() -> list[str]:
 needs_model = pytest.mark.skipif(
     not (_model_dir() / "config.json").is_file(),
     reason=f"no demo model at {_model_dir()}: build it with `python -m illada.demo.build_demo_model` (or set "
-           "ILLADA_DEMO_MODEL)",
+    "ILLADA_DEMO_MODEL)",
 )
 
 
@@ -208,13 +208,14 @@ def test_demo_answers_builtin_and_command_line_prompts(cli, reference, tmp_path,
 def _check_against_own_generate(reference, prompt: str, answer) -> None:
     """The demo's answer is the row of `generate` up to the first EOS, and nothing but padding follows EOS."""
     model, tokenizer = reference
-    input_ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                              return_tensors="pt", return_dict=True)["input_ids"]
-    row = model.generate(input_ids)[0, input_ids.shape[1]:].tolist()
+    input_ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )["input_ids"]
+    row = model.generate(input_ids)[0, input_ids.shape[1] :].tolist()
     eos = tokenizer.eos_token_id
     if eos in row:
         end = row.index(eos)
-        assert all(token == model.config.pad_token_id for token in row[end + 1:])
+        assert all(token == model.config.pad_token_id for token in row[end + 1 :])
         row = row[:end]
     assert answer.token_ids == row
     assert answer.text == tokenizer.decode(row, skip_special_tokens=False).strip()  # the leading space stripped
@@ -239,8 +240,9 @@ def test_demo_marks_each_answer_and_agrees_with_the_measured_accuracy(cli, refer
     """Each verdict is what an independent `generate` + compare gives; the printed accuracy is the one
     `illada.demo.evaluate` measured (eval_results.json), and the demo's own share of right answers is consistent with it."""
     count = 12
-    answers = cli.main([*_model_args(), "--no-live", "--plot", "none", "--questions", str(count),
-                        "--question-seed", "3"])
+    answers = cli.main(
+        [*_model_args(), "--no-live", "--plot", "none", "--questions", str(count), "--question-seed", "3"]
+    )
     output = capsys.readouterr().out
     verdicts = re.findall(r"^        expected: (.*) \((right|wrong)\)$", output, re.MULTILINE)
     assert len(verdicts) == len(answers) == count
@@ -257,7 +259,9 @@ def test_demo_marks_each_answer_and_agrees_with_the_measured_accuracy(cli, refer
         assert "No measured accuracy" in output
         return
     measured = json.loads(results_file.read_text())["summary"]["all"]
-    assert f"Measured on {measured['questions']} held-out questions: {measured['exact_match']:.1%} exact match" in output
+    assert (
+        f"Measured on {measured['questions']} held-out questions: {measured['exact_match']:.1%} exact match" in output
+    )
     # The sample agrees with the measured rate (3 binomial standard deviations, plus one question of rounding).
     p = measured["exact_match"]
     assert abs(right / count - p) <= 3 * (p * (1 - p) / count) ** 0.5 + 1 / count, (right, count, p)
@@ -309,8 +313,13 @@ def test_bad_generation_setting_is_rejected_before_generating(cli, capsys):
 def test_readme_command_runs_as_a_script(cli, tmp_path):
     """`python demo.py` itself (one subprocess): `import illada.demo.data` must find the package next to the script."""
     plot = tmp_path / "denoising.png"
-    result = subprocess.run([sys.executable, str(DEMO_SCRIPT), *_model_args(), "--plot", str(plot)],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(DEMO_SCRIPT), *_model_args(), "--plot", str(plot)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert len(_answers(result.stdout)) == cli.DEFAULT_QUESTIONS and "Denoising picture written" in result.stdout
     _check_png(plot)

@@ -64,8 +64,14 @@ def test_stage_commands_follow_the_two_stage_recipe(tmp_path):
 
 
 def test_focus_stage_is_an_sft_stage_with_its_own_steps_and_learning_rates(tmp_path):
-    args = BuildArguments(work_dir=str(tmp_path), focus_steps=300, focus_learning_rate=5e-4, focus_min_lr=1e-5,
-                          warmup_ratio=0.1, sft_decay_fraction=0.5)
+    args = BuildArguments(
+        work_dir=str(tmp_path),
+        focus_steps=300,
+        focus_learning_rate=5e-4,
+        focus_min_lr=1e-5,
+        warmup_ratio=0.1,
+        sft_decay_fraction=0.5,
+    )
     focus = _flags(stage_command(args, "focus", ["--model_name_or_path", "s2"], "f.jsonl", tmp_path / "s3"))
     assert focus["--model_name_or_path"] == "s2" and focus["--train_files"] == "f.jsonl"
     assert (focus["--data_format"], focus["--lr_schedule"]) == ("sft", "sft")
@@ -78,15 +84,22 @@ def test_focus_data_are_new_training_draws_in_their_own_mix(tmp_path):
 
     from illada.demo.data import TASKS
 
-    args = BuildArguments(work_dir=str(tmp_path), sft_examples=len(TASKS) * 10, focus_steps=5,
-                          focus_task_weights="count_up:4", focus_examples=(len(TASKS) + 3) * 10)
+    args = BuildArguments(
+        work_dir=str(tmp_path),
+        sft_examples=len(TASKS) * 10,
+        focus_steps=5,
+        focus_task_weights="count_up:4",
+        focus_examples=(len(TASKS) + 3) * 10,
+    )
     files = write_data(args, tmp_path)
-    sft, focus = ([json.loads(line) for line in Path(files[name]).read_text().splitlines()] for name in ("sft", "focus"))
+    sft, focus = (
+        [json.loads(line) for line in Path(files[name]).read_text().splitlines()] for name in ("sft", "focus")
+    )
     assert Counter(row["task"] for row in focus) == {**dict.fromkeys(TASKS, 10), "count_up": 40}
     examples = [e for e in make_examples("heldout", len(TASKS) * 20) if e.task == "count_up"]
     assert not {row["prompt"] for row in focus} & {e.prompt for e in examples}
     # the next seed's draws, not the start of the stage-2 file again
-    assert [row["prompt"] for row in focus[:len(TASKS)]] != [row["prompt"] for row in sft[:len(TASKS)]]
+    assert [row["prompt"] for row in focus[: len(TASKS)]] != [row["prompt"] for row in sft[: len(TASKS)]]
     assert "focus" not in write_data(BuildArguments(work_dir=str(tmp_path), sft_examples=12, focus_steps=0), tmp_path)
 
 
@@ -109,13 +122,15 @@ def test_a_finished_stage_is_reused_only_when_its_command_is_the_same(tmp_path, 
     # the same stage (the resume flag and the interpreter do not count) is not run again, and keeps its time
     resumed_command = stage_command(resumed, "sft", ["--model_name_or_path", "s1"], "s.jsonl", output)
     assert "--resume" in resumed_command
-    assert run_or_reuse_stage(resumed, ["/other/python", *resumed_command[1:]], output, tmp_path / "log",
-                              reuse=True) == (first, True)
+    assert run_or_reuse_stage(
+        resumed, ["/other/python", *resumed_command[1:]], output, tmp_path / "log", reuse=True
+    ) == (first, True)
     assert len(runs) == 1
     # another command, or reuse not allowed: the stage runs again
     longer = BuildArguments(work_dir=str(tmp_path), resume=True, sft_steps=99)
-    second, reused = run_or_reuse_stage(longer, stage_command(longer, "sft", [], "s.jsonl", output), output,
-                                        tmp_path / "log", reuse=True)
+    second, reused = run_or_reuse_stage(
+        longer, stage_command(longer, "sft", [], "s.jsonl", output), output, tmp_path / "log", reuse=True
+    )
     assert (second["seconds"], reused, len(runs)) == (20.0, False, 2)
     run_or_reuse_stage(resumed, command, output, tmp_path / "log", reuse=False)
     assert len(runs) == 3
@@ -141,8 +156,16 @@ def test_resumed_build_reuses_finished_stages_until_one_has_to_run(tmp_path, mon
         return 100.0
 
     monkeypatch.setattr(build_demo_model, "run_stage", fake_run_stage)
-    recipe = dict(work_dir=str(tmp_path / "work"), output_dir=str(tmp_path / "out"), sft_examples=24,
-                  focus_examples=24, focus_steps=3, pretrain_steps=2, sft_steps=2, vrpo_steps=0)
+    recipe = dict(
+        work_dir=str(tmp_path / "work"),
+        output_dir=str(tmp_path / "out"),
+        sft_examples=24,
+        focus_examples=24,
+        focus_steps=3,
+        pretrain_steps=2,
+        sft_steps=2,
+        vrpo_steps=0,
+    )
     build(BuildArguments(**recipe))
     assert calls == [("stage1-pretrain", False), ("stage2-sft", False), ("stage3-focus", False)]
     first = json.loads((tmp_path / "out" / "build_info.json").read_text())
@@ -170,8 +193,9 @@ def test_resumed_build_reuses_finished_stages_until_one_has_to_run(tmp_path, mon
 
 
 def test_vrpo_stage_commands_start_from_the_sft_model_and_its_pairs(tmp_path):
-    args = BuildArguments(work_dir=str(tmp_path), vrpo_steps=120, vrpo_learning_rate=2e-5, vrpo_questions=48,
-                          generation_block_length=16)
+    args = BuildArguments(
+        work_dir=str(tmp_path), vrpo_steps=120, vrpo_learning_rate=2e-5, vrpo_questions=48, generation_block_length=16
+    )
     preferences = _flags(preferences_command(args, tmp_path / "s2", tmp_path / "p.jsonl"))
     assert preferences["--model"] == str(tmp_path / "s2") and preferences["--output"] == str(tmp_path / "p.jsonl")
     assert (preferences["--questions"], preferences["--block-length"]) == ("48", "16")
@@ -182,7 +206,10 @@ def test_vrpo_stage_commands_start_from_the_sft_model_and_its_pairs(tmp_path):
     assert (flags["--model_name_or_path"], flags["--train_files"]) == (str(tmp_path / "s2"), "p.jsonl")
     assert (flags["--max_steps"], float(flags["--learning_rate"]), flags["--warmup_steps"]) == ("120", 2e-5, "10")
     assert (flags["--per_device_train_batch_size"], flags["--num_mc_samples"], float(flags["--beta"])) == (
-        "8", "8", 0.1)
+        "8",
+        "8",
+        0.1,
+    )
     assert "--use_cpu" in flags and flags["--seed"] == str(args.seed) and "--overwrite_output_dir" in flags
     assert "--resume" in vrpo_command(args, tmp_path / "s2", "p.jsonl", tmp_path / "s3", resume=True)
 
@@ -215,11 +242,21 @@ def test_resumed_build_rebuilds_preferences_only_for_another_model_or_command(tm
 
     monkeypatch.setattr(build_demo_model, "run_stage", fake_run_stage)
     work = tmp_path / "work"
-    recipe = dict(work_dir=str(work), output_dir=str(tmp_path / "out"), sft_examples=24, pretrain_steps=2,
-                  sft_steps=2, vrpo_steps=3)
+    recipe = dict(
+        work_dir=str(work),
+        output_dir=str(tmp_path / "out"),
+        sft_examples=24,
+        pretrain_steps=2,
+        sft_steps=2,
+        vrpo_steps=3,
+    )
     build(BuildArguments(**recipe))
-    assert calls == [("stage1-pretrain", False), ("stage2-sft", False), ("preferences", str(work / "stage2-sft")),
-                     ("stage3-vrpo", False)]
+    assert calls == [
+        ("stage1-pretrain", False),
+        ("stage2-sft", False),
+        ("preferences", str(work / "stage2-sft")),
+        ("stage3-vrpo", False),
+    ]
     info = json.loads((tmp_path / "out" / "build_info.json").read_text())
     assert (tmp_path / "out" / "model.safetensors").read_bytes() == b"stage3-vrpo:3"  # the VRPO model is shipped
     assert info["train_loss"] == {"pretrain": 1.0, "sft": 2.0, "vrpo": 4.0}
@@ -231,8 +268,11 @@ def test_resumed_build_rebuilds_preferences_only_for_another_model_or_command(tm
     build(BuildArguments(**recipe, resume=True))
     assert calls == []
     again = json.loads((tmp_path / "out" / "build_info.json").read_text())
-    assert again["seconds"] == {**info["seconds"], "data_and_tokenizer_s": again["seconds"]["data_and_tokenizer_s"],
-                                "total_s": again["seconds"]["total_s"]}
+    assert again["seconds"] == {
+        **info["seconds"],
+        "data_and_tokenizer_s": again["seconds"]["data_and_tokenizer_s"],
+        "total_s": again["seconds"]["total_s"],
+    }
 
     # more questions: the pairs change, so VRPO runs again, afresh
     calls.clear()
@@ -372,14 +412,32 @@ def test_smoke_build_loads_with_auto_classes(tmp_path):
     trust_remote_code."""
     out = tmp_path / "model"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "illada.demo.build_demo_model", "--smoke", "--work_dir", str(tmp_path / "work"),
-               "--output_dir", str(out), "--hidden_size", "64", "--intermediate_size", "128", "--num_hidden_layers",
-               "2", "--batch_size", "4", "--focus_steps", "2"]
+    command = [
+        sys.executable,
+        "-m",
+        "illada.demo.build_demo_model",
+        "--smoke",
+        "--work_dir",
+        str(tmp_path / "work"),
+        "--output_dir",
+        str(out),
+        "--hidden_size",
+        "64",
+        "--intermediate_size",
+        "128",
+        "--num_hidden_layers",
+        "2",
+        "--batch_size",
+        "4",
+        "--focus_steps",
+        "2",
+    ]
     subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True, text=True, timeout=600)
     first = json.loads((out / "build_info.json").read_text())
     # a resumed build of the same recipe runs no stage again and reports the times the stages took when they ran
-    rerun = subprocess.run([*command, "--resume"], cwd=REPO, env=env, check=True, capture_output=True, text=True,
-                           timeout=600)
+    rerun = subprocess.run(
+        [*command, "--resume"], cwd=REPO, env=env, check=True, capture_output=True, text=True, timeout=600
+    )
     assert rerun.stdout.count("not run again") == 4 and "not built again" in rerun.stdout
     assert "train_sft.py" not in rerun.stdout and "train_vrpo.py" not in rerun.stdout
     again = json.loads((out / "build_info.json").read_text())
@@ -387,7 +445,8 @@ def test_smoke_build_loads_with_auto_classes(tmp_path):
     assert again["train_loss"] == first["train_loss"] and again["preferences"] == first["preferences"]
     assert first["preferences"]["pairs"] >= len(TASKS)  # a near miss for each question, at least
     assert {k: v for k, v in again["seconds"].items() if k not in ("data_and_tokenizer_s", "total_s")} == {
-        k: v for k, v in first["seconds"].items() if k not in ("data_and_tokenizer_s", "total_s")}
+        k: v for k, v in first["seconds"].items() if k not in ("data_and_tokenizer_s", "total_s")
+    }
     assert again["weights_sha256"] == first["weights_sha256"]
     check = (
         "import sys, torch\n"
@@ -401,8 +460,15 @@ def test_smoke_build_loads_with_auto_classes(tmp_path):
         "assert torch.isfinite(logits).all()\n"
         "print(type(model).__name__, model.config.mask_token_id, tokenizer.mask_token_id)\n"
     )
-    result = subprocess.run([sys.executable, "-c", check, str(out)], cwd=tmp_path, env=env, check=True,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", check, str(out)],
+        cwd=tmp_path,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.stdout.split() == ["ILLaDAForCausalLM", "5", "5"]
     info = json.loads((out / "build_info.json").read_text())
     assert info["arguments"]["smoke"] is True and info["weights_mib"] < 20

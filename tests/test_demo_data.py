@@ -40,6 +40,7 @@ def tokenizer():
 
 # --- independent answers: parse the prompt text, recompute the answer with plain Python ---------------------
 
+
 def _numbers(prompt: str) -> list[int]:
     return [int(n) for n in re.findall(r"\d+", prompt)]
 
@@ -72,8 +73,15 @@ def _expected_answer(task: str, prompt: str) -> str:
 
 
 # A few facts written out by hand, independent of the tables in demo/data.py.
-KNOWN_FACTS = {"France": "Paris", "Japan": "Tokyo", "Kenya": "Nairobi", "cow": "moo", "duck": "quack",
-               "cold": "hot", "fast": "slow"}
+KNOWN_FACTS = {
+    "France": "Paris",
+    "Japan": "Tokyo",
+    "Kenya": "Nairobi",
+    "cow": "moo",
+    "duck": "quack",
+    "cold": "hot",
+    "fast": "slow",
+}
 
 
 def test_every_task_is_exercised(train_examples, heldout_examples):
@@ -151,8 +159,11 @@ def test_multiple_choice_items(heldout_examples):
         assert len(item.choices) == 4 and len(set(item.choices)) == 4
         assert item.choices[item.gold] == example.response
         wrong = [c for i, c in enumerate(item.choices) if i != item.gold]
-        assert all(c != _expected_answer(example.task, example.prompt) for c in wrong
-                   if example.task not in ("capital", "animal_sound", "opposite"))
+        assert all(
+            c != _expected_answer(example.task, example.prompt)
+            for c in wrong
+            if example.task not in ("capital", "animal_sound", "opposite")
+        )
     golds = [item.gold for item in items]
     assert set(golds) == {0, 1, 2, 3}  # the gold position is not a giveaway
 
@@ -180,7 +191,7 @@ def test_multiple_choice_rejects_bad_num_choices(heldout_examples):
 def test_pretraining_corpus_is_english_text_with_the_facts():
     texts = pretraining_texts()
     assert sum(len(t) for t in texts) > 100_000
-    assert texts[-len(fact_sentences()):] == fact_sentences()
+    assert texts[-len(fact_sentences()) :] == fact_sentences()
     assert "The capital of France is Paris." in texts
 
 
@@ -190,6 +201,7 @@ def test_tokenizer_texts_hold_no_heldout_prompt(heldout_examples):
 
 
 # --- tokenizer ---------------------------------------------------------------------------------------------
+
 
 def test_special_token_ids_match_illada(tokenizer):
     assert (tokenizer.bos_token_id, tokenizer.pad_token_id, tokenizer.eos_token_id) == (0, 1, 2)
@@ -218,7 +230,7 @@ def test_a_word_is_one_token_wherever_it_stands(tokenizer):
     """An answer is tokenised on its own: its first word must be the same token as in the question."""
     question = tokenizer.convert_ids_to_tokens(tokenizer("Copy this text: green owl").input_ids)
     answer = tokenizer.convert_ids_to_tokens(tokenizer("green owl").input_ids)
-    assert question[-len(answer):] == answer
+    assert question[-len(answer) :] == answer
 
 
 def test_chat_template_renders(tokenizer, train_examples):
@@ -257,8 +269,12 @@ def test_bad_vocab_size_raises(vocab_size):
 
 
 def test_wrap_rejects_misplaced_special_tokens():
-    shuffled = Tokenizer(models.BPE(vocab={"<pad>": 0, "<bos>": 1, "<eos>": 2, "<|user|>": 3, "<|assistant|>": 4,
-                                           "<[MASK]>": 5, "a": 6}, merges=[]))
+    shuffled = Tokenizer(
+        models.BPE(
+            vocab={"<pad>": 0, "<bos>": 1, "<eos>": 2, "<|user|>": 3, "<|assistant|>": 4, "<[MASK]>": 5, "a": 6},
+            merges=[],
+        )
+    )
     with pytest.raises(ValueError, match="'<bos>' at id 1, expected 0"):
         wrap_tokenizer(shuffled)
 
@@ -276,8 +292,9 @@ def test_new_fact_table_is_unseen_by_the_demo_and_split_by_wording():
 
     train, heldout = new_fact_examples("train"), new_fact_examples("heldout")
     # every (thing, wording) question, written out here: prompt -> (thing, colour)
-    questions = {template.format(x=thing): (thing, colour)
-                 for thing, colour in COLOURS.items() for template in COLOUR_TEMPLATES}
+    questions = {
+        template.format(x=thing): (thing, colour) for thing, colour in COLOURS.items() for template in COLOUR_TEMPLATES
+    }
     assert {e.prompt for e in train} | {e.prompt for e in heldout} == set(questions)
     assert not {e.prompt for e in train} & {e.prompt for e in heldout}
     assert heldout and all(e.response == questions[e.prompt][1] for e in train + heldout)

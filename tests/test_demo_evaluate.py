@@ -53,8 +53,9 @@ class ScriptedModel:
         sequences = torch.tensor([input_ids[0].tolist() + answer + tail])
         stopped = plan != "no_stop"
         length = len(answer) if stopped else len(answer) + len(tail)  # without a stop, the junk is answer too
-        return SimpleNamespace(sequences=sequences, nfe=k + 1, answer_lengths=torch.tensor([length]),
-                               stopped=torch.tensor([stopped]))
+        return SimpleNamespace(
+            sequences=sequences, nfe=k + 1, answer_lengths=torch.tensor([length]), stopped=torch.tensor([stopped])
+        )
 
     def score_choices_batch(self, prompts, choices, method, **options):
         self.seen_choices += [c for question in choices for c in question]
@@ -77,26 +78,30 @@ def test_figures_follow_the_planted_answers(tokenizer):
     assert overall["mc_accuracy"] == {"confidence": 1.0, "likelihood": 0.0}
     assert all(choice[-1] == EOS for choice in model.seen_choices)  # candidates are scored with their EOS
     first = results["summary"][examples[0].task]
-    assert first["questions"] == 2 and first["exact_match"] == pytest.approx(sum(right[0::len(TASKS)]) / 2)
+    assert first["questions"] == 2 and first["exact_match"] == pytest.approx(sum(right[0 :: len(TASKS)]) / 2)
     assert len(results["wrong_examples"]) == plans.count("wrong") + plans.count("no_stop")
 
 
 def test_answer_length_counts_tokens_before_the_first_stop(tokenizer):
     examples = make_examples("heldout", len(TASKS), seed=ev.EVAL_SEED)
     plans = ["right+junk"] * len(examples)
-    results = ev.evaluate(ScriptedModel(tokenizer, examples, plans), tokenizer, per_task=1, seed=ev.EVAL_SEED,
-                          with_mc=False)
+    results = ev.evaluate(
+        ScriptedModel(tokenizer, examples, plans), tokenizer, per_task=1, seed=ev.EVAL_SEED, with_mc=False
+    )
     lengths = [len(tokenizer(" " + e.response, add_special_tokens=False)["input_ids"]) for e in examples]
     assert results["summary"]["all"]["mean_answer_tokens"] == pytest.approx(sum(lengths) / len(lengths), abs=1e-4)
     assert results["summary"]["all"]["mc_accuracy"] == {}
 
 
-@pytest.mark.parametrize("argv, match", [
-    (["--per-task", "0"], "--per-task"),
-    (["--threads", "0"], "--threads"),
-    (["--model", "/nonexistent-folder"], "No model folder"),
-    (["--model", str(REPO / "tests")], "No model folder"),
-])
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--per-task", "0"], "--per-task"),
+        (["--threads", "0"], "--threads"),
+        (["--model", "/nonexistent-folder"], "No model folder"),
+        (["--model", str(REPO / "tests")], "No model folder"),
+    ],
+)
 def test_bad_arguments_exit_with_a_message(argv, match, capsys):
     with pytest.raises(SystemExit) as exit_info:
         ev.main(argv)
@@ -146,8 +151,9 @@ def test_rebuild_reproduces_the_committed_quality(tmp_path):
     rebuilt, expected = summary["all"], committed_summary["all"]
     assert rebuilt["exact_match"] == pytest.approx(expected["exact_match"], abs=REBUILD_TOLERANCE)
     for task in TASKS:
-        assert summary[task]["exact_match"] == pytest.approx(committed_summary[task]["exact_match"],
-                                                             abs=TASK_REBUILD_TOLERANCE), task
+        assert summary[task]["exact_match"] == pytest.approx(
+            committed_summary[task]["exact_match"], abs=TASK_REBUILD_TOLERANCE
+        ), task
     for method in ev.SCORING_METHODS:
         assert rebuilt["mc_accuracy"][method] == pytest.approx(expected["mc_accuracy"][method], abs=REBUILD_TOLERANCE)
     shutil.rmtree(tmp_path / "work", ignore_errors=True)

@@ -57,10 +57,11 @@ def test_exact_match_equals_an_independent_generate_loop_and_checkpoints_are_mea
     tokenizer = AutoTokenizer.from_pretrained(SHIPPED, trust_remote_code=True)
     right = {}
     for example in make_examples("heldout", len(TASKS), seed=3):
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": example.prompt}],
-                                            add_generation_prompt=True, return_tensors="pt")
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": example.prompt}], add_generation_prompt=True, return_tensors="pt"
+        )
         ids = ids["input_ids"] if not isinstance(ids, torch.Tensor) else ids
-        tokens = model.generate(ids)[0, ids.shape[1]:].tolist()
+        tokens = model.generate(ids)[0, ids.shape[1] :].tolist()
         end = tokens.index(tokenizer.eos_token_id) if tokenizer.eos_token_id in tokens else len(tokens)
         right[example.task] = tokenizer.decode(tokens[:end], skip_special_tokens=True).strip() == example.response
     assert row["step"] == 7 and row["loss"] == 2.0
@@ -90,8 +91,14 @@ def test_watch_waits_for_the_stage_folder_and_offsets_steps(tmp_path, monkeypatc
 
     def fake_measure(folder, step, per_task, seed, block_length):
         measured.append((folder.name, step))
-        return {"step": step, "loss": 1.0, "exact_match": {"all": 0.5}, "questions_per_task": per_task,
-                "seed": seed, "seconds": 0.0}
+        return {
+            "step": step,
+            "loss": 1.0,
+            "exact_match": {"all": 0.5},
+            "questions_per_task": per_task,
+            "seed": seed,
+            "seconds": 0.0,
+        }
 
     def fake_sleep(seconds):  # the build creates the folder, one checkpoint and its final results while we wait
         assert seconds == learning_curves.POLL_S

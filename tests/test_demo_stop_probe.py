@@ -52,11 +52,13 @@ def test_boundary_probe_is_two_streamed_training_conversations_with_one_mask_bet
         # independent canvas: this conversation rendered for training (the answer, possibly one number short, and
         # its EOS), the EOS masked, then the next conversation's prompt as the template renders it, then 4 masks
         shown = " ".join(example.response.split()[:-1] if drop_last else example.response.split())
-        first = tokenizer.apply_chat_template([{"role": "user", "content": example.prompt},
-                                               {"role": "assistant", "content": shown}], return_dict=True)["input_ids"]
+        first = tokenizer.apply_chat_template(
+            [{"role": "user", "content": example.prompt}, {"role": "assistant", "content": shown}], return_dict=True
+        )["input_ids"]
         following = examples[(index + 1) % len(examples)]
-        second = tokenizer.apply_chat_template([{"role": "user", "content": following.prompt}],
-                                               add_generation_prompt=True, return_dict=True)["input_ids"]
+        second = tokenizer.apply_chat_template(
+            [{"role": "user", "content": following.prompt}], add_generation_prompt=True, return_dict=True
+        )["input_ids"]
         assert second[0] == tokenizer.bos_token_id and first[-1] == tokenizer.eos_token_id
         canvas = torch.tensor(first[:-1] + [tokenizer.mask_token_id] + second + [tokenizer.mask_token_id] * 4)[None]
         with torch.no_grad():

@@ -23,9 +23,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 AREA = "checkpoint files"
 INDEX = "model.safetensors.index.json"
-JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=5),
-                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
-                                                                                       max_size=3), max_leaves=6)
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=6,
+)
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +45,9 @@ def saved(tmp_path_factory):
 def damages(draw, folder) -> tuple[str, dict, set, set]:
     """(description, damage spec, bad tensor names, bad file names) for one damaged copy of `folder`."""
     shards = sorted(path.name for path in folder.glob("model-*.safetensors"))
-    kind = draw(st.sampled_from(["cut shard", "delete shard", "header length", "cut index", "index json",
-                                 "vocab_size", "none"]))
+    kind = draw(
+        st.sampled_from(["cut shard", "delete shard", "header length", "cut index", "index json", "vocab_size", "none"])
+    )
     shard = draw(st.sampled_from(shards))
     if kind == "cut shard":
         size = draw(st.integers(0, (folder / shard).stat().st_size - 1))
@@ -100,5 +103,11 @@ def test_fuzz_damaged_checkpoint(saved, tmp_path_factory, data):
         state = model.state_dict()
         assert all(torch.equal(state[key], tensor) for key, tensor in reference.items()), "weights differ"
 
-    run_case(AREA, lambda: ILLaDAForCausalLM.from_pretrained(target), bad=bad, bad_files=bad_files, check=check,
-             describe=f"{kind}: {({k: v for k, v in spec.items() if k != 'index'})}")
+    run_case(
+        AREA,
+        lambda: ILLaDAForCausalLM.from_pretrained(target),
+        bad=bad,
+        bad_files=bad_files,
+        check=check,
+        describe=f"{kind}: { ({k: v for k, v in spec.items() if k != 'index'}) }",
+    )

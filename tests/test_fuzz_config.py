@@ -17,11 +17,23 @@ from illada.modeling_illada import ILLaDAForCausalLM
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 AREA = "config kwargs"
-SIZE_NAMES = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-              "num_key_value_heads", "max_position_embeddings")
+SIZE_NAMES = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "max_position_embeddings",
+)
 # Largest sizes for which a valid case also builds a model and runs a forward.
-BUILDABLE = {"vocab_size": 256, "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 3,
-             "max_position_embeddings": 4096}
+BUILDABLE = {
+    "vocab_size": 256,
+    "hidden_size": 128,
+    "intermediate_size": 256,
+    "num_hidden_layers": 3,
+    "max_position_embeddings": 4096,
+}
 FIXED = {"hidden_act": "silu", "attention_bias": False, "mlp_bias": False, "tie_word_embeddings": True}
 HOSTILE = st.one_of(weird_numbers(), wrong_types())
 
@@ -61,8 +73,19 @@ def near_misses(name: str, kw: dict) -> st.SearchStrategy:
     return HOSTILE
 
 
-ARGUMENTS = (*SIZE_NAMES, "head_dim", "rms_norm_eps", "attention_dropout", "initializer_range", "rope_theta",
-             "mask_token_id", "pad_token_id", "bos_token_id", "eos_token_id", *FIXED)
+ARGUMENTS = (
+    *SIZE_NAMES,
+    "head_dim",
+    "rms_norm_eps",
+    "attention_dropout",
+    "initializer_range",
+    "rope_theta",
+    "mask_token_id",
+    "pad_token_id",
+    "bos_token_id",
+    "eos_token_id",
+    *FIXED,
+)
 
 
 def replacement(draw, name: str, kw: dict):
@@ -78,8 +101,12 @@ def config_kwargs(draw, corrupt: str | None = None) -> dict:
     names = [corrupt] if corrupt else draw(st.lists(st.sampled_from(ARGUMENTS), max_size=2))
     for name in names:
         kw[name] = replacement(draw, name, kw)
-    if draw(st.integers(0, 7)) == 0 and "head_dim" not in kw and positive_int(kw["hidden_size"]) \
-            and positive_int(kw["num_attention_heads"]):
+    if (
+        draw(st.integers(0, 7)) == 0
+        and "head_dim" not in kw
+        and positive_int(kw["hidden_size"])
+        and positive_int(kw["num_attention_heads"])
+    ):
         kw["head_dim"] = kw["hidden_size"] // kw["num_attention_heads"]  # the derived value, given explicitly
     return kw
 
@@ -100,8 +127,11 @@ def config_problems(kw: dict) -> set[str]:
             bad |= {"hidden_size", "num_attention_heads"}
         elif (hidden // heads) % 2:
             bad |= {"hidden_size", "num_attention_heads", "head_dim"}
-        if "head_dim" in kw and kw["head_dim"] is not None and (not positive_int(kw["head_dim"])
-                                                                or kw["head_dim"] != hidden // heads):
+        if (
+            "head_dim" in kw
+            and kw["head_dim"] is not None
+            and (not positive_int(kw["head_dim"]) or kw["head_dim"] != hidden // heads)
+        ):
             bad.add("head_dim")
         if positive_int(kv) and heads % kv:
             bad |= {"num_attention_heads", "num_key_value_heads"}
@@ -159,6 +189,7 @@ def check_valid_config(kw: dict):
                 logits = model(input_ids=ids).logits
             assert logits.shape == (2, length, kw["vocab_size"])
             assert torch.isfinite(logits).all(), "non-finite logits from a valid config"
+
     return check
 
 
@@ -170,8 +201,14 @@ def extreme(kw: dict) -> set[str]:
 
 
 def run_config_case(kw: dict) -> None:
-    run_case(AREA, lambda: ILLaDAConfig(**kw), bad=config_problems(kw), check=check_valid_config(kw),
-             describe=f"ILLaDAConfig(**{kw!r})", doubtful=extreme(kw))
+    run_case(
+        AREA,
+        lambda: ILLaDAConfig(**kw),
+        bad=config_problems(kw),
+        check=check_valid_config(kw),
+        describe=f"ILLaDAConfig(**{kw!r})",
+        doubtful=extreme(kw),
+    )
 
 
 @pytest.mark.parametrize("name", ARGUMENTS)

@@ -67,8 +67,14 @@ def valid_row(draw, fmt: str) -> dict:
 
 
 WRONG_VALUES = st.sampled_from([None, 3, 2.5, True, "hello", ["the"], {"role": "user"}, [], ""])
-TURN_FAULTS = ({"content": "the"}, {"role": "user"}, {"role": "user", "content": None},
-               {"role": "assistant", "content": 4}, "the cat", None)
+TURN_FAULTS = (
+    {"content": "the"},
+    {"role": "user"},
+    {"role": "user", "content": None},
+    {"role": "assistant", "content": 4},
+    "the cat",
+    None,
+)
 
 
 @st.composite
@@ -83,13 +89,14 @@ def corrupted_row(draw, fmt: str) -> tuple[dict, set[str]]:
         row[field] = draw(WRONG_VALUES)
     else:
         k = draw(st.integers(0, len(row[field]) - 1))
-        row[field] = [*row[field][:k], draw(st.sampled_from(TURN_FAULTS)), *row[field][k + 1:]]
+        row[field] = [*row[field][:k], draw(st.sampled_from(TURN_FAULTS)), *row[field][k + 1 :]]
     return row, row_problems(row, fmt)
 
 
 def is_turns(value) -> bool:
-    return isinstance(value, list) and all(isinstance(t, dict) and isinstance(t.get("role"), str)
-                                           and isinstance(t.get("content"), str) for t in value)
+    return isinstance(value, list) and all(
+        isinstance(t, dict) and isinstance(t.get("role"), str) and isinstance(t.get("content"), str) for t in value
+    )
 
 
 def has_response(turns: list) -> bool:
@@ -111,8 +118,13 @@ def row_problems(row: dict, fmt: str) -> set[str]:
     bad = set()
     if not (isinstance(prompt, str) or fmt.startswith("prompt-completion") and is_turns(prompt)):
         bad.add("prompt")
-    if not (isinstance(answer, str) and answer or fmt.startswith("prompt-completion") and is_turns(answer)
-            and has_response(answer)):
+    if not (
+        isinstance(answer, str)
+        and answer
+        or fmt.startswith("prompt-completion")
+        and is_turns(answer)
+        and has_response(answer)
+    ):
         bad.add(second)
     return bad or {"prompt", second}  # a string with a list of turns: either may be named
 
@@ -130,6 +142,7 @@ def render_plain(turns: list[dict], generation_prompt: bool) -> str:
 
 def expected_example(row: dict, fmt: str, tokenizer) -> tuple[list[int], list[int]]:
     """`input_ids` and `completion_mask` of a valid row, computed here without the package."""
+
     def ids(text: str) -> list[int]:
         return tokenizer(text, add_special_tokens=False)["input_ids"]
 
@@ -149,10 +162,12 @@ def expected_example(row: dict, fmt: str, tokenizer) -> tuple[list[int], list[in
             full = ids(render_plain(prompt_turns + answer_turns, False))
             prefix = ids(render_plain(prompt_turns, True))
         else:
-            full = tokenizer.apply_chat_template(prompt_turns + answer_turns, tokenize=True,
-                                                 return_dict=True)["input_ids"]
-            prefix = tokenizer.apply_chat_template(prompt_turns, tokenize=True, add_generation_prompt=True,
-                                                   return_dict=True)["input_ids"]
+            full = tokenizer.apply_chat_template(prompt_turns + answer_turns, tokenize=True, return_dict=True)[
+                "input_ids"
+            ]
+            prefix = tokenizer.apply_chat_template(
+                prompt_turns, tokenize=True, add_generation_prompt=True, return_dict=True
+            )["input_ids"]
     start = 0
     while start < min(len(prefix), len(full)) and prefix[start] == full[start]:
         start += 1
@@ -173,9 +188,11 @@ def check_examples(rows: list[dict], fmt: str, tokenizer, packed: bool):
             return
         assert len(dataset) == len(rows), f"{len(dataset)} examples for {len(rows)} rows"
         for k, (ids, mask) in enumerate(expected):
-            assert dataset[k]["input_ids"] == ids, \
+            assert dataset[k]["input_ids"] == ids, (
                 f"example {k}: {tokenizer.decode(dataset[k]['input_ids'])!r} != {tokenizer.decode(ids)!r}"
+            )
             assert dataset[k]["completion_mask"] == mask, f"example {k}: mask {dataset[k]['completion_mask']} != {mask}"
+
     return check
 
 
@@ -199,19 +216,33 @@ def test_fuzz_data_rows(fmt, data):
     bad_files = {"empty"} if len(dataset) == 0 else set()  # a row without columns makes an empty dataset
     # A conversational prompt of zero turns: training on the completion alone or a clear error are both fine.
     doubtful = {"prompt"} if row.get("prompt") == [] and not bad else set()
-    run_case("training data: rows", lambda: prepare_dataset(dataset, tokenizer, 64, packing=False,
-                                                            data_format=data_format),
-             bad=set() if bad_files else bad, bad_files=bad_files, doubtful=doubtful,
-             check=check_examples([row], fmt, tokenizer, packed=False),
-             describe=f"prepare_dataset(Dataset.from_list([{row!r}]), chat_template={tokenizer is CHAT}, "
-                      f"data_format={data_format!r})")
+    run_case(
+        "training data: rows",
+        lambda: prepare_dataset(dataset, tokenizer, 64, packing=False, data_format=data_format),
+        bad=set() if bad_files else bad,
+        bad_files=bad_files,
+        doubtful=doubtful,
+        check=check_examples([row], fmt, tokenizer, packed=False),
+        describe=f"prepare_dataset(Dataset.from_list([{row!r}]), chat_template={tokenizer is CHAT}, "
+        f"data_format={data_format!r})",
+    )
 
 
 # ------------------------------------------------------------------------------------------ files
 
 
-FILE_FAULTS = ("none", "row", "mixed_formats", "empty", "blank_lines", "malformed_line", "not_utf8",
-               "not_an_object", "json_array_file", "json_array_row_fault")
+FILE_FAULTS = (
+    "none",
+    "row",
+    "mixed_formats",
+    "empty",
+    "blank_lines",
+    "malformed_line",
+    "not_utf8",
+    "not_an_object",
+    "json_array_file",
+    "json_array_row_fault",
+)
 
 
 @st.composite
@@ -230,8 +261,11 @@ def data_file(draw, fault: str):
             bad = {f"{name} line {k + 1}"}
     elif fault == "mixed_formats" and len(rows) > 1:
         k = max(k, 1)
-        other = draw(st.sampled_from([f for f in FORMATS if f != fmt and {fmt, f} != {"prompt-completion",
-                                                                                      "prompt-completion-turns"}]))
+        other = draw(
+            st.sampled_from(
+                [f for f in FORMATS if f != fmt and {fmt, f} != {"prompt-completion", "prompt-completion-turns"}]
+            )
+        )
         lines[k] = json.dumps(draw(valid_row(other)))
         bad = {f"{name} line {k + 1}"}
     elif fault == "empty":
@@ -242,7 +276,7 @@ def data_file(draw, fault: str):
         lines[k] = lines[k][: draw(st.integers(1, len(lines[k]) - 1))]
         bad = {f"{name} line {k + 1}"}
     elif fault == "not_an_object":
-        lines[k] = draw(st.sampled_from(["[1, 2]", "\"the cat\"", "3", "null"]))
+        lines[k] = draw(st.sampled_from(["[1, 2]", '"the cat"', "3", "null"]))
         bad = {f"{name} line {k + 1}"}
     content = ("\n".join(lines) + ("\n" if lines else "")).encode("utf-8")
     if fault == "not_utf8":
@@ -269,6 +303,10 @@ def test_fuzz_data_files(fault, data):
         def call():
             return prepare_dataset(load_data_files([str(path)]), tokenizer, 16, packing=True)
 
-        run_case("training data: files", call, bad_files=bad,
-                 check=None if bad else check_examples(rows, fmt, tokenizer, packed=True),
-                 describe=f"{name}: {content[:300]!r} (chat_template={tokenizer is CHAT})")
+        run_case(
+            "training data: files",
+            call,
+            bad_files=bad,
+            check=None if bad else check_examples(rows, fmt, tokenizer, packed=True),
+            describe=f"{name}: {content[:300]!r} (chat_template={tokenizer is CHAT})",
+        )

@@ -88,10 +88,29 @@ def damaged_bytes(draw, content: bytes) -> tuple[bytes, str]:
 
 
 HOSTILE_JSON = st.sampled_from(["abc", -3, None, [], {}, 0, 1e400, -1e400, "1", True])
-CONFIG_FIELDS = ("hidden_size", "vocab_size", "num_attention_heads", "num_hidden_layers", "rms_norm_eps",
-                 "initializer_range", "mask_token_id", "eos_token_id", "max_position_embeddings", "intermediate_size")
-GENERATION_FIELDS = ("block_length", "steps", "max_new_tokens", "temperature", "remasking", "threshold",
-                     "cfg_scale", "suppress_tokens", "canvas")
+CONFIG_FIELDS = (
+    "hidden_size",
+    "vocab_size",
+    "num_attention_heads",
+    "num_hidden_layers",
+    "rms_norm_eps",
+    "initializer_range",
+    "mask_token_id",
+    "eos_token_id",
+    "max_position_embeddings",
+    "intermediate_size",
+)
+GENERATION_FIELDS = (
+    "block_length",
+    "steps",
+    "max_new_tokens",
+    "temperature",
+    "remasking",
+    "threshold",
+    "cfg_scale",
+    "suppress_tokens",
+    "canvas",
+)
 
 
 SHAPE_FIELDS = ("hidden_size", "vocab_size", "num_attention_heads", "num_hidden_layers", "intermediate_size")
@@ -109,11 +128,13 @@ def config_value_problem(field: str, value) -> bool:
     if field == "initializer_range":
         return not (is_real(value) and value >= 0)
     if field == "mask_token_id":
-        return not (is_int(value) and 0 <= value < TINY["vocab_size"] and value not in (TINY["pad_token_id"],
-                                                                                         TINY["eos_token_id"]))
+        return not (
+            is_int(value)
+            and 0 <= value < TINY["vocab_size"]
+            and value not in (TINY["pad_token_id"], TINY["eos_token_id"])
+        )
     ids = [] if value is None else [value] if is_int(value) else value if isinstance(value, list) else None
-    return ids is None or not all(is_int(t) and 0 <= t < TINY["vocab_size"] and t != TINY["mask_token_id"]
-                                  for t in ids)
+    return ids is None or not all(is_int(t) and 0 <= t < TINY["vocab_size"] and t != TINY["mask_token_id"] for t in ids)
 
 
 @st.composite
@@ -147,16 +168,24 @@ def test_fuzz_config_json(case):
     def check(model) -> None:
         saved = json.loads((folder / "config.json").read_text())
         if field == "eos_token_id":
-            assert model.config.eos_token_ids == ([] if saved[field] is None else [saved[field]]
-                                                  if is_int(saved[field]) else saved[field])
+            assert model.config.eos_token_ids == (
+                [] if saved[field] is None else [saved[field]] if is_int(saved[field]) else saved[field]
+            )
         elif field is not None:
             assert getattr(model.config, field) == saved[field], f"{field}: {getattr(model.config, field)!r}"
         if field != "rms_norm_eps":
             same_model(model)
 
     doubtful = {"initializer_range"} if field == "initializer_range" and not bad else set()
-    run_case("files: config.json", lambda: load(folder), bad=bad, bad_files=files, check=check, doubtful=doubtful,
-             describe=f"config.json {what}")
+    run_case(
+        "files: config.json",
+        lambda: load(folder),
+        bad=bad,
+        bad_files=files,
+        check=check,
+        doubtful=doubtful,
+        describe=f"config.json {what}",
+    )
 
 
 @st.composite
@@ -165,8 +194,13 @@ def generation_case(draw):
     kind = draw(st.sampled_from(["damaged", "field", "field", "unknown_key", "deleted"]))
     if kind == "damaged":
         damaged, what = draw(damaged_bytes(content))
-        return (lambda folder: (folder / "generation_config.json").write_bytes(damaged)), set(), \
-            {"generation_config.json"}, what, None
+        return (
+            (lambda folder: (folder / "generation_config.json").write_bytes(damaged)),
+            set(),
+            {"generation_config.json"},
+            what,
+            None,
+        )
     if kind == "deleted":
         return (lambda folder: (folder / "generation_config.json").unlink()), set(), set(), "deleted", {}
     if kind == "unknown_key":
@@ -202,8 +236,11 @@ def generation_problem(field: str, value) -> set[str]:
     if field == "canvas":
         return set() if value in ("variable", "fixed") else {field}
     allowed = set(range(TINY["vocab_size"])) - {TINY["mask_token_id"]}
-    return set() if value is None or isinstance(value, list) and all(is_int(t) and t in allowed
-                                                                     for t in value) else {field}
+    return (
+        set()
+        if value is None or isinstance(value, list) and all(is_int(t) and t in allowed for t in value)
+        else {field}
+    )
 
 
 @fuzz_settings(max_examples=30)
@@ -225,8 +262,14 @@ def test_fuzz_generation_config_json(case):
             assert getattr(settings, name) == value, f"{name}: {getattr(settings, name)!r} != {value!r}"
         same_model(model)
 
-    run_case("files: generation_config.json", lambda: load(folder), bad=bad, bad_files=files, check=check,
-             describe=f"generation_config.json {what}")
+    run_case(
+        "files: generation_config.json",
+        lambda: load(folder),
+        bad=bad,
+        bad_files=files,
+        check=check,
+        describe=f"generation_config.json {what}",
+    )
 
 
 # ------------------------------------------------------------------------------------------ weights
@@ -252,6 +295,7 @@ def weights_case(draw):
 
         def write(f: Path) -> None:
             (f / weights).write_bytes(bytes(content))
+
         # A changed byte may leave a valid header (in the metadata, or a tensor renamed): then the model must load
         # intact, or an error must name the file or a tensor.
         return write, "header", {weights, "model.", "lm_head"}, f"header byte {at} of {header_end}"
@@ -274,6 +318,7 @@ def weights_case(draw):
 
     def write(f: Path) -> None:
         save_file({k: v.contiguous() for k, v in edited.items()}, f / weights, metadata={"format": "pt"})
+
     return write, set(), bad, f"{kind} {name}"  # tensors are named like files: plainly, or quoted in a list
 
 
@@ -296,8 +341,15 @@ def test_fuzz_model_safetensors(case):
         else:
             same_model(model)
 
-    run_case("files: model.safetensors", lambda: load(folder), bad=bad, bad_files=files, check=check,
-             doubtful_files=doubtful, describe=f"model.safetensors {what}")
+    run_case(
+        "files: model.safetensors",
+        lambda: load(folder),
+        bad=bad,
+        bad_files=files,
+        check=check,
+        doubtful_files=doubtful,
+        describe=f"model.safetensors {what}",
+    )
 
 
 INDEX = "model.safetensors.index.json"
@@ -306,8 +358,19 @@ INDEX = "model.safetensors.index.json"
 @st.composite
 def sharded_case(draw):
     index_content = (SHARDED / INDEX).read_bytes()
-    kind = draw(st.sampled_from(["index_damaged", "no_weight_map", "missing_shard", "moved_tensor", "shard_damaged",
-                                 "shard_deleted", "intact"]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "index_damaged",
+                "no_weight_map",
+                "missing_shard",
+                "moved_tensor",
+                "shard_damaged",
+                "shard_deleted",
+                "intact",
+            ]
+        )
+    )
     if kind == "intact":
         return (lambda f: None), set(), set(), kind
     if kind == "index_damaged":
@@ -341,8 +404,7 @@ def test_fuzz_sharded_checkpoint(case):
     edit, bad, files, what = case
     folder = fresh_copy(SHARDED)
     edit(folder)
-    run_case("files: shards and index", lambda: load(folder), bad=bad, bad_files=files, check=same_model,
-             describe=what)
+    run_case("files: shards and index", lambda: load(folder), bad=bad, bad_files=files, check=same_model, describe=what)
 
 
 # ------------------------------------------------------------------------------------------ tokenizer, lm-eval
@@ -355,8 +417,12 @@ def test_fuzz_tokenizer_files(name, data):
     folder = fresh_copy(SINGLE)
     damaged, kind = data.draw(damaged_bytes((folder / name).read_bytes()))
     (folder / name).write_bytes(damaged)
-    run_case("files: tokenizer", lambda: ILLaDAEvalHarness(pretrained=MODEL, tokenizer=str(folder), device="cpu"),
-             bad_files={name}, describe=f"{name} {kind}")
+    run_case(
+        "files: tokenizer",
+        lambda: ILLaDAEvalHarness(pretrained=MODEL, tokenizer=str(folder), device="cpu"),
+        bad_files={name},
+        describe=f"{name} {kind}",
+    )
 
 
 LLEVAL_ARGS = {
@@ -398,8 +464,14 @@ def lm_eval_problems(args: dict) -> tuple[set[str], set[str], set[str]]:
     if is_int(args.get("steps")) and is_int(block) and block >= 1 and args["steps"] > block:
         bad |= {"steps", "block_length"}
     mc_num, mc_batch = args.get("mc_num", 128), args.get("mc_batch_size", 16)
-    if args.get("method") == "likelihood" and is_int(mc_num) and is_int(mc_batch) and mc_batch >= 1 \
-            and mc_num >= 1 and mc_num % mc_batch:
+    if (
+        args.get("method") == "likelihood"
+        and is_int(mc_num)
+        and is_int(mc_batch)
+        and mc_batch >= 1
+        and mc_num >= 1
+        and mc_num % mc_batch
+    ):
         bad |= {"mc_num", "mc_batch_size"}
     if "foo" in args:
         bad.add("foo")
@@ -423,7 +495,8 @@ def test_fuzz_lm_eval_model_args(chosen, data):
 
     def call():
         harness = ILLaDAEvalHarness.create_from_arg_string(
-            arg_string, {"pretrained": MODEL, "tokenizer": TOKENIZER, "device": "cpu"})
+            arg_string, {"pretrained": MODEL, "tokenizer": TOKENIZER, "device": "cpu"}
+        )
         request = Instance("loglikelihood", doc={}, arguments=("the cat sat", " on the mat"), idx=0)
         return harness, harness.loglikelihood([request], disable_tqdm=True)
 
@@ -434,8 +507,15 @@ def test_fuzz_lm_eval_model_args(chosen, data):
             if name in parsed:
                 assert getattr(harness, name) == parsed[name], f"{name}: {getattr(harness, name)} != {parsed[name]}"
 
-    run_case("lm-eval model args", call, bad=bad, bad_files=unknown, doubtful=doubtful, check=check,
-             describe=f"--model_args {arg_string}")
+    run_case(
+        "lm-eval model args",
+        call,
+        bad=bad,
+        bad_files=unknown,
+        doubtful=doubtful,
+        check=check,
+        describe=f"--model_args {arg_string}",
+    )
 
 
 GEN_KWARGS = {
@@ -451,8 +531,12 @@ def gen_kwargs_problems(kwargs: dict) -> tuple[set[str], set[str], set[str]]:
     """(bad names, bad spellings of unknown names, doubtful) for a request's generation kwargs."""
     bad, unknown, doubtful = set(), set(), set()
     until = kwargs.get("until")
-    if "until" in kwargs and until is not None and not isinstance(until, str) \
-            and not (isinstance(until, list) and all(isinstance(s, str) for s in until)):
+    if (
+        "until" in kwargs
+        and until is not None
+        and not isinstance(until, str)
+        and not (isinstance(until, list) and all(isinstance(s, str) for s in until))
+    ):
         bad.add("until")
     if "max_gen_toks" in kwargs and not (is_int(kwargs["max_gen_toks"]) and kwargs["max_gen_toks"] >= 1):
         bad.add("max_gen_toks")
@@ -490,5 +574,12 @@ def test_fuzz_lm_eval_generation_kwargs(chosen, data):
         budget = kwargs.get("max_gen_toks", GEN_MODEL.generation_config.max_new_tokens)
         assert len(TOKENIZER(texts[0], add_special_tokens=False)["input_ids"]) <= budget, f"{texts[0]!r} > {budget}"
 
-    run_case("lm-eval generation kwargs", lambda: GEN_HARNESS.generate_until([request], disable_tqdm=True), bad=bad,
-             bad_files=unknown, doubtful=doubtful, check=check, describe=f"gen_kwargs={kwargs!r}")
+    run_case(
+        "lm-eval generation kwargs",
+        lambda: GEN_HARNESS.generate_until([request], disable_tqdm=True),
+        bad=bad,
+        bad_files=unknown,
+        doubtful=doubtful,
+        check=check,
+        describe=f"gen_kwargs={kwargs!r}",
+    )

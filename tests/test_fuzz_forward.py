@@ -42,7 +42,7 @@ def padded_batch(draw):
     mask = torch.zeros(len(lengths), width, dtype=torch.long)
     for r, n in enumerate(lengths):
         if side == "left":
-            mask[r, width - n:] = 1
+            mask[r, width - n :] = 1
         else:
             mask[r, :n] = 1
     return ids, mask
@@ -55,6 +55,7 @@ def check_rows_alone(ids: torch.Tensor, mask: torch.Tensor):
             real = mask[r].bool()
             alone = logits(ids[r][real][None])[0]
             assert torch.allclose(result[r][real], alone, atol=ATOL), f"row {r} differs from the row alone"
+
     return check
 
 
@@ -65,9 +66,13 @@ def test_fuzz_forward_padding(batch, form):
     ids, mask = batch
     given_mask = mask.to({"long": torch.long, "bool": torch.bool, "int32": torch.int32, "4d_bool": torch.bool}[form])
     if form == "4d_bool":
-        given_mask = (mask.bool()[:, None, None, :] & mask.bool()[:, None, :, None])  # [B, 1, L, L]
-    run_case(AREA, lambda: logits(ids, attention_mask=given_mask), check=check_rows_alone(ids, mask),
-             describe=f"ids={ids.tolist()}, mask ({form})={mask.tolist()}")
+        given_mask = mask.bool()[:, None, None, :] & mask.bool()[:, None, :, None]  # [B, 1, L, L]
+    run_case(
+        AREA,
+        lambda: logits(ids, attention_mask=given_mask),
+        check=check_rows_alone(ids, mask),
+        describe=f"ids={ids.tolist()}, mask ({form})={mask.tolist()}",
+    )
 
 
 @fuzz_settings(max_examples=20)
@@ -81,8 +86,12 @@ def test_fuzz_forward_packed_documents(first, second, seed, batch):
         assert torch.allclose(result[:, :first], logits(ids[:, :first]), atol=ATOL), "first document"
         assert torch.allclose(result[:, first:], logits(ids[:, first:]), atol=ATOL), "second document"
 
-    run_case(AREA, lambda: logits(ids, position_ids=positions), check=check,
-             describe=f"documents of {first} and {second} tokens, {batch} rows")
+    run_case(
+        AREA,
+        lambda: logits(ids, position_ids=positions),
+        check=check,
+        describe=f"documents of {first} and {second} tokens, {batch} rows",
+    )
 
 
 @st.composite
@@ -90,8 +99,11 @@ def keep_case(draw):
     """`logits_to_keep` values, valid or not; returns (sequence length, value, the selector of the full logits
     that a valid value must give, bad names)."""
     length = draw(st.integers(1, 6))
-    kind = draw(st.sampled_from(["int", "index", "bool2d", "negative", "too_many", "float", "bad_index",
-                                 "bool_wrong_shape", "float_tensor"]))
+    kind = draw(
+        st.sampled_from(
+            ["int", "index", "bool2d", "negative", "too_many", "float", "bad_index", "bool_wrong_shape", "float_tensor"]
+        )
+    )
     if kind == "int":
         n = draw(st.integers(0, length))
         return length, n, (slice(None), slice(length - n if n else 0, None)), set(), set()
@@ -103,9 +115,13 @@ def keep_case(draw):
         return length, selected, selected, set(), set()
     if kind == "too_many":  # more than the sequence: all positions (as transformers' slice does) or a clear error
         return length, length + draw(st.integers(1, 3)), (slice(None), slice(0, None)), set(), {"logits_to_keep"}
-    bad_values = {"negative": -1, "float": 1.5,
-                  "bad_index": torch.tensor([length + 3]), "bool_wrong_shape": torch.ones(2, length + 1, dtype=torch.bool),
-                  "float_tensor": torch.tensor([0.0, 1.0])}
+    bad_values = {
+        "negative": -1,
+        "float": 1.5,
+        "bad_index": torch.tensor([length + 3]),
+        "bool_wrong_shape": torch.ones(2, length + 1, dtype=torch.bool),
+        "float_tensor": torch.tensor([0.0, 1.0]),
+    }
     return length, bad_values[kind], None, {"logits_to_keep"}, set()
 
 
@@ -121,26 +137,38 @@ def test_fuzz_forward_logits_to_keep(case, seed):
         assert result.shape == expected.shape, f"shape {tuple(result.shape)} != {tuple(expected.shape)}"
         assert torch.allclose(result, expected, atol=ATOL), "kept logits differ from the full logits"
 
-    run_case(AREA, lambda: logits(ids, logits_to_keep=keep), bad=bad, check=check, doubtful=doubtful,
-             describe=f"length {length}, logits_to_keep={keep!r}")
+    run_case(
+        AREA,
+        lambda: logits(ids, logits_to_keep=keep),
+        bad=bad,
+        check=check,
+        doubtful=doubtful,
+        describe=f"length {length}, logits_to_keep={keep!r}",
+    )
 
 
 HOSTILE_INPUTS = {
     "float_ids": lambda ids: ({"input_ids": ids.float()}, {"input_ids"}),
     "ids_1d": lambda ids: ({"input_ids": ids[0]}, {"input_ids"}),
     "ids_3d": lambda ids: ({"input_ids": ids[None]}, {"input_ids"}),
-    "ids_and_embeds": lambda ids: ({"input_ids": ids, "inputs_embeds": torch.zeros(*ids.shape, HIDDEN)},
-                                   {"input_ids", "inputs_embeds"}),
+    "ids_and_embeds": lambda ids: (
+        {"input_ids": ids, "inputs_embeds": torch.zeros(*ids.shape, HIDDEN)},
+        {"input_ids", "inputs_embeds"},
+    ),
     "neither": lambda ids: ({}, {"input_ids", "inputs_embeds"}),
     "embeds_wrong_width": lambda ids: ({"inputs_embeds": torch.zeros(*ids.shape, HIDDEN + 1)}, {"inputs_embeds"}),
-    "positions_wrong_shape": lambda ids: ({"input_ids": ids, "position_ids": torch.arange(ids.shape[1] + 1)[None]},
-                                          {"position_ids"}),
-    "mask_wrong_shape": lambda ids: ({"input_ids": ids, "attention_mask": torch.ones(ids.shape[0], ids.shape[1] + 2,
-                                                                                    dtype=torch.long)},
-                                     {"attention_mask"}),
-    "mask_wrong_rows": lambda ids: ({"input_ids": ids, "attention_mask": torch.ones(ids.shape[0] + 1, ids.shape[1],
-                                                                                   dtype=torch.long)},
-                                    {"attention_mask"}),
+    "positions_wrong_shape": lambda ids: (
+        {"input_ids": ids, "position_ids": torch.arange(ids.shape[1] + 1)[None]},
+        {"position_ids"},
+    ),
+    "mask_wrong_shape": lambda ids: (
+        {"input_ids": ids, "attention_mask": torch.ones(ids.shape[0], ids.shape[1] + 2, dtype=torch.long)},
+        {"attention_mask"},
+    ),
+    "mask_wrong_rows": lambda ids: (
+        {"input_ids": ids, "attention_mask": torch.ones(ids.shape[0] + 1, ids.shape[1], dtype=torch.long)},
+        {"attention_mask"},
+    ),
     "labels": lambda ids: ({"input_ids": ids, "labels": ids}, {"labels"}),
 }
 
@@ -156,4 +184,4 @@ def test_fuzz_forward_hostile_inputs(fault, rows, length, seed):
         with torch.no_grad():
             return MODEL(**kwargs)
 
-    run_case(AREA, call, bad=bad, describe=f"{fault}: {({k: tuple(v.shape) for k, v in kwargs.items()})}")
+    run_case(AREA, call, bad=bad, describe=f"{fault}: { ({k: tuple(v.shape) for k, v in kwargs.items()}) }")

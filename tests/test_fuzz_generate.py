@@ -81,11 +81,13 @@ def check_answers(out, input_ids: torch.Tensor, kw: dict, attention_mask: torch.
     positions (attention mask 0) as given or as the pad id."""
     s = effective_settings(kw, input_ids.shape[1])
     sequences = out.sequences if kw.get("return_dict_in_generate") else out
-    assert isinstance(sequences, torch.Tensor) and not sequences.is_floating_point() \
-        and sequences.dtype != torch.bool, f"sequences are {type(sequences)}"
+    assert (
+        isinstance(sequences, torch.Tensor) and not sequences.is_floating_point() and sequences.dtype != torch.bool
+    ), f"sequences are {type(sequences)}"
     rows, width = input_ids.shape[0] * s["copies"], input_ids.shape[1]
-    assert sequences.shape[0] == rows and width <= sequences.shape[1] <= width + s["budget"], \
+    assert sequences.shape[0] == rows and width <= sequences.shape[1] <= width + s["budget"], (
         f"shape {tuple(sequences.shape)} for {rows} rows, prompt width {width}, budget {s['budget']}"
+    )
     echo, given = sequences[:, :width], input_ids.repeat_interleave(s["copies"], 0)
     if attention_mask is None:
         assert torch.equal(echo, given), f"prompt changed: {given.tolist()} came back as {echo.tolist()}"
@@ -101,7 +103,7 @@ def check_answers(out, input_ids: torch.Tensor, kw: dict, attention_mask: torch.
         body = row if stop is None else row[: stop + 1]
         assert s["mask"] not in body, f"mask token in an answer: {row}"
         assert not s["suppressed"] & set(body), f"suppressed token {sorted(s['suppressed'] & set(body))} in {row}"
-        assert stop is None or all(t == s["pad"] for t in row[stop + 1:]), f"not only padding after the stop: {row}"
+        assert stop is None or all(t == s["pad"] for t in row[stop + 1 :]), f"not only padding after the stop: {row}"
         lengths.append(len(row) if stop is None else stop)
         stopped.append(stop is not None)
         if stop is None:
@@ -112,8 +114,9 @@ def check_answers(out, input_ids: torch.Tensor, kw: dict, attention_mask: torch.
     return sequences
 
 
-def check_rows_alone(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, kw: dict,
-                     sequences: torch.Tensor) -> None:
+def check_rows_alone(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor | None, kw: dict, sequences: torch.Tensor
+) -> None:
     """Row independence: each prompt generated alone (unpadded) gives the same answer as in the batch.
 
     Rows without prompt tokens are skipped: their masked positions are symmetric, so confidences tie exactly, and
@@ -130,11 +133,12 @@ def check_rows_alone(input_ids: torch.Tensor, attention_mask: torch.Tensor | Non
             continue
         alone = MODEL.generate(real[None], **kw)
         alone = alone.sequences if kw.get("return_dict_in_generate") else alone
-        answer = alone[0, real.numel():].tolist()
+        answer = alone[0, real.numel() :].tolist()
         for copy in range(copies):
             batched = sequences[r * copies + copy, width:].tolist()
-            assert batched[: len(answer)] == answer and all(t == pad for t in batched[len(answer):]), \
+            assert batched[: len(answer)] == answer and all(t == pad for t in batched[len(answer) :]), (
                 f"row {r} alone gives {answer}, in the batch {batched}"
+            )
 
 
 def generate_call(input_ids, attention_mask, kw: dict, seed: int | None):
@@ -170,8 +174,9 @@ def valid_settings(draw) -> dict:
         "suppress_tokens": st.lists(st.integers(0, VOCAB - 1).filter(lambda t: t != MASK), max_size=5),
         "skip_after_stop": st.booleans(),
         "use_cache": st.sampled_from(["none", "prefix", "dual"]),
-        "stop_token_bias": st.fixed_dictionaries({"token_ids": st.lists(ORDINARY, min_size=1, max_size=2),
-                                                  "slope": st.floats(0.1, 5.0)}),
+        "stop_token_bias": st.fixed_dictionaries(
+            {"token_ids": st.lists(ORDINARY, min_size=1, max_size=2), "slope": st.floats(0.1, 5.0)}
+        ),
         "return_dict_in_generate": st.booleans(),
     }
     for name in draw(st.lists(st.sampled_from(sorted(optional)), max_size=4, unique=True)):
@@ -200,15 +205,30 @@ def near_miss(name: str) -> st.SearchStrategy:
     return st.nothing()
 
 
-SETTING_NAMES = ("max_length", *INT_SETTINGS, *OPTIONAL_INT_SETTINGS, *TOKEN_ID_SETTINGS, *TOKEN_LIST_SETTINGS, *BOOL_SETTINGS,
-                 "temperature", "cfg_scale", "threshold", "top_p", "remasking", "canvas", "use_cache", "do_sample",
-                 "stop_token_bias")
+SETTING_NAMES = (
+    "max_length",
+    *INT_SETTINGS,
+    *OPTIONAL_INT_SETTINGS,
+    *TOKEN_ID_SETTINGS,
+    *TOKEN_LIST_SETTINGS,
+    *BOOL_SETTINGS,
+    "temperature",
+    "cfg_scale",
+    "threshold",
+    "top_p",
+    "remasking",
+    "canvas",
+    "use_cache",
+    "do_sample",
+    "stop_token_bias",
+)
 
 
 def corrupt(draw, kw: dict, name: str) -> None:
     if name == "num_return_sequences":
-        kw[name] = draw(st.one_of(wrong_types(), weird_numbers().filter(lambda v: not (is_int(v) and v > 4)),
-                                  near_miss(name)))
+        kw[name] = draw(
+            st.one_of(wrong_types(), weird_numbers().filter(lambda v: not (is_int(v) and v > 4)), near_miss(name))
+        )
     elif name == "unknown":
         option = draw(st.sampled_from(sorted(UNKNOWN_OPTIONS)))
         kw[option] = UNKNOWN_OPTIONS[option]
@@ -224,8 +244,7 @@ def generation_case(draw, corrupt_name: str | None = None) -> tuple[list[list[in
     kw = draw(valid_settings())
     if draw(st.integers(0, 4)) == 0:  # transformers' total length instead of the answer budget
         kw["max_length"] = max(lengths) + kw.pop("max_new_tokens")
-    names = [corrupt_name] if corrupt_name else draw(st.lists(st.sampled_from([*SETTING_NAMES, "unknown"]),
-                                                              max_size=2))
+    names = [corrupt_name] if corrupt_name else draw(st.lists(st.sampled_from([*SETTING_NAMES, "unknown"]), max_size=2))
     for name in names:
         corrupt(draw, kw, name)
     seed = draw(st.one_of(st.none(), st.integers(0, 2**16)))
@@ -268,8 +287,10 @@ def settings_problems(kw: dict, prompts: list[list[int]]) -> set[str]:
             bad |= {name, "block_length"}
     if kw.get("canvas") == "fixed" and positive_int(block) and positive_int(budget) and budget % block:
         bad |= {"max_new_tokens", "max_length", "block_length", "canvas"}
-    for name, choices in (("remasking", ("low_confidence", "random", "margin", "entropy")),
-                          ("canvas", ("variable", "fixed"))):
+    for name, choices in (
+        ("remasking", ("low_confidence", "random", "margin", "entropy")),
+        ("canvas", ("variable", "fixed")),
+    ):
         if name in kw and (not isinstance(kw[name], str) or kw[name] not in choices):
             bad.add(name)
     if "use_cache" in kw and not (isinstance(kw["use_cache"], str) and kw["use_cache"] in ("none", "prefix", "dual")):
@@ -331,8 +352,14 @@ def token_problems(kw: dict, prompts: list[list[int]]) -> set[str]:
     if bias is not None:
         ids = id_list(bias.get("token_ids")) if isinstance(bias, dict) else None
         slope = bias.get("slope") if isinstance(bias, dict) else None
-        if not isinstance(bias, dict) or not set(bias) <= {"token_ids", "slope", "start", "max_bias"} \
-                or ids is None or not ids or any(t >= VOCAB for t in ids) or not (is_real(slope) and slope > 0):
+        if (
+            not isinstance(bias, dict)
+            or not set(bias) <= {"token_ids", "slope", "start", "max_bias"}
+            or ids is None
+            or not ids
+            or any(t >= VOCAB for t in ids)
+            or not (is_real(slope) and slope > 0)
+        ):
             bad.add("stop_token_bias")
     return bad
 
@@ -360,8 +387,14 @@ def run_generation_case(prompts: list[list[int]], kw: dict, seed: int | None) ->
             again = again.sequences if kw.get("return_dict_in_generate") else again
             assert torch.equal(again, sequences), "the same generator seed gave a different output"
 
-    run_case("generate: settings", generate_call(input_ids, attention_mask, kw, seed), bad=bad, check=check,
-             doubtful=extreme(kw), describe=f"prompts={prompts}, seed={seed}, generate(**{kw!r})")
+    run_case(
+        "generate: settings",
+        generate_call(input_ids, attention_mask, kw, seed),
+        bad=bad,
+        check=check,
+        doubtful=extreme(kw),
+        describe=f"prompts={prompts}, seed={seed}, generate(**{kw!r})",
+    )
 
 
 @pytest.mark.parametrize("name", [*SETTING_NAMES, "unknown"])
@@ -380,8 +413,11 @@ def test_fuzz_generate_settings(case):
 
 
 @fuzz_settings(max_examples=15)
-@given(temperature=st.sampled_from([1e308, 1e30, 1e5, 1e4, 5e-324, 1e-300]),
-       suppress=st.lists(ORDINARY, min_size=1, max_size=20), seed=st.integers(0, 100))
+@given(
+    temperature=st.sampled_from([1e308, 1e30, 1e5, 1e4, 5e-324, 1e-300]),
+    suppress=st.lists(ORDINARY, min_size=1, max_size=20),
+    seed=st.integers(0, 100),
+)
 def test_fuzz_generate_extreme_temperature(temperature, suppress, seed):
     """Issue 12 item 4: huge and tiny temperatures must never emit the mask token or a suppressed token."""
     prompts = [[7, 8, 9], [10]]
@@ -390,13 +426,21 @@ def test_fuzz_generate_extreme_temperature(temperature, suppress, seed):
 
 
 @fuzz_settings(max_examples=12)
-@given(cfg_scale=st.sampled_from([1e308, 1e30, 1e10, 1e3, 1e-300]), threshold=st.sampled_from([None, 0.5, 1e308]),
-       remasking=st.sampled_from(["low_confidence", "margin", "entropy"]))
+@given(
+    cfg_scale=st.sampled_from([1e308, 1e30, 1e10, 1e3, 1e-300]),
+    threshold=st.sampled_from([None, 0.5, 1e308]),
+    remasking=st.sampled_from(["low_confidence", "margin", "entropy"]),
+)
 def test_fuzz_generate_extreme_guidance(cfg_scale, threshold, remasking):
     """Issue 12 item 1 for generate: a huge guidance scale overflows `u + (s + 1)(c - u)`; the answer must still
     hold no mask token (or the scale is refused by name)."""
-    kw = {"cfg_scale": cfg_scale, "threshold": threshold, "remasking": remasking, "max_new_tokens": 6,
-          "block_length": 3}
+    kw = {
+        "cfg_scale": cfg_scale,
+        "threshold": threshold,
+        "remasking": remasking,
+        "max_new_tokens": 6,
+        "block_length": 3,
+    }
     run_generation_case([[7, 8, 9], [10, 11]], kw, None)
 
 
@@ -404,9 +448,24 @@ def test_fuzz_generate_extreme_guidance(cfg_scale, threshold, remasking):
 
 
 INPUT_KW = {"max_new_tokens": 4, "block_length": 2}
-INPUT_FAULTS = ("none", "oov_real", "mask_real", "oov_padding", "mask_padding", "dtype", "shape", "mask_shape",
-                "mask_values", "right_padding", "list_ids", "no_mask_with_oov_padding", "empty_batch", "long",
-                "mask_dtype", "dict_inputs")
+INPUT_FAULTS = (
+    "none",
+    "oov_real",
+    "mask_real",
+    "oov_padding",
+    "mask_padding",
+    "dtype",
+    "shape",
+    "mask_shape",
+    "mask_values",
+    "right_padding",
+    "list_ids",
+    "no_mask_with_oov_padding",
+    "empty_batch",
+    "long",
+    "mask_dtype",
+    "dict_inputs",
+)
 
 
 @st.composite
@@ -440,8 +499,11 @@ def input_case(draw, fault: str):
             ids[r, c] = draw(OUT_OF_VOCAB)
         mask, bad = None, {"input_ids"}
     elif fault == "dtype":
-        dtype = draw(st.sampled_from([torch.float32, torch.float64, torch.bool, torch.int32, torch.int16,
-                                      torch.uint8, torch.complex64]))
+        dtype = draw(
+            st.sampled_from(
+                [torch.float32, torch.float64, torch.bool, torch.int32, torch.int16, torch.uint8, torch.complex64]
+            )
+        )
         ids = ids.to(dtype)
         if dtype.is_floating_point or dtype.is_complex or dtype == torch.bool:
             bad = {"input_ids"}
@@ -449,8 +511,17 @@ def input_case(draw, fault: str):
         ids = draw(st.sampled_from([ids[0], ids[None], ids[None, None], torch.tensor(7)]))
         mask, bad = None, {"input_ids"}
     elif fault == "mask_shape":
-        mask = draw(st.sampled_from([mask[:, 1:], mask[:1], mask[None], mask.T if mask.shape[0] != mask.shape[1]
-                                     else mask[:, :0], mask.flatten()]))
+        mask = draw(
+            st.sampled_from(
+                [
+                    mask[:, 1:],
+                    mask[:1],
+                    mask[None],
+                    mask.T if mask.shape[0] != mask.shape[1] else mask[:, :0],
+                    mask.flatten(),
+                ]
+            )
+        )
         bad = {"attention_mask"} if mask.shape != ids.shape else set()
     elif fault == "mask_values" and padded:
         r, c = draw(st.sampled_from(padded))
@@ -466,8 +537,11 @@ def input_case(draw, fault: str):
         ids, mask = ids[:0], mask[:0]
         doubtful = {"input_ids"}
     elif fault == "long":
-        width = draw(st.sampled_from([MAX_POSITIONS - INPUT_KW["max_new_tokens"], MAX_POSITIONS - 3,
-                                      MAX_POSITIONS, MAX_POSITIONS + 40]))
+        width = draw(
+            st.sampled_from(
+                [MAX_POSITIONS - INPUT_KW["max_new_tokens"], MAX_POSITIONS - 3, MAX_POSITIONS, MAX_POSITIONS + 40]
+            )
+        )
         ids = torch.randint(FIRST_ORDINARY_ID, VOCAB, (1, width), generator=torch.Generator().manual_seed(width))
         mask = None
         if width + INPUT_KW["max_new_tokens"] > MAX_POSITIONS:
@@ -495,11 +569,17 @@ def run_input_case(ids, mask, bad: set, doubtful: set, reference, fault: str) ->
         if clean_mask is not None:
             clean_mask = clean_mask.long()
         sequences = check_answers(out, given_ids.long(), kw, clean_mask)
-        check_rows_alone(clean_ids, clean_mask, kw, torch.cat([clean_ids, sequences[:, clean_ids.shape[1]:]], 1))
+        check_rows_alone(clean_ids, clean_mask, kw, torch.cat([clean_ids, sequences[:, clean_ids.shape[1] :]], 1))
 
     describe = f"fault={fault}, input_ids={ids!r}, attention_mask={mask!r}"
-    run_case("generate: inputs", lambda: MODEL.generate(ids, attention_mask=mask, **kw), bad=bad, check=check,
-             doubtful=doubtful, describe=describe)
+    run_case(
+        "generate: inputs",
+        lambda: MODEL.generate(ids, attention_mask=mask, **kw),
+        bad=bad,
+        check=check,
+        doubtful=doubtful,
+        describe=describe,
+    )
 
 
 @pytest.mark.parametrize("fault", INPUT_FAULTS)
@@ -542,8 +622,13 @@ def test_fuzz_generate_hooks(names, data):
     def check(out) -> None:
         check_rows_alone(ids, mask, kw, check_answers(out, ids, kw, mask))
 
-    run_case("generate: settings", lambda: MODEL.generate(ids, attention_mask=mask, **kw, **hooks),
-             bad=hook_problems(hooks), check=check, describe=f"hooks={hooks!r}")
+    run_case(
+        "generate: settings",
+        lambda: MODEL.generate(ids, attention_mask=mask, **kw, **hooks),
+        bad=hook_problems(hooks),
+        check=check,
+        describe=f"hooks={hooks!r}",
+    )
 
 
 def test_fuzz_oracle_agrees_on_a_known_valid_call():

@@ -55,17 +55,29 @@ def write_checkpoint(folder: Path, step: int, damage: str, file: str, cut: float
 
 
 @fuzz_settings(max_examples=40)
-@given(checkpoints=st.lists(st.tuples(st.integers(1, 60), st.sampled_from(DAMAGES), st.sampled_from(FILES),
-                                      st.floats(0.0, 1.0)), min_size=0, max_size=4, unique_by=lambda c: c[0]))
+@given(
+    checkpoints=st.lists(
+        st.tuples(st.integers(1, 60), st.sampled_from(DAMAGES), st.sampled_from(FILES), st.floats(0.0, 1.0)),
+        min_size=0,
+        max_size=4,
+        unique_by=lambda c: c[0],
+    )
+)
 def test_fuzz_resume_picks_the_newest_complete_checkpoint(checkpoints):
     with tempfile.TemporaryDirectory() as output_dir:
-        complete = {step: write_checkpoint(Path(output_dir) / f"checkpoint-{step}", step, damage, file, cut)
-                    for step, damage, file, cut in checkpoints}
+        complete = {
+            step: write_checkpoint(Path(output_dir) / f"checkpoint-{step}", step, damage, file, cut)
+            for step, damage, file, cut in checkpoints
+        }
         newest = max((step for step, ok in complete.items() if ok), default=None)
         expected = None if newest is None else str(Path(output_dir) / f"checkpoint-{newest}")
 
         def check(found) -> None:
             assert found == expected, f"picked {found}, the newest complete checkpoint is {expected}"
 
-        run_case("checkpoints: resume choice", lambda: last_complete_checkpoint(output_dir), check=check,
-                 describe=f"checkpoints (step, damage, file, cut)={checkpoints}")
+        run_case(
+            "checkpoints: resume choice",
+            lambda: last_complete_checkpoint(output_dir),
+            check=check,
+            describe=f"checkpoints (step, damage, file, cut)={checkpoints}",
+        )

@@ -17,6 +17,7 @@ def separate_tally(monkeypatch):
 def raise_(error):
     def call():
         raise error
+
     return call
 
 
@@ -33,16 +34,19 @@ def test_clear_errors_and_correct_results_pass(separate_tally):
     assert separate_tally.TALLY == {("self", CLEAR_ERROR): 4, ("self", CORRECT): 1}
 
 
-@pytest.mark.parametrize("call, kwargs, outcome", [
-    (lambda: 3, {"bad": {"steps"}}, SILENT),  # a bad value accepted
-    (lambda: 3, {"check": wrong_result}, SILENT),  # a result that breaks a property
-    (raise_(ValueError("must be positive")), {"bad": {"steps"}}, UNCLEAR),  # the error names nothing
-    (raise_(ValueError("`block_length` must be positive")), {"bad": {"steps"}}, UNCLEAR),  # another argument
-    (raise_(ValueError("steps must be positive")), {"bad": {"steps"}}, UNCLEAR),  # the name without backticks
-    (raise_(RuntimeError("`steps` is bad")), {"bad": {"steps"}}, UNCLEAR),  # neither ValueError nor TypeError
-    (raise_(IndexError("index out of range")), {}, UNCLEAR),  # a valid case crashes
-    (raise_(ValueError("`steps` is bad")), {}, REFUSED),  # a valid case is refused
-])
+@pytest.mark.parametrize(
+    "call, kwargs, outcome",
+    [
+        (lambda: 3, {"bad": {"steps"}}, SILENT),  # a bad value accepted
+        (lambda: 3, {"check": wrong_result}, SILENT),  # a result that breaks a property
+        (raise_(ValueError("must be positive")), {"bad": {"steps"}}, UNCLEAR),  # the error names nothing
+        (raise_(ValueError("`block_length` must be positive")), {"bad": {"steps"}}, UNCLEAR),  # another argument
+        (raise_(ValueError("steps must be positive")), {"bad": {"steps"}}, UNCLEAR),  # the name without backticks
+        (raise_(RuntimeError("`steps` is bad")), {"bad": {"steps"}}, UNCLEAR),  # neither ValueError nor TypeError
+        (raise_(IndexError("index out of range")), {}, UNCLEAR),  # a valid case crashes
+        (raise_(ValueError("`steps` is bad")), {}, REFUSED),  # a valid case is refused
+    ],
+)
 def test_every_kind_of_wrong_outcome_fails(call, kwargs, outcome, separate_tally):
     with pytest.raises(FuzzFailure):
         run_case("self", call, **kwargs)

@@ -56,13 +56,14 @@ def check_scores(result, prompts: list[list[int]], continuations: list[list[int]
     for k, (prompt, continuation) in enumerate(zip(prompts, continuations)):
         if len(continuation) == 1:
             expected = one_token_reference(prompt, continuation[0], cfg)
-            assert abs(float(scores[k]) - expected) < TOLERANCE * max(1.0, abs(expected)), \
+            assert abs(float(scores[k]) - expected) < TOLERANCE * max(1.0, abs(expected)), (
                 f"pair {k}: score {float(scores[k])}, float64 reference {expected}"
+            )
     if result.reveal_order is not None:
         for k, continuation in enumerate(continuations):
             order = result.reveal_order[k].tolist()
             assert sorted(order[: len(continuation)]) == list(range(len(continuation))), f"reveal order {order}"
-            assert all(p == -1 for p in order[len(continuation):]), f"reveal order {order}"
+            assert all(p == -1 for p in order[len(continuation) :]), f"reveal order {order}"
 
 
 # ------------------------------------------------------------------------------------------ cases
@@ -120,9 +121,22 @@ def option_problems(chosen: dict) -> set[str]:
     return bad
 
 
-PAIR_FAULTS = ("none", "empty_continuation", "mask_in_continuation", "mask_in_prompt", "oov_in_prompt",
-               "oov_in_continuation", "too_long", "float_ids", "string_ids", "tensor_2d", "length_mismatch",
-               "bool_ids", "tensor_ids", "empty_prompt")
+PAIR_FAULTS = (
+    "none",
+    "empty_continuation",
+    "mask_in_continuation",
+    "mask_in_prompt",
+    "oov_in_prompt",
+    "oov_in_continuation",
+    "too_long",
+    "float_ids",
+    "string_ids",
+    "tensor_2d",
+    "length_mismatch",
+    "bool_ids",
+    "tensor_ids",
+    "empty_prompt",
+)
 
 
 @st.composite
@@ -180,8 +194,9 @@ def scoring_case(draw, fault: str, bad_option: str | None):
 def run_scoring_case(prompts, continuations, reference, bad: set, chosen: dict) -> None:
     bad = bad | option_problems(chosen)
     cfg = chosen.get("cfg_scale")
-    ref_prompts, ref_continuations = ([x.tolist() if isinstance(x, torch.Tensor) else x for x in part]
-                                      for part in reference)
+    ref_prompts, ref_continuations = (
+        [x.tolist() if isinstance(x, torch.Tensor) else x for x in part] for part in reference
+    )
     empty = {f"prompts[{k}]" for k, p in enumerate(ref_prompts) if isinstance(p, list) and len(p) == 0}
     if is_real(cfg) and cfg > 0 and empty:
         bad |= {"cfg_scale", *empty}
@@ -192,9 +207,14 @@ def run_scoring_case(prompts, continuations, reference, bad: set, chosen: dict) 
     def check(result) -> None:
         check_scores(result, ref_prompts, ref_continuations, chosen)
 
-    run_case("scoring: score_continuations",
-             lambda: MODEL.score_continuations(prompts, continuations, method, **rest), bad=bad, check=check,
-             doubtful=doubtful, describe=f"score_continuations({prompts!r}, {continuations!r}, {method!r}, **{rest!r})")
+    run_case(
+        "scoring: score_continuations",
+        lambda: MODEL.score_continuations(prompts, continuations, method, **rest),
+        bad=bad,
+        check=check,
+        doubtful=doubtful,
+        describe=f"score_continuations({prompts!r}, {continuations!r}, {method!r}, **{rest!r})",
+    )
 
 
 @pytest.mark.parametrize("fault", PAIR_FAULTS)
@@ -272,7 +292,10 @@ def test_fuzz_score_choices(case):
         scores = result.scores.tolist()
         assert result.best == scores.index(max(scores)), f"best {result.best} for scores {scores}"
 
-    run_case("scoring: score_choices",
-             lambda: MODEL.score_choices(prompt, choices, method, tokenizer=tokenizer, **opts), bad=bad,
-             check=check, describe=f"score_choices({prompt!r}, {choices!r}, {method!r}, tokenizer={tokenizer is not None}, "
-                                   f"**{opts!r})")
+    run_case(
+        "scoring: score_choices",
+        lambda: MODEL.score_choices(prompt, choices, method, tokenizer=tokenizer, **opts),
+        bad=bad,
+        check=check,
+        describe=f"score_choices({prompt!r}, {choices!r}, {method!r}, tokenizer={tokenizer is not None}, **{opts!r})",
+    )

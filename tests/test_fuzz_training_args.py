@@ -26,8 +26,11 @@ VALID = {
     "lr_schedule": st.sampled_from(["sft", "pretrain", "trainer"]),
     "completion_only_loss": st.booleans(),
 }
-CHOICES = {"packing_strategy": ("wrapped", "bfd", "bfd_split"), "data_format": ("sft", "pretrain"),
-           "lr_schedule": ("sft", "pretrain", "trainer")}
+CHOICES = {
+    "packing_strategy": ("wrapped", "bfd", "bfd_split"),
+    "data_format": ("sft", "pretrain"),
+    "lr_schedule": ("sft", "pretrain", "trainer"),
+}
 HOSTILE = st.one_of(weird_numbers(), wrong_types(), st.sampled_from(["Wrapped", "cosine", "", 1]))
 
 
@@ -71,8 +74,13 @@ def run_training_args_case(kw: dict) -> None:
             value = False if name == "completion_only_loss" and value is None else value  # None: the default
             assert got == value or (isinstance(value, float) and math.isclose(got, value)), f"{name}: {got!r}"
 
-    run_case(AREA, lambda: DiffusionSFTConfig(output_dir=OUTPUT_DIR, use_cpu=True, report_to="none", **kw),
-             bad=problems(kw), check=check, describe=f"DiffusionSFTConfig(**{kw!r})")
+    run_case(
+        AREA,
+        lambda: DiffusionSFTConfig(output_dir=OUTPUT_DIR, use_cpu=True, report_to="none", **kw),
+        bad=problems(kw),
+        check=check,
+        describe=f"DiffusionSFTConfig(**{kw!r})",
+    )
 
 
 @pytest.mark.parametrize("name", sorted(VALID))

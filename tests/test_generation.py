@@ -35,18 +35,20 @@ def answers_match(sequences: torch.Tensor, prompt_width: int, expected: list[lis
     for row, answer in zip(sequences.tolist(), expected):
         got = row[prompt_width:]
         assert got[: len(answer)] == answer
-        assert all(t == PAD for t in got[len(answer):])
+        assert all(t == PAD for t in got[len(answer) :])
     assert sequences.shape[1] == prompt_width + max(len(a) for a in expected)
 
 
 @contextmanager
 def logit_offsets(model, offset_fn):
     """Adds `offset_fn(input_ids, positions)` `(rows, len(positions), vocab)` to the model's output logits."""
+
     def hook(module, args, kwargs, output):
         ids = kwargs["input_ids"] if "input_ids" in kwargs else args[0]
         keep = kwargs.get("logits_to_keep", 0)
         positions = torch.arange(ids.shape[1]) if isinstance(keep, int) else keep
         output.logits += offset_fn(ids, positions)
+
     handle = model.register_forward_hook(hook, with_kwargs=True)
     try:
         yield
@@ -73,7 +75,7 @@ def stop_token_of(model, prompts: list[list[int]], **options) -> int:
     """A stop id that makes some rows stop early: the commonest token of row 0's answer that the last row's
     answer lacks (in a run with these options and no stop token)."""
     ids, mask = left_pad(prompts)
-    answers = model.generate(ids, attention_mask=mask, eos_token_id=[], **options)[:, ids.shape[1]:].tolist()
+    answers = model.generate(ids, attention_mask=mask, eos_token_id=[], **options)[:, ids.shape[1] :].tolist()
     by_count = sorted(set(answers[0]), key=lambda t: (-answers[0].count(t), t))
     return next((t for t in by_count if t not in answers[-1]), by_count[0])
 
@@ -103,8 +105,13 @@ def test_steps_in_block():
 
 
 @PROPERTY_SETTINGS
-@given(rows=st.integers(1, 3), n=st.integers(1, 7), k=st.integers(1, 7), seed=st.integers(0, 10_000),
-       threshold=st.one_of(st.none(), st.floats(0, 1.2)))
+@given(
+    rows=st.integers(1, 3),
+    n=st.integers(1, 7),
+    k=st.integers(1, 7),
+    seed=st.integers(0, 10_000),
+    threshold=st.one_of(st.none(), st.floats(0, 1.2)),
+)
 def test_select_commits_equals_sorting_each_row(rows, n, k, seed, threshold):
     g = torch.Generator().manual_seed(seed)
     scores = torch.rand(rows, n, generator=g, dtype=torch.float64)
@@ -149,26 +156,38 @@ CASES = {
     "variable-sampled": dict(canvas="variable", max_new_tokens=12, block_length=4, steps=2, temperature=0.9),
     "fixed-sampled": dict(canvas="fixed", max_new_tokens=8, block_length=4, steps=2, temperature=1.3),
     "variable-cfg": dict(canvas="variable", max_new_tokens=8, block_length=4, steps=2, cfg_scale=1.5),
-    "fixed-cfg-sampled": dict(canvas="fixed", max_new_tokens=8, block_length=4, steps=2, cfg_scale=0.7,
-                              temperature=0.5),
+    "fixed-cfg-sampled": dict(
+        canvas="fixed", max_new_tokens=8, block_length=4, steps=2, cfg_scale=0.7, temperature=0.5
+    ),
     "random-remasking": dict(canvas="variable", max_new_tokens=10, block_length=4, steps=3, remasking="random"),
-    "random-remasking-sampled": dict(canvas="fixed", max_new_tokens=8, block_length=4, steps=2, remasking="random",
-                                     temperature=0.8),
+    "random-remasking-sampled": dict(
+        canvas="fixed", max_new_tokens=8, block_length=4, steps=2, remasking="random", temperature=0.8
+    ),
     "margin": dict(canvas="fixed", max_new_tokens=8, block_length=8, steps=3, remasking="margin"),
-    "entropy-short-last-block": dict(canvas="variable", max_new_tokens=10, block_length=4, remasking="entropy",
-                                     tokens_per_step=3),
+    "entropy-short-last-block": dict(
+        canvas="variable", max_new_tokens=10, block_length=4, remasking="entropy", tokens_per_step=3
+    ),
     "threshold": dict(canvas="variable", max_new_tokens=12, block_length=6, threshold=0.15),
-    "entropy-threshold": dict(canvas="fixed", max_new_tokens=12, block_length=6, steps=3, remasking="entropy",
-                              threshold=0.05),
+    "entropy-threshold": dict(
+        canvas="fixed", max_new_tokens=12, block_length=6, steps=3, remasking="entropy", threshold=0.05
+    ),
     "skip-after-stop": dict(canvas="variable", max_new_tokens=12, block_length=6, skip_after_stop=True),
-    "skip-after-stop-fixed-sampled": dict(canvas="fixed", max_new_tokens=12, block_length=6, steps=4,
-                                          temperature=0.7, threshold=0.3, skip_after_stop=True),
+    "skip-after-stop-fixed-sampled": dict(
+        canvas="fixed", max_new_tokens=12, block_length=6, steps=4, temperature=0.7, threshold=0.3, skip_after_stop=True
+    ),
     "top-k-sampled": dict(canvas="variable", max_new_tokens=8, block_length=4, steps=2, temperature=1.5, top_k=3),
     "top-p-sampled": dict(canvas="fixed", max_new_tokens=8, block_length=4, steps=2, temperature=1.2, top_p=0.3),
-    "top-p-top-k-sampled": dict(canvas="variable", max_new_tokens=8, block_length=4, temperature=2.0, top_p=0.6,
-                                top_k=5),
-    "suppress-and-bias": dict(canvas="fixed", max_new_tokens=8, block_length=4, steps=2, suppress_tokens=[7, 8],
-                              stop_token_bias={"token_ids": [9], "slope": 0.4, "start": 2, "max_bias": 2.0}),
+    "top-p-top-k-sampled": dict(
+        canvas="variable", max_new_tokens=8, block_length=4, temperature=2.0, top_p=0.6, top_k=5
+    ),
+    "suppress-and-bias": dict(
+        canvas="fixed",
+        max_new_tokens=8,
+        block_length=4,
+        steps=2,
+        suppress_tokens=[7, 8],
+        stop_token_bias={"token_ids": [9], "slope": 0.4, "start": 2, "max_bias": 2.0},
+    ),
 }
 
 
@@ -178,12 +197,23 @@ def test_generate_matches_naive_reference(sharp_model, name):
     prompts = random_prompts([5, 3, 6])
     stop = stop_token_of(sharp_model, prompts, canvas="fixed", max_new_tokens=8, block_length=8)
     ids, mask = left_pad(prompts)
-    out = sharp_model.generate(ids, attention_mask=mask, stop_token_ids=[stop], return_dict_in_generate=True,
-                               generator=torch.Generator().manual_seed(7), **options)
+    out = sharp_model.generate(
+        ids,
+        attention_mask=mask,
+        stop_token_ids=[stop],
+        return_dict_in_generate=True,
+        generator=torch.Generator().manual_seed(7),
+        **options,
+    )
     reference_options = {k: v for k, v in options.items() if k not in ("suppress_tokens", "stop_token_bias")}
     expected, nfe = reference_generate(
-        sharp_model, prompts, mask_id=MASK, stop_ids=(EOS, stop), generator=torch.Generator().manual_seed(7),
-        suppress=tuple(options.get("suppress_tokens", ())), stop_bias=options.get("stop_token_bias"),
+        sharp_model,
+        prompts,
+        mask_id=MASK,
+        stop_ids=(EOS, stop),
+        generator=torch.Generator().manual_seed(7),
+        suppress=tuple(options.get("suppress_tokens", ())),
+        stop_bias=options.get("stop_token_bias"),
         **reference_options,
     )
     answers_match(out.sequences, ids.shape[1], expected)
@@ -195,15 +225,23 @@ def test_reference_cases_exercise_stopping(sharp_model):
     """The agreement cases are meaningful: with the chosen stop token some rows stop early and some do not."""
     prompts = random_prompts([5, 3, 6])
     stop = stop_token_of(sharp_model, prompts, canvas="fixed", max_new_tokens=8, block_length=8)
-    expected, _ = reference_generate(sharp_model, prompts, mask_id=MASK, stop_ids=(EOS, stop),
-                                     **CASES["variable-greedy"])
+    expected, _ = reference_generate(
+        sharp_model, prompts, mask_id=MASK, stop_ids=(EOS, stop), **CASES["variable-greedy"]
+    )
     lengths = [len(a) for a in expected]
     assert min(lengths) < 12 and len(set(lengths)) > 1
 
 
-@pytest.mark.parametrize("options", [dict(canvas="variable"), dict(canvas="fixed"),
-                                     dict(canvas="variable", cfg_scale=1.0), dict(canvas="fixed", threshold=0.2)],
-                         ids=["variable", "fixed", "cfg", "threshold"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(canvas="variable"),
+        dict(canvas="fixed"),
+        dict(canvas="variable", cfg_scale=1.0),
+        dict(canvas="fixed", threshold=0.2),
+    ],
+    ids=["variable", "fixed", "cfg", "threshold"],
+)
 def test_batched_equals_each_row_alone(sharp_model, options):
     prompts = random_prompts([6, 2, 4, 5], seed=1)
     stop = stop_token_of(sharp_model, prompts, canvas="fixed", max_new_tokens=8, block_length=8)
@@ -212,7 +250,7 @@ def test_batched_equals_each_row_alone(sharp_model, options):
     batched = sharp_model.generate(ids, attention_mask=mask, **settings_)
     alone = []
     for prompt in prompts:
-        row = sharp_model.generate(torch.tensor([prompt]), **settings_)[0, len(prompt):].tolist()
+        row = sharp_model.generate(torch.tensor([prompt]), **settings_)[0, len(prompt) :].tolist()
         alone.append(row)
     answers_match(batched, ids.shape[1], alone)
 
@@ -230,17 +268,26 @@ def test_fixed_mode_equals_llada_generate(sharp_model, options):
         logits[..., MASK] = -1e9
         return logits
 
-    expected = llada_generate(logits_without_mask, prompt, mask_id=MASK, steps=6, gen_length=12, block_length=4,
-                              **options)
-    got = sharp_model.generate(prompt, canvas="fixed", max_new_tokens=12, block_length=4, steps=2, eos_token_id=[],
-                               **options)
+    expected = llada_generate(
+        logits_without_mask, prompt, mask_id=MASK, steps=6, gen_length=12, block_length=4, **options
+    )
+    got = sharp_model.generate(
+        prompt, canvas="fixed", max_new_tokens=12, block_length=4, steps=2, eos_token_id=[], **options
+    )
     assert torch.equal(got, expected)
-    with_stop = sharp_model.generate(prompt, canvas="fixed", max_new_tokens=12, block_length=4, steps=2,
-                                     eos_token_id=[int(expected[0, 9])], **options)
+    with_stop = sharp_model.generate(
+        prompt,
+        canvas="fixed",
+        max_new_tokens=12,
+        block_length=4,
+        steps=2,
+        eos_token_id=[int(expected[0, 9])],
+        **options,
+    )
     for row, full in zip(with_stop.tolist(), expected.tolist()):
         answer = full[5:]
         cut = answer[: answer.index(expected[0, 9].item()) + 1] if expected[0, 9].item() in answer else answer
-        assert row[5 : 5 + len(cut)] == cut and all(t == PAD for t in row[5 + len(cut):])
+        assert row[5 : 5 + len(cut)] == cut and all(t == PAD for t in row[5 + len(cut) :])
 
 
 def test_variable_mode_with_one_block_equals_fixed(sharp_model):
@@ -277,10 +324,24 @@ def test_stops_after_the_block_with_eos(canvas):
     prompt = random_prompts([5], seed=4)[0]
     with logit_offsets(model, eos_in_second_block(5, block, marker=prompt[0])):
         with count_forwards(model) as calls:
-            out = model.generate(torch.tensor([prompt]), max_new_tokens=16, block_length=block, steps=steps,
-                                 canvas=canvas, return_dict_in_generate=True)
-        expected, _ = reference_generate(model, [prompt], mask_id=MASK, max_new_tokens=16, block_length=block,
-                                         steps=steps, canvas=canvas, stop_ids=(EOS,))
+            out = model.generate(
+                torch.tensor([prompt]),
+                max_new_tokens=16,
+                block_length=block,
+                steps=steps,
+                canvas=canvas,
+                return_dict_in_generate=True,
+            )
+        expected, _ = reference_generate(
+            model,
+            [prompt],
+            mask_id=MASK,
+            max_new_tokens=16,
+            block_length=block,
+            steps=steps,
+            canvas=canvas,
+            stop_ids=(EOS,),
+        )
     answer = out.sequences[0, 5:].tolist()
     assert out.nfe == 2 * steps == len(calls)
     assert answer == expected[0] and len(answer) == block + 3 and answer[-1] == EOS
@@ -292,11 +353,12 @@ def test_finished_rows_leave_the_batch():
     prompts = random_prompts([5, 5], seed=5)
     prompts[1][0] = prompts[0][0] + 1 if prompts[0][0] + 1 < VOCAB else FIRST_ORDINARY_ID
     with logit_offsets(model, eos_in_second_block(5, 4, marker=prompts[0][0])), count_forwards(model) as calls:
-        out = model.generate(torch.tensor(prompts), max_new_tokens=16, block_length=4, steps=2,
-                             return_dict_in_generate=True)
+        out = model.generate(
+            torch.tensor(prompts), max_new_tokens=16, block_length=4, steps=2, return_dict_in_generate=True
+        )
     assert [shape[0] for shape in calls] == [2] * 4 + [1] * 4  # row 0 is done after two blocks of two steps
     assert out.nfe == 8
-    assert out.sequences[0, 5 + 7:].eq(PAD).all() and out.sequences[0, 5 + 6] == EOS
+    assert out.sequences[0, 5 + 7 :].eq(PAD).all() and out.sequences[0, 5 + 6] == EOS
     assert out.sequences.shape[1] == 5 + 16 and EOS not in out.sequences[1].tolist()
 
 
@@ -320,12 +382,21 @@ def test_threshold_decoding_spends_fewer_steps(sharp_model):
 
 
 @PROPERTY_SETTINGS
-@given(lengths=st.lists(st.integers(0, 6), min_size=1, max_size=3), block=st.integers(1, 6),
-       blocks=st.integers(1, 3), extra=st.integers(0, 5), steps_fraction=st.floats(0.01, 1.0),
-       canvas=st.sampled_from(["variable", "fixed"]), temperature=st.sampled_from([0.0, 1.0, 1e4]),
-       top_p=st.sampled_from([None, 0.5]), top_k=st.sampled_from([None, 1, 3]), seed=st.integers(0, 1000))
-def test_generation_invariants(sharp_model, lengths, block, blocks, extra, steps_fraction, canvas, temperature, top_p,
-                               top_k, seed):
+@given(
+    lengths=st.lists(st.integers(0, 6), min_size=1, max_size=3),
+    block=st.integers(1, 6),
+    blocks=st.integers(1, 3),
+    extra=st.integers(0, 5),
+    steps_fraction=st.floats(0.01, 1.0),
+    canvas=st.sampled_from(["variable", "fixed"]),
+    temperature=st.sampled_from([0.0, 1.0, 1e4]),
+    top_p=st.sampled_from([None, 0.5]),
+    top_k=st.sampled_from([None, 1, 3]),
+    seed=st.integers(0, 1000),
+)
+def test_generation_invariants(
+    sharp_model, lengths, block, blocks, extra, steps_fraction, canvas, temperature, top_p, top_k, seed
+):
     if max(lengths) == 0:
         lengths = [*lengths[:-1], 1]
     prompts = random_prompts(lengths, seed=seed)
@@ -333,9 +404,20 @@ def test_generation_invariants(sharp_model, lengths, block, blocks, extra, steps
     steps = max(1, round(steps_fraction * block))
     stops = [EOS, FIRST_ORDINARY_ID + seed % (VOCAB - FIRST_ORDINARY_ID)]
     ids, mask = left_pad(prompts)
-    out = sharp_model.generate(ids, attention_mask=mask, max_new_tokens=budget, block_length=block, steps=steps,
-                               canvas=canvas, temperature=temperature, stop_token_ids=stops, top_p=top_p, top_k=top_k,
-                               generator=torch.Generator().manual_seed(seed), return_dict_in_generate=True)
+    out = sharp_model.generate(
+        ids,
+        attention_mask=mask,
+        max_new_tokens=budget,
+        block_length=block,
+        steps=steps,
+        canvas=canvas,
+        temperature=temperature,
+        stop_token_ids=stops,
+        top_p=top_p,
+        top_k=top_k,
+        generator=torch.Generator().manual_seed(seed),
+        return_dict_in_generate=True,
+    )
     width = ids.shape[1]
     assert torch.equal(out.sequences[:, :width], ids)  # prompt unchanged
     assert not (out.sequences == MASK).any()
@@ -344,7 +426,7 @@ def test_generation_invariants(sharp_model, lengths, block, blocks, extra, steps
     for row in out.sequences[:, width:].tolist():
         first = next((j for j, t in enumerate(row) if t in stops), None)
         if first is not None:
-            assert all(t == PAD for t in row[first + 1:])
+            assert all(t == PAD for t in row[first + 1 :])
 
 
 # --------------------------------------------------------------------------------------------- errors
@@ -480,16 +562,25 @@ def test_kwargs_override_without_mutating_configs(sharp_model):
     given_config = ILLaDAGenerationConfig(max_new_tokens=8, block_length=4)
     before, model_before = given_config.to_dict(), sharp_model.generation_config.to_dict()
     by_kwargs = sharp_model.generate(ids, generation_config=given_config, steps=2, eos_token_id=[])
-    by_config = sharp_model.generate(ids, generation_config=ILLaDAGenerationConfig(
-        max_new_tokens=8, block_length=4, steps=2, eos_token_id=[]))
+    by_config = sharp_model.generate(
+        ids, generation_config=ILLaDAGenerationConfig(max_new_tokens=8, block_length=4, steps=2, eos_token_id=[])
+    )
     assert torch.equal(by_kwargs, by_config) and by_kwargs.shape == (1, 12)
     assert given_config.to_dict() == before and sharp_model.generation_config.to_dict() == model_before
 
 
 def test_history_follows_the_schedule(sharp_model):
     ids = torch.tensor(random_prompts([3], seed=10))
-    out = sharp_model.generate(ids, max_new_tokens=10, block_length=5, steps=2, eos_token_id=[], canvas="fixed",
-                               return_dict_in_generate=True, output_history=True)
+    out = sharp_model.generate(
+        ids,
+        max_new_tokens=10,
+        block_length=5,
+        steps=2,
+        eos_token_id=[],
+        canvas="fixed",
+        return_dict_in_generate=True,
+        output_history=True,
+    )
     assert isinstance(out, ILLaDAGenerateOutput) and out.nfe == 4
     history = out.history[0].tolist()
     assert history[:3] == [-1, -1, -1]
@@ -502,8 +593,14 @@ def test_history_is_cut_with_the_answer():
     model = make_model(seed=4, **SHARP)
     prompt = random_prompts([5], seed=4)[0]
     with logit_offsets(model, eos_in_second_block(5, 4, marker=prompt[0])):
-        out = model.generate(torch.tensor([prompt]), max_new_tokens=16, block_length=4, steps=2,
-                             return_dict_in_generate=True, output_history=True)
+        out = model.generate(
+            torch.tensor([prompt]),
+            max_new_tokens=16,
+            block_length=4,
+            steps=2,
+            return_dict_in_generate=True,
+            output_history=True,
+        )
     assert out.history.shape == out.sequences.shape
     assert (out.history[0, 5:] >= 0).all() and (out.history[0, 5:] < out.nfe).all()
 
@@ -512,8 +609,9 @@ def test_streamer_receives_prompt_then_blocks(sharp_model):
     streamer = RecordingStreamer()
     prompt = random_prompts([4], seed=11)[0]
     stop = stop_token_of(sharp_model, [prompt], canvas="fixed", max_new_tokens=8, block_length=8)
-    out = sharp_model.generate(torch.tensor([prompt]), max_new_tokens=12, block_length=4, stop_token_ids=[stop],
-                               streamer=streamer)
+    out = sharp_model.generate(
+        torch.tensor([prompt]), max_new_tokens=12, block_length=4, stop_token_ids=[stop], streamer=streamer
+    )
     assert streamer.puts[0] == [prompt] and streamer.ended
     streamed = [t for put in streamer.puts[1:] for t in put]
     assert streamed == out[0, 4:].tolist()
@@ -525,11 +623,26 @@ def test_step_callback_sees_every_step(sharp_model):
     ids, mask = left_pad(random_prompts([3, 5], seed=12))
 
     def callback(step, x, logits):
-        seen.append((step, tuple(x.shape), tuple(logits.shape), bool((logits[..., MASK] == -torch.inf).all()),
-                     int((x == MASK).sum())))
+        seen.append(
+            (
+                step,
+                tuple(x.shape),
+                tuple(logits.shape),
+                bool((logits[..., MASK] == -torch.inf).all()),
+                int((x == MASK).sum()),
+            )
+        )
 
-    out = sharp_model.generate(ids, attention_mask=mask, max_new_tokens=8, block_length=4, steps=2, eos_token_id=[],
-                               step_callback=callback, return_dict_in_generate=True)
+    out = sharp_model.generate(
+        ids,
+        attention_mask=mask,
+        max_new_tokens=8,
+        block_length=4,
+        steps=2,
+        eos_token_id=[],
+        step_callback=callback,
+        return_dict_in_generate=True,
+    )
     assert [s[0] for s in seen] == list(range(out.nfe))
     assert [s[1] for s in seen] == [(2, 9)] * 2 + [(2, 13)] * 2  # the variable canvas grows by a block
     assert all(s[2] == (2, 4, VOCAB) and s[3] for s in seen)
@@ -540,8 +653,14 @@ def test_logits_are_computed_for_the_block_only(sharp_model):
     shapes = []
     handle = sharp_model.lm_head.register_forward_hook(lambda module, args, output: shapes.append(tuple(args[0].shape)))
     try:
-        sharp_model.generate(torch.tensor(random_prompts([6], seed=13)), max_new_tokens=12, block_length=4,
-                             canvas="fixed", eos_token_id=[], steps=1)
+        sharp_model.generate(
+            torch.tensor(random_prompts([6], seed=13)),
+            max_new_tokens=12,
+            block_length=4,
+            canvas="fixed",
+            eos_token_id=[],
+            steps=1,
+        )
     finally:
         handle.remove()
     assert shapes == [(1, 4, TINY["hidden_size"])] * 3  # canvas of 18 positions, 4 get logits
@@ -582,9 +701,15 @@ def test_suppressed_token_is_never_generated(sharp_model):
 def test_stop_token_bias_ramps_with_the_answer_position(sharp_model):
     ids = torch.tensor(random_prompts([4], seed=16))
     biased = 50
-    out = sharp_model.generate(ids, max_new_tokens=12, block_length=4, eos_token_id=[], canvas="fixed",
-                               stop_token_bias={"token_ids": [biased], "slope": 1e3, "start": 5})
-    assert (out[0, 4 + 6:] == biased).all()  # answer positions > 5 get at least 1000
+    out = sharp_model.generate(
+        ids,
+        max_new_tokens=12,
+        block_length=4,
+        eos_token_id=[],
+        canvas="fixed",
+        stop_token_bias={"token_ids": [biased], "slope": 1e3, "start": 5},
+    )
+    assert (out[0, 4 + 6 :] == biased).all()  # answer positions > 5 get at least 1000
 
 
 def test_empty_prompt_generates_unconditionally(sharp_model):
@@ -604,10 +729,21 @@ def test_progress_bar_is_off_by_default(sharp_model, capsys):
 
 
 def test_generation_config_round_trip_with_remote_code(tmp_path, sharp_model):
-    custom = ILLaDAGenerationConfig(max_new_tokens=8, block_length=4, steps=2, temperature=0.0, remasking="margin",
-                                    stop_token_ids=[9], suppress_tokens=[7], canvas="fixed", threshold=0.5,
-                                    stop_token_bias={"token_ids": [9], "slope": 0.1}, mask_token_id=MASK,
-                                    pad_token_id=PAD, eos_token_id=[EOS])
+    custom = ILLaDAGenerationConfig(
+        max_new_tokens=8,
+        block_length=4,
+        steps=2,
+        temperature=0.0,
+        remasking="margin",
+        stop_token_ids=[9],
+        suppress_tokens=[7],
+        canvas="fixed",
+        threshold=0.5,
+        stop_token_bias={"token_ids": [9], "slope": 0.1},
+        mask_token_id=MASK,
+        pad_token_id=PAD,
+        eos_token_id=[EOS],
+    )
     sharp_model.generation_config = custom
     try:
         sharp_model.save_pretrained(tmp_path)
@@ -618,6 +754,7 @@ def test_generation_config_round_trip_with_remote_code(tmp_path, sharp_model):
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path, trust_remote_code=True)
     assert type(loaded.generation_config).__name__ == "ILLaDAGenerationConfig"
     assert type(loaded).__module__ != type(sharp_model).__module__  # really the copied remote code
+
     def strip(d):
         return {k: v for k, v in d.items() if k not in ("transformers_version", "_from_model_config")}
 
@@ -629,9 +766,18 @@ def test_generation_config_round_trip_with_remote_code(tmp_path, sharp_model):
 
 
 def test_config_file_with_autoregressive_keys_loads(tmp_path):
-    (tmp_path / "generation_config.json").write_text(json.dumps(
-        {"bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1, "do_sample": True, "top_p": 0.9,
-         "transformers_version": "4.57.1"}))
+    (tmp_path / "generation_config.json").write_text(
+        json.dumps(
+            {
+                "bos_token_id": 0,
+                "eos_token_id": 2,
+                "pad_token_id": 1,
+                "do_sample": True,
+                "top_p": 0.9,
+                "transformers_version": "4.57.1",
+            }
+        )
+    )
     config = ILLaDAGenerationConfig.from_pretrained(tmp_path)
     assert (config.bos_token_id, config.eos_token_id, config.pad_token_id, config.max_new_tokens) == (0, 2, 1, 128)
     assert (config.do_sample, config.top_p) == (True, 0.9)  # habitual options with a diffusion meaning are kept
@@ -650,8 +796,14 @@ def test_do_sample_false_is_greedy_whatever_the_temperature(sharp_model):
     prompts = random_prompts([5, 3], seed=20)
     ids, mask = left_pad(prompts)
     options = dict(max_new_tokens=8, block_length=4, steps=2, eos_token_id=[])
-    got = sharp_model.generate(ids, attention_mask=mask, do_sample=False, temperature=1.7,
-                               generator=torch.Generator().manual_seed(1), **options)
+    got = sharp_model.generate(
+        ids,
+        attention_mask=mask,
+        do_sample=False,
+        temperature=1.7,
+        generator=torch.Generator().manual_seed(1),
+        **options,
+    )
     expected, _ = reference_generate(sharp_model, prompts, mask_id=MASK, **options_for_reference(options))
     answers_match(got, ids.shape[1], expected)
 
@@ -664,22 +816,37 @@ def test_top_k_1_sampling_is_greedy(sharp_model):
     prompts = random_prompts([4, 6], seed=21)
     ids, mask = left_pad(prompts)
     options = dict(max_new_tokens=8, block_length=4, steps=2, eos_token_id=[])
-    sampled = sharp_model.generate(ids, attention_mask=mask, do_sample=True, temperature=3.0, top_k=1,
-                                   generator=torch.Generator().manual_seed(2), **options)
+    sampled = sharp_model.generate(
+        ids,
+        attention_mask=mask,
+        do_sample=True,
+        temperature=3.0,
+        top_k=1,
+        generator=torch.Generator().manual_seed(2),
+        **options,
+    )
     greedy, _ = reference_generate(sharp_model, prompts, mask_id=MASK, **options_for_reference(options))
     answers_match(sampled, ids.shape[1], greedy)
-    unfiltered = sharp_model.generate(ids, attention_mask=mask, do_sample=True, temperature=3.0,
-                                      generator=torch.Generator().manual_seed(2), **options)
+    unfiltered = sharp_model.generate(
+        ids, attention_mask=mask, do_sample=True, temperature=3.0, generator=torch.Generator().manual_seed(2), **options
+    )
     assert not torch.equal(unfiltered, sampled)  # at this temperature, sampling without top_k=1 departs from greedy
 
 
 def test_do_sample_true_at_temperature_0_samples_at_the_default_temperature(sharp_model):
     prompts = random_prompts([5], seed=22)
     options = dict(max_new_tokens=8, block_length=4, steps=2, eos_token_id=[])
-    got = sharp_model.generate(torch.tensor(prompts), do_sample=True, temperature=0.0,
-                               generator=torch.Generator().manual_seed(3), **options)
-    expected, _ = reference_generate(sharp_model, prompts, mask_id=MASK, temperature=1.0,
-                                     generator=torch.Generator().manual_seed(3), **options_for_reference(options))
+    got = sharp_model.generate(
+        torch.tensor(prompts), do_sample=True, temperature=0.0, generator=torch.Generator().manual_seed(3), **options
+    )
+    expected, _ = reference_generate(
+        sharp_model,
+        prompts,
+        mask_id=MASK,
+        temperature=1.0,
+        generator=torch.Generator().manual_seed(3),
+        **options_for_reference(options),
+    )
     answers_match(got, 5, expected)
 
 
@@ -687,12 +854,18 @@ def test_num_return_sequences_gives_adjacent_rows_per_prompt(sharp_model):
     prompts = random_prompts([4, 6], seed=23)
     ids, mask = left_pad(prompts)
     options = dict(max_new_tokens=8, block_length=4, steps=2, eos_token_id=[], temperature=1.0)
-    out = sharp_model.generate(ids, attention_mask=mask, num_return_sequences=3,
-                               generator=torch.Generator().manual_seed(4), **options)
+    out = sharp_model.generate(
+        ids, attention_mask=mask, num_return_sequences=3, generator=torch.Generator().manual_seed(4), **options
+    )
     assert out.shape[0] == 6
     repeated = [p for p in prompts for _ in range(3)]
-    expected, _ = reference_generate(sharp_model, repeated, mask_id=MASK, generator=torch.Generator().manual_seed(4),
-                                     **options_for_reference(options))
+    expected, _ = reference_generate(
+        sharp_model,
+        repeated,
+        mask_id=MASK,
+        generator=torch.Generator().manual_seed(4),
+        **options_for_reference(options),
+    )
     answers_match(out, ids.shape[1], expected)
     assert len({tuple(row) for row in out[:3].tolist()}) > 1  # sampled copies differ
     greedy = sharp_model.generate(ids, attention_mask=mask, num_return_sequences=3, **{**options, "temperature": 0})
@@ -702,8 +875,9 @@ def test_num_return_sequences_gives_adjacent_rows_per_prompt(sharp_model):
 def test_max_length_counts_the_prompt(sharp_model):
     prompts = random_prompts([5, 3], seed=24)
     ids, mask = left_pad(prompts)
-    out = sharp_model.generate(ids, attention_mask=mask, max_length=ids.shape[1] + 6, block_length=4, steps=2,
-                               eos_token_id=[])
+    out = sharp_model.generate(
+        ids, attention_mask=mask, max_length=ids.shape[1] + 6, block_length=4, steps=2, eos_token_id=[]
+    )
     expected, _ = reference_generate(sharp_model, prompts, mask_id=MASK, max_new_tokens=6, block_length=4, steps=2)
     answers_match(out, ids.shape[1], expected)
 
@@ -715,11 +889,15 @@ def test_max_length_sets_the_budget_before_the_settings_are_checked(sharp_model)
     prompts = random_prompts([2], seed=27)
     ids = torch.tensor(prompts)
     by_length = sharp_model.generate(ids, max_length=5, block_length=3, canvas="fixed", eos_token_id=[])
-    expected, _ = reference_generate(sharp_model, prompts, mask_id=MASK, max_new_tokens=3, block_length=3,
-                                     canvas="fixed")
+    expected, _ = reference_generate(
+        sharp_model, prompts, mask_id=MASK, max_new_tokens=3, block_length=3, canvas="fixed"
+    )
     answers_match(by_length, 2, expected)
-    with pytest.raises(ValueError, match=r"`max_new_tokens` \(4\) must be a multiple of `block_length` \(3\).*"
-                                         r"`max_length` \(6\) minus the prompt width \(2\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"`max_new_tokens` \(4\) must be a multiple of `block_length` \(3\).*"
+        r"`max_length` \(6\) minus the prompt width \(2\)",
+    ):
         sharp_model.generate(ids, max_length=6, block_length=3, canvas="fixed")
 
 
@@ -728,8 +906,9 @@ def test_plain_generation_config_overrides_only_what_it_sets(sharp_model):
     stock = GenerationConfig(max_new_tokens=6, do_sample=False, num_beams=1)
     out = sharp_model.generate(torch.tensor(prompts), generation_config=stock, return_dict_in_generate=True)
     # Diffusion settings stay the model's defaults: one block of 32 > 6 tokens, one token per step.
-    expected, nfe = reference_generate(sharp_model, prompts, mask_id=MASK, max_new_tokens=6, block_length=32,
-                                       stop_ids=(EOS,))
+    expected, nfe = reference_generate(
+        sharp_model, prompts, mask_id=MASK, max_new_tokens=6, block_length=32, stop_ids=(EOS,)
+    )
     answers_match(out.sequences, 5, expected)
     assert out.nfe == nfe
     by_length = sharp_model.generate(torch.tensor(prompts), generation_config=GenerationConfig(max_length=11))
@@ -738,8 +917,9 @@ def test_plain_generation_config_overrides_only_what_it_sets(sharp_model):
 
 def test_generation_config_from_the_folder_keeps_the_checkpoint_diffusion_settings(tmp_path):
     model = make_model(seed=3, **SHARP)
-    model.generation_config = ILLaDAGenerationConfig(max_new_tokens=8, block_length=4, steps=2, eos_token_id=[],
-                                                     mask_token_id=MASK, pad_token_id=PAD)
+    model.generation_config = ILLaDAGenerationConfig(
+        max_new_tokens=8, block_length=4, steps=2, eos_token_id=[], mask_token_id=MASK, pad_token_id=PAD
+    )
     model.save_pretrained(tmp_path)
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path, trust_remote_code=True)
     prompts = random_prompts([4], seed=26)
@@ -757,8 +937,10 @@ def test_batch_encoding_or_dict_as_first_argument(sharp_model):
     ids, mask = left_pad(prompts)
     options = dict(max_new_tokens=8, block_length=4, steps=2, eos_token_id=[])
     expected, _ = reference_generate(sharp_model, prompts, mask_id=MASK, **options_for_reference(options))
-    for inputs in (BatchEncoding({"input_ids": ids, "attention_mask": mask}),
-                   {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}):
+    for inputs in (
+        BatchEncoding({"input_ids": ids, "attention_mask": mask}),
+        {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)},
+    ):
         answers_match(sharp_model.generate(inputs, **options), ids.shape[1], expected)
 
 
@@ -786,8 +968,15 @@ def test_huge_temperature_never_emits_mask_or_suppressed_tokens(sharp_model):
         return out
 
     with logit_offsets(sharp_model, prefer_banned):
-        out = sharp_model.generate(ids, max_new_tokens=32, block_length=8, eos_token_id=[], suppress_tokens=[40],
-                                   temperature=MAX_TEMPERATURE, generator=torch.Generator().manual_seed(0))
+        out = sharp_model.generate(
+            ids,
+            max_new_tokens=32,
+            block_length=8,
+            eos_token_id=[],
+            suppress_tokens=[40],
+            temperature=MAX_TEMPERATURE,
+            generator=torch.Generator().manual_seed(0),
+        )
     answer = out[0, 4:]
     assert not ((answer == MASK) | (answer == 40)).any() and len(set(answer.tolist())) > 10  # near-uniform draws
 
@@ -797,8 +986,9 @@ def test_answer_lengths_and_stop_reasons():
     prompts = random_prompts([5, 5], seed=5)
     prompts[1][0] = prompts[0][0] + 1 if prompts[0][0] + 1 < VOCAB else FIRST_ORDINARY_ID
     with logit_offsets(model, eos_in_second_block(5, 4, marker=prompts[0][0])):
-        out = model.generate(torch.tensor(prompts), max_new_tokens=16, block_length=4, steps=2,
-                             return_dict_in_generate=True)
+        out = model.generate(
+            torch.tensor(prompts), max_new_tokens=16, block_length=4, steps=2, return_dict_in_generate=True
+        )
     # Row 0: EOS planted at answer position 4 + 2 = 6, so six answer tokens and a stop; row 1: the whole budget.
     assert out.answer_lengths.tolist() == [6, 16] and out.stopped.tolist() == [True, False]
 
@@ -830,8 +1020,10 @@ def test_resolve_generation_config_gives_the_settings_a_call_uses(sharp_model):
     assert (config.steps, config.block_length, config.max_new_tokens) == (2, 4, 128)  # the rest: model defaults
     assert (config.mask_token_id, config.pad_token_id, config.stop_ids) == (MASK, PAD, [EOS, 9])
     ids = torch.tensor(random_prompts([4], seed=31))
-    assert torch.equal(sharp_model.generate(ids, generation_config=config, max_new_tokens=8),
-                       sharp_model.generate(ids, steps=2, block_length=4, stop_token_ids=[9], max_new_tokens=8))
+    assert torch.equal(
+        sharp_model.generate(ids, generation_config=config, max_new_tokens=8),
+        sharp_model.generate(ids, steps=2, block_length=4, stop_token_ids=[9], max_new_tokens=8),
+    )
     with pytest.raises(ValueError, match="`max_length`"):
         sharp_model.resolve_generation_config(max_length=20)
 
@@ -855,19 +1047,26 @@ def test_history_after_the_end_of_an_answer_is_not_generated(capsys):
     prompts = random_prompts([5, 5], seed=5)
     prompts[1][0] = prompts[0][0] + 1 if prompts[0][0] + 1 < VOCAB else FIRST_ORDINARY_ID
     with logit_offsets(model, eos_in_second_block(5, 4, marker=prompts[0][0])):
-        out = model.generate(torch.tensor(prompts), max_new_tokens=16, block_length=4, steps=2,
-                             return_dict_in_generate=True, output_history=True)
+        out = model.generate(
+            torch.tensor(prompts),
+            max_new_tokens=16,
+            block_length=4,
+            steps=2,
+            return_dict_in_generate=True,
+            output_history=True,
+        )
         alone = model.generate(torch.tensor(prompts[:1]), max_new_tokens=16, block_length=4, steps=2, progress=True)
     history = out.history.tolist()
-    assert all(step >= 0 for step in history[0][5 : 5 + 7]) and all(step == -1 for step in history[0][5 + 7:])
+    assert all(step >= 0 for step in history[0][5 : 5 + 7]) and all(step == -1 for step in history[0][5 + 7 :])
     assert all(step >= 0 for step in history[1][5:])
     assert alone.shape[1] == 5 + 7 and "4/4" not in capsys.readouterr().err  # the last two blocks never start
 
 
 def test_positions_count_from_each_rows_first_token(sharp_model):
     seen = []
-    handle = sharp_model.register_forward_pre_hook(lambda m, a, kwargs: seen.append(kwargs["position_ids"]),
-                                                   with_kwargs=True)
+    handle = sharp_model.register_forward_pre_hook(
+        lambda m, a, kwargs: seen.append(kwargs["position_ids"]), with_kwargs=True
+    )
     try:
         ids, mask = left_pad(random_prompts([2, 4], seed=32))
         sharp_model.generate(ids, attention_mask=mask, max_new_tokens=2, block_length=2, steps=1, eos_token_id=[])

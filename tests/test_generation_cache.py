@@ -40,6 +40,7 @@ def count_forwards(model):
 def logit_offsets(model, offset_fn):
     """Adds `offset_fn(rows, canvas_positions)` `(rows, len(positions), vocab)` to the model's output logits; the
     canvas positions account for a cached span forward (`kv_cache.span`)."""
+
     def hook(module, args, kwargs, output):
         ids = kwargs["input_ids"] if "input_ids" in kwargs else args[0]
         cache = kwargs.get("kv_cache")
@@ -47,6 +48,7 @@ def logit_offsets(model, offset_fn):
         keep = kwargs.get("logits_to_keep", 0)
         positions = first + (torch.arange(ids.shape[1]) if isinstance(keep, int) else keep)
         output.logits += offset_fn(ids.shape[0], positions)
+
     handle = model.register_forward_hook(hook, with_kwargs=True)
     try:
         yield
@@ -57,8 +59,9 @@ def logit_offsets(model, offset_fn):
 # --------------------------------------------------------------------------------------------- naive reference
 
 
-def _reference_logits(model, canvas: list[int], caches: dict, key, refresh: bool, span: tuple[int, int],
-                      dual: bool) -> torch.Tensor:
+def _reference_logits(
+    model, canvas: list[int], caches: dict, key, refresh: bool, span: tuple[int, int], dual: bool
+) -> torch.Tensor:
     """float64 logits `(span length, vocab)` of one row alone: a full forward that refills its own cache, or a
     forward over `span_start:` (prefix) / `span` (dual) reading the rest from that cache."""
     start, end = span
@@ -72,10 +75,20 @@ def _reference_logits(model, canvas: list[int], caches: dict, key, refresh: bool
         return model(tokens, kv_cache=cache).logits[0, : end - start].double()
 
 
-def reference_cached_generate(model, prompts: list[list[int]], *, mode: str, max_new_tokens: int,
-                              block_length: int, steps: int, canvas: str, refresh_steps: int | None = None,
-                              threshold: float | None = None, cfg_scale: float = 0.0,
-                              stop_ids: tuple[int, ...] = (EOS,)) -> tuple[list[list[int]], int]:
+def reference_cached_generate(
+    model,
+    prompts: list[list[int]],
+    *,
+    mode: str,
+    max_new_tokens: int,
+    block_length: int,
+    steps: int,
+    canvas: str,
+    refresh_steps: int | None = None,
+    threshold: float | None = None,
+    cfg_scale: float = 0.0,
+    stop_ids: tuple[int, ...] = (EOS,),
+) -> tuple[list[list[int]], int]:
     """Greedy low-confidence sampling with Fast-dLLM's cache, one row at a time (no padding, no batching), its own
     cache per row (and per guidance branch), selection by sorting Python lists. Returns answers and steps."""
     rows = [list(p) + [MASK] * max_new_tokens for p in prompts]
@@ -86,8 +99,11 @@ def reference_cached_generate(model, prompts: list[list[int]], *, mode: str, max
         num_steps = min(steps, n)
         schedule = [n // num_steps + (1 if s < n % num_steps else 0) for s in range(num_steps)]
         for step in range(num_steps):
-            active = [r for r in range(len(rows)) if not finished[r]
-                      and MASK in rows[r][len(prompts[r]) + start : len(prompts[r]) + end]]
+            active = [
+                r
+                for r in range(len(rows))
+                if not finished[r] and MASK in rows[r][len(prompts[r]) + start : len(prompts[r]) + end]
+            ]
             if not active:
                 break
             refresh = step == 0 or (refresh_steps is not None and step % refresh_steps == 0)
@@ -129,7 +145,7 @@ def answers_match(sequences: torch.Tensor, prompt_width: int, expected: list[lis
     for row, answer in zip(sequences.tolist(), expected):
         got = row[prompt_width:]
         assert got[: len(answer)] == answer
-        assert all(t == PAD for t in got[len(answer):])
+        assert all(t == PAD for t in got[len(answer) :])
 
 
 # --------------------------------------------------------------------------------------------- exactness
@@ -148,11 +164,26 @@ EXACT_CASES = {
 @pytest.mark.parametrize("case", EXACT_CASES)
 def test_refreshed_every_step_equals_uncached_exactly(sharp_model, mode, case):
     ids, mask = left_pad(random_prompts([5, 2, 4], seed=1))
-    options = dict(max_new_tokens=16, block_length=4, steps=3, stop_token_ids=[9], return_dict_in_generate=True,
-                   output_history=True) | EXACT_CASES[case]
+    options = (
+        dict(
+            max_new_tokens=16,
+            block_length=4,
+            steps=3,
+            stop_token_ids=[9],
+            return_dict_in_generate=True,
+            output_history=True,
+        )
+        | EXACT_CASES[case]
+    )
     uncached = sharp_model.generate(ids, attention_mask=mask, generator=torch.Generator().manual_seed(5), **options)
-    cached = sharp_model.generate(ids, attention_mask=mask, generator=torch.Generator().manual_seed(5),
-                                  use_cache=mode, cache_refresh_steps=1, **options)
+    cached = sharp_model.generate(
+        ids,
+        attention_mask=mask,
+        generator=torch.Generator().manual_seed(5),
+        use_cache=mode,
+        cache_refresh_steps=1,
+        **options,
+    )
     assert torch.equal(cached.sequences, uncached.sequences)
     assert torch.equal(cached.history, uncached.history)
     assert cached.nfe == uncached.nfe
@@ -179,8 +210,15 @@ def test_batched_cached_generate_matches_naive_row_by_row_reference(sharp_model,
     expected, nfe = reference_cached_generate(sharp_model, prompts, mode=mode, stop_ids=(EOS, stop), **options)
     refresh = options.pop("refresh_steps", None)
     ids, mask = left_pad(prompts)
-    out = sharp_model.generate(ids, attention_mask=mask, use_cache=mode, cache_refresh_steps=refresh,
-                               stop_token_ids=[stop], return_dict_in_generate=True, **options)
+    out = sharp_model.generate(
+        ids,
+        attention_mask=mask,
+        use_cache=mode,
+        cache_refresh_steps=refresh,
+        stop_token_ids=[stop],
+        return_dict_in_generate=True,
+        **options,
+    )
     answers_match(out.sequences, ids.shape[1], expected)
     assert out.nfe == nfe
 
@@ -198,8 +236,9 @@ def test_stale_cache_changes_the_output(sharp_model):
 # --------------------------------------------------------------------------------------------- compute saved
 
 
-def expected_tokens_forwarded(mode: str, batch: int, prompt: int, budget: int, block: int, steps: int,
-                              canvas: str) -> int:
+def expected_tokens_forwarded(
+    mode: str, batch: int, prompt: int, budget: int, block: int, steps: int, canvas: str
+) -> int:
     """Hand count of the tokens the model runs on: a refresh forwards the visible canvas; a cached step forwards
     the block and everything right of it (prefix) or the block alone (dual)."""
     total = 0
@@ -221,7 +260,9 @@ def test_cache_forwards_fewer_tokens_as_counted_by_hand(sharp_model, canvas):
     forwarded, logits_rows = {}, {}
     for mode in ("none", *MODES):
         head = []
-        handle = sharp_model.lm_head.register_forward_hook(lambda m, args, out, head=head: head.append(tuple(args[0].shape)))
+        handle = sharp_model.lm_head.register_forward_hook(
+            lambda m, args, out, head=head: head.append(tuple(args[0].shape))
+        )
         try:
             with count_forwards(sharp_model) as calls:
                 sharp_model.generate(ids, use_cache=mode, **options)
@@ -240,9 +281,18 @@ def test_rows_leaving_the_block_narrow_the_cache(sharp_model):
     """With threshold decoding some rows finish a block early: later cached steps forward only the others."""
     ids, mask = left_pad(random_prompts([6, 3, 5, 4], seed=6))
     with count_forwards(sharp_model) as calls:
-        out = sharp_model.generate(ids, attention_mask=mask, max_new_tokens=16, block_length=8, steps=8,
-                                   threshold=0.3, canvas="fixed", eos_token_id=[], use_cache="dual",
-                                   return_dict_in_generate=True)
+        out = sharp_model.generate(
+            ids,
+            attention_mask=mask,
+            max_new_tokens=16,
+            block_length=8,
+            steps=8,
+            threshold=0.3,
+            canvas="fixed",
+            eos_token_id=[],
+            use_cache="dual",
+            return_dict_in_generate=True,
+        )
     assert {rows for rows, _ in calls} > {4}  # some steps ran on fewer rows
     assert not (out.sequences == MASK).any()
 
@@ -265,8 +315,15 @@ def test_cached_generation_stops_after_the_block_with_eos(mode, canvas):
         return out
 
     with logit_offsets(model, offsets), count_forwards(model) as calls:
-        out = model.generate(torch.tensor([prompt]), max_new_tokens=16, block_length=4, steps=2, canvas=canvas,
-                             use_cache=mode, return_dict_in_generate=True)
+        out = model.generate(
+            torch.tensor([prompt]),
+            max_new_tokens=16,
+            block_length=4,
+            steps=2,
+            canvas=canvas,
+            use_cache=mode,
+            return_dict_in_generate=True,
+        )
     answer = out.sequences[0, 5:].tolist()
     assert out.nfe == len(calls) == 4  # two blocks of two steps, then stop
     assert len(answer) == 7 and answer[-1] == EOS and EOS not in answer[:-1] and MASK not in answer
@@ -286,8 +343,9 @@ def test_skip_after_stop_leaves_the_block_once_the_answer_before_the_stop_is_dec
         out[:, positions == 5 + 2, EOS] = 50.0
         return out
 
-    options = dict(max_new_tokens=16, block_length=8, use_cache=cache, return_dict_in_generate=True,
-                   output_history=True)
+    options = dict(
+        max_new_tokens=16, block_length=8, use_cache=cache, return_dict_in_generate=True, output_history=True
+    )
     with logit_offsets(model, offsets):
         whole = model.generate(prompt, **options)
         skipped = model.generate(prompt, skip_after_stop=True, **options)
@@ -299,19 +357,39 @@ def test_skip_after_stop_leaves_the_block_once_the_answer_before_the_stop_is_dec
 
 
 @settings(max_examples=15, deadline=None)
-@given(lengths=st.lists(st.integers(1, 6), min_size=1, max_size=3), block=st.integers(1, 5),
-       blocks=st.integers(1, 3), steps_fraction=st.floats(0.01, 1.0), canvas=st.sampled_from(["variable", "fixed"]),
-       mode=st.sampled_from(MODES), threshold=st.sampled_from([None, 0.5]), refresh=st.sampled_from([None, 2]),
-       skip=st.booleans(), seed=st.integers(0, 1000))
-def test_cached_generation_invariants(sharp_model, lengths, block, blocks, steps_fraction, canvas, mode,
-                                      threshold, refresh, skip, seed):
+@given(
+    lengths=st.lists(st.integers(1, 6), min_size=1, max_size=3),
+    block=st.integers(1, 5),
+    blocks=st.integers(1, 3),
+    steps_fraction=st.floats(0.01, 1.0),
+    canvas=st.sampled_from(["variable", "fixed"]),
+    mode=st.sampled_from(MODES),
+    threshold=st.sampled_from([None, 0.5]),
+    refresh=st.sampled_from([None, 2]),
+    skip=st.booleans(),
+    seed=st.integers(0, 1000),
+)
+def test_cached_generation_invariants(
+    sharp_model, lengths, block, blocks, steps_fraction, canvas, mode, threshold, refresh, skip, seed
+):
     prompts = random_prompts(lengths, seed=seed)
     budget, steps = block * blocks, max(1, round(steps_fraction * block))
     stops = [EOS, FIRST_ORDINARY_ID + seed % (VOCAB - FIRST_ORDINARY_ID)]
     ids, mask = left_pad(prompts)
-    out = sharp_model.generate(ids, attention_mask=mask, max_new_tokens=budget, block_length=block, steps=steps,
-                               canvas=canvas, stop_token_ids=stops, use_cache=mode, cache_refresh_steps=refresh,
-                               threshold=threshold, skip_after_stop=skip, return_dict_in_generate=True)
+    out = sharp_model.generate(
+        ids,
+        attention_mask=mask,
+        max_new_tokens=budget,
+        block_length=block,
+        steps=steps,
+        canvas=canvas,
+        stop_token_ids=stops,
+        use_cache=mode,
+        cache_refresh_steps=refresh,
+        threshold=threshold,
+        skip_after_stop=skip,
+        return_dict_in_generate=True,
+    )
     width = ids.shape[1]
     assert torch.equal(out.sequences[:, :width], ids)  # prompt unchanged
     assert not (out.sequences == MASK).any()
@@ -319,21 +397,24 @@ def test_cached_generation_invariants(sharp_model, lengths, block, blocks, steps
     for row in out.sequences[:, width:].tolist():
         first = next((j for j, t in enumerate(row) if t in stops), None)
         if first is not None:
-            assert all(t == PAD for t in row[first + 1:])
+            assert all(t == PAD for t in row[first + 1 :])
 
 
 # --------------------------------------------------------------------------------------------- settings
 
 
-@pytest.mark.parametrize("spec, message", [
-    (dict(use_cache="full"), "`use_cache` must be one of"),
-    (dict(use_cache=True), "autoregressive `use_cache=True`"),
-    (dict(use_cache="prefix", cache_refresh_steps=0), "`cache_refresh_steps` must be a positive integer"),
-    (dict(use_cache="dual", cache_refresh_steps=1.5), "`cache_refresh_steps` must be a positive integer"),
-    (dict(cache_refresh_steps=2), "`cache_refresh_steps=2` needs a cache"),
-    (dict(use_cache="none", cache_refresh_steps=1), "needs a cache"),
-    (dict(skip_after_stop="yes"), "`skip_after_stop` must be True or False"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        (dict(use_cache="full"), "`use_cache` must be one of"),
+        (dict(use_cache=True), "autoregressive `use_cache=True`"),
+        (dict(use_cache="prefix", cache_refresh_steps=0), "`cache_refresh_steps` must be a positive integer"),
+        (dict(use_cache="dual", cache_refresh_steps=1.5), "`cache_refresh_steps` must be a positive integer"),
+        (dict(cache_refresh_steps=2), "`cache_refresh_steps=2` needs a cache"),
+        (dict(use_cache="none", cache_refresh_steps=1), "needs a cache"),
+        (dict(skip_after_stop="yes"), "`skip_after_stop` must be True or False"),
+    ],
+)
 def test_bad_cache_settings_raise_before_any_forward(sharp_model, spec, message):
     ids, mask = left_pad(random_prompts([4, 2], seed=8))
     with count_forwards(sharp_model) as calls, pytest.raises(ValueError) as info:
@@ -353,8 +434,9 @@ def test_flash_attention_with_padding_is_rejected_before_any_forward():
 def test_cache_off_runs_uncached(sharp_model):
     ids = torch.tensor(random_prompts([4], seed=9))
     with count_forwards(sharp_model) as calls:
-        sharp_model.generate(ids, max_new_tokens=8, block_length=4, steps=2, canvas="fixed", use_cache="none",
-                             eos_token_id=[])
+        sharp_model.generate(
+            ids, max_new_tokens=8, block_length=4, steps=2, canvas="fixed", use_cache="none", eos_token_id=[]
+        )
     assert calls == [(1, 12)] * 4
 
 
@@ -389,9 +471,33 @@ def test_generation_benchmark_forces_the_answer_length_and_counts_work():
     spec = importlib.util.spec_from_file_location("bench_generation", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    args = bench.parse_args(["--setup", "random", "--layers", "1", "--hidden", "64", "--vocab", "300", "--prompt_len",
-                             "5", "--budget", "32", "--block", "4", "--tokens_per_step", "2", "--batch", "2",
-                             "--thresholds", "none", "--caches", "none,prefix,dual", "--no_write"])
+    args = bench.parse_args(
+        [
+            "--setup",
+            "random",
+            "--layers",
+            "1",
+            "--hidden",
+            "64",
+            "--vocab",
+            "300",
+            "--prompt_len",
+            "5",
+            "--budget",
+            "32",
+            "--block",
+            "4",
+            "--tokens_per_step",
+            "2",
+            "--batch",
+            "2",
+            "--thresholds",
+            "none",
+            "--caches",
+            "none,prefix,dual",
+            "--no_write",
+        ]
+    )
     model = bench.random_model(args)
     prompts = [torch.randint(FIRST_ORDINARY_ID, 300, (2, 5), generator=torch.Generator().manual_seed(0))]
     with bench.forced_eos(model, 5 + 32 // 8 - 1):

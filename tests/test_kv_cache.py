@@ -28,8 +28,9 @@ def test_span_forward_after_refresh_equals_full_forward(attn, span):
     with torch.no_grad():
         full = model(ids, attention_mask=mask, position_ids=position_ids, kv_cache=cache).logits
         cache.span = span
-        part = model(ids[:, start:end], attention_mask=mask, position_ids=position_ids[:, start:end],
-                     kv_cache=cache).logits
+        part = model(
+            ids[:, start:end], attention_mask=mask, position_ids=position_ids[:, start:end], kv_cache=cache
+        ).logits
     assert cache.seq_len == 12
     real = mask[:, start:end].bool()  # logits at padding positions are unspecified
     assert (part - full[:, start:end])[real].abs().max() <= 1e-5

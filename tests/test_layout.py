@@ -70,8 +70,12 @@ def test_root_holds_the_runtime_and_thin_entry_points_only():
 @pytest.mark.parametrize("name", sorted(ENTRY_POINTS))
 def test_entry_points_are_thin_and_call_the_package(name):
     tree = ast.parse((ROOT / f"{name}.py").read_text())
-    assert len(tree.body) <= MAX_ENTRY_POINT_STATEMENTS, f"{name}.py has {len(tree.body)} statements: move code to illada/"
-    assert all(level == 0 and module.split(".")[0] in {"illada", "sys"} for level, module in imports(ROOT / f"{name}.py"))
+    assert len(tree.body) <= MAX_ENTRY_POINT_STATEMENTS, (
+        f"{name}.py has {len(tree.body)} statements: move code to illada/"
+    )
+    assert all(
+        level == 0 and module.split(".")[0] in {"illada", "sys"} for level, module in imports(ROOT / f"{name}.py")
+    )
     assert not any(isinstance(node, (ast.FunctionDef, ast.ClassDef)) for node in tree.body)
 
 
@@ -83,8 +87,10 @@ def test_hub_files_import_only_siblings_relatively_and_runtime_libraries(name):
 def test_the_import_check_can_fail(tmp_path):
     """A checkout-style absolute sibling import, a tool import and a training library are each caught."""
     path = tmp_path / "bad.py"
-    path.write_text("import json\nfrom .masks_illada import x\nfrom modeling_illada import y\n"
-                    "def f():\n    from illada.trainer import z\n    import trl\n")
+    path.write_text(
+        "import json\nfrom .masks_illada import x\nfrom modeling_illada import y\n"
+        "def f():\n    from illada.trainer import z\n    import trl\n"
+    )
     assert hub_import_violations(path) == ["modeling_illada", "illada.trainer", "trl"]
 
 
@@ -140,8 +146,12 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 
 def test_cycle_finder_finds_a_planted_cycle():
-    graph = {"modeling": {"generation", "configuration"}, "generation": {"cache", "modeling"}, "cache": set(),
-             "configuration": set()}
+    graph = {
+        "modeling": {"generation", "configuration"},
+        "generation": {"cache", "modeling"},
+        "cache": set(),
+        "configuration": set(),
+    }
     assert find_cycle(graph) == ["generation", "modeling", "generation"]
     graph["generation"] = {"cache"}
     assert find_cycle(graph) is None
@@ -193,7 +203,13 @@ def test_each_hub_module_imports_first_and_alone_as_remote_code(tmp_path):
     for name in RUNTIME:
         (package / f"{name}.py").write_text((ROOT / f"{name}.py").read_text())
     env = {**os.environ, "PYTHONPATH": str(tmp_path), "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, "-c", FRESH_IMPORTS, package.name, *sorted(RUNTIME)], cwd=tmp_path,
-                            env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", FRESH_IMPORTS, package.name, *sorted(RUNTIME)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == {}

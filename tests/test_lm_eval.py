@@ -21,8 +21,12 @@ from illada.lm_eval_model import ILLaDAEvalHarness, truncate_at_stop  # noqa: E4
 MODEL_SEED = 3  # a random tiny model whose generations are not one word repeated
 BLOCK_LENGTH = 4
 QUESTION = "Tom has 3 apples and gets 4 more . How many apples does Tom have now ?"
-QUESTIONS = [QUESTION, "Ann has 9 pears and gets 2 more . How many pears does Ann have now ?",
-             "Sam has 1 plums and gets 8 more .", "Mia has 5 apples"]
+QUESTIONS = [
+    QUESTION,
+    "Ann has 9 pears and gets 2 more . How many pears does Ann have now ?",
+    "Sam has 1 plums and gets 8 more .",
+    "Mia has 5 apples",
+]
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +42,9 @@ def model(tokenizer):
 
 @pytest.fixture(scope="module")
 def harness(model, tokenizer):
-    return ILLaDAEvalHarness(pretrained=model, tokenizer=tokenizer, device="cpu", batch_size=4,
-                             block_length=BLOCK_LENGTH)
+    return ILLaDAEvalHarness(
+        pretrained=model, tokenizer=tokenizer, device="cpu", batch_size=4, block_length=BLOCK_LENGTH
+    )
 
 
 def loglikelihood_request(context: str, continuation: str) -> Instance:
@@ -57,7 +62,7 @@ def generate_directly(model, tokenizer, prompts: list[str], max_new_tokens: int,
         ids = torch.tensor([tokenizer(prompt)["input_ids"]])
         sequences = model.generate(ids, max_new_tokens=max_new_tokens, block_length=BLOCK_LENGTH)
         sequences = sequences if isinstance(sequences, torch.Tensor) else sequences.sequences
-        text = tokenizer.decode(sequences[0, ids.shape[1]:], skip_special_tokens=True)
+        text = tokenizer.decode(sequences[0, ids.shape[1] :], skip_special_tokens=True)
         answers.append(text.split(stop)[0])
     return answers
 
@@ -73,28 +78,50 @@ def test_truncate_at_stop_cuts_at_the_earliest_stop():
 
 @pytest.mark.parametrize("method", ["confidence", "likelihood"])
 def test_loglikelihood_equals_our_scoring(model, tokenizer, method):
-    harness = ILLaDAEvalHarness(pretrained=model, tokenizer=tokenizer, device="cpu", method=method, mc_num=8,
-                                mc_batch_size=4, seed=0, check_greedy=True)
+    harness = ILLaDAEvalHarness(
+        pretrained=model,
+        tokenizer=tokenizer,
+        device="cpu",
+        method=method,
+        mc_num=8,
+        mc_batch_size=4,
+        seed=0,
+        check_greedy=True,
+    )
     pairs = [(QUESTION, " 7 apples"), (QUESTION, " 8"), ("", "Tom has")]
     answers = harness.loglikelihood([loglikelihood_request(*pair) for pair in pairs], disable_tqdm=True)
     prompts = [tokenizer(QUESTION)["input_ids"]] * 2 + [[tokenizer.bos_token_id]]  # empty context: BOS
     continuations = [tokenizer(text.strip())["input_ids"] for _, text in pairs]
-    expected = model.score_continuations(prompts, continuations, method, mc_num=8, mc_batch_size=4,
-                                         generator=torch.Generator().manual_seed(0), check_greedy=True)
+    expected = model.score_continuations(
+        prompts,
+        continuations,
+        method,
+        mc_num=8,
+        mc_batch_size=4,
+        generator=torch.Generator().manual_seed(0),
+        check_greedy=True,
+    )
     assert [score for score, _ in answers] == pytest.approx(expected.scores.tolist(), abs=1e-6)
     assert [greedy for _, greedy in answers] == expected.is_greedy.tolist()
 
 
 def test_likelihood_without_greedy_check_reports_not_greedy(model, tokenizer):
-    harness = ILLaDAEvalHarness(pretrained=model, tokenizer=tokenizer, device="cpu", method="likelihood",
-                                check_greedy=False, mc_num=4, mc_batch_size=4)
+    harness = ILLaDAEvalHarness(
+        pretrained=model,
+        tokenizer=tokenizer,
+        device="cpu",
+        method="likelihood",
+        check_greedy=False,
+        mc_num=4,
+        mc_batch_size=4,
+    )
     answers = harness.loglikelihood([loglikelihood_request(QUESTION, " 7")], disable_tqdm=True)
     assert answers[0][1] is False
 
 
 def test_long_contexts_are_cut_from_the_left(model, tokenizer):
     harness = ILLaDAEvalHarness(pretrained=model, tokenizer=tokenizer, device="cpu", max_length=6)
-    (score, _), = harness.loglikelihood([loglikelihood_request(QUESTION, " 7 apples")], disable_tqdm=True)
+    ((score, _),) = harness.loglikelihood([loglikelihood_request(QUESTION, " 7 apples")], disable_tqdm=True)
     context = tokenizer(QUESTION)["input_ids"][-4:]
     expected = model.score_continuations([context], [tokenizer("7 apples")["input_ids"]]).scores
     assert score == pytest.approx(expected.item(), abs=1e-6)
@@ -145,9 +172,11 @@ def test_bad_model_args_name_the_argument(model, tokenizer, model_args, error, m
 
 @pytest.mark.parametrize(
     "gen_kwargs, match",
-    [(dict(max_gen_toks=0), "`max_gen_toks` must be a positive integer or None, got 0"),
-     (dict(blocklength=8), r"Unknown generation kwarg\(s\) \['blocklength'\]"),
-     (dict(temperature=-1.0), "`temperature`")],
+    [
+        (dict(max_gen_toks=0), "`max_gen_toks` must be a positive integer or None, got 0"),
+        (dict(blocklength=8), r"Unknown generation kwarg\(s\) \['blocklength'\]"),
+        (dict(temperature=-1.0), "`temperature`"),
+    ],
 )
 def test_bad_generation_kwargs_name_the_argument(harness, gen_kwargs, match):
     # 0 tokens is not replaced by a default budget: it is refused.
@@ -193,8 +222,10 @@ def harness_generation(harness, **gen_kwargs) -> tuple[torch.Tensor, int]:
 
     harness.model.generate = spy
     try:
-        _, forwards = counted(harness.model, lambda: harness.generate_until(
-            [generation_request(QUESTION, until=[], **gen_kwargs)], disable_tqdm=True))
+        _, forwards = counted(
+            harness.model,
+            lambda: harness.generate_until([generation_request(QUESTION, until=[], **gen_kwargs)], disable_tqdm=True),
+        )
     finally:
         del harness.model.generate
     return returned[0], forwards
@@ -210,14 +241,13 @@ def harness_generation(harness, **gen_kwargs) -> tuple[torch.Tensor, int]:
         (dict(), dict(do_sample=True, temperature=1.5), dict(temperature=1.5)),  # sampling as the task asks
     ],
 )
-def test_generation_follows_the_checkpoint_unless_set(saved_model, tokenizer, model_args, gen_kwargs,
-                                                      generate_kwargs):
-    harness = ILLaDAEvalHarness(pretrained=str(saved_model), trust_remote_code=True, device="cpu", seed=0,
-                                **model_args)
+def test_generation_follows_the_checkpoint_unless_set(saved_model, tokenizer, model_args, gen_kwargs, generate_kwargs):
+    harness = ILLaDAEvalHarness(pretrained=str(saved_model), trust_remote_code=True, device="cpu", seed=0, **model_args)
     reference = AutoModelForCausalLM.from_pretrained(saved_model, trust_remote_code=True)
     ids = torch.tensor([tokenizer(QUESTION)["input_ids"]])
-    expected, expected_forwards = counted(reference, lambda: reference.generate(
-        ids, generator=torch.Generator().manual_seed(0), **generate_kwargs))
+    expected, expected_forwards = counted(
+        reference, lambda: reference.generate(ids, generator=torch.Generator().manual_seed(0), **generate_kwargs)
+    )
     sequences, forwards = harness_generation(harness, **gen_kwargs)
     assert torch.equal(sequences, expected) and forwards == expected_forwards
     if not model_args and not gen_kwargs:
@@ -233,7 +263,7 @@ def test_scoring_guidance_comes_from_the_generation_config_unless_set(model, tok
     request = [loglikelihood_request(QUESTION, " 7 apples")]
     for model_args, cfg_scale in ((dict(), 0.5), (dict(cfg_scale=0), 0.0), (dict(cfg_scale=2.0), 2.0)):
         harness = ILLaDAEvalHarness(pretrained=guided, tokenizer=tokenizer, device="cpu", **model_args)
-        (score, _), = harness.loglikelihood(request, disable_tqdm=True)
+        ((score, _),) = harness.loglikelihood(request, disable_tqdm=True)
         expected = model.score_continuations([prompt], [continuation], cfg_scale=cfg_scale).scores.item()
         assert score == pytest.approx(expected, abs=1e-6), model_args
     unguided = model.score_continuations([prompt], [continuation], cfg_scale=0.0).scores.item()

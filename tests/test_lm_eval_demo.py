@@ -30,8 +30,10 @@ EVAL_TASKS = ROOT / "eval_tasks"
 sys.path.insert(0, str(EVAL_TASKS / "illada_demo"))
 from demo_data import demo_dataset  # noqa: E402
 
-pytestmark = [pytest.mark.skipif(not DEMO.is_dir(), reason="no illada-demo/ folder"),
-              pytest.mark.usefixtures("one_thread")]
+pytestmark = [
+    pytest.mark.skipif(not DEMO.is_dir(), reason="no illada-demo/ folder"),
+    pytest.mark.usefixtures("one_thread"),
+]
 LIMIT = 4
 
 
@@ -80,12 +82,14 @@ def scored_prompts(prompts, continuations, *args, **kwargs) -> list[list[int]]:
 
 def run(harness, task_manager, monkeypatch, task: str, **options) -> tuple[dict, list[list[int]]]:
     """`simple_evaluate` on `task`; returns the results and the prompts the model received."""
-    method, prompts_of = (("generate", generate_prompts) if task.endswith("gen")
-                          else ("score_continuations", scored_prompts))
+    method, prompts_of = (
+        ("generate", generate_prompts) if task.endswith("gen") else ("score_continuations", scored_prompts)
+    )
     spy = Spy(getattr(harness.model, method), prompts_of)
     monkeypatch.setattr(harness.model, method, spy)
-    results = lm_eval.simple_evaluate(model=harness, tasks=[task], task_manager=task_manager, limit=LIMIT,
-                                      bootstrap_iters=0, **options)
+    results = lm_eval.simple_evaluate(
+        model=harness, tasks=[task], task_manager=task_manager, limit=LIMIT, bootstrap_iters=0, **options
+    )
     return results, spy.prompts
 
 
@@ -104,13 +108,25 @@ def test_apply_chat_template_sends_the_chat_prompt(harness, docs, task_manager, 
 
 
 def test_fewshot_as_multiturn_sends_earlier_turns(harness, docs, task_manager, monkeypatch):
-    _, prompts = run(harness, task_manager, monkeypatch, "illada_demo_gen", apply_chat_template=True,
-                     fewshot_as_multiturn=True, num_fewshot=1)
+    _, prompts = run(
+        harness,
+        task_manager,
+        monkeypatch,
+        "illada_demo_gen",
+        apply_chat_template=True,
+        fewshot_as_multiturn=True,
+        num_fewshot=1,
+    )
     tokenizer = harness.tokenizer
     candidates = {
-        tuple(chat_ids(tokenizer, [user(shot["question"]), {"role": "assistant", "content": shot["answer"]},
-                                   user(doc["question"])])): doc["question"]
-        for shot in docs["train"] for doc in docs["test"].select(range(LIMIT))
+        tuple(
+            chat_ids(
+                tokenizer,
+                [user(shot["question"]), {"role": "assistant", "content": shot["answer"]}, user(doc["question"])],
+            )
+        ): doc["question"]
+        for shot in docs["train"]
+        for doc in docs["test"].select(range(LIMIT))
     }
     assert sorted(candidates[tuple(prompt)] for prompt in prompts) == sorted(docs["test"][:LIMIT]["question"])
 
@@ -118,16 +134,23 @@ def test_fewshot_as_multiturn_sends_earlier_turns(harness, docs, task_manager, m
 def test_system_instruction_becomes_a_system_turn(harness, docs, task_manager, monkeypatch):
     messages = [{"role": "system", "content": "Answer briefly."}, user(docs["test"][0]["question"])]
     expected = chat_ids(harness.tokenizer, messages)
-    _, prompts = run(harness, task_manager, monkeypatch, "illada_demo_gen", apply_chat_template=True,
-                     system_instruction="Answer briefly.")
+    _, prompts = run(
+        harness,
+        task_manager,
+        monkeypatch,
+        "illada_demo_gen",
+        apply_chat_template=True,
+        system_instruction="Answer briefly.",
+    )
     assert expected in prompts
 
 
 def test_a_gen_prefix_continues_the_assistant_turn(harness):
     # lm-eval asks for add_generation_prompt=False when a task's `gen_prefix` starts the answer: the last
     # (assistant) message is continued, without its end-of-turn EOS. Expected text written from the template.
-    text = harness.apply_chat_template([user("Q?"), {"role": "assistant", "content": "The answer is"}],
-                                       add_generation_prompt=False)
+    text = harness.apply_chat_template(
+        [user("Q?"), {"role": "assistant", "content": "The answer is"}], add_generation_prompt=False
+    )
     assert text == "<bos><|user|>Q?\n<|assistant|>The answer is"
     assert harness.apply_chat_template([user("Q?")]) == "<bos><|user|>Q?\n<|assistant|>"
 
@@ -140,18 +163,49 @@ def evaluate_demo_tasks(how: str, tmp_path: Path, task_manager) -> tuple[dict, d
     with the registered model name; returns the results per task and the logged samples in doc order."""
     tasks, model_args = ["illada_demo_mc", "illada_demo_gen"], f"pretrained={DEMO},trust_remote_code=True"
     if how == "cli":
-        lm_eval_model.main([
-            "--model", "illada", "--device", "cpu", "--batch_size", "8", "--limit", str(LIMIT),
-            "--model_args", model_args, "--apply_chat_template", "--include_path", str(EVAL_TASKS),
-            "--tasks", ",".join(tasks), "--output_path", str(tmp_path / "out"), "--log_samples",
-        ])
+        lm_eval_model.main(
+            [
+                "--model",
+                "illada",
+                "--device",
+                "cpu",
+                "--batch_size",
+                "8",
+                "--limit",
+                str(LIMIT),
+                "--model_args",
+                model_args,
+                "--apply_chat_template",
+                "--include_path",
+                str(EVAL_TASKS),
+                "--tasks",
+                ",".join(tasks),
+                "--output_path",
+                str(tmp_path / "out"),
+                "--log_samples",
+            ]
+        )
         results = json.loads(next((tmp_path / "out").rglob("results_*.json")).read_text())["results"]
-        logged = {task: [json.loads(line) for line in next((tmp_path / "out").rglob(f"samples_{task}_*.jsonl"))
-                         .read_text().splitlines()] for task in tasks}
+        logged = {
+            task: [
+                json.loads(line)
+                for line in next((tmp_path / "out").rglob(f"samples_{task}_*.jsonl")).read_text().splitlines()
+            ]
+            for task in tasks
+        }
     else:
-        output = lm_eval.simple_evaluate(model="illada", model_args=model_args, tasks=tasks, device="cpu",
-                                         batch_size=8, limit=LIMIT, apply_chat_template=True, log_samples=True,
-                                         task_manager=task_manager, bootstrap_iters=0)
+        output = lm_eval.simple_evaluate(
+            model="illada",
+            model_args=model_args,
+            tasks=tasks,
+            device="cpu",
+            batch_size=8,
+            limit=LIMIT,
+            apply_chat_template=True,
+            log_samples=True,
+            task_manager=task_manager,
+            bootstrap_iters=0,
+        )
         results, logged = output["results"], output["samples"]
     return results, {task: sorted(rows, key=lambda row: row["doc_id"]) for task, rows in logged.items()}
 
@@ -174,7 +228,7 @@ def test_demo_tasks_match_our_api(how, tmp_path, task_manager):
     answers = []
     for prompt in prompts:  # one at a time, with the checkpoint's generation settings
         out = model.generate(torch.tensor([prompt]))
-        answers.append(tokenizer.decode(out[0, len(prompt):], skip_special_tokens=True).strip())
+        answers.append(tokenizer.decode(out[0, len(prompt) :], skip_special_tokens=True).strip())
     exact = [answer == doc["answer"] for answer, doc in zip(answers, docs)]
     assert results["illada_demo_gen"]["exact_match,strip"] == pytest.approx(sum(exact) / LIMIT)
     assert [sample["filtered_resps"][0] for sample in samples["illada_demo_gen"]] == answers
@@ -187,5 +241,6 @@ def test_nan_scores_stop_the_evaluation_instead_of_reporting_an_accuracy(harness
     with torch.no_grad():
         broken.model.model.norm.weight[0] = math.nan
     with pytest.raises(FloatingPointError, match="NaN"):
-        lm_eval.simple_evaluate(model=broken, tasks=["illada_demo_mc"], task_manager=task_manager, limit=2,
-                                bootstrap_iters=0)
+        lm_eval.simple_evaluate(
+            model=broken, tasks=["illada_demo_mc"], task_manager=task_manager, limit=2, bootstrap_iters=0
+        )

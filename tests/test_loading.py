@@ -37,8 +37,6 @@ def test_missing_or_renamed_tensor_fails_loudly(tmp_path, change):
     assert isinstance(model, ILLaDAForCausalLM)
 
 
-
-
 def test_wrong_shape_names_tensor_and_both_shapes_before_loading(tmp_path):
     config = make_config()
     state = released_state_dict(config)
@@ -84,7 +82,9 @@ def test_untied_head_is_an_error_unless_lenient(tmp_path):
     state = released_state_dict(config)
     state["lm_head.weight"] = torch.randn(97, 32)
     write_checkpoint(tmp_path, state, config)
-    with pytest.raises(ValueError, match=r"`lm_head.weight` differs from its `model.embed_tokens.weight`.*strict=False"):
+    with pytest.raises(
+        ValueError, match=r"`lm_head.weight` differs from its `model.embed_tokens.weight`.*strict=False"
+    ):
         ILLaDAForCausalLM.from_pretrained(tmp_path)
     model = ILLaDAForCausalLM.from_pretrained(tmp_path, strict=False)  # what transformers 5.23 does: load untied
     assert model.lm_head.weight is not model.model.embed_tokens.weight
@@ -161,8 +161,11 @@ def test_damaged_single_file_is_named(tmp_path, damage):
     config = make_config()
     write_checkpoint(tmp_path, released_state_dict(config), config)
     path = tmp_path / "model.safetensors"
-    {"empty": lambda: path.write_bytes(b""), "truncated": lambda: _truncate(path),
-     "garbage": lambda: path.write_bytes(os.urandom(500))}[damage]()
+    {
+        "empty": lambda: path.write_bytes(b""),
+        "truncated": lambda: _truncate(path),
+        "garbage": lambda: path.write_bytes(os.urandom(500)),
+    }[damage]()
     with pytest.raises(ValueError, match="model.safetensors` .*(empty|not a readable safetensors file)"):
         ILLaDAForCausalLM.from_pretrained(tmp_path)
 

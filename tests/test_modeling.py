@@ -28,10 +28,16 @@ def llama_twin(model: ILLaDAForCausalLM, attn: str) -> LlamaForCausalLM:
     """transformers' own Llama with the same weights, loaded by name with no renaming."""
     c = model.config
     config = LlamaConfig(
-        vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
-        num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
-        num_key_value_heads=c.num_key_value_heads, rms_norm_eps=c.rms_norm_eps, tie_word_embeddings=True,
-        max_position_embeddings=c.max_position_embeddings, rope_parameters=dict(c.rope_parameters),
+        vocab_size=c.vocab_size,
+        hidden_size=c.hidden_size,
+        intermediate_size=c.intermediate_size,
+        num_hidden_layers=c.num_hidden_layers,
+        num_attention_heads=c.num_attention_heads,
+        num_key_value_heads=c.num_key_value_heads,
+        rms_norm_eps=c.rms_norm_eps,
+        tie_word_embeddings=True,
+        max_position_embeddings=c.max_position_embeddings,
+        rope_parameters=dict(c.rope_parameters),
         attn_implementation=attn,
     )
     llama = LlamaForCausalLM(config).eval()
@@ -157,16 +163,19 @@ def test_logits_to_keep_variants(tiny_model):
         assert torch.allclose(tiny_model(ids, logits_to_keep=select).logits, full[select], atol=1e-6)
 
 
-@pytest.mark.parametrize("keep, error", [
-    (-1, ValueError),  # transformers' slice would keep positions 1.. (`slice(1, None)`)
-    (1.5, TypeError),
-    (True, TypeError),
-    (torch.tensor([0.0, 1.0]), TypeError),
-    (torch.tensor([12]), ValueError),  # past the 9 positions
-    (torch.tensor([-1]), ValueError),
-    (torch.ones(2, 10, dtype=torch.bool), ValueError),
-    (torch.tensor(3), ValueError),
-])
+@pytest.mark.parametrize(
+    "keep, error",
+    [
+        (-1, ValueError),  # transformers' slice would keep positions 1.. (`slice(1, None)`)
+        (1.5, TypeError),
+        (True, TypeError),
+        (torch.tensor([0.0, 1.0]), TypeError),
+        (torch.tensor([12]), ValueError),  # past the 9 positions
+        (torch.tensor([-1]), ValueError),
+        (torch.ones(2, 10, dtype=torch.bool), ValueError),
+        (torch.tensor(3), ValueError),
+    ],
+)
 def test_logits_to_keep_out_of_its_domain_is_named(tiny_model, keep, error):
     """Fuzz finding M1: before, -1 silently kept positions 1..8 and the others raised raw torch errors."""
     with pytest.raises(error, match="`logits_to_keep`"):
@@ -249,8 +258,15 @@ def test_trainer_with_gradient_checkpointing_updates_weights(tmp_path):
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     data = [{"input_ids": ids} for ids in random_ids(4, 6)]
     args = TrainingArguments(
-        output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=2, activation_checkpointing=True,
-        use_cpu=True, report_to=[], save_strategy="no", learning_rate=1e-2, remove_unused_columns=False,
+        output_dir=str(tmp_path),
+        max_steps=2,
+        per_device_train_batch_size=2,
+        activation_checkpointing=True,
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        learning_rate=1e-2,
+        remove_unused_columns=False,
     )
     SquareLossTrainer(model=model, args=args, train_dataset=data).train()
     assert model.is_activation_checkpointing
@@ -306,12 +322,21 @@ def test_save_and_reload_in_fresh_offline_process(tmp_path, tiny_model):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
     result = subprocess.run(
         [sys.executable, "-c", FRESH_PROCESS_CHECK, str(folder), str(tmp_path / "ref.pt")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
-    assert out == {"config": "ILLaDAConfig", "AutoModel": 0.0, "AutoModelForCausalLM": 0.0,
-                   "AutoModel_tied": True, "AutoModelForCausalLM_tied": True}
+    assert out == {
+        "config": "ILLaDAConfig",
+        "AutoModel": 0.0,
+        "AutoModelForCausalLM": 0.0,
+        "AutoModel_tied": True,
+        "AutoModelForCausalLM_tied": True,
+    }
 
 
 def test_root_config_json_is_the_8b_architecture():
@@ -319,8 +344,14 @@ def test_root_config_json_is_the_8b_architecture():
 
     config = AutoConfig.from_pretrained(REPO, trust_remote_code=True)
     assert type(config).__name__ == "ILLaDAConfig"
-    assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads,
-            config.num_key_value_heads, config.intermediate_size, config.vocab_size) == (32, 4096, 32, 8, 14336, 155136)
+    assert (
+        config.num_hidden_layers,
+        config.hidden_size,
+        config.num_attention_heads,
+        config.num_key_value_heads,
+        config.intermediate_size,
+        config.vocab_size,
+    ) == (32, 4096, 32, 8, 14336, 155136)
     assert config.mask_token_id == 5 and config.eos_token_id == 2 and config.tie_word_embeddings
     assert config.rope_parameters == {"rope_type": "default", "rope_theta": 500000.0}
 
@@ -334,8 +365,9 @@ def test_backbone_loads_from_causal_lm_checkpoint(tmp_path, tiny_model):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not (torch.cuda.is_available() and is_flash_attn_2_available()),
-                    reason="needs CUDA and the flash-attn package")
+@pytest.mark.skipif(
+    not (torch.cuda.is_available() and is_flash_attn_2_available()), reason="needs CUDA and the flash-attn package"
+)
 def test_flash_varlen_packed_matches_sdpa_bf16():
     sdpa = make_model(attn_implementation="sdpa").to("cuda", torch.bfloat16)
     flash = make_model(attn_implementation="flash_attention_2").to("cuda", torch.bfloat16)

@@ -48,8 +48,9 @@ def committed() -> dict:
 def executed():
     """The notebook after a fresh full run, and its tagged cells by tag."""
     notebook = nbformat.read(NOTEBOOK, as_version=4)
-    client = nbclient.NotebookClient(notebook, timeout=CELL_TIMEOUT_S, kernel_name="python3",
-                                     resources={"metadata": {"path": str(NOTEBOOK.parent)}})
+    client = nbclient.NotebookClient(
+        notebook, timeout=CELL_TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}}
+    )
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("ILLADA_DEMO_MODEL", str(MODEL_DIR.resolve()))  # the kernel inherits the environment
         client.execute()
@@ -164,8 +165,9 @@ def test_logged_learning_rate_is_the_one_the_schedule_gives(executed):
     cells, _ = executed
     text = _text(cells["lora"])
     assert "trainable params" in text
-    settings = re.search(r"^settings: steps (\d+), peak learning rate (\S+), warmup (\d+), min_lr (\S+)$", text,
-                         re.MULTILINE)
+    settings = re.search(
+        r"^settings: steps (\d+), peak learning rate (\S+), warmup (\d+), min_lr (\S+)$", text, re.MULTILINE
+    )
     assert settings is not None, text
     total, peak, warmup, floor = int(settings[1]), float(settings[2]), int(settings[3]), float(settings[4])
     logged = re.findall(r"^step +(\d+)  loss (\S+)  learning rate (\S+)$", text, re.MULTILINE)
@@ -178,10 +180,16 @@ def test_logged_learning_rate_is_the_one_the_schedule_gives(executed):
 
 def test_fine_tuning_teaches_the_new_facts_and_keeps_the_old_tasks(executed):
     cells, _ = executed
-    rows = dict(re.findall(r"^(colours|demo tasks) \(held-out(?: wordings)?\) +before +(\d+%  after +\d+%)$",
-                           _text(cells["after-lora"]), re.MULTILINE))
+    rows = dict(
+        re.findall(
+            r"^(colours|demo tasks) \(held-out(?: wordings)?\) +before +(\d+%  after +\d+%)$",
+            _text(cells["after-lora"]),
+            re.MULTILINE,
+        )
+    )
     assert set(rows) == {"colours", "demo tasks"}, _text(cells["after-lora"])
     (new_before, new_after), (old_before, old_after) = (
-        [int(v) / 100 for v in re.findall(r"(\d+)%", rows[name])] for name in ("colours", "demo tasks"))
+        [int(v) / 100 for v in re.findall(r"(\d+)%", rows[name])] for name in ("colours", "demo tasks")
+    )
     assert new_before <= 0.4 and new_after >= new_before + 0.4  # learned, on wordings it was not trained on
     assert old_after >= old_before - 0.25  # the replay keeps most of the old skills

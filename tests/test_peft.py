@@ -96,7 +96,11 @@ def reload_in_fresh_process(base_folder, cases: list) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
     result = subprocess.run(
         [sys.executable, "-c", FRESH_PROCESS, str(base_folder), json.dumps(GENERATE), *map(str, cases)],
-        cwd=base_folder.parent, env=env, capture_output=True, text=True, timeout=300,
+        cwd=base_folder.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])

@@ -24,8 +24,9 @@ def tiny_folder(tmp_path_factory):
     """A tiny sharp model saved with non-default generation settings (steps=2, block 8, 16 tokens, a stop token)."""
     folder = tmp_path_factory.mktemp("tiny-pipeline")
     model = make_model(seed=3, **SHARP)
-    model.generation_config = ILLaDAGenerationConfig(max_new_tokens=16, block_length=8, steps=2, stop_token_ids=[40],
-                                                     mask_token_id=5, pad_token_id=1, eos_token_id=2)
+    model.generation_config = ILLaDAGenerationConfig(
+        max_new_tokens=16, block_length=8, steps=2, stop_token_ids=[40], mask_token_id=5, pad_token_id=1, eos_token_id=2
+    )
     model.save_pretrained(folder)
     make_tiny_tokenizer(chat_template=True).save_pretrained(folder)
     return folder
@@ -75,11 +76,11 @@ def test_demo_model_pipeline_equals_generate_for_text_chat_and_batches():
     inputs = tokenizer(text, return_tensors="pt")
     expected = model.generate(**inputs)[0]
     assert generator(text, return_tensors=True)[0]["generated_token_ids"] == expected.tolist()
-    new_text = tokenizer.decode(expected[inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    new_text = tokenizer.decode(expected[inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     assert generator(text, return_full_text=False)[0]["generated_text"] == new_text
 
     chat_ids = tokenizer.apply_chat_template(CHAT, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    chat_answer = model.generate(chat_ids)[0, chat_ids["input_ids"].shape[1]:]
+    chat_answer = model.generate(chat_ids)[0, chat_ids["input_ids"].shape[1] :]
     reply = generator(CHAT)[0]["generated_text"][-1]
     assert reply == {"role": "assistant", "content": tokenizer.decode(chat_answer, skip_special_tokens=True)}
 
@@ -89,8 +90,9 @@ def test_demo_model_pipeline_equals_generate_for_text_chat_and_batches():
     batched = model.generate(**batch)
     width = batch["input_ids"].shape[1]
     piped = generator(prompts, batch_size=2, return_full_text=False)
-    assert [p[0]["generated_text"] for p in piped] == tokenizer.batch_decode(batched[:, width:],
-                                                                             skip_special_tokens=True)
+    assert [p[0]["generated_text"] for p in piped] == tokenizer.batch_decode(
+        batched[:, width:], skip_special_tokens=True
+    )
 
 
 @pytest.mark.skipif(not (SHIPPED / "config.json").is_file(), reason="no illada-demo/ folder")
@@ -99,8 +101,9 @@ def test_shipped_tokenizer_pads_left_and_accepts_a_system_turn():
     assert tokenizer.padding_side == "left"
     user_only = tokenizer.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=False)
     assert user_only == "<bos><|user|>What is 12 + 30?\n<|assistant|>"  # as in training
-    with_system = tokenizer.apply_chat_template([{"role": "system", "content": "Be brief."}, *CHAT],
-                                                add_generation_prompt=True, tokenize=False)
+    with_system = tokenizer.apply_chat_template(
+        [{"role": "system", "content": "Be brief."}, *CHAT], add_generation_prompt=True, tokenize=False
+    )
     assert with_system == "<bos>Be brief.\n<|user|>What is 12 + 30?\n<|assistant|>"
     with pytest.raises(Exception, match="roles are supported"):
         tokenizer.apply_chat_template([{"role": "tool", "content": "x"}], tokenize=False)
@@ -118,11 +121,13 @@ def test_readme_transformers_snippets_run(monkeypatch):
     assert len(blocks) == 2
     monkeypatch.chdir(SHIPPED.parent)
     model = AutoModelForCausalLM.from_pretrained(SHIPPED, trust_remote_code=True).eval()
-    namespace = {"model": model, "tokenizer": AutoTokenizer.from_pretrained(SHIPPED, trust_remote_code=False),
-                 "torch": torch}
+    namespace = {
+        "model": model,
+        "tokenizer": AutoTokenizer.from_pretrained(SHIPPED, trust_remote_code=False),
+        "torch": torch,
+    }
     for block in blocks:
         exec(compile(block, "README.md", "exec"), namespace)
     ids = namespace["ids"]
     greedy = model.generate(ids)
-    assert torch.equal(model.generate(ids, do_sample=True, top_k=1, generator=torch.Generator().manual_seed(0)),
-                       greedy)
+    assert torch.equal(model.generate(ids, do_sample=True, top_k=1, generator=torch.Generator().manual_seed(0)), greedy)

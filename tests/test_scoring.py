@@ -80,7 +80,7 @@ def reference_greedy_decode(model64, prompt, length) -> list[int]:
                 best, best_position, best_token = value.item(), j, token.item()
         canvas[len(prompt) + best_position] = best_token
         masked.remove(best_position)
-    return canvas[len(prompt):]
+    return canvas[len(prompt) :]
 
 
 def reference_elbo(model64, prompt, answer) -> tuple[float, float]:
@@ -117,10 +117,11 @@ def test_confidence_matches_naive_reference(model, model64, batch_size):
     results = model.score_choices_batch(PROMPTS, CHOICES, batch_size=batch_size)
     for prompt, choices, result in zip(PROMPTS, CHOICES, results):
         expected = [reference_confidence(model64, prompt, choice) for choice in choices]
-        torch.testing.assert_close(result.scores, torch.tensor([s for s, _ in expected], dtype=torch.float64),
-                                   rtol=0, atol=SCORE_ATOL)
+        torch.testing.assert_close(
+            result.scores, torch.tensor([s for s, _ in expected], dtype=torch.float64), rtol=0, atol=SCORE_ATOL
+        )
         for choice, (_, order), row in zip(choices, expected, result.reveal_order):
-            assert row[: len(choice)].tolist() == order and (row[len(choice):] == -1).all()
+            assert row[: len(choice)].tolist() == order and (row[len(choice) :] == -1).all()
         assert result.best == max(range(len(choices)), key=lambda c: expected[c][0])
 
 
@@ -197,8 +198,15 @@ def test_likelihood_of_one_token_answers_is_exact(model, model64, cfg_scale):
 def test_likelihood_estimate_converges_to_exact_elbo(model, model64):
     prompts, answers = [[0, 10, 11], [0, 20, 21, 22, 23]], [[30, 31, 32, 33], [40, 41]]
     mc_num = 4096
-    result = model.score_continuations(prompts, answers, method="likelihood", mc_num=mc_num, mc_batch_size=16,
-                                       batch_size=1024, generator=torch.Generator().manual_seed(0))
+    result = model.score_continuations(
+        prompts,
+        answers,
+        method="likelihood",
+        mc_num=mc_num,
+        mc_batch_size=16,
+        batch_size=1024,
+        generator=torch.Generator().manual_seed(0),
+    )
     for prompt, answer, estimate in zip(prompts, answers, result.scores.tolist()):
         elbo, std = reference_elbo(model64, prompt, answer)
         # Stratifying the mask counts only lowers the variance of the i.i.d. estimator: 4 of its standard errors

@@ -21,8 +21,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def turns(i: int) -> list[dict]:
-    return [{"role": "user", "content": f"count {i % 40} {i % 40 + 1}"},
-            {"role": "assistant", "content": f"{i % 40 + 2}"}]
+    return [
+        {"role": "user", "content": f"count {i % 40} {i % 40 + 1}"},
+        {"role": "assistant", "content": f"{i % 40 + 2}"},
+    ]
 
 
 ROWS = {
@@ -52,10 +54,30 @@ def model_folder(tmp_path: Path, weights: bool = False) -> list[str]:
 
 def run(tmp_path: Path, data_flags: list[str], *extra: str, model_flag: list[str] | None = None) -> Path:
     out = tmp_path / "out"
-    train_sft.main([*(model_flag or model_folder(tmp_path)), *data_flags, "--output_dir", str(out), "--use_cpu",
-                    "--report_to", "none", "--max_steps", "2", "--per_device_train_batch_size", "2",
-                    "--learning_rate", "1e-3", "--min_lr", "1e-4", "--save_strategy", "no", "--disable_tqdm", "true",
-                    *extra])
+    train_sft.main(
+        [
+            *(model_flag or model_folder(tmp_path)),
+            *data_flags,
+            "--output_dir",
+            str(out),
+            "--use_cpu",
+            "--report_to",
+            "none",
+            "--max_steps",
+            "2",
+            "--per_device_train_batch_size",
+            "2",
+            "--learning_rate",
+            "1e-3",
+            "--min_lr",
+            "1e-4",
+            "--save_strategy",
+            "no",
+            "--disable_tqdm",
+            "true",
+            *extra,
+        ]
+    )
     return out
 
 
@@ -74,17 +96,28 @@ def test_cli_trains_on_jsonl_in_each_trl_format(tmp_path, fmt):
 
 def test_cli_pretrains_on_text(tmp_path):
     data = write_jsonl(tmp_path / "docs.jsonl", [ROWS["text"](i) for i in range(40)])
-    out = run(tmp_path, ["--train_files", str(data)], "--data_format", "pretrain", "--lr_schedule", "pretrain",
-              "--max_seq_length", "16")
+    out = run(
+        tmp_path,
+        ["--train_files", str(data)],
+        "--data_format",
+        "pretrain",
+        "--lr_schedule",
+        "pretrain",
+        "--max_seq_length",
+        "16",
+    )
     assert trained_steps(out) == 2
 
 
 def test_cli_reads_a_saved_datasets_folder_with_its_splits(tmp_path):
     rows = [ROWS["messages"](i) for i in range(30)]
     DatasetDict({"train_sft": Dataset.from_list(rows[:24]), "test_sft": Dataset.from_list(rows[24:])}).save_to_disk(
-        str(tmp_path / "saved"))
-    out = run(tmp_path, ["--dataset_name", str(tmp_path / "saved"), "--dataset_split", "train_sft",
-                         "--eval_split", "test_sft"])
+        str(tmp_path / "saved")
+    )
+    out = run(
+        tmp_path,
+        ["--dataset_name", str(tmp_path / "saved"), "--dataset_split", "train_sft", "--eval_split", "test_sft"],
+    )
     assert trained_steps(out) == 2 and (out / "eval_results.json").is_file()
     with pytest.raises(ValueError, match=r"`dataset_split`='train' is not a split of .*saved: it has"):
         run(tmp_path, ["--dataset_name", str(tmp_path / "saved")])
@@ -96,8 +129,12 @@ def test_cli_reads_a_single_saved_dataset_and_a_folder_of_jsonl(tmp_path):
     (tmp_path / "folder").mkdir()
     write_jsonl(tmp_path / "folder" / "a.jsonl", [ROWS["messages"](i) for i in range(10)])
     write_jsonl(tmp_path / "folder" / "b.jsonl", [ROWS["messages"](i) for i in range(10, 20)])
-    assert trained_steps(run(tmp_path / "f", ["--dataset_name", str(tmp_path / "folder")],
-                             model_flag=model_folder(tmp_path))) == 2
+    assert (
+        trained_steps(
+            run(tmp_path / "f", ["--dataset_name", str(tmp_path / "folder")], model_flag=model_folder(tmp_path))
+        )
+        == 2
+    )
     loaded = data_illada.load_data(dataset_name=str(tmp_path / "folder"))
     assert loaded["messages"] == [ROWS["messages"](i)["messages"] for i in range(20)]
 
@@ -118,8 +155,16 @@ with torch.no_grad():
 def test_cli_lora_adapter_loads_with_peft_in_a_fresh_process(tmp_path):
     model_flag = model_folder(tmp_path, weights=True)
     data = write_jsonl(tmp_path / "train.jsonl", [ROWS["messages"](i) for i in range(24)])
-    out = run(tmp_path, ["--train_files", str(data)], "--use_lora", "--lora_r", "4", "--learning_rate", "1e-2",
-              model_flag=model_flag)
+    out = run(
+        tmp_path,
+        ["--train_files", str(data)],
+        "--use_lora",
+        "--lora_r",
+        "4",
+        "--learning_rate",
+        "1e-2",
+        model_flag=model_flag,
+    )
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["task_type"] == "CAUSAL_LM" and config["base_model_name_or_path"] == model_flag[1]
     card = (out / "README.md").read_text()
@@ -134,9 +179,14 @@ def test_cli_lora_adapter_loads_with_peft_in_a_fresh_process(tmp_path):
         expected = expected_model(input_ids=ids).logits
         untrained = make_model(seed=0)(input_ids=ids).logits
     assert not torch.allclose(expected, untrained)  # the adapter changes the outputs
-    result = subprocess.run([sys.executable, "-c", LOAD_ADAPTER, str(out), model_flag[1], str(tmp_path / "l.pt")],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                            env={"HF_HUB_OFFLINE": "1", "PATH": "", "OMP_NUM_THREADS": "1"})
+    result = subprocess.run(
+        [sys.executable, "-c", LOAD_ADAPTER, str(out), model_flag[1], str(tmp_path / "l.pt")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "", "OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     logits = torch.load(tmp_path / "l.pt")
     for name in ("auto", "plain", "merged"):
@@ -148,22 +198,54 @@ def test_cli_lora_adapter_loads_with_peft_in_a_fresh_process(tmp_path):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("lines,kwargs,error,match", [
-    ([], {}, ValueError, r"bad.jsonl is empty: it holds no JSON rows"),
-    (['{"prompt": "a", "response": "b"}', '{"prompt": "c", "response": "d"}',
-      '{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}'], {}, ValueError,
-     r"bad.jsonl line 3 is in the messages format but the data before it are in the prompt-response format"),
-    (['{"messages": "user: hi"}'], {}, TypeError, r"bad.jsonl line 1: `messages` must be a list of .* got str"),
-    (['{"text": "a b"}', '{"text": null}'], {"data_format": "pretrain"}, ValueError,
-     r"bad.jsonl line 2: `text` is missing or null"),
-    (['{"prompt": 3, "completion": "4"}'], {}, TypeError, r"bad.jsonl line 1: `prompt` must be a string, got int 3"),
-    (['{"prompt": "a", "completion": "b"}', '{"prompt": "a", "completion": "b"', ''], {}, ValueError,
-     r"bad.jsonl line 2 is not valid JSON"),
-    (['{"prompt": "a", "completion": "b"}', '{"prompt": null, "completion": "b"}'], {}, ValueError,
-     r"bad.jsonl line 2: `prompt` is missing or null"),
-    (['{"completion": "b"}'], {}, ValueError, r"bad.jsonl line 1 has \['completion'\] \(`prompt` is missing or null\)"),
-    (['["a", "b"]'], {}, TypeError, r"bad.jsonl line 1 must hold a JSON object, got list"),
-])
+@pytest.mark.parametrize(
+    "lines,kwargs,error,match",
+    [
+        ([], {}, ValueError, r"bad.jsonl is empty: it holds no JSON rows"),
+        (
+            [
+                '{"prompt": "a", "response": "b"}',
+                '{"prompt": "c", "response": "d"}',
+                '{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}',
+            ],
+            {},
+            ValueError,
+            r"bad.jsonl line 3 is in the messages format but the data before it are in the prompt-response format",
+        ),
+        (['{"messages": "user: hi"}'], {}, TypeError, r"bad.jsonl line 1: `messages` must be a list of .* got str"),
+        (
+            ['{"text": "a b"}', '{"text": null}'],
+            {"data_format": "pretrain"},
+            ValueError,
+            r"bad.jsonl line 2: `text` is missing or null",
+        ),
+        (
+            ['{"prompt": 3, "completion": "4"}'],
+            {},
+            TypeError,
+            r"bad.jsonl line 1: `prompt` must be a string, got int 3",
+        ),
+        (
+            ['{"prompt": "a", "completion": "b"}', '{"prompt": "a", "completion": "b"', ""],
+            {},
+            ValueError,
+            r"bad.jsonl line 2 is not valid JSON",
+        ),
+        (
+            ['{"prompt": "a", "completion": "b"}', '{"prompt": null, "completion": "b"}'],
+            {},
+            ValueError,
+            r"bad.jsonl line 2: `prompt` is missing or null",
+        ),
+        (
+            ['{"completion": "b"}'],
+            {},
+            ValueError,
+            r"bad.jsonl line 1 has \['completion'\] \(`prompt` is missing or null\)",
+        ),
+        (['["a", "b"]'], {}, TypeError, r"bad.jsonl line 1 must hold a JSON object, got list"),
+    ],
+)
 def test_jsonl_errors_name_the_file_and_line(tmp_path, lines, kwargs, error, match):
     path = tmp_path / "bad.jsonl"
     path.write_text("\n".join(lines))

@@ -46,14 +46,19 @@ def trainer_args(tmp_path, **overrides) -> DiffusionSFTConfig:
 
 
 def make_diffusion_trainer(tmp_path, model, rows, **overrides) -> DiffusionSFTTrainer:
-    return DiffusionSFTTrainer(model=model, args=trainer_args(tmp_path, **overrides), train_dataset=rows,
-                               processing_class=make_tiny_tokenizer())
+    return DiffusionSFTTrainer(
+        model=model,
+        args=trainer_args(tmp_path, **overrides),
+        train_dataset=rows,
+        processing_class=make_tiny_tokenizer(),
+    )
 
 
 def packed_rows(examples: list[dict], length: int = WINDOW, tokenizer=None):
     """Whole examples packed best-fit (trl's "bfd") into rows of at most `length` tokens."""
-    return prepare_dataset(Dataset.from_list(examples), tokenizer or make_tiny_tokenizer(), max_length=length,
-                           packing_strategy="bfd")
+    return prepare_dataset(
+        Dataset.from_list(examples), tokenizer or make_tiny_tokenizer(), max_length=length, packing_strategy="bfd"
+    )
 
 
 def segments(rows) -> list[tuple[list[int], list[int]]]:
@@ -69,15 +74,21 @@ def segments(rows) -> list[tuple[list[int], list[int]]]:
 def pair_examples(n: int, offset: int = 0) -> list[dict]:
     """Prompt/response pairs of varying lengths over the tiny tokenizer's words."""
     return [
-        {"prompt": " ".join(["count", *(str((i + k) % 50) for k in range(1 + i % 4))]),
-         "response": " ".join(["cat", "sat"][: 1 + i % 2] + [str(i % 50)] * (i % 3))}
+        {
+            "prompt": " ".join(["count", *(str((i + k) % 50) for k in range(1 + i % 4))]),
+            "response": " ".join(["cat", "sat"][: 1 + i % 2] + [str(i % 50)] * (i % 3)),
+        }
         for i in range(offset, offset + n)
     ]
 
 
 def as_messages(example: dict) -> dict:
-    return {"messages": [{"role": "user", "content": example["prompt"]},
-                         {"role": "assistant", "content": example["response"]}]}
+    return {
+        "messages": [
+            {"role": "user", "content": example["prompt"]},
+            {"role": "assistant", "content": example["response"]},
+        ]
+    }
 
 
 def reference_loss(model, input_ids, position_ids, maskable, masked, t, noisy_ids) -> float:
@@ -113,8 +124,9 @@ def test_loss_equals_float64_formula(tmp_path, completion_only_loss):
     batch = padded_batch(completion_only_loss)
     assert (batch["input_ids"] == PAD_ID).any(), "the batch should contain padding"
     assert (~batch["maskable"] & (batch["input_ids"] != PAD_ID)).any() == completion_only_loss
-    trainer = make_diffusion_trainer(tmp_path, model, packed_rows(pair_examples(12)),
-                                     completion_only_loss=completion_only_loss)
+    trainer = make_diffusion_trainer(
+        tmp_path, model, packed_rows(pair_examples(12)), completion_only_loss=completion_only_loss
+    )
     loss, out = trainer.compute_loss(model, dict(batch), return_outputs=True)
 
     ids, maskable, masked = batch["input_ids"], batch["maskable"], out.masked
@@ -153,11 +165,14 @@ def test_one_over_t_weighting_makes_the_loss_unbiased():
     maskable = torch.ones(rows, length, dtype=torch.bool)
     _, masked, t = sample_mask(ids, maskable, MASK_ID, eps, torch.Generator().manual_seed(1))
     per_token_t = t[:, None].expand_as(masked)[masked]
-    per_row = torch.stack([
-        masked_diffusion_loss(torch.zeros(int(m.sum()), vocab), ids[r][m], per_token_t.new_full((int(m.sum()),), t[r]),
-                              length)
-        for r, m in enumerate(masked[:200])
-    ])
+    per_row = torch.stack(
+        [
+            masked_diffusion_loss(
+                torch.zeros(int(m.sum()), vocab), ids[r][m], per_token_t.new_full((int(m.sum()),), t[r]), length
+            )
+            for r, m in enumerate(masked[:200])
+        ]
+    )
     assert torch.allclose(per_row, masked[:200].sum(1) * math.log(vocab) / t[:200] / length)
     loss = masked_diffusion_loss(torch.zeros(int(masked.sum()), vocab), ids[masked], per_token_t, masked.numel())
     # Var of (#masked / t) / L given t is (1 - t) / (t L); E over t ~ U[eps, 1] of 1/t is log(1/eps) / (1 - eps).
@@ -181,15 +196,18 @@ def test_sample_mask_rates_strata_and_rows():
 
     # A slice of the global batch draws exactly the rows the whole batch would give it.
     _, masked_all, t_all = sample_mask(ids, maskable, MASK_ID, 0.1, torch.Generator().manual_seed(4), True)
-    _, masked_part, t_part = sample_mask(ids[8:24], maskable[8:24], MASK_ID, 0.1, torch.Generator().manual_seed(4),
-                                         True, row_offset=8, num_rows=rows)
+    _, masked_part, t_part = sample_mask(
+        ids[8:24], maskable[8:24], MASK_ID, 0.1, torch.Generator().manual_seed(4), True, row_offset=8, num_rows=rows
+    )
     assert torch.equal(masked_part, masked_all[8:24]) and torch.equal(t_part, t_all[8:24])
 
 
 def test_lr_schedules_follow_the_paper():
     lr_lambda = {
-        decay: [diffusion_lr_lambda(s, warmup_steps=10, total_steps=200, decay_fraction=0.1, min_lr_ratio=0.1,
-                                    decay=decay) for s in range(201)]
+        decay: [
+            diffusion_lr_lambda(s, warmup_steps=10, total_steps=200, decay_fraction=0.1, min_lr_ratio=0.1, decay=decay)
+            for s in range(201)
+        ]
         for decay in ("linear", "cosine")
     }
     for values in lr_lambda.values():
@@ -205,8 +223,11 @@ def test_lr_schedules_follow_the_paper():
 def test_trainer_uses_the_sft_schedule(tmp_path):
     trainer = train(str(tmp_path), 2, 1, max_steps=10, warmup_steps=2, learning_rate=1e-2, min_lr=1e-3)
     logged = [entry["learning_rate"] for entry in trainer.state.log_history if "learning_rate" in entry]
-    expected = [1e-2 * diffusion_lr_lambda(s, warmup_steps=2, total_steps=10, decay_fraction=0.1, min_lr_ratio=0.1,
-                                           decay="linear") for s in range(10)]
+    expected = [
+        1e-2
+        * diffusion_lr_lambda(s, warmup_steps=2, total_steps=10, decay_fraction=0.1, min_lr_ratio=0.1, decay="linear")
+        for s in range(10)
+    ]
     assert logged == pytest.approx(expected)
     assert logged[:2] == pytest.approx([5e-3, 1e-2]) and logged[-1] == pytest.approx(1e-2)  # 10% of 10 = 1 step
 
@@ -232,8 +253,7 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path):
     recorders = {}
     for per_device, accumulation in [(4, 1), (2, 2)]:
         recorders[per_device] = GradientRecorder()
-        train(str(tmp_path / f"{per_device}"), per_device, accumulation, max_steps=2,
-              callbacks=[recorders[per_device]])
+        train(str(tmp_path / f"{per_device}"), per_device, accumulation, max_steps=2, callbacks=[recorders[per_device]])
     big, accumulated = recorders[4].steps, recorders[2].steps
     assert len(big) == len(accumulated) == 2
     for step_big, step_acc in zip(big, accumulated):
@@ -253,8 +273,9 @@ class StopAt(TrainerCallback):
 
 def test_resume_equals_uninterrupted(tmp_path):
     uninterrupted = train(str(tmp_path / "full"), 2, 2, max_steps=6)
-    stopped = train(str(tmp_path / "resumed"), 2, 2, max_steps=6, save_strategy="steps", save_steps=3,
-                    callbacks=[StopAt(3)])
+    stopped = train(
+        str(tmp_path / "resumed"), 2, 2, max_steps=6, save_strategy="steps", save_steps=3, callbacks=[StopAt(3)]
+    )
     assert stopped.state.global_step == 3
     checkpoint = get_last_checkpoint(str(tmp_path / "resumed"))
     assert checkpoint.endswith("checkpoint-3")
@@ -324,10 +345,35 @@ def test_main_trains_and_saves_a_loadable_folder_and_resumes(tmp_path):
     evaluation = tmp_path / "eval.jsonl"
     evaluation.write_text("".join(json.dumps(as_messages(e)) + "\n" for e in pair_examples(8, offset=40)))
     out = tmp_path / "out"
-    argv = ["--config_name", str(tmp_path / "init"), "--train_files", str(data), "--output_dir", str(out),
-            "--max_seq_length", "32", "--per_device_train_batch_size", "4", "--use_cpu", "--report_to", "none",
-            "--save_steps", "2", "--save_total_limit", "1", "--learning_rate", "1e-3", "--min_lr", "1e-4",
-            "--disable_tqdm", "true", "--logging_steps", "1", "--eval_files", str(evaluation)]
+    argv = [
+        "--config_name",
+        str(tmp_path / "init"),
+        "--train_files",
+        str(data),
+        "--output_dir",
+        str(out),
+        "--max_seq_length",
+        "32",
+        "--per_device_train_batch_size",
+        "4",
+        "--use_cpu",
+        "--report_to",
+        "none",
+        "--save_steps",
+        "2",
+        "--save_total_limit",
+        "1",
+        "--learning_rate",
+        "1e-3",
+        "--min_lr",
+        "1e-4",
+        "--disable_tqdm",
+        "true",
+        "--logging_steps",
+        "1",
+        "--eval_files",
+        str(evaluation),
+    ]
     train_sft.main([*argv, "--max_steps", "2"])
     first = json.loads((out / "trainer_state.json").read_text())["log_history"]
     train_sft.main([*argv, "--max_steps", "4", "--resume"])
@@ -346,18 +392,38 @@ def test_main_trains_and_saves_a_loadable_folder_and_resumes(tmp_path):
     assert type(loaded).__name__ == "ILLaDAForCausalLM"
     assert math.isfinite(json.loads((out / "eval_results.json").read_text())["eval_loss"])
     card = (out / "README.md").read_text()
-    for tag in ("- illada", "- diffusion", "- custom_code", "trust_remote_code=True", "| `max_length` | 32 |",
-                "| `learning_rate` | 0.001 |"):
+    for tag in (
+        "- illada",
+        "- diffusion",
+        "- custom_code",
+        "trust_remote_code=True",
+        "| `max_length` | 32 |",
+        "| `learning_rate` | 0.001 |",
+    ):
         assert tag in card, tag
 
 
 def test_arguments_parse_from_a_json_file(tmp_path):
     path = tmp_path / "args.json"
-    path.write_text(json.dumps({"config_name": "cfg", "train_files": ["a.jsonl"], "output_dir": str(tmp_path),
-                                "completion_only_loss": True, "use_cpu": True, "lr_schedule": "pretrain"}))
+    path.write_text(
+        json.dumps(
+            {
+                "config_name": "cfg",
+                "train_files": ["a.jsonl"],
+                "output_dir": str(tmp_path),
+                "completion_only_loss": True,
+                "use_cpu": True,
+                "lr_schedule": "pretrain",
+            }
+        )
+    )
     model_args, data_args, args = train_sft.parse_arguments([str(path)])
     assert (model_args.config_name, data_args.train_files, args.completion_only_loss, args.lr_schedule) == (
-        "cfg", ["a.jsonl"], True, "pretrain")
+        "cfg",
+        ["a.jsonl"],
+        True,
+        "pretrain",
+    )
     assert args.weight_decay == 0.1 and args.label_names == ["maskable"] and args.bf16 is False
 
 
@@ -368,7 +434,11 @@ def test_config_defaults_are_the_papers_not_trls(tmp_path):
     assert (args.learning_rate, args.weight_decay) == (5e-6, 0.1)
     assert (args.activation_checkpointing, args.bf16) == (False, False)
     assert (args.packing, args.packing_strategy, args.completion_only_loss, args.max_length) == (
-        True, "wrapped", False, None)
+        True,
+        "wrapped",
+        False,
+        None,
+    )
     assert (args.lr_schedule, args.data_format, args.split_probability) == ("sft", "sft", 0.3)
 
 
@@ -432,7 +502,7 @@ def test_sft_packing_keeps_examples_whole():
     batch = DiffusionDataCollator(PAD_ID)([rows[i] for i in range(len(rows))])
     for row, lengths in enumerate(rows["seq_lengths"]):
         positions = [p for n in lengths for p in range(n)]
-        assert batch["position_ids"][row, :len(positions)].tolist() == positions
+        assert batch["position_ids"][row, : len(positions)].tolist() == positions
     # Best fit opens a row only for an example that fits in no open row: no two rows fit in one.
     lengths = [len(ids) for ids in rows["input_ids"]]
     assert all(lengths[r] + lengths[s] > length for r in range(len(lengths)) for s in range(r + 1, len(lengths)))
@@ -441,8 +511,14 @@ def test_sft_packing_keeps_examples_whole():
 def test_pretrain_splits_windows_at_the_requested_rate():
     tokenizer, length, p = make_tiny_tokenizer(), 9, 0.3
     docs = [" ".join(str((7 * i + k) % 50) for k in range(3 + i % 11)) for i in range(3000)]
-    rows = prepare_dataset(Dataset.from_dict({"text": docs}), tokenizer, max_length=length, data_format="pretrain",
-                           split_probability=p, seed=5)
+    rows = prepare_dataset(
+        Dataset.from_dict({"text": docs}),
+        tokenizer,
+        max_length=length,
+        data_format="pretrain",
+        split_probability=p,
+        seed=5,
+    )
     stream = [t for row in rows["input_ids"] for t in row]
     assert stream == [t for d in docs for t in tokenizer(d, add_special_tokens=False).input_ids + [EOS_ID]]
     splits, points = 0, []
@@ -455,14 +531,21 @@ def test_pretrain_splits_windows_at_the_requested_rate():
     n = len(rows)
     assert abs(splits / n - p) < 4 * math.sqrt(p * (1 - p) / n)  # binomial, 4 sigma
     assert set(points) == set(range(1, length))  # every split point occurs
-    none = prepare_dataset(Dataset.from_dict({"text": docs[:200]}), tokenizer, max_length=length,
-                           data_format="pretrain", split_probability=0.0)
+    none = prepare_dataset(
+        Dataset.from_dict({"text": docs[:200]}),
+        tokenizer,
+        max_length=length,
+        data_format="pretrain",
+        split_probability=0.0,
+    )
     assert all(len(lengths) == 1 for lengths in none["seq_lengths"])
 
 
 def test_collator_pads_as_a_separate_unmaskable_segment():
-    features = [{"input_ids": [7, 8, 9], "seq_lengths": [2, 1], "completion_mask": [0, 1, 1]},
-                {"input_ids": [10, 11, 12, 13, 14], "seq_lengths": [5], "completion_mask": [1] * 5}]
+    features = [
+        {"input_ids": [7, 8, 9], "seq_lengths": [2, 1], "completion_mask": [0, 1, 1]},
+        {"input_ids": [10, 11, 12, 13, 14], "seq_lengths": [5], "completion_mask": [1] * 5},
+    ]
     batch = DiffusionDataCollator(PAD_ID)(features)
     assert batch["input_ids"].tolist() == [[7, 8, 9, PAD_ID, PAD_ID], [10, 11, 12, 13, 14]]
     assert batch["position_ids"].tolist() == [[0, 1, 0, 0, 1], [0, 1, 2, 3, 4]]
@@ -495,8 +578,13 @@ def counting_rows(num_docs: int = 400, length: int = 13) -> Dataset:
     """Runs of 12 consecutive numbers mod 50 from random starts: any masked number follows from a visible one."""
     starts = torch.randint(0, 50, (num_docs,), generator=torch.Generator().manual_seed(0)).tolist()
     docs = [" ".join(str((s + k) % 50) for k in range(length - 1)) for s in starts]
-    return prepare_dataset(Dataset.from_dict({"text": docs}), make_tiny_tokenizer(), max_length=length,
-                           data_format="pretrain", split_probability=0.0)
+    return prepare_dataset(
+        Dataset.from_dict({"text": docs}),
+        make_tiny_tokenizer(),
+        max_length=length,
+        data_format="pretrain",
+        split_probability=0.0,
+    )
 
 
 def fixed_mask_loss(model, batch) -> float:
@@ -515,8 +603,17 @@ def learning_check(tmp_path, steps: int, hidden: int) -> tuple[float, float]:
     model = make_model(seed=0, hidden_size=hidden, intermediate_size=2 * hidden)
     before = fixed_mask_loss(model, held_out)
     trainer = make_diffusion_trainer(
-        tmp_path, model, rows, max_steps=steps, per_device_train_batch_size=16, learning_rate=3e-3, min_lr=3e-4,
-        warmup_steps=10, weight_decay=0.0, logging_steps=50, data_format="pretrain",
+        tmp_path,
+        model,
+        rows,
+        max_steps=steps,
+        per_device_train_batch_size=16,
+        learning_rate=3e-3,
+        min_lr=3e-4,
+        warmup_steps=10,
+        weight_decay=0.0,
+        logging_steps=50,
+        data_format="pretrain",
     )
     trainer.train()
     return before, fixed_mask_loss(model, held_out)
@@ -547,12 +644,18 @@ def test_tokenizer_errors():
         check_tokenizer(tokenizer, make_config(eos_token_id=3))
 
 
-@pytest.mark.parametrize("data_format,columns,match", [
-    ("sft", {"question": ["a"], "answer": ["b"]},
-     r"`messages` column, `prompt` and `completion` columns, or a `text` column; example 0 of the train dataset has "
-     r"\['answer', 'question'\]"),
-    ("pretrain", {"content": ["a"]}, r"`text` column; example 0 of the train dataset has \['content'\]"),
-])
+@pytest.mark.parametrize(
+    "data_format,columns,match",
+    [
+        (
+            "sft",
+            {"question": ["a"], "answer": ["b"]},
+            r"`messages` column, `prompt` and `completion` columns, or a `text` column; example 0 of the train dataset has "
+            r"\['answer', 'question'\]",
+        ),
+        ("pretrain", {"content": ["a"]}, r"`text` column; example 0 of the train dataset has \['content'\]"),
+    ],
+)
 def test_dataset_column_errors(data_format, columns, match):
     with pytest.raises(ValueError, match=match):
         prepare_dataset(Dataset.from_dict(columns), make_tiny_tokenizer(), 16, data_format=data_format)
@@ -563,8 +666,9 @@ def test_empty_dataset_and_missing_response_errors():
     with pytest.raises(ValueError, match="The train dataset is empty"):
         prepare_dataset(Dataset.from_dict({"text": []}), tokenizer, 16, data_format="pretrain")
     with pytest.raises(ValueError, match="Example 1: `response` is empty"):
-        prepare_dataset(Dataset.from_list([{"prompt": "a", "response": "b"}, {"prompt": "a", "response": ""}]),
-                        tokenizer, 16)
+        prepare_dataset(
+            Dataset.from_list([{"prompt": "a", "response": "b"}, {"prompt": "a", "response": ""}]), tokenizer, 16
+        )
     user_last = [{"messages": [{"role": "user", "content": "a"}]}]
     with pytest.raises(ValueError, match="Example 0 has no response"):
         prepare_dataset(Dataset.from_list(user_last), tokenizer, 16)
@@ -578,40 +682,65 @@ def test_max_seq_length_above_the_model_limit_fails_before_loading(tmp_path, mon
     make_config().save_pretrained(tmp_path)  # max_position_embeddings = 256
     make_tiny_tokenizer().save_pretrained(tmp_path)
     monkeypatch.setattr(train_sft, "load_model", lambda *a: pytest.fail("weights loaded before the check"))
-    with pytest.raises(ValueError, match=r"`max_length` \(`--max_seq_length`\)=512 exceeds the model's "
-                                         "`max_position_embeddings`=256"):
-        train_sft.main(["--config_name", str(tmp_path), "--train_files", "x.jsonl", "--max_seq_length", "512",
-                        "--output_dir", str(tmp_path / "out"), "--use_cpu", "--report_to", "none"])
+    with pytest.raises(
+        ValueError,
+        match=r"`max_length` \(`--max_seq_length`\)=512 exceeds the model's "
+        "`max_position_embeddings`=256",
+    ):
+        train_sft.main(
+            [
+                "--config_name",
+                str(tmp_path),
+                "--train_files",
+                "x.jsonl",
+                "--max_seq_length",
+                "512",
+                "--output_dir",
+                str(tmp_path / "out"),
+                "--use_cpu",
+                "--report_to",
+                "none",
+            ]
+        )
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(diffusion_eps=0.0), r"`diffusion_eps` must be in \(0, 1\), got 0.0"),
-    (dict(packing_strategy="greedy"), r"`packing_strategy` must be one of \['wrapped', 'bfd', 'bfd_split'\]"),
-    (dict(lr_schedule="linear"), r"`lr_schedule` must be one of"),
-    (dict(learning_rate=1e-5, min_lr=1e-4), r"`min_lr`=0.0001 is above `learning_rate`=1e-05"),
-    (dict(decay_fraction=1.5), r"`decay_fraction` must be in \[0, 1\]"),
-    (dict(split_probability=1.5), r"`split_probability` must be in \[0, 1\], got 1.5"),
-    (dict(data_format="chat"), r"`data_format` must be one of \['sft', 'pretrain'\]"),
-    (dict(max_length=1), "`max_length` must be an integer >= 2 or None, got 1"),
-    (dict(completion_only_loss=True, data_format="pretrain"), "`completion_only_loss=True` needs `data_format='sft'`"),
-    (dict(padding_free=True), "`padding_free=True` is not supported by the diffusion trainer"),
-    (dict(assistant_only_loss=True), "use `completion_only_loss=True`"),
-    (dict(loss_type="dft"), "`loss_type`='dft' is a next-token loss option"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(diffusion_eps=0.0), r"`diffusion_eps` must be in \(0, 1\), got 0.0"),
+        (dict(packing_strategy="greedy"), r"`packing_strategy` must be one of \['wrapped', 'bfd', 'bfd_split'\]"),
+        (dict(lr_schedule="linear"), r"`lr_schedule` must be one of"),
+        (dict(learning_rate=1e-5, min_lr=1e-4), r"`min_lr`=0.0001 is above `learning_rate`=1e-05"),
+        (dict(decay_fraction=1.5), r"`decay_fraction` must be in \[0, 1\]"),
+        (dict(split_probability=1.5), r"`split_probability` must be in \[0, 1\], got 1.5"),
+        (dict(data_format="chat"), r"`data_format` must be one of \['sft', 'pretrain'\]"),
+        (dict(max_length=1), "`max_length` must be an integer >= 2 or None, got 1"),
+        (
+            dict(completion_only_loss=True, data_format="pretrain"),
+            "`completion_only_loss=True` needs `data_format='sft'`",
+        ),
+        (dict(padding_free=True), "`padding_free=True` is not supported by the diffusion trainer"),
+        (dict(assistant_only_loss=True), "use `completion_only_loss=True`"),
+        (dict(loss_type="dft"), "`loss_type`='dft' is a next-token loss option"),
+    ],
+)
 def test_training_argument_errors(tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
         trainer_args(tmp_path, **kwargs)
 
 
-@pytest.mark.parametrize("cls,kwargs,match", [
-    (ModelArguments, dict(), "exactly one of `model_name_or_path`"),
-    (ModelArguments, dict(model_name_or_path="a", config_name="b"), "exactly one of `model_name_or_path`"),
-    (ModelArguments, dict(config_name="b", merge_lora=True), "`merge_lora=True` needs `use_lora=True`"),
-    (ModelArguments, dict(config_name="b", use_lora=True, lora_r=0), "`lora_r` must be a positive integer, got 0"),
-    (ModelArguments, dict(config_name="b", dtype="fp8"), r"`dtype` must be one of"),
-    (DataArguments, dict(train_files=["a"], dataset_name="b"), "Give one of `train_files` and `dataset_name`"),
-    (DataArguments, dict(train_files=["a"], eval_split="test"), "`eval_split` selects a split of `dataset_name`"),
-])
+@pytest.mark.parametrize(
+    "cls,kwargs,match",
+    [
+        (ModelArguments, dict(), "exactly one of `model_name_or_path`"),
+        (ModelArguments, dict(model_name_or_path="a", config_name="b"), "exactly one of `model_name_or_path`"),
+        (ModelArguments, dict(config_name="b", merge_lora=True), "`merge_lora=True` needs `use_lora=True`"),
+        (ModelArguments, dict(config_name="b", use_lora=True, lora_r=0), "`lora_r` must be a positive integer, got 0"),
+        (ModelArguments, dict(config_name="b", dtype="fp8"), r"`dtype` must be one of"),
+        (DataArguments, dict(train_files=["a"], dataset_name="b"), "Give one of `train_files` and `dataset_name`"),
+        (DataArguments, dict(train_files=["a"], eval_split="test"), "`eval_split` selects a split of `dataset_name`"),
+    ],
+)
 def test_model_and_data_argument_errors(cls, kwargs, match):
     with pytest.raises(ValueError, match=match):
         cls(**kwargs)
@@ -632,8 +761,9 @@ def test_combination_file_collator_and_batch_errors(tmp_path):
     with pytest.raises(ValueError, match="no `maskable` tensor"):
         trainer.compute_loss(model, {"input_ids": torch.tensor([[7, 8]])})
     with pytest.raises(ValueError, match="do not fit in `num_rows`=4"):
-        sample_mask(torch.ones(2, 3, dtype=torch.long), torch.ones(2, 3, dtype=torch.bool), MASK_ID, row_offset=3,
-                    num_rows=4)
+        sample_mask(
+            torch.ones(2, 3, dtype=torch.long), torch.ones(2, 3, dtype=torch.bool), MASK_ID, row_offset=3, num_rows=4
+        )
 
 
 def test_mask_seeds_depend_on_the_run_seed_and_the_step():
@@ -641,6 +771,5 @@ def test_mask_seeds_depend_on_the_run_seed_and_the_step():
     `seed * 2**32 + step` (which made every run seed draw the same masks)."""
     seeds = {mask_seed(seed, step) for seed in range(4) for step in range(100)}
     assert len(seeds) == 400 and all(0 <= s < 2**32 for s in seeds)
-    draws = [torch.rand(8, generator=torch.Generator().manual_seed(mask_seed(seed, 0)))
-             for seed in (5, 6)]
+    draws = [torch.rand(8, generator=torch.Generator().manual_seed(mask_seed(seed, 0))) for seed in (5, 6)]
     assert not torch.equal(*draws)

@@ -35,9 +35,12 @@ def ids(tokenizer, text: str) -> list[int]:
 
 def unpacked_rows(tmp_path, rows: list[dict], tokenizer=None, **overrides):
     """The trainer's prepared rows, one example per row (no packing), and its collator."""
-    trainer = DiffusionSFTTrainer(model=make_model(), args=config(tmp_path, packing=False, max_length=64, **overrides),
-                                  train_dataset=Dataset.from_list(rows),
-                                  processing_class=tokenizer or make_tiny_tokenizer())
+    trainer = DiffusionSFTTrainer(
+        model=make_model(),
+        args=config(tmp_path, packing=False, max_length=64, **overrides),
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer or make_tiny_tokenizer(),
+    )
     return trainer.train_dataset, trainer.data_collator
 
 
@@ -49,15 +52,33 @@ def unpacked_rows(tmp_path, rows: list[dict], tokenizer=None, **overrides):
 def test_a_trl_script_with_the_diffusion_classes_trains(tmp_path):
     """The README snippet: trl's usual call with `DiffusionSFTTrainer`/`DiffusionSFTConfig` and a jsonl dataset."""
     data = tmp_path / "chat.jsonl"
-    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"count {i} {i + 1}"},
-                                                     {"role": "assistant", "content": f"{i + 2}"}]}) + "\n"
-                            for i in range(30)))
+    data.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "messages": [
+                        {"role": "user", "content": f"count {i} {i + 1}"},
+                        {"role": "assistant", "content": f"{i + 2}"},
+                    ]
+                }
+            )
+            + "\n"
+            for i in range(30)
+        )
+    )
     model = make_model(seed=0)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     trainer = DiffusionSFTTrainer(
         model=model,
-        args=DiffusionSFTConfig(str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=2, use_cpu=True,
-                                learning_rate=1e-3, min_lr=1e-4, report_to="none"),
+        args=DiffusionSFTConfig(
+            str(tmp_path / "out"),
+            max_steps=2,
+            per_device_train_batch_size=2,
+            use_cpu=True,
+            learning_rate=1e-3,
+            min_lr=1e-4,
+            report_to="none",
+        ),
         train_dataset=load_dataset("json", data_files=str(data), split="train"),
         processing_class=make_tiny_tokenizer(chat_template=True),
     )
@@ -74,12 +95,17 @@ def test_trl_defaults_that_do_not_fit_are_replaced(tmp_path):
     checkpointing, bf16, completion-only loss, window length and packing."""
     rows = [{"prompt": "count 1 2", "completion": " 3"}] * 4
     sft_args = SFTConfig(str(tmp_path / "out"), use_cpu=True, report_to="none", seed=7)
-    trainer = DiffusionSFTTrainer(model=make_model(), args=sft_args, train_dataset=Dataset.from_list(rows),
-                                  processing_class=make_tiny_tokenizer())
+    trainer = DiffusionSFTTrainer(
+        model=make_model(), args=sft_args, train_dataset=Dataset.from_list(rows), processing_class=make_tiny_tokenizer()
+    )
     args = trainer.args
     assert isinstance(args, DiffusionSFTConfig) and (args.learning_rate, args.seed) == (5e-6, 7)
     assert (args.activation_checkpointing, args.bf16, args.completion_only_loss, args.packing) == (
-        False, False, False, True)
+        False,
+        False,
+        False,
+        True,
+    )
     # trl would default to completion-only loss for prompt-completion data: here the prompt is maskable too.
     batch = trainer.data_collator([trainer.train_dataset[0]])
     assert batch["maskable"].all()
@@ -99,10 +125,13 @@ def test_completion_only_loss_must_be_a_bool_or_none(tmp_path, value):
 
 def test_plain_prompt_completion_and_text_rows(tmp_path):
     tokenizer = make_tiny_tokenizer()
-    rows, _ = unpacked_rows(tmp_path, [{"prompt": "count 1 2 ", "completion": "3 4"},
-                                       {"prompt": "what is", "completion": " 2 plus 3"}])
-    assert rows["input_ids"] == [ids(tokenizer, "count 1 2") + ids(tokenizer, "3 4") + [EOS_ID],
-                                 ids(tokenizer, "what is") + ids(tokenizer, "2 plus 3") + [EOS_ID]]
+    rows, _ = unpacked_rows(
+        tmp_path, [{"prompt": "count 1 2 ", "completion": "3 4"}, {"prompt": "what is", "completion": " 2 plus 3"}]
+    )
+    assert rows["input_ids"] == [
+        ids(tokenizer, "count 1 2") + ids(tokenizer, "3 4") + [EOS_ID],
+        ids(tokenizer, "what is") + ids(tokenizer, "2 plus 3") + [EOS_ID],
+    ]
     assert rows["completion_mask"] == [[0, 0, 0, 1, 1, 1], [0, 0, 1, 1, 1, 1]]
     text, _ = unpacked_rows(tmp_path, [{"text": "the cat sat"}, {"text": "a dog ran </s>"}])
     assert text["input_ids"] == [ids(tokenizer, "the cat sat") + [EOS_ID], ids(tokenizer, "a dog ran") + [EOS_ID]]
@@ -112,9 +141,13 @@ def test_plain_prompt_completion_and_text_rows(tmp_path):
 def test_messages_with_a_system_turn_without_a_chat_template(tmp_path):
     """Conversations render as "{role}: {content}\\n" turns, then "assistant: " + response + EOS."""
     tokenizer = make_tiny_tokenizer()
-    messages = [{"role": "system", "content": "copy"}, {"role": "user", "content": "the cat"},
-                {"role": "assistant", "content": "yes"}, {"role": "user", "content": "a dog"},
-                {"role": "assistant", "content": "a dog"}]
+    messages = [
+        {"role": "system", "content": "copy"},
+        {"role": "user", "content": "the cat"},
+        {"role": "assistant", "content": "yes"},
+        {"role": "user", "content": "a dog"},
+        {"role": "assistant", "content": "a dog"},
+    ]
     rows, _ = unpacked_rows(tmp_path, [{"messages": messages}])
     prompt = ids(tokenizer, "system: copy\nuser: the cat\nassistant: yes\nuser: a dog\nassistant: ")
     assert rows["input_ids"] == [prompt + ids(tokenizer, "a dog") + [EOS_ID]]
@@ -127,8 +160,9 @@ def test_conversational_prompt_completion_with_the_chat_template(tmp_path):
     tokenizer = make_tiny_tokenizer(chat_template=True)
     prompt = [{"role": "user", "content": "count 1 2"}]
     completion = [{"role": "assistant", "content": "3"}]
-    rows, collator = unpacked_rows(tmp_path, [{"prompt": prompt, "completion": completion}], tokenizer,
-                                   completion_only_loss=True)
+    rows, collator = unpacked_rows(
+        tmp_path, [{"prompt": prompt, "completion": completion}], tokenizer, completion_only_loss=True
+    )
     full = ids(tokenizer, tokenizer.apply_chat_template(prompt + completion, tokenize=False))
     head = ids(tokenizer, tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True))
     assert full[-1] == EOS_ID and full.count(EOS_ID) == 1 and full[: len(head)] == head
@@ -139,8 +173,9 @@ def test_conversational_prompt_completion_with_the_chat_template(tmp_path):
 
 def test_legacy_prompt_response_rows_are_one_user_and_one_assistant_turn(tmp_path):
     rows, _ = unpacked_rows(tmp_path, [{"prompt": "count 1", "response": "2"}])
-    messages, _ = unpacked_rows(tmp_path, [{"messages": [{"role": "user", "content": "count 1"},
-                                                         {"role": "assistant", "content": "2"}]}])
+    messages, _ = unpacked_rows(
+        tmp_path, [{"messages": [{"role": "user", "content": "count 1"}, {"role": "assistant", "content": "2"}]}]
+    )
     assert rows["input_ids"] == messages["input_ids"] and rows["completion_mask"] == messages["completion_mask"]
 
 
@@ -170,11 +205,17 @@ def exact_elbo_per_token(model, x: list[int], mask_id: int, eps: float) -> float
 def test_mean_loss_equals_the_exact_elbo_of_a_short_sequence(tmp_path):
     model = make_model(seed=3, initializer_range=0.3)
     x, eps, rows, chunks = [7, 30, 9], 1e-3, 2000, 16
-    trainer = DiffusionSFTTrainer(model=model, args=config(tmp_path, diffusion_eps=eps),
-                                  train_dataset=Dataset.from_dict({"input_ids": [x]}),
-                                  processing_class=make_tiny_tokenizer())
-    batch = {"input_ids": torch.tensor([x] * rows), "position_ids": torch.arange(3).repeat(rows, 1),
-             "maskable": torch.ones(rows, 3, dtype=torch.bool)}
+    trainer = DiffusionSFTTrainer(
+        model=model,
+        args=config(tmp_path, diffusion_eps=eps),
+        train_dataset=Dataset.from_dict({"input_ids": [x]}),
+        processing_class=make_tiny_tokenizer(),
+    )
+    batch = {
+        "input_ids": torch.tensor([x] * rows),
+        "position_ids": torch.arange(3).repeat(rows, 1),
+        "maskable": torch.ones(rows, 3, dtype=torch.bool),
+    }
     with torch.no_grad():
         losses = [trainer.compute_loss(model.eval(), batch).item() for _ in range(chunks)]  # fresh seed per call
     exact = exact_elbo_per_token(model, x, model.config.mask_token_id, eps)
@@ -189,18 +230,30 @@ def test_mean_loss_equals_the_exact_elbo_of_a_short_sequence(tmp_path):
 
 
 def test_evaluation_masks_are_seeded_not_drawn_from_the_global_generator(tmp_path):
-    rows = [{"messages": [{"role": "user", "content": f"count {i}"}, {"role": "assistant", "content": f"{i + 1}"}]}
-            for i in range(24)]
+    rows = [
+        {"messages": [{"role": "user", "content": f"count {i}"}, {"role": "assistant", "content": f"{i + 1}"}]}
+        for i in range(24)
+    ]
     dataset = Dataset.from_list(rows)
-    trainer = DiffusionSFTTrainer(model=make_model(seed=1), args=config(tmp_path, max_length=16, seed=5),
-                                  train_dataset=dataset, eval_dataset=dataset, processing_class=make_tiny_tokenizer())
+    trainer = DiffusionSFTTrainer(
+        model=make_model(seed=1),
+        args=config(tmp_path, max_length=16, seed=5),
+        train_dataset=dataset,
+        eval_dataset=dataset,
+        processing_class=make_tiny_tokenizer(),
+    )
     torch.manual_seed(0)
     first = trainer.evaluate()["eval_loss"]
     torch.manual_seed(1)
     second = trainer.evaluate()["eval_loss"]
     assert first == second
-    other = DiffusionSFTTrainer(model=make_model(seed=1), args=config(tmp_path, max_length=16, seed=6),
-                                train_dataset=dataset, eval_dataset=dataset, processing_class=make_tiny_tokenizer())
+    other = DiffusionSFTTrainer(
+        model=make_model(seed=1),
+        args=config(tmp_path, max_length=16, seed=6),
+        train_dataset=dataset,
+        eval_dataset=dataset,
+        processing_class=make_tiny_tokenizer(),
+    )
     assert other.evaluate()["eval_loss"] != first  # the masks do come from the seed
 
 
@@ -212,11 +265,19 @@ def test_evaluation_masks_are_seeded_not_drawn_from_the_global_generator(tmp_pat
 def test_model_card_names_the_model_its_loading_and_the_settings(tmp_path):
     model = make_model()
     model.config._name_or_path = "GSAI-ML/iLLaDA-8B-Base"
-    card = build_model_card(model, config(tmp_path, completion_only_loss=True, max_length=512), dataset_name="chat",
-                            tags=["demo"])
+    card = build_model_card(
+        model, config(tmp_path, completion_only_loss=True, max_length=512), dataset_name="chat", tags=["demo"]
+    )
     header = card.split("---")[1]
-    for line in ("library_name: transformers", "base_model: GSAI-ML/iLLaDA-8B-Base", "- chat", "- illada",
-                 "- diffusion", "- custom_code", "- demo"):
+    for line in (
+        "library_name: transformers",
+        "base_model: GSAI-ML/iLLaDA-8B-Base",
+        "- chat",
+        "- illada",
+        "- diffusion",
+        "- custom_code",
+        "- demo",
+    ):
         assert line in header.splitlines(), line
     assert 'AutoModelForCausalLM.from_pretrained("REPO_OR_FOLDER", trust_remote_code=True)' in card
     assert "model.generate(" in card and "| `max_length` | 512 |" in card
@@ -245,8 +306,13 @@ def test_trls_plain_sft_trainer_raises_and_names_the_diffusion_trainer(tmp_path)
     from peft import LoraConfig
 
     with pytest.raises(ValueError, match="DiffusionSFTTrainer"):
-        SFTTrainer(model=make_model(), args=args, train_dataset=rows, processing_class=make_tiny_tokenizer(),
-                   peft_config=LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+        SFTTrainer(
+            model=make_model(),
+            args=args,
+            train_dataset=rows,
+            processing_class=make_tiny_tokenizer(),
+            peft_config=LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM"),
+        )
 
 
 def test_a_plain_trainer_with_labels_raises(tmp_path):
@@ -254,9 +320,13 @@ def test_a_plain_trainer_with_labels_raises(tmp_path):
     texts = ["the cat sat on the mat", "a dog ran"]
     encoded = [tokenizer(t, add_special_tokens=False) for t in texts]
     rows = Dataset.from_list([{"input_ids": e.input_ids, "labels": e.input_ids} for e in encoded])
-    trainer = Trainer(model=make_model(), train_dataset=rows,
-                      args=TrainingArguments(str(tmp_path / "out"), use_cpu=True, report_to="none", max_steps=1,
-                                             per_device_train_batch_size=1))
+    trainer = Trainer(
+        model=make_model(),
+        train_dataset=rows,
+        args=TrainingArguments(
+            str(tmp_path / "out"), use_cpu=True, report_to="none", max_steps=1, per_device_train_batch_size=1
+        ),
+    )
     with pytest.raises(ValueError, match="`labels` is not supported .*DiffusionSFTTrainer"):
         trainer.train()
 
@@ -268,11 +338,15 @@ def test_peft_config_trains_only_the_adapters(tmp_path):
     model = make_model(seed=0)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     rows = Dataset.from_list([{"prompt": f"count {i}", "completion": f" {i + 1}"} for i in range(16)])
-    trainer = DiffusionSFTTrainer(model=model, args=config(tmp_path, max_steps=2, learning_rate=1e-2, min_lr=1e-3,
-                                                           per_device_train_batch_size=2, max_length=16),
-                                  train_dataset=rows, processing_class=make_tiny_tokenizer(),
-                                  peft_config=LoraConfig(r=2, target_modules=["q_proj", "v_proj"],
-                                                         task_type="CAUSAL_LM"))
+    trainer = DiffusionSFTTrainer(
+        model=model,
+        args=config(
+            tmp_path, max_steps=2, learning_rate=1e-2, min_lr=1e-3, per_device_train_batch_size=2, max_length=16
+        ),
+        train_dataset=rows,
+        processing_class=make_tiny_tokenizer(),
+        peft_config=LoraConfig(r=2, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
+    )
     trainer.train()
     changed = {n for n, p in trainer.model.named_parameters() if "lora_B" in n and p.detach().abs().sum() > 0}
     assert len(changed) == 2 * model.config.num_hidden_layers
@@ -290,15 +364,20 @@ def test_system_turns_with_the_shipped_chat_template(tmp_path):
 
     from illada.data import prepare_dataset
 
-    tokenizer = AutoTokenizer.from_pretrained(str(Path(__file__).resolve().parents[1] / "illada-demo"),
-                                              trust_remote_code=True)
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 plus 3?"},
-                {"role": "assistant", "content": "5"}]
+    tokenizer = AutoTokenizer.from_pretrained(
+        str(Path(__file__).resolve().parents[1] / "illada-demo"), trust_remote_code=True
+    )
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "What is 2 plus 3?"},
+        {"role": "assistant", "content": "5"},
+    ]
     rows = prepare_dataset(Dataset.from_list([{"messages": messages}]), tokenizer, 64, packing=False)
     rendered = tokenizer.apply_chat_template(messages, tokenize=False)
     assert "Be brief." in rendered
     expected = tokenizer(rendered, add_special_tokens=False).input_ids
     assert rows[0]["input_ids"] == expected and expected.count(tokenizer.eos_token_id) == 1
     answer = tokenizer("5", add_special_tokens=False).input_ids
-    assert [t for t, f in zip(expected, rows[0]["completion_mask"]) if f][-len(answer) - 1:] == answer + [
-        tokenizer.eos_token_id]
+    assert [t for t, f in zip(expected, rows[0]["completion_mask"]) if f][-len(answer) - 1 :] == answer + [
+        tokenizer.eos_token_id
+    ]

@@ -81,8 +81,15 @@ def test_guidance_formula_by_hand():
 
 
 @pytest.mark.parametrize("name", ["tokenizer.json", "tokenizer_config.json"])
-@pytest.mark.parametrize("content, problem", [(b"", "is not valid JSON"), (b'{"version": "1.', "is not valid JSON"),
-                                              (b"\xff\xfe{}", "is not valid JSON"), (b"[]", "holds a JSON list")])
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        (b"", "is not valid JSON"),
+        (b'{"version": "1.', "is not valid JSON"),
+        (b"\xff\xfe{}", "is not valid JSON"),
+        (b"[]", "holds a JSON list"),
+    ],
+)
 def test_load_tokenizer_names_a_damaged_json_file(tmp_path, name, content, problem):
     """Fuzz finding F2: transformers / tokenizers raised a bare JSONDecodeError or UnicodeDecodeError."""
     from tiny_tokenizer import make_tiny_tokenizer

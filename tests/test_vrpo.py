@@ -149,20 +149,23 @@ def test_losses_follow_trl_formulas():
         "sigmoid": [-logsigmoid(beta * d) for d in delta],
         "hinge": [max(0.0, 1 - beta * d) for d in delta],
         "ipo": [((0.5 / 2 - (-1.0) / 3) - 1 / (2 * beta)) ** 2, ((-1.0 / 4 - 0.5 / 1) - 1 / (2 * beta)) ** 2],
-        "robust": [(-(1 - smoothing) * logsigmoid(beta * d) + smoothing * logsigmoid(-beta * d)) / (1 - 2 * smoothing)
-                   for d in delta],
+        "robust": [
+            (-(1 - smoothing) * logsigmoid(beta * d) + smoothing * logsigmoid(-beta * d)) / (1 - 2 * smoothing)
+            for d in delta
+        ],
     }
     for loss_type, values in expected.items():
         args = VRPOConfig("unused", beta=beta, loss_type=loss_type, label_smoothing=smoothing, use_cpu=True)
         losses, chosen_rewards, rejected_rewards = preference_losses(
-            policy_chosen, policy_rejected, reference_chosen, reference_rejected, args, lengths_chosen,
-            lengths_rejected)
+            policy_chosen, policy_rejected, reference_chosen, reference_rejected, args, lengths_chosen, lengths_rejected
+        )
         torch.testing.assert_close(losses, torch.tensor(values), rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(chosen_rewards, torch.tensor([0.25, -0.5]))
         torch.testing.assert_close(rejected_rewards, torch.tensor([-0.5, 0.25]))
     mixed = VRPOConfig("unused", beta=beta, loss_type=["sigmoid", "hinge"], loss_weights=[1.0, 0.5], use_cpu=True)
-    losses, *_ = preference_losses(policy_chosen, policy_rejected, reference_chosen, reference_rejected, mixed,
-                                   lengths_chosen, lengths_rejected)
+    losses, *_ = preference_losses(
+        policy_chosen, policy_rejected, reference_chosen, reference_rejected, mixed, lengths_chosen, lengths_rejected
+    )
     torch.testing.assert_close(losses, torch.tensor(expected["sigmoid"]) + 0.5 * torch.tensor(expected["hinge"]))
 
 
@@ -180,8 +183,12 @@ def test_policy_equal_to_reference_gives_exactly_log_2_and_zero_rewards_for_any_
         assert torch.equal(outputs["policy_logps"], outputs["reference_logps"])
     trainer.log({})
     rewards = {k: v for k, v in trainer.state.log_history[-1].items() if k.startswith("rewards/")}
-    assert rewards == {"rewards/chosen": 0.0, "rewards/rejected": 0.0, "rewards/accuracies": 0.0,
-                       "rewards/margins": 0.0}
+    assert rewards == {
+        "rewards/chosen": 0.0,
+        "rewards/rejected": 0.0,
+        "rewards/accuracies": 0.0,
+        "rewards/margins": 0.0,
+    }
 
 
 def test_independent_masks_would_not_give_log_2(tmp_path):
@@ -191,8 +198,9 @@ def test_independent_masks_would_not_give_log_2(tmp_path):
     rows = (batch["input_ids"], batch["attention_mask"], batch["prompt_lengths"], batch["answer_lengths"])
     seeds = [[mask_seed(3, 0, i, a) + shift for a in (0, 1) for i in batch["index"].tolist()] for shift in (0, 1)]
     with torch.no_grad():
-        policy, reference = (elbo_estimates(trainer.model, *rows, *draw_answer_masks(rows[3], 4, s), MASK_ID)
-                             for s in seeds)
+        policy, reference = (
+            elbo_estimates(trainer.model, *rows, *draw_answer_masks(rows[3], 4, s), MASK_ID) for s in seeds
+        )
     losses, *_ = preference_losses(*policy.chunk(2), *reference.chunk(2), trainer.args, *rows[3].chunk(2))
     assert (losses - LOG_2).abs().min() > 1e-4
 
@@ -212,7 +220,9 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path):
 
 
 def test_activation_checkpointing_trains_the_same(tmp_path):
-    plain, checkpointed = (make_trainer(str(tmp_path / str(flag)), activation_checkpointing=flag) for flag in (False, True))
+    plain, checkpointed = (
+        make_trainer(str(tmp_path / str(flag)), activation_checkpointing=flag) for flag in (False, True)
+    )
     for trainer in (plain, checkpointed):
         trainer.train()
     assert logged_losses(checkpointed) == pytest.approx(logged_losses(plain), rel=1e-6)
@@ -227,8 +237,14 @@ def test_training_changes_every_parameter_and_logs_trl_metrics(tmp_path):
     for name, parameter in trainer.ref_model.named_parameters():
         assert torch.equal(parameter, before[name]), name  # the frozen reference stays the initial model
     last = [entry for entry in trainer.state.log_history if "loss" in entry][-1]
-    assert {"rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
-            "logps/rejected"} <= set(last)
+    assert {
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/accuracies",
+        "rewards/margins",
+        "logps/chosen",
+        "logps/rejected",
+    } <= set(last)
     assert last["rewards/margins"] == pytest.approx(last["rewards/chosen"] - last["rewards/rejected"], abs=1e-6)
 
 
@@ -275,8 +291,11 @@ def test_precomputed_reference_equals_the_initial_model_on_step_zero_masks(tmp_p
 def test_conversational_plain_and_implicit_prompts_tokenise_with_one_eos():
     tokenizer = make_tiny_tokenizer(chat_template=True)
     user, good, bad = "count 3 4", "cat", "dog red"
-    explicit = {"prompt": [{"role": "user", "content": user}], "chosen": [{"role": "assistant", "content": good}],
-                "rejected": [{"role": "assistant", "content": bad}]}
+    explicit = {
+        "prompt": [{"role": "user", "content": user}],
+        "chosen": [{"role": "assistant", "content": good}],
+        "rejected": [{"role": "assistant", "content": bad}],
+    }
     implicit = Dataset.from_list([{name: explicit["prompt"] + explicit[name] for name in ("chosen", "rejected")}])
     built = build_preference_dataset(implicit, tokenizer, 64, MASK_ID)[0]
     ids = tokenize_preference(explicit, tokenizer)
@@ -286,8 +305,11 @@ def test_conversational_plain_and_implicit_prompts_tokenise_with_one_eos():
     assert ids["chosen_ids"] == words(["cat"]) + [EOS_ID]
     assert ids["rejected_ids"] == words(["dog", "red"]) + [EOS_ID]
     plain = tokenize_preference({"prompt": user, "chosen": " cat </s> </s>", "rejected": " dog red"}, tokenizer)
-    assert plain == {"prompt_ids": words(["count", "3", "4"]), "chosen_ids": words(["cat"]) + [EOS_ID],
-                     "rejected_ids": words(["dog", "red"]) + [EOS_ID]}
+    assert plain == {
+        "prompt_ids": words(["count", "3", "4"]),
+        "chosen_ids": words(["cat"]) + [EOS_ID],
+        "rejected_ids": words(["dog", "red"]) + [EOS_ID],
+    }
 
 
 def test_masks_depend_on_the_example_not_on_its_place_in_the_batch(tmp_path):
@@ -308,9 +330,27 @@ def test_cli_trains_saves_a_loadable_folder_and_resumes(tmp_path):
     make_tiny_tokenizer(chat_template=True).save_pretrained(folder)
     data = tmp_path / "prefs.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in preference_rows(8, conversational=False)))
-    common = ["--model_name_or_path", str(folder), "--train_files", str(data), "--output_dir", str(tmp_path / "out"),
-              "--use_cpu", "--report_to", "none", "--per_device_train_batch_size", "4", "--num_mc_samples", "2",
-              "--learning_rate", "1e-3", "--save_steps", "2", "--disable_tqdm", "true"]
+    common = [
+        "--model_name_or_path",
+        str(folder),
+        "--train_files",
+        str(data),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--use_cpu",
+        "--report_to",
+        "none",
+        "--per_device_train_batch_size",
+        "4",
+        "--num_mc_samples",
+        "2",
+        "--learning_rate",
+        "1e-3",
+        "--save_steps",
+        "2",
+        "--disable_tqdm",
+        "true",
+    ]
     train_vrpo.main(common + ["--max_steps", "2"])
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out", trust_remote_code=True)
     assert type(loaded).__name__ == "ILLaDAForCausalLM"
@@ -335,14 +375,17 @@ def test_cli_reads_a_saved_datasets_folder(tmp_path):
     assert train.to_list() == rows.to_list() and evaluation is None
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(loss_type="dpo"), "`loss_type` must be one of"),
-    (dict(beta=0.0), r"`beta` must be in \(0"),
-    (dict(num_mc_samples=0), "`num_mc_samples` must be a positive integer"),
-    (dict(label_smoothing=0.5), "`label_smoothing` must be in"),
-    (dict(loss_type=["sigmoid", "ipo"], loss_weights=[1.0]), "`loss_weights` has 1 values for 2"),
-    (dict(max_length=0), "`max_length` must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(loss_type="dpo"), "`loss_type` must be one of"),
+        (dict(beta=0.0), r"`beta` must be in \(0"),
+        (dict(num_mc_samples=0), "`num_mc_samples` must be a positive integer"),
+        (dict(label_smoothing=0.5), "`label_smoothing` must be in"),
+        (dict(loss_type=["sigmoid", "ipo"], loss_weights=[1.0]), "`loss_weights` has 1 values for 2"),
+        (dict(max_length=0), "`max_length` must be a positive integer"),
+    ],
+)
 def test_config_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         VRPOConfig("unused", use_cpu=True, **kwargs)
@@ -361,8 +404,9 @@ def test_trainer_and_data_errors(tmp_path):
     with pytest.raises(ValueError, match="over `max_length`=4"):
         build_preference_dataset(preference_rows(2), tokenizer, 4, MASK_ID)
     with pytest.raises(ValueError, match="contains the mask token"):
-        build_preference_dataset(Dataset.from_list([{"prompt": "a", "chosen": " <[MASK]>", "rejected": " b"}]),
-                                 tokenizer, 64, MASK_ID)
+        build_preference_dataset(
+            Dataset.from_list([{"prompt": "a", "chosen": " <[MASK]>", "rejected": " b"}]), tokenizer, 64, MASK_ID
+        )
     with pytest.raises(ValueError, match="exactly one of `train_files` and `dataset_name`"):
         train_vrpo.PreferenceDataArguments()
 

@@ -57,20 +57,32 @@ def left_pad(prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 RELEASED_KEYS = [
-    "model.embed_tokens.weight", "model.norm.weight", "lm_head.weight",
+    "model.embed_tokens.weight",
+    "model.norm.weight",
+    "lm_head.weight",
     *[f"model.layers.{{i}}.self_attn.{p}_proj.weight" for p in "qkvo"],
     *[f"model.layers.{{i}}.mlp.{p}_proj.weight" for p in ("gate", "up", "down")],
-    "model.layers.{i}.input_layernorm.weight", "model.layers.{i}.post_attention_layernorm.weight",
+    "model.layers.{i}.input_layernorm.weight",
+    "model.layers.{i}.post_attention_layernorm.weight",
 ]
 
 
 def released_state_dict(config: ILLaDAConfig) -> dict[str, torch.Tensor]:
     """A state dict spelled with the released checkpoint's tensor names (docs/architecture.md), shapes from the config."""
     h, kv = config.hidden_size, config.num_key_value_heads * config.head_dim
-    shapes = {"embed_tokens": (config.vocab_size, h), "lm_head": (config.vocab_size, h), "norm": (h,),
-              "q_proj": (h, h), "k_proj": (kv, h), "v_proj": (kv, h), "o_proj": (h, h),
-              "gate_proj": (config.intermediate_size, h), "up_proj": (config.intermediate_size, h),
-              "down_proj": (h, config.intermediate_size), "layernorm": (h,)}
+    shapes = {
+        "embed_tokens": (config.vocab_size, h),
+        "lm_head": (config.vocab_size, h),
+        "norm": (h,),
+        "q_proj": (h, h),
+        "k_proj": (kv, h),
+        "v_proj": (kv, h),
+        "o_proj": (h, h),
+        "gate_proj": (config.intermediate_size, h),
+        "up_proj": (config.intermediate_size, h),
+        "down_proj": (h, config.intermediate_size),
+        "layernorm": (h,),
+    }
     g = torch.Generator().manual_seed(0)
     state = {}
     for template in RELEASED_KEYS:

@@ -21,8 +21,34 @@ from transformers import PreTrainedTokenizerFast
 SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<|user|>", "<|assistant|>", "<[MASK]>")
 NUMBERS = tuple(str(n) for n in range(50))
 WORDS = (
-    "user", "assistant", ":", "the", "a", "cat", "dog", "sat", "ran", "on", "mat", "to", "red", "blue", "big",
-    "small", "what", "is", "plus", "equals", "yes", "no", "count", "reverse", "copy", "hello", "world", ".",
+    "user",
+    "assistant",
+    ":",
+    "the",
+    "a",
+    "cat",
+    "dog",
+    "sat",
+    "ran",
+    "on",
+    "mat",
+    "to",
+    "red",
+    "blue",
+    "big",
+    "small",
+    "what",
+    "is",
+    "plus",
+    "equals",
+    "yes",
+    "no",
+    "count",
+    "reverse",
+    "copy",
+    "hello",
+    "world",
+    ".",
 )
 UNKNOWN_TOKEN = "<unk>"
 
@@ -42,8 +68,13 @@ def make_tiny_tokenizer(chat_template: bool = False) -> PreTrainedTokenizerFast:
     backend = Tokenizer(models.WordLevel({token: i for i, token in enumerate(tokens)}, unk_token=UNKNOWN_TOKEN))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token="<s>", pad_token="<pad>", eos_token="</s>", unk_token=UNKNOWN_TOKEN,
-        mask_token="<[MASK]>", additional_special_tokens=["<|user|>", "<|assistant|>"],
+        tokenizer_object=backend,
+        bos_token="<s>",
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token=UNKNOWN_TOKEN,
+        mask_token="<[MASK]>",
+        additional_special_tokens=["<|user|>", "<|assistant|>"],
     )
     if chat_template:
         tokenizer.chat_template = CHAT_TEMPLATE

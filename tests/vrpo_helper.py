@@ -28,25 +28,44 @@ def preference_rows(num_examples: int = 16, conversational: bool = True) -> Data
         chosen = " ".join(WORDS[(i + k) % 8] for k in range(1 + i % 2))
         rejected = " ".join(WORDS[(i + 3 + k) % 8] for k in range(1 + (i + 1) % 3))
         if conversational:
-            rows.append({"prompt": [{"role": "user", "content": prompt}],
-                         "chosen": [{"role": "assistant", "content": chosen}],
-                         "rejected": [{"role": "assistant", "content": rejected}]})
+            rows.append(
+                {
+                    "prompt": [{"role": "user", "content": prompt}],
+                    "chosen": [{"role": "assistant", "content": chosen}],
+                    "rejected": [{"role": "assistant", "content": rejected}],
+                }
+            )
         else:
             rows.append({"prompt": prompt, "chosen": " " + chosen, "rejected": " " + rejected})
     return Dataset.from_list(rows)
 
 
-def make_trainer(output_dir: str, per_device: int = 4, accumulation: int = 1, max_steps: int = 2, model=None,
-                 **overrides) -> VRPOTrainer:
+def make_trainer(
+    output_dir: str, per_device: int = 4, accumulation: int = 1, max_steps: int = 2, model=None, **overrides
+) -> VRPOTrainer:
     """A trainer on `preference_rows()` with a large learning rate, so that a few steps move the weights."""
     settings = dict(
-        max_steps=max_steps, per_device_train_batch_size=per_device, gradient_accumulation_steps=accumulation,
-        learning_rate=1e-2, beta=0.5, num_mc_samples=4, use_cpu=True, report_to="none", logging_steps=1,
-        save_strategy="no", disable_tqdm=True, max_grad_norm=0.0, seed=3,
+        max_steps=max_steps,
+        per_device_train_batch_size=per_device,
+        gradient_accumulation_steps=accumulation,
+        learning_rate=1e-2,
+        beta=0.5,
+        num_mc_samples=4,
+        use_cpu=True,
+        report_to="none",
+        logging_steps=1,
+        save_strategy="no",
+        disable_tqdm=True,
+        max_grad_norm=0.0,
+        seed=3,
     )
     args = VRPOConfig(output_dir, **{**settings, **overrides})
-    return VRPOTrainer(make_model(seed=1) if model is None else model, args=args, train_dataset=preference_rows(),
-                       processing_class=make_tiny_tokenizer(chat_template=True))
+    return VRPOTrainer(
+        make_model(seed=1) if model is None else model,
+        args=args,
+        train_dataset=preference_rows(),
+        processing_class=make_tiny_tokenizer(chat_template=True),
+    )
 
 
 def logged_losses(trainer: VRPOTrainer) -> list[float]:

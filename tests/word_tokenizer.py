@@ -14,7 +14,9 @@ TEMPLATE = "{name} has {a} {fruit} and gets {b} more . How many {fruit} does {na
 # Every word of such a problem: names, fruits, and numbers up to 22 (answers and their near misses).
 VOCABULARY = sorted(
     set(TEMPLATE.format(name="x", a=0, b=0, fruit="x").split()) - {"x", "0"}
-    | {"Tom", "Ann", "Sam", "Mia"} | {"apples", "pears", "plums"} | {str(n) for n in range(23)}
+    | {"Tom", "Ann", "Sam", "Mia"}
+    | {"apples", "pears", "plums"}
+    | {str(n) for n in range(23)}
 )
 
 
@@ -25,6 +27,10 @@ def make_word_tokenizer(words=VOCABULARY) -> PreTrainedTokenizerFast:
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     return PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token="<s>", pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+        tokenizer_object=backend,
+        bos_token="<s>",
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
         mask_token="<mask>",
     )

@@ -29,14 +29,18 @@ FEWSHOT_DOCS = 30
 def _documents(split: str, num_docs: int, seed: int) -> list[dict]:
     examples = make_examples(split, num_docs, seed=seed, tasks=TASKS)
     items = make_multiple_choice(examples, seed=seed)
-    return [{"task": e.task, "question": e.prompt, "answer": e.response, "choices": list(item.choices),
-             "label": item.gold} for e, item in zip(examples, items)]
+    return [
+        {"task": e.task, "question": e.prompt, "answer": e.response, "choices": list(item.choices), "label": item.gold}
+        for e, item in zip(examples, items)
+    ]
 
 
 def demo_dataset(per_task: int = PER_TASK, seed: int = EVAL_SEED, **metadata) -> datasets.DatasetDict:
     """`per_task` held-out questions of each task of `TASKS` (`test`) and few-shot examples (`train`); lm-eval
     passes the task's `metadata` too (not used)."""
-    return datasets.DatasetDict({
-        "test": datasets.Dataset.from_list(_documents("heldout", per_task * len(TASKS), seed)),
-        "train": datasets.Dataset.from_list(_documents("train", FEWSHOT_DOCS, seed)),
-    })
+    return datasets.DatasetDict(
+        {
+            "test": datasets.Dataset.from_list(_documents("heldout", per_task * len(TASKS), seed)),
+            "train": datasets.Dataset.from_list(_documents("train", FEWSHOT_DOCS, seed)),
+        }
+    )

@@ -86,8 +86,13 @@ TRAIN_SCRIPT = REPO_ROOT / "train_sft.py"
 VRPO_SCRIPT = REPO_ROOT / "train_vrpo.py"
 # What `output_dir` receives from the stage-2 folder: everything `from_pretrained` needs, nothing else.
 EXPORTED_FILES = (
-    "model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-    "special_tokens_map.json", "chat_template.jinja",
+    "model.safetensors",
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
 )
 SMOKE_STEPS = 2
 # Twice the data for the tasks the 7,000-step model of the first recipe got wrong most (<= 67% held-out exact match),
@@ -115,9 +120,13 @@ class BuildArguments:
     output_dir: str = field(default="illada-demo", metadata={"help": "Where the finished model folder goes."})
     work_dir: str = field(default="runs/demo-build", metadata={"help": "Data, tokenizer and stage outputs."})
     seed: int = field(default=DEMO_SEED, metadata={"help": "Seed of the data, the initialisation and the masks."})
-    smoke: bool = field(default=False, metadata={
-        "help": f"Check the pipeline: {SMOKE_STEPS} steps per stage on {SMOKE_SFT_EXAMPLES} SFT examples; the "
-                "model goes to `work_dir`/smoke-model unless `output_dir` is given."})
+    smoke: bool = field(
+        default=False,
+        metadata={
+            "help": f"Check the pipeline: {SMOKE_STEPS} steps per stage on {SMOKE_SFT_EXAMPLES} SFT examples; the "
+            "model goes to `work_dir`/smoke-model unless `output_dir` is given."
+        },
+    )
     vocab_size: int = field(default=2048, metadata={"help": "Tokenizer vocabulary, special tokens included."})
     # Size: learning is limited by optimizer steps, not capacity (see the sizing study in the module docstring),
     # so the default is the smallest model and the most steps that fit the budget.
@@ -136,57 +145,112 @@ class BuildArguments:
     sft_steps: int = field(default=13_000, metadata={"help": "Stage-2 optimizer steps."})
     sft_learning_rate: float = field(default=3e-3, metadata={"help": "Stage-2 peak learning rate."})
     sft_min_lr: float = field(default=3e-5, metadata={"help": "Stage-2 floor of the linear decay."})
-    sft_decay_fraction: float = field(default=1.0, metadata={
-        "help": "Share of the stage-2 steps, at the end, over which the learning rate decays linearly to "
-                "`sft_min_lr` (train_sft.py `--decay_fraction`; the paper: 0.1). 1: decay right after the warmup."})
+    sft_decay_fraction: float = field(
+        default=1.0,
+        metadata={
+            "help": "Share of the stage-2 steps, at the end, over which the learning rate decays linearly to "
+            "`sft_min_lr` (train_sft.py `--decay_fraction`; the paper: 0.1). 1: decay right after the warmup."
+        },
+    )
     sft_examples: int = field(default=200_000, metadata={"help": "Training-split examples written for SFT."})
-    focus_steps: int = field(default=0, metadata={
-        "help": "Stage-3 optimizer steps (0: no stage 3): SFT continued from stage 2 on a new draw of training "
-                "examples mixed by `focus_task_weights`, the learning rate warmed up again to `focus_learning_rate` "
-                "and decayed like stage 2's."})
-    focus_task_weights: str = field(default=DEFAULT_FOCUS_TASK_WEIGHTS, metadata={
-        "help": "Task mix of stage 3, written like `task_weights`."})
+    focus_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Stage-3 optimizer steps (0: no stage 3): SFT continued from stage 2 on a new draw of training "
+            "examples mixed by `focus_task_weights`, the learning rate warmed up again to `focus_learning_rate` "
+            "and decayed like stage 2's."
+        },
+    )
+    focus_task_weights: str = field(
+        default=DEFAULT_FOCUS_TASK_WEIGHTS, metadata={"help": "Task mix of stage 3, written like `task_weights`."}
+    )
     focus_learning_rate: float = field(default=1e-3, metadata={"help": "Stage-3 peak learning rate."})
     focus_min_lr: float = field(default=3e-5, metadata={"help": "Stage-3 floor of the linear decay."})
     focus_examples: int = field(default=100_000, metadata={"help": "Training-split examples written for stage 3."})
-    vrpo_steps: int = field(default=150, metadata={
-        "help": "Optimizer steps of the last stage, preference optimisation (train_vrpo.py) on pairs built from the "
-                "SFT model's own answers to `vrpo_questions` training-split questions (illada.demo.build_preferences); 0: "
-                "no VRPO stage."})
-    vrpo_questions: int = field(default=240, metadata={
-        "help": "Training-split questions the SFT model answers to build the preference pairs (spread over the "
-                "tasks)."})
+    vrpo_steps: int = field(
+        default=150,
+        metadata={
+            "help": "Optimizer steps of the last stage, preference optimisation (train_vrpo.py) on pairs built from the "
+            "SFT model's own answers to `vrpo_questions` training-split questions (illada.demo.build_preferences); 0: "
+            "no VRPO stage."
+        },
+    )
+    vrpo_questions: int = field(
+        default=240,
+        metadata={
+            "help": "Training-split questions the SFT model answers to build the preference pairs (spread over the "
+            "tasks)."
+        },
+    )
     vrpo_learning_rate: float = field(default=3e-5, metadata={"help": "VRPO peak learning rate (linear decay to 0)."})
     vrpo_warmup_steps: int = field(default=10, metadata={"help": "VRPO warmup steps."})
     vrpo_batch_size: int = field(default=8, metadata={"help": "Preference pairs per VRPO optimizer step."})
     vrpo_num_mc_samples: int = field(default=8, metadata={"help": "ELBO samples per answer (VRPO's n)."})
-    vrpo_beta: float = field(default=0.1, metadata={
-        "help": "DPO's beta: how far the policy may move from the SFT model."})
+    vrpo_beta: float = field(
+        default=0.1, metadata={"help": "DPO's beta: how far the policy may move from the SFT model."}
+    )
     warmup_ratio: float = field(default=0.05, metadata={"help": "Share of each stage's steps spent warming up."})
-    generation_block_length: int = field(default=32, metadata={
-        "help": "`block_length` of the exported generation config (the paper's 32; on the shipped model, blocks of "
-                "8 cost a quarter of the forward passes but lost 17 points of held-out exact match)."})
-    stratified_t: bool = field(default=True, metadata={
-        "help": "Stratify the diffusion time t over each batch (train_sft.py `--stratified_t`): lower-variance "
-                "gradients, which a 32-row batch needs."})
-    task_weights: str = field(default=DEFAULT_TASK_WEIGHTS, metadata={
-        "help": "Share of each task in the SFT data, as `task:weight` pairs separated by commas (integers; tasks not "
-                "named weigh 1), e.g. `add:3,copy:2`. Empty: every task equally."})
-    save_steps: int = field(default=1000, metadata={
-        "help": "Save a checkpoint every this many steps in each stage (0: none). Checkpoints let `--resume` continue "
-                "a build that was stopped, and `python -m illada.demo.learning_curves` measure each task as training goes."})
-    resume: bool = field(default=False, metadata={
-        "help": "Continue each stage from its newest complete checkpoint in `work_dir`; a stage that finished with "
-                "the same command and training data is not run again, and its recorded time and loss count in "
-                "`build_info.json`. Without it, checkpoints of an earlier build in `work_dir` are deleted."})
-    num_threads: int | None = field(default=None, metadata={
-        "help": "Torch threads of the training processes (OMP_NUM_THREADS); default: one per core. On a machine "
-                "busy with other work use 1: two threads competing for two busy cores run several times slower."})
+    generation_block_length: int = field(
+        default=32,
+        metadata={
+            "help": "`block_length` of the exported generation config (the paper's 32; on the shipped model, blocks of "
+            "8 cost a quarter of the forward passes but lost 17 points of held-out exact match)."
+        },
+    )
+    stratified_t: bool = field(
+        default=True,
+        metadata={
+            "help": "Stratify the diffusion time t over each batch (train_sft.py `--stratified_t`): lower-variance "
+            "gradients, which a 32-row batch needs."
+        },
+    )
+    task_weights: str = field(
+        default=DEFAULT_TASK_WEIGHTS,
+        metadata={
+            "help": "Share of each task in the SFT data, as `task:weight` pairs separated by commas (integers; tasks not "
+            "named weigh 1), e.g. `add:3,copy:2`. Empty: every task equally."
+        },
+    )
+    save_steps: int = field(
+        default=1000,
+        metadata={
+            "help": "Save a checkpoint every this many steps in each stage (0: none). Checkpoints let `--resume` continue "
+            "a build that was stopped, and `python -m illada.demo.learning_curves` measure each task as training goes."
+        },
+    )
+    resume: bool = field(
+        default=False,
+        metadata={
+            "help": "Continue each stage from its newest complete checkpoint in `work_dir`; a stage that finished with "
+            "the same command and training data is not run again, and its recorded time and loss count in "
+            "`build_info.json`. Without it, checkpoints of an earlier build in `work_dir` are deleted."
+        },
+    )
+    num_threads: int | None = field(
+        default=None,
+        metadata={
+            "help": "Torch threads of the training processes (OMP_NUM_THREADS); default: one per core. On a machine "
+            "busy with other work use 1: two threads competing for two busy cores run several times slower."
+        },
+    )
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "max_seq_length",
-                     "batch_size", "pretrain_steps", "sft_steps", "sft_examples", "focus_examples",
-                     "generation_block_length", "vrpo_questions", "vrpo_batch_size", "vrpo_num_mc_samples"):
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "max_seq_length",
+            "batch_size",
+            "pretrain_steps",
+            "sft_steps",
+            "sft_examples",
+            "focus_examples",
+            "generation_block_length",
+            "vrpo_questions",
+            "vrpo_batch_size",
+            "vrpo_num_mc_samples",
+        ):
             check_positive_int(name, getattr(self, name))
         check_non_negative_int("focus_steps", self.focus_steps)  # 0: no stage 3
         check_non_negative_int("vrpo_steps", self.vrpo_steps)  # 0: no VRPO stage
@@ -194,8 +258,10 @@ class BuildArguments:
         check_range("vrpo_learning_rate", self.vrpo_learning_rate, 0, math.inf, low_open=True, high_open=True)
         check_range("vrpo_beta", self.vrpo_beta, 0, math.inf, low_open=True, high_open=True)
         if self.max_seq_length > self.max_position_embeddings:
-            raise ValueError(f"`max_seq_length`={self.max_seq_length} exceeds `max_position_embeddings`="
-                             f"{self.max_position_embeddings}.")
+            raise ValueError(
+                f"`max_seq_length`={self.max_seq_length} exceeds `max_position_embeddings`="
+                f"{self.max_position_embeddings}."
+            )
         check_range("warmup_ratio", self.warmup_ratio, 0, 1, high_open=True)
         check_range("sft_decay_fraction", self.sft_decay_fraction, 0, 1)
         check_positive_int("num_threads", self.num_threads, allow_none=True)
@@ -282,13 +348,23 @@ def stage_command(
     }[stage]
     kind = "pretrain" if stage == "pretrain" else "sft"
     flags = {
-        "--train_files": train_file, "--data_format": kind, "--lr_schedule": kind, "--output_dir": str(output),
-        "--max_seq_length": args.max_seq_length, "--per_device_train_batch_size": args.batch_size,
-        "--max_steps": steps, "--learning_rate": lr, "--min_lr": min_lr,
-        "--warmup_steps": max(1, round(args.warmup_ratio * steps)), "--seed": args.seed, "--data_seed": args.seed,
-        "--save_strategy": "steps" if args.save_steps else "no", "--logging_steps": max(1, min(50, steps // 10)),
+        "--train_files": train_file,
+        "--data_format": kind,
+        "--lr_schedule": kind,
+        "--output_dir": str(output),
+        "--max_seq_length": args.max_seq_length,
+        "--per_device_train_batch_size": args.batch_size,
+        "--max_steps": steps,
+        "--learning_rate": lr,
+        "--min_lr": min_lr,
+        "--warmup_steps": max(1, round(args.warmup_ratio * steps)),
+        "--seed": args.seed,
+        "--data_seed": args.seed,
+        "--save_strategy": "steps" if args.save_steps else "no",
+        "--logging_steps": max(1, min(50, steps // 10)),
         "--report_to": "none",
-        "--dtype": "float32", "--max_grad_norm": 1.0,
+        "--dtype": "float32",
+        "--max_grad_norm": 1.0,
     }
     if args.save_steps:
         flags["--save_steps"] = args.save_steps
@@ -314,9 +390,20 @@ def _script_command(script: Path, switches: list[str], flags: dict) -> list[str]
 def preferences_command(args: BuildArguments, model_dir: Path, output: Path) -> list[str]:
     """The `illada.demo.build_preferences` command that answers `vrpo_questions` training-split questions with the model in
     `model_dir` (in the exported model's blocks) and writes the preference pairs to `output`."""
-    return [sys.executable, "-m", "illada.demo.build_preferences", "--model", str(model_dir), "--trust-remote-code",
-            "--output", str(output), "--questions", str(args.vrpo_questions),
-            "--block-length", str(args.generation_block_length)]
+    return [
+        sys.executable,
+        "-m",
+        "illada.demo.build_preferences",
+        "--model",
+        str(model_dir),
+        "--trust-remote-code",
+        "--output",
+        str(output),
+        "--questions",
+        str(args.vrpo_questions),
+        "--block-length",
+        str(args.generation_block_length),
+    ]
 
 
 def vrpo_command(
@@ -325,12 +412,21 @@ def vrpo_command(
     """The `train_vrpo.py` command line of the VRPO stage (with `--resume` when `resume`, default `args.resume`, else
     with `--overwrite_output_dir`): the SFT model in `model_dir` is the policy's start and the frozen reference."""
     flags = {
-        "--model_name_or_path": str(model_dir), "--train_files": train_file, "--output_dir": str(output),
-        "--max_steps": args.vrpo_steps, "--learning_rate": args.vrpo_learning_rate,
-        "--warmup_steps": args.vrpo_warmup_steps, "--per_device_train_batch_size": args.vrpo_batch_size,
-        "--num_mc_samples": args.vrpo_num_mc_samples, "--beta": args.vrpo_beta, "--seed": args.seed,
-        "--data_seed": args.seed, "--logging_steps": max(1, min(5, args.vrpo_steps // 10)), "--save_strategy": "no",
-        "--report_to": "none", "--dtype": "float32",
+        "--model_name_or_path": str(model_dir),
+        "--train_files": train_file,
+        "--output_dir": str(output),
+        "--max_steps": args.vrpo_steps,
+        "--learning_rate": args.vrpo_learning_rate,
+        "--warmup_steps": args.vrpo_warmup_steps,
+        "--per_device_train_batch_size": args.vrpo_batch_size,
+        "--num_mc_samples": args.vrpo_num_mc_samples,
+        "--beta": args.vrpo_beta,
+        "--seed": args.seed,
+        "--data_seed": args.seed,
+        "--logging_steps": max(1, min(5, args.vrpo_steps // 10)),
+        "--save_strategy": "no",
+        "--report_to": "none",
+        "--dtype": "float32",
     }
     return _script_command(VRPO_SCRIPT, ["--use_cpu", _resume_switch(args, resume)], flags)
 
@@ -390,13 +486,29 @@ def run_or_reuse_stage(
     stopped and resumed, the run that finished it).
     Returns the record `{"command", "train_file_sha256", "seconds", "train_loss"}` and whether it was reused."""
     key = {"command": _command_key(command), "train_file_sha256": _train_file_sha256(command)}
-    return _run_or_reuse(args, command, key, output / STAGE_RECORD, log_path, reuse, f"Stage {output.name} finished",
-                         "run", lambda: {"train_loss": _train_loss(output)})
+    return _run_or_reuse(
+        args,
+        command,
+        key,
+        output / STAGE_RECORD,
+        log_path,
+        reuse,
+        f"Stage {output.name} finished",
+        "run",
+        lambda: {"train_loss": _train_loss(output)},
+    )
 
 
 def _run_or_reuse(
-    args: BuildArguments, command: list[str], key: dict, record_path: Path, log_path: Path, reuse: bool, done: str,
-    verb: str, results: Callable[[], dict],
+    args: BuildArguments,
+    command: list[str],
+    key: dict,
+    record_path: Path,
+    log_path: Path,
+    reuse: bool,
+    done: str,
+    verb: str,
+    results: Callable[[], dict],
 ) -> tuple[dict, bool]:
     """With `reuse`, returns the record in `record_path` when it holds the same `key` (saying `done` earlier, not
     `verb` again); otherwise runs `command` and records `key`, its seconds and `results()` there."""
@@ -425,8 +537,17 @@ def run_or_reuse_preferences(
         summary = json.loads(Path(f"{output}.summary.json").read_text())
         return {name: summary[name] for name in ("exact_match", "pairs", "own_wrong_answers")}
 
-    return _run_or_reuse(args, command, key, Path(f"{output}.build.json"), log_path, reuse and output.is_file(),
-                         f"Preference pairs {output} built from the same model", "built", counts)
+    return _run_or_reuse(
+        args,
+        command,
+        key,
+        Path(f"{output}.build.json"),
+        log_path,
+        reuse and output.is_file(),
+        f"Preference pairs {output} built from the same model",
+        "built",
+        counts,
+    )
 
 
 def export_model(stage_dir: Path, output_dir: Path, info: dict, block_length: int | None = None) -> None:
@@ -489,8 +610,12 @@ def build(args: BuildArguments) -> Path:
         "pretraining_corpus_sha256": corpus_fingerprint(pretraining_texts()),
         "train_loss": {stage: record["train_loss"] for stage, record in records.items()},
         "seconds": {name: round(value, 1) for name, value in times.items()},
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "transformers": transformers.__version__, "tokenizers": tokenizers.__version__},
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "tokenizers": tokenizers.__version__,
+        },
     }
     if preferences is not None:
         info["preferences"] = {name: preferences[name] for name in ("exact_match", "pairs", "own_wrong_answers")}

@@ -42,25 +42,48 @@ DEFAULT_NEAR_MISSES = 1
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line options (see the module docstring)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default=str(DEFAULT_MODEL_DIR), help="Model folder (default: illada-demo/).")
-    parser.add_argument("--trust-remote-code", action="store_true",
-                        help="Needed for any folder but the shipped illada-demo/: loading it runs its Python files.")
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="Needed for any folder but the shipped illada-demo/: loading it runs its Python files.",
+    )
     parser.add_argument("--output", required=True, help="The .jsonl file to write.")
-    parser.add_argument("--questions", type=int, default=DEFAULT_QUESTIONS,
-                        help=f"Training-split questions, spread over the tasks (default {DEFAULT_QUESTIONS}).")
-    parser.add_argument("--near-misses", type=int, default=DEFAULT_NEAR_MISSES,
-                        help=f"Near-miss pairs per question (default {DEFAULT_NEAR_MISSES}).")
-    parser.add_argument("--split", default="train", choices=SPLITS,
-                        help="Split of the questions (default train; `heldout` only to monitor training).")
-    parser.add_argument("--near-misses-only", action="store_true",
-                        help="No generation: only (gold, near miss) pairs, without loading a model.")
+    parser.add_argument(
+        "--questions",
+        type=int,
+        default=DEFAULT_QUESTIONS,
+        help=f"Training-split questions, spread over the tasks (default {DEFAULT_QUESTIONS}).",
+    )
+    parser.add_argument(
+        "--near-misses",
+        type=int,
+        default=DEFAULT_NEAR_MISSES,
+        help=f"Near-miss pairs per question (default {DEFAULT_NEAR_MISSES}).",
+    )
+    parser.add_argument(
+        "--split",
+        default="train",
+        choices=SPLITS,
+        help="Split of the questions (default train; `heldout` only to monitor training).",
+    )
+    parser.add_argument(
+        "--near-misses-only",
+        action="store_true",
+        help="No generation: only (gold, near miss) pairs, without loading a model.",
+    )
     parser.add_argument("--seed", type=int, default=PREFERENCE_SEED, help="Seed of the questions and near misses.")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads of torch (default 1).")
-    parser.add_argument("--block-length", type=int, default=None,
-                        help="Generate with blocks of this many tokens (default: the model's generation config). The "
-                             "demo build sets it to the block length the exported model will generate with.")
+    parser.add_argument(
+        "--block-length",
+        type=int,
+        default=None,
+        help="Generate with blocks of this many tokens (default: the model's generation config). The "
+        "demo build sets it to the block length the exported model will generate with.",
+    )
     return parser
 
 
@@ -76,10 +99,13 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 def preference_row(example: Example, rejected: str, kind: str) -> dict:
     """One trl conversational preference row."""
-    return {"prompt": [{"role": "user", "content": example.prompt}],
-            "chosen": [{"role": "assistant", "content": example.response}],
-            "rejected": [{"role": "assistant", "content": rejected}],
-            "task": example.task, "kind": kind}
+    return {
+        "prompt": [{"role": "user", "content": example.prompt}],
+        "chosen": [{"role": "assistant", "content": example.response}],
+        "rejected": [{"role": "assistant", "content": rejected}],
+        "task": example.task,
+        "kind": kind,
+    }
 
 
 def near_misses(example: Example, count: int, rng: random.Random) -> list[str]:
@@ -126,11 +152,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     output.write_text("".join(json.dumps(row) + "\n" for row in rows))
     correct = sum(a == e.response.strip() for a, e in zip(answers, examples))
     exact_match = None if args.near_misses_only else round(correct / len(examples), 4)
-    summary = {"split": args.split, "questions": len(examples), "exact_match": exact_match,
-               "pairs": len(rows), "own_wrong_answers": sum(r["kind"] == "own" for r in rows),
-               "near_misses": sum(r["kind"] == "near_miss" for r in rows), "tasks": sorted(TASKS),
-               "generation_s": round(time.perf_counter() - start, 1),
-               "command": "python -m illada.demo.build_preferences " + " ".join(argv if argv is not None else sys.argv[1:])}
+    summary = {
+        "split": args.split,
+        "questions": len(examples),
+        "exact_match": exact_match,
+        "pairs": len(rows),
+        "own_wrong_answers": sum(r["kind"] == "own" for r in rows),
+        "near_misses": sum(r["kind"] == "near_miss" for r in rows),
+        "tasks": sorted(TASKS),
+        "generation_s": round(time.perf_counter() - start, 1),
+        "command": "python -m illada.demo.build_preferences " + " ".join(argv if argv is not None else sys.argv[1:]),
+    }
     Path(f"{output}.summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
     return rows

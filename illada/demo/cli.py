@@ -91,27 +91,50 @@ class Answer:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line options (see the module docstring)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n\n".join(__doc__.split("\n\n")[2:]))
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n\n".join(__doc__.split("\n\n")[2:]),
+    )
     parser.add_argument("prompts", nargs="*", help="Questions to answer after the built-in ones.")
-    parser.add_argument("--model", default=None, help=f"Model folder; default: ${MODEL_ENV_VAR} or "
-                        f"{DEFAULT_MODEL_DIR}/ in the repository root.")
-    parser.add_argument("--trust-remote-code", action="store_true",
-                        help=f"Needed for any folder but the shipped {DEFAULT_MODEL_DIR}/: loading a model folder runs "
-                        "its Python files.")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help=f"Model folder; default: ${MODEL_ENV_VAR} or {DEFAULT_MODEL_DIR}/ in the repository root.",
+    )
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help=f"Needed for any folder but the shipped {DEFAULT_MODEL_DIR}/: loading a model folder runs "
+        "its Python files.",
+    )
     parser.add_argument("--chat", action="store_true", help="Interactive mode: read questions from stdin.")
-    parser.add_argument("--chat-history", type=int, default=0, metavar="N",
-                        help="Chat: earlier exchanges kept in the prompt (default 0: the demo model was trained "
-                        "on single questions).")
+    parser.add_argument(
+        "--chat-history",
+        type=int,
+        default=0,
+        metavar="N",
+        help="Chat: earlier exchanges kept in the prompt (default 0: the demo model was trained on single questions).",
+    )
     parser.add_argument("--no-builtin", action="store_true", help="Skip the built-in held-out questions.")
-    parser.add_argument("--questions", type=int, default=DEFAULT_QUESTIONS,
-                        help=f"Built-in held-out questions to draw at random (default {DEFAULT_QUESTIONS}).")
-    parser.add_argument("--question-seed", type=int, default=QUESTION_SEED,
-                        help=f"Seed of that draw (default {QUESTION_SEED}); another seed shows other questions.")
+    parser.add_argument(
+        "--questions",
+        type=int,
+        default=DEFAULT_QUESTIONS,
+        help=f"Built-in held-out questions to draw at random (default {DEFAULT_QUESTIONS}).",
+    )
+    parser.add_argument(
+        "--question-seed",
+        type=int,
+        default=QUESTION_SEED,
+        help=f"Seed of that draw (default {QUESTION_SEED}); another seed shows other questions.",
+    )
     parser.add_argument("--no-live", action="store_true", help="Do not show the denoising canvas.")
-    parser.add_argument("--plot", default=DEFAULT_PLOT, help="PNG of the commit step of every answer position "
-                        f"(default {DEFAULT_PLOT}); 'none' disables it.")
+    parser.add_argument(
+        "--plot",
+        default=DEFAULT_PLOT,
+        help=f"PNG of the commit step of every answer position (default {DEFAULT_PLOT}); 'none' disables it.",
+    )
     parser.add_argument("--max-new-tokens", type=int, help="Answer budget (default: the model's generation config).")
     parser.add_argument("--block-length", type=int, help="Tokens decoded per block.")
     parser.add_argument("--steps", type=int, help="Forward passes per block (default: one token per step).")
@@ -119,9 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--temperature", type=float, help="0 = greedy (default); above 0 samples.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the sampling noise (temperature > 0).")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device.")
-    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS,
-                        help=f"CPU threads of torch (default {DEFAULT_THREADS}: the demo model's matrices are so small "
-                        "that more threads only add overhead, and many times so on a busy machine).")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=DEFAULT_THREADS,
+        help=f"CPU threads of torch (default {DEFAULT_THREADS}: the demo model's matrices are so small "
+        "that more threads only add overhead, and many times so on a busy machine).",
+    )
     return parser
 
 
@@ -135,8 +162,10 @@ def resolve_model_dir(model: str | None) -> Path:
     """`--model`, else `$ILLADA_DEMO_MODEL`, else `illada-demo/` in the repository root; it must exist."""
     folder = Path(model or os.environ.get(MODEL_ENV_VAR) or REPO_ROOT / DEFAULT_MODEL_DIR)
     if not (folder / "config.json").is_file():
-        raise ValueError(f"No model folder at {folder} (no config.json). Build it with `python -m "
-                         f"illada.demo.build_demo_model`, or pass `--model` / set ${MODEL_ENV_VAR}.")
+        raise ValueError(
+            f"No model folder at {folder} (no config.json). Build it with `python -m "
+            f"illada.demo.build_demo_model`, or pass `--model` / set ${MODEL_ENV_VAR}."
+        )
     return folder
 
 
@@ -157,8 +186,10 @@ def check_prompt_fits(input_ids: torch.Tensor, settings: GenerationConfig, model
     """Raises `ValueError` when the prompt plus the answer budget exceeds the model's context."""
     limit = model.config.max_position_embeddings
     if input_ids.shape[1] + settings.max_new_tokens > limit:
-        raise ValueError(f"The prompt has {input_ids.shape[1]} tokens; with `max_new_tokens`="
-                         f"{settings.max_new_tokens} it exceeds the model's {limit} positions. Shorten it.")
+        raise ValueError(
+            f"The prompt has {input_ids.shape[1]} tokens; with `max_new_tokens`="
+            f"{settings.max_new_tokens} it exceeds the model's {limit} positions. Shorten it."
+        )
 
 
 # --------------------------------------------------------------------------------------------- live view
@@ -173,8 +204,13 @@ def mask_symbol(stream: TextIO) -> str:
     return MASK_SYMBOL
 
 
-def render_tokens(tokenizer: PreTrainedTokenizerBase, token_ids: list[int], mask_token_id: int, symbol: str,
-                  stop_ids: set[int] = frozenset()) -> str:
+def render_tokens(
+    tokenizer: PreTrainedTokenizerBase,
+    token_ids: list[int],
+    mask_token_id: int,
+    symbol: str,
+    stop_ids: set[int] = frozenset(),
+) -> str:
     """One line of text: runs of committed tokens decoded together, one `symbol` per masked position.
 
     Positions after the first committed stop token are decoded too (the block is finished) but are not part of the
@@ -190,7 +226,7 @@ def render_tokens(tokenizer: PreTrainedTokenizerBase, token_ids: list[int], mask
             parts.append(tokenizer.decode(run, skip_special_tokens=False).replace("\n", "\\n"))
             run = []
         parts.append(symbol)
-    tail = [symbol if token == mask_token_id else AFTER_STOP_SYMBOL for token in token_ids[first_stop + 1:]]
+    tail = [symbol if token == mask_token_id else AFTER_STOP_SYMBOL for token in token_ids[first_stop + 1 :]]
     return "".join(parts[:-1] + tail)
 
 
@@ -201,8 +237,15 @@ class CanvasView:
     `close()` prints `PLAIN_FRAMES` of them, evenly spaced, the last one included.
     """
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, prompt_len: int, mask_token_id: int,
-                 stop_ids: set[int] = frozenset(), stream: TextIO | None = None, delay: float | None = None) -> None:
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        prompt_len: int,
+        mask_token_id: int,
+        stop_ids: set[int] = frozenset(),
+        stream: TextIO | None = None,
+        delay: float | None = None,
+    ) -> None:
         self.tokenizer, self.prompt_len, self.mask_token_id = tokenizer, prompt_len, mask_token_id
         self.stop_ids = stop_ids
         self.stream = sys.stdout if stream is None else stream
@@ -213,7 +256,7 @@ class CanvasView:
         self.lines_drawn = 0
 
     def __call__(self, step: int, canvas: torch.Tensor, logits: torch.Tensor) -> None:
-        answer = canvas[0, self.prompt_len:].tolist()
+        answer = canvas[0, self.prompt_len :].tolist()
         text = render_tokens(self.tokenizer, answer, self.mask_token_id, self.symbol, self.stop_ids)
         frame = f"step {step:3d} | {text}"
         self.frames.append(frame)
@@ -242,8 +285,14 @@ class CanvasView:
 # --------------------------------------------------------------------------------------------- answering
 
 
-def generate_answer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]],
-                    settings: GenerationConfig, live: bool, generator: torch.Generator | None = None) -> Answer:
+def generate_answer(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    messages: list[dict[str, str]],
+    settings: GenerationConfig,
+    live: bool,
+    generator: torch.Generator | None = None,
+) -> Answer:
     """Answers the last user message of `messages` (batch of one), showing the canvas when `live`."""
     input_ids = encode(tokenizer, messages).to(model.device)
     check_prompt_fits(input_ids, settings, model)
@@ -262,9 +311,15 @@ def to_answer(tokenizer: PreTrainedTokenizerBase, prompt: str, out: ModelOutput,
     generated = out.sequences[0, prompt_len : prompt_len + kept].tolist()
     answer_ids = generated[:length]
     labels = [token_label(tokenizer, token) for token in generated]
-    return Answer(prompt=prompt, text=tokenizer.decode(answer_ids, skip_special_tokens=False).strip(),
-                  token_ids=answer_ids, stopped=stopped, nfe=int(out.nfe),
-                  history=out.history[0, prompt_len : prompt_len + kept].tolist(), labels=labels)
+    return Answer(
+        prompt=prompt,
+        text=tokenizer.decode(answer_ids, skip_special_tokens=False).strip(),
+        token_ids=answer_ids,
+        stopped=stopped,
+        nfe=int(out.nfe),
+        history=out.history[0, prompt_len : prompt_len + kept].tolist(),
+        labels=labels,
+    )
 
 
 def token_label(tokenizer: PreTrainedTokenizerBase, token_id: int) -> str:
@@ -276,16 +331,24 @@ def print_answer(answer: Answer, budget: int) -> None:
     """The answer, its nfe and its length (and, for a built-in question, whether it is right)."""
     print(f"iLLaDA> {answer.text}")
     end = "stopped at EOS" if answer.stopped else "no EOS: budget reached"
-    print(f"        forward passes (nfe): {answer.nfe} | answer length: {len(answer.token_ids)} tokens "
-          f"(budget {budget}) | {end}")
+    print(
+        f"        forward passes (nfe): {answer.nfe} | answer length: {len(answer.token_ids)} tokens "
+        f"(budget {budget}) | {end}"
+    )
     if answer.expected is not None:
         print(f"        expected: {answer.expected} ({'right' if answer.right else 'wrong'})")
     sys.stdout.flush()
 
 
-def ask(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]],
-        settings: GenerationConfig, live: bool, generator: torch.Generator | None,
-        expected: str | None = None) -> Answer:
+def ask(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    messages: list[dict[str, str]],
+    settings: GenerationConfig,
+    live: bool,
+    generator: torch.Generator | None,
+    expected: str | None = None,
+) -> Answer:
     """Prints the question, answers it, prints the answer."""
     print(f"\nuser> {messages[-1]['content']}", flush=True)
     answer = generate_answer(model, tokenizer, messages, settings, live, generator)
@@ -314,29 +377,45 @@ def measured_accuracy(folder: Path) -> str | None:
     try:
         results = json.loads((folder / RESULTS_FILE).read_text())
         overall = results["summary"]["all"]
-        return (f"Measured on {overall['questions']} held-out questions: {overall['exact_match']:.1%} exact match "
-                f"(`{results['command']}`, {folder / RESULTS_FILE}).")
+        return (
+            f"Measured on {overall['questions']} held-out questions: {overall['exact_match']:.1%} exact match "
+            f"(`{results['command']}`, {folder / RESULTS_FILE})."
+        )
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
-def run_prompts(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, questions: list[tuple[str, str | None]],
-                settings: GenerationConfig, live: bool, generator: torch.Generator | None) -> list[Answer]:
+def run_prompts(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    questions: list[tuple[str, str | None]],
+    settings: GenerationConfig,
+    live: bool,
+    generator: torch.Generator | None,
+) -> list[Answer]:
     """Answers each (prompt, expected-or-None) question on its own."""
-    return [ask(model, tokenizer, [{"role": "user", "content": prompt}], settings, live, generator, expected)
-            for prompt, expected in questions]
+    return [
+        ask(model, tokenizer, [{"role": "user", "content": prompt}], settings, live, generator, expected)
+        for prompt, expected in questions
+    ]
 
 
 def chat_messages(exchanges: list[tuple[str, str]], question: str, keep: int) -> list[dict[str, str]]:
     """The last `keep` (question, answer) exchanges and the new question, as chat messages."""
     messages = []
-    for user, assistant in exchanges[len(exchanges) - keep:] if keep else []:
+    for user, assistant in exchanges[len(exchanges) - keep :] if keep else []:
         messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
     return messages + [{"role": "user", "content": question}]
 
 
-def run_chat(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, settings: GenerationConfig, live: bool,
-             generator: torch.Generator | None, keep: int) -> list[Answer]:
+def run_chat(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    settings: GenerationConfig,
+    live: bool,
+    generator: torch.Generator | None,
+    keep: int,
+) -> list[Answer]:
     """Reads one question per stdin line until `exit`, `quit` or end of input; answers each."""
     print("Chat with the iLLaDA demo model: one question per line; `exit` or Ctrl-D ends.", flush=True)
     answers, exchanges = [], []
@@ -386,15 +465,20 @@ def plot_history(answers: list[Answer], path: Path) -> Path:
     FigureCanvasAgg(figure)
     colours = ListedColormap(["#f2f2f2", "#9ecae1", "#08519c"])  # masked, committed earlier, committed now
     for axes, answer in zip(figure.subplots(len(answers), 1, squeeze=False)[:, 0], answers):
-        axes.imshow(commit_grid(answer.history).numpy(), cmap=colours, vmin=0, vmax=2, aspect="auto",
-                    interpolation="nearest")
+        axes.imshow(
+            commit_grid(answer.history).numpy(), cmap=colours, vmin=0, vmax=2, aspect="auto", interpolation="nearest"
+        )
         axes.set_xticks(range(len(answer.labels)), answer.labels, rotation=90, fontsize=8)
         axes.set_ylabel("step")
         axes.yaxis.set_major_locator(MaxNLocator(integer=True))
-        axes.set_title(f"{answer.prompt}  ({answer.nfe} forward passes, {len(answer.token_ids)} tokens)",
-                       fontsize=9, loc="left")
-    figure.suptitle("iLLaDA denoising: the step at which each answer position was committed\n"
-                    "(dark: this step, light: an earlier step, grey: still masked)", fontsize=10)
+        axes.set_title(
+            f"{answer.prompt}  ({answer.nfe} forward passes, {len(answer.token_ids)} tokens)", fontsize=9, loc="left"
+        )
+    figure.suptitle(
+        "iLLaDA denoising: the step at which each answer position was committed\n"
+        "(dark: this step, light: an earlier step, grey: still masked)",
+        fontsize=10,
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)
     return path
@@ -429,8 +513,10 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[Answe
         settings = generation_settings(model, generation_overrides(args))
     except ValueError as error:
         parser.error(str(error))
-    print(f"Loaded {folder} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters) on {args.device}; "
-          f"budget {settings.max_new_tokens} tokens, blocks of {settings.block_length}.")
+    print(
+        f"Loaded {folder} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters) on {args.device}; "
+        f"budget {settings.max_new_tokens} tokens, blocks of {settings.block_length}."
+    )
     generator = torch.Generator(device=model.device).manual_seed(args.seed)
     live = not args.no_live
     if args.chat:
@@ -441,9 +527,14 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[Answe
         answers = run_prompts(model, tokenizer, questions, settings, live, generator)
         if builtin:
             right = sum(bool(answer.right) for answer in answers[: len(builtin)])
-            print(f"\n{right} of {len(builtin)} held-out questions right here "
-                  f"(drawn with --question-seed {args.question_seed}).")
-            print(measured_accuracy(folder) or "No measured accuracy for this model: run `python -m illada.demo.evaluate`.")
+            print(
+                f"\n{right} of {len(builtin)} held-out questions right here "
+                f"(drawn with --question-seed {args.question_seed})."
+            )
+            print(
+                measured_accuracy(folder)
+                or "No measured accuracy for this model: run `python -m illada.demo.evaluate`."
+            )
     if args.plot.lower() != "none" and any(answer.history for answer in answers):
         print(f"\nDenoising picture written to {plot_history(answers, Path(args.plot))}")
     return answers

@@ -55,17 +55,27 @@ class TaskResult:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line options (see the module docstring)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default=str(DEFAULT_MODEL_DIR), help="Model folder (default: illada-demo/).")
-    parser.add_argument("--trust-remote-code", action="store_true",
-                        help="Needed for any folder but the shipped illada-demo/: loading a model folder runs its "
-                        "Python files.")
-    parser.add_argument("--per-task", type=int, default=DEFAULT_PER_TASK,
-                        help=f"Held-out questions per task (default {DEFAULT_PER_TASK}).")
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="Needed for any folder but the shipped illada-demo/: loading a model folder runs its Python files.",
+    )
+    parser.add_argument(
+        "--per-task",
+        type=int,
+        default=DEFAULT_PER_TASK,
+        help=f"Held-out questions per task (default {DEFAULT_PER_TASK}).",
+    )
     parser.add_argument("--seed", type=int, default=EVAL_SEED, help="Seed of the held-out draws.")
-    parser.add_argument("--output", default=None, help=f"JSON file of the results (default: <model>/{RESULTS_FILE}); "
-                        "'none' prints only.")
+    parser.add_argument(
+        "--output",
+        default=None,
+        help=f"JSON file of the results (default: <model>/{RESULTS_FILE}); 'none' prints only.",
+    )
     parser.add_argument("--threads", type=int, default=1, help="CPU threads of torch (default 1).")
     parser.add_argument("--no-mc", action="store_true", help="Skip the multiple-choice scoring.")
     return parser
@@ -85,12 +95,18 @@ def generate_one(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, exa
     length = int(out.answer_lengths[0])
     answer_ids = out.sequences[0, input_ids.shape[1] : input_ids.shape[1] + length].tolist()
     text = tokenizer.decode(answer_ids, skip_special_tokens=True).strip()
-    return {"correct": text == example.response.strip(), "tokens": length, "stopped": bool(out.stopped[0]),
-            "nfe": int(out.nfe), "answer": text}
+    return {
+        "correct": text == example.response.strip(),
+        "tokens": length,
+        "stopped": bool(out.stopped[0]),
+        "nfe": int(out.nfe),
+        "answer": text,
+    }
 
 
-def multiple_choice(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: list[Example],
-                    seed: int) -> dict[str, list[bool]]:
+def multiple_choice(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: list[Example], seed: int
+) -> dict[str, list[bool]]:
     """Per method, whether each held-out item's gold candidate scores highest."""
     items = make_multiple_choice(examples, seed=seed)
     eos = model.config.eos_token_ids[0]
@@ -99,8 +115,9 @@ def multiple_choice(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     results = {}
     for method in SCORING_METHODS:
         options = {"mc_num": LIKELIHOOD_SAMPLES, "generator": torch.Generator().manual_seed(seed)}
-        scored = model.score_choices_batch(prompts, choices, method=method,
-                                           **(options if method == "likelihood" else {}))
+        scored = model.score_choices_batch(
+            prompts, choices, method=method, **(options if method == "likelihood" else {})
+        )
         results[method] = [out.best == item.gold for out, item in zip(scored, items)]
     return results
 
@@ -134,14 +151,21 @@ def print_table(summary: dict[str, TaskResult], budget: int) -> None:
     header = ["task", "n", "exact match", "answer tokens", "stopped", "forward passes"] + [f"MC {m}" for m in methods]
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for name, result in summary.items():
-        cells = [name, result.questions, f"{result.exact_match:.1%}", f"{result.mean_answer_tokens:.1f} / {budget}",
-                 f"{result.stopped_at_eos:.0%}", f"{result.forward_passes_per_answer:.1f}"]
+        cells = [
+            name,
+            result.questions,
+            f"{result.exact_match:.1%}",
+            f"{result.mean_answer_tokens:.1f} / {budget}",
+            f"{result.stopped_at_eos:.0%}",
+            f"{result.forward_passes_per_answer:.1f}",
+        ]
         cells += [f"{result.mc_accuracy[m]:.1%}" for m in methods]
         print("| " + " | ".join(str(c) for c in cells) + " |")
 
 
-def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, per_task: int, seed: int,
-             with_mc: bool = True) -> dict:
+def evaluate(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, per_task: int, seed: int, with_mc: bool = True
+) -> dict:
     """Runs the whole evaluation; returns the JSON-ready results."""
     examples = make_examples("heldout", per_task * len(TASKS), seed=seed)
     start = time.perf_counter()
@@ -152,14 +176,21 @@ def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, per_tas
     summary = summarise(rows, mc, examples)
     settings = model.generation_config
     return {
-        "split": "heldout", "seed": seed, "questions": len(examples),
-        "generation": {name: getattr(settings, name) for name in
-                       ("canvas", "max_new_tokens", "block_length", "steps", "threshold", "temperature")},
+        "split": "heldout",
+        "seed": seed,
+        "questions": len(examples),
+        "generation": {
+            name: getattr(settings, name)
+            for name in ("canvas", "max_new_tokens", "block_length", "steps", "threshold", "temperature")
+        },
         "likelihood_samples": LIKELIHOOD_SAMPLES,
         "summary": {name: asdict(result) for name, result in summary.items()},
         "seconds": {"generation": round(generation_s, 1), "total": round(time.perf_counter() - start, 1)},
-        "wrong_examples": [{"prompt": e.prompt, "reference": e.response, "answer": r["answer"]}
-                           for e, r in zip(examples, rows) if not r["correct"]][:20],
+        "wrong_examples": [
+            {"prompt": e.prompt, "reference": e.response, "answer": r["answer"]}
+            for e, r in zip(examples, rows)
+            if not r["correct"]
+        ][:20],
     }
 
 

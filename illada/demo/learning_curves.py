@@ -41,24 +41,38 @@ POLL_S = 30
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--run", required=True, help="A training output folder holding `checkpoint-*` folders.")
-    parser.add_argument("--per-task", type=int, default=DEFAULT_PER_TASK,
-                        help=f"Held-out questions per task (default {DEFAULT_PER_TASK}).")
-    parser.add_argument("--seed", type=int, default=CURVE_SEED,
-                        help=f"Seed of the held-out draws (default {CURVE_SEED}).")
+    parser.add_argument(
+        "--per-task",
+        type=int,
+        default=DEFAULT_PER_TASK,
+        help=f"Held-out questions per task (default {DEFAULT_PER_TASK}).",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=CURVE_SEED, help=f"Seed of the held-out draws (default {CURVE_SEED})."
+    )
     parser.add_argument("--block-length", type=int, default=32, help="Generation block length (default 32).")
     parser.add_argument("--output", default=None, help=f"JSON-lines file (default: <run>/{CURVES_FILE}).")
-    parser.add_argument("--plot", default=None,
-                        help=f"PNG of the curves (default: <run>/{PLOT_FILE}); 'none': no plot.")
-    parser.add_argument("--watch", action="store_true",
-                        help="Keep polling for new checkpoints (and for the folder itself, if the build has not "
-                        "created it yet) until the run's final model (train_results.json) exists.")
+    parser.add_argument(
+        "--plot", default=None, help=f"PNG of the curves (default: <run>/{PLOT_FILE}); 'none': no plot."
+    )
+    parser.add_argument(
+        "--watch",
+        action="store_true",
+        help="Keep polling for new checkpoints (and for the folder itself, if the build has not "
+        "created it yet) until the run's final model (train_results.json) exists.",
+    )
     parser.add_argument("--threads", type=int, default=1, help="CPU threads of torch (default 1).")
-    parser.add_argument("--step-offset", type=int, default=0,
-                        help="Added to every checkpoint's step, for a stage that continues another (stage 3 of the "
-                        "build: the steps of stage 2); default 0.")
+    parser.add_argument(
+        "--step-offset",
+        type=int,
+        default=0,
+        help="Added to every checkpoint's step, for a stage that continues another (stage 3 of the "
+        "build: the steps of stage 2); default 0.",
+    )
     return parser
 
 
@@ -95,9 +109,14 @@ def measure(folder: Path, step: int, per_task: int, seed: int, block_length: int
             correct = generate_one(model, tokenizer, example)["correct"]
             hits[example.task].append(correct)
             hits["all"].append(correct)
-    return {"step": step, "loss": training_loss(folder, step),
-            "exact_match": {task: round(sum(v) / len(v), 4) for task, v in hits.items()},
-            "questions_per_task": per_task, "seed": seed, "seconds": round(time.perf_counter() - start, 1)}
+    return {
+        "step": step,
+        "loss": training_loss(folder, step),
+        "exact_match": {task: round(sum(v) / len(v), 4) for task, v in hits.items()},
+        "questions_per_task": per_task,
+        "seed": seed,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -114,8 +133,12 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.plot(steps, [row["exact_match"]["all"] for row in rows], lw=3, color="black", label="all")
     ax.axhline(0.9, ls="--", color="grey", lw=0.8)
     ax.axhline(0.7, ls=":", color="grey", lw=0.8)
-    ax.set(xlabel="SFT step", ylabel="held-out exact match", ylim=(-0.02, 1.02),
-           title=f"Per-task learning curves ({rows[0]['questions_per_task']} held-out questions per task)")
+    ax.set(
+        xlabel="SFT step",
+        ylabel="held-out exact match",
+        ylim=(-0.02, 1.02),
+        title=f"Per-task learning curves ({rows[0]['questions_per_task']} held-out questions per task)",
+    )
     ax.legend(fontsize=7, ncol=2, loc="lower right")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -160,8 +183,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
             rows.append(row)
             with output.open("a") as handle:
                 handle.write(json.dumps(row) + "\n")
-            print(f"step {row['step']:6d}  loss {row['loss']}  " + "  ".join(
-                f"{task} {value:.0%}" for task, value in row["exact_match"].items()), flush=True)
+            print(
+                f"step {row['step']:6d}  loss {row['loss']}  "
+                + "  ".join(f"{task} {value:.0%}" for task, value in row["exact_match"].items()),
+                flush=True,
+            )
             rows.sort(key=lambda r: r["step"])
             if plot_path is not None:
                 plot(rows, plot_path)

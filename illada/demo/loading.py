@@ -23,12 +23,15 @@ def is_shipped_model(folder: str | Path) -> bool:
 def check_model_folder(folder: str | Path) -> None:
     """Raises `ValueError` when `folder` holds no model (no `config.json`), before anything is loaded."""
     if not (Path(folder) / "config.json").is_file():
-        raise ValueError(f"No model folder at {folder} (no config.json): pass `--model`, or build the demo model "
-                         "with `python -m illada.demo.build_demo_model`.")
+        raise ValueError(
+            f"No model folder at {folder} (no config.json): pass `--model`, or build the demo model "
+            "with `python -m illada.demo.build_demo_model`."
+        )
 
 
-def load_model(folder: str | Path, device: str = "cpu",
-               trust_remote_code: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_model(
+    folder: str | Path, device: str = "cpu", trust_remote_code: bool = False
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Loads the model and tokenizer the way any Hub user would (remote code, offline from a local folder).
 
     Raises:
@@ -36,8 +39,10 @@ def load_model(folder: str | Path, device: str = "cpu",
             run its Python files.
     """
     if not (trust_remote_code or is_shipped_model(folder)):
-        raise ValueError(f"{folder} is not the shipped illada-demo/ folder: loading it runs the Python files it "
-                         f"holds (modeling_illada.py, ...). If you trust them, pass `--trust-remote-code`.")
+        raise ValueError(
+            f"{folder} is not the shipped illada-demo/ folder: loading it runs the Python files it "
+            f"holds (modeling_illada.py, ...). If you trust them, pass `--trust-remote-code`."
+        )
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).to(device).eval()
@@ -47,5 +52,6 @@ def load_model(folder: str | Path, device: str = "cpu",
 
 def encode(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> torch.Tensor:
     """The conversation in the chat template, ending with the assistant header: `(1, prompt_len)` ids."""
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                         return_dict=True)["input_ids"]
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)[
+        "input_ids"
+    ]

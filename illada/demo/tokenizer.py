@@ -139,6 +139,16 @@ def wrap_tokenizer(tokenizer: Tokenizer, model_max_length: int | None = None) ->
 
 
 __all__ = [
-    "BOS_TOKEN", "PAD_TOKEN", "EOS_TOKEN", "MASK_TOKEN", "USER_TOKEN", "ASSISTANT_TOKEN", "SPECIAL_TOKENS",
-    "DEFAULT_VOCAB_SIZE", "PADDING_SIDE", "CHAT_TEMPLATE", "train_tokenizer", "wrap_tokenizer",
+    "BOS_TOKEN",
+    "PAD_TOKEN",
+    "EOS_TOKEN",
+    "MASK_TOKEN",
+    "USER_TOKEN",
+    "ASSISTANT_TOKEN",
+    "SPECIAL_TOKENS",
+    "DEFAULT_VOCAB_SIZE",
+    "PADDING_SIDE",
+    "CHAT_TEMPLATE",
+    "train_tokenizer",
+    "wrap_tokenizer",
 ]
