@@ -7,10 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
+from huggingface_hub import ModelCardData
 from transformers import TrainingArguments
 from transformers.utils.hub import hf_api
 
 from illada.modeling_illada import MODEL_CARD_TAGS
+from illada.utils_illada import as_tag_list, is_one_line
 
 
 class HubPushMixin:
@@ -35,11 +37,9 @@ class HubPushMixin:
         """Writes `README.md` in `output_dir` (on the main process): see [`build_model_card`]."""
         if not self.is_world_process_zero():
             return
-        tags = [tags] if isinstance(tags, str) else list(tags or [])
         training, settings = self.card_training()
-        card = build_model_card(
-            self.model, self.args, training, settings, model_name, dataset_name, [*self.card_tags, *tags]
-        )
+        tags = [*self.card_tags, *as_tag_list("tags", tags)]
+        card = build_model_card(self.model, self.args, training, settings, model_name, dataset_name, tags)
         Path(self.args.output_dir).mkdir(parents=True, exist_ok=True)
         (Path(self.args.output_dir) / "README.md").write_text(card, encoding="utf-8")
 
@@ -82,17 +82,22 @@ def build_model_card(
         tags (`list[str]`, *optional*): Extra tags (the training method's, e.g. `["trl", "sft"]`), after
             `MODEL_CARD_TAGS` (`custom_code` among them).
     """
+    for name, value in (("model_name", model_name), ("dataset_name", dataset_name)):
+        if value is not None and not is_one_line(value):
+            raise TypeError(f"`{name}` must be a non-blank one-line string or None, got {value!r}.")
+    tags = as_tag_list("tags", tags)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     base_model = getattr(base.config, "_name_or_path", "") or getattr(base.config, "name_or_path", "")
     is_adapter = hasattr(model, "peft_config")
     all_tags = list(dict.fromkeys([*MODEL_CARD_TAGS, *(["lora", "peft"] if is_adapter else []), *(tags or [])]))
     name = model_name or Path(args.hub_model_id or args.output_dir).name
-    metadata = ["---", "library_name: " + ("peft" if is_adapter else "transformers"), "pipeline_tag: text-generation"]
-    if base_model and not Path(base_model).is_dir():
-        metadata.append(f"base_model: {base_model}")
-    if dataset_name:
-        metadata.append(f"datasets:\n- {dataset_name}")
-    metadata += ["tags:", *(f"- {tag}" for tag in all_tags), "---"]
+    metadata = ModelCardData(
+        library_name="peft" if is_adapter else "transformers",
+        pipeline_tag="text-generation",
+        base_model=base_model if base_model and not Path(base_model).is_dir() else None,
+        datasets=[dataset_name] if dataset_name else None,
+        tags=all_tags,
+    )
     load = (
         "from peft import AutoPeftModelForCausalLM\n"
         'model = AutoPeftModelForCausalLM.from_pretrained("REPO_OR_FOLDER", trust_remote_code=True)'
@@ -112,7 +117,7 @@ model and its code ships with the weights (`trust_remote_code=True`).
 ```python
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-tokenizer = AutoTokenizer.from_pretrained("REPO_OR_FOLDER")
+tokenizer = AutoTokenizer.from_pretrained("REPO_OR_FOLDER", trust_remote_code=True)
 {load}
 messages = [{{"role": "user", "content": "What is 2 plus 3?"}}]
 inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
@@ -128,4 +133,4 @@ print(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_to
 |---|---|
 {table}
 """
-    return "\n".join(metadata) + "\n" + body
+    return f"---\n{metadata.to_yaml()}\n---\n{body}"

@@ -34,7 +34,12 @@ import re
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import unquote, urlsplit
+
+import huggingface_hub
+import transformers.utils.hub
+from huggingface_hub import HfApi
 
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".npy", ".gguf", ".onnx")
 LFS_MIN_SIZE = 10 * 1024 * 1024
@@ -272,6 +277,22 @@ class LocalHub:
         lfs = path in state.lfs_paths[sha]
         etag = hashlib.sha256(content).hexdigest() if lfs else git_blob_sha(content)
         return content, {"X-Repo-Commit": sha, "ETag": f'"{etag}"'}
+
+
+def point_huggingface_hub_at(hub: LocalHub, monkeypatch, cache: Path) -> LocalHub:
+    """Points this process's huggingface_hub (and transformers' shared client) at `hub`, as `HF_ENDPOINT` does
+    when it is set before the import; Xet off (the local Hub speaks LFS); the token in `HF_TOKEN`; downloads go to
+    `cache`."""
+    constants = huggingface_hub.constants
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "ENDPOINT", hub.url)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
+    monkeypatch.setattr(huggingface_hub.hf_api.api, "endpoint", hub.url)
+    monkeypatch.setattr(transformers.utils.hub, "_hf_api", HfApi(endpoint=hub.url, library_name="transformers"))
+    monkeypatch.setenv("HF_TOKEN", hub.token)
+    return hub
 
 
 def _require(authorized: bool, action: str) -> None:

@@ -19,9 +19,8 @@ from typing import Any
 import huggingface_hub
 import pytest
 import torch
-import transformers.utils.hub
 from datasets import Dataset
-from hub_server import LocalHub
+from hub_server import LocalHub, point_huggingface_hub_at
 from huggingface_hub import HfApi
 from peft import PeftModel
 from tiny import SHARP, make_model
@@ -58,23 +57,7 @@ def hub():
 
 @pytest.fixture
 def endpoint(hub, monkeypatch, tmp_path):
-    return point_at(hub, monkeypatch, tmp_path / "cache")
-
-
-def point_at(hub: LocalHub, monkeypatch, cache: Path) -> LocalHub:
-    """Points this process's huggingface_hub (and transformers' shared client) at `hub`, as `HF_ENDPOINT` does
-    when it is set before the import; Xet off (the local Hub speaks LFS); the token in `HF_TOKEN`; downloads go to
-    `cache`."""
-    constants = huggingface_hub.constants
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "ENDPOINT", hub.url)
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.url + "/{repo_id}/resolve/{revision}/{filename}")
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
-    monkeypatch.setattr(huggingface_hub.hf_api.api, "endpoint", hub.url)
-    monkeypatch.setattr(transformers.utils.hub, "_hf_api", HfApi(endpoint=hub.url, library_name="transformers"))
-    monkeypatch.setenv("HF_TOKEN", hub.token)
-    return hub
+    return point_huggingface_hub_at(hub, monkeypatch, tmp_path / "cache")
 
 
 @pytest.fixture(scope="module")
@@ -276,7 +259,7 @@ def pushed(hub, tmp_path_factory) -> dict[str, Push | Exception]:
     tmp = tmp_path_factory.mktemp("pushes")
     results = {}
     with pytest.MonkeyPatch.context() as monkeypatch:
-        point_at(hub, monkeypatch, cache=tmp / "pushing-process-cache")
+        point_huggingface_hub_at(hub, monkeypatch, cache=tmp / "pushing-process-cache")
         for name, push in PUSHES.items():
             (tmp / name).mkdir()
             try:
@@ -422,7 +405,7 @@ def test_a_push_that_fails_half_way_keeps_the_local_folder_and_says_so(monkeypat
     """The Hub goes down when the commit arrives, after the weights were uploaded: the error names the repo and the
     endpoint, the output folder is byte for byte what it was, and the repo did not change."""
     with LocalHub(stop_on="commit") as failing:
-        point_at(failing, monkeypatch, tmp_path / "cache")
+        point_huggingface_hub_at(failing, monkeypatch, tmp_path / "cache")
         settings = {**TRAINING, "push_to_hub": False, "hub_model_id": "tester/falls"}
         args = DiffusionSFTConfig(str(tmp_path / "out"), **settings)
         trainer = DiffusionSFTTrainer(
