@@ -17,8 +17,9 @@ What it serves (model repos; JSON unless said):
   repo, revision or file, which `huggingface_hub` turns into its typed errors.
 
 Not served: the Xet storage protocol (the Hub's default for large files when `hf_xet` is installed): clients must
-set `HF_HUB_DISABLE_XET=1`, which makes `huggingface_hub` upload large files through LFS. Pull requests, tags,
-deletions of repos and anything else answer 404 (and are listed in `unhandled`). Writes need the token
+set `HF_HUB_DISABLE_XET=1`, which makes `huggingface_hub` upload large files through LFS. Pull requests (a commit
+with `create_pr` answers 400), tags, deletions of repos and anything else answer 404 (and are listed in
+`unhandled`); a route that fails answers 500 (listed in `errors`). Writes need the token
 `LocalHub.token`; so do reads of a private repo (401, as the Hub answers for a repo you may not see).
 
 `LocalHub(stop_on="commit")` makes the server stop when that request arrives: it reads the request, closes the
@@ -32,6 +33,7 @@ import hashlib
 import json
 import re
 import threading
+import traceback
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -92,7 +94,8 @@ class LocalHub:
         self.repos: dict[str, Repo] = {}
         self.lfs: dict[str, bytes] = {}  # sha256 -> content
         self.requests: list[tuple[str, str]] = []  # (route name, path) of every request served
-        self.unhandled: list[tuple[str, str]] = []
+        self.unhandled: list[tuple[str, str]] = []  # requests no route serves
+        self.errors: list[str] = []  # tracebacks of routes that failed (bugs of this server)
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.server.daemon_threads = True
@@ -341,6 +344,9 @@ def _handler(hub: LocalHub) -> type[BaseHTTPRequestHandler]:
             except HubError as error:
                 headers = {"X-Error-Message": str(error)} | ({"X-Error-Code": error.code} if error.code else {})
                 return self._answer(error.status, json.dumps({"error": str(error), **error.extra}).encode(), headers)
+            except Exception:  # noqa: BLE001 - a bug here: answered, and kept for the tests to see
+                hub.errors.append(traceback.format_exc())
+                return self._answer(500, b'{"error": "local Hub failure"}', {})
             if isinstance(result, tuple):  # a file: raw bytes
                 content, headers = result
                 return self._answer(200, content, headers, "application/octet-stream")

@@ -332,6 +332,8 @@ def test_model_and_tokenizer_push_holds_what_the_hub_needs_and_loads_elsewhere(h
     assert_model_repo(files, push, loaded)
     metadata = card_metadata(files["README.md"].decode())
     assert "library_name: transformers" in metadata and "- illada" in metadata and "- diffusion" in metadata
+    # Every request of every push and load was one the local Hub serves, and none failed in it.
+    assert hub.unhandled == [] and hub.errors == []
 
 
 def test_push_to_a_branch_leaves_main_unchanged(hub, pushed):
