@@ -51,7 +51,8 @@ def unpacked_rows(tmp_path, rows: list[dict], tokenizer=None, **overrides):
 
 
 def test_a_trl_script_with_the_diffusion_classes_trains(tmp_path):
-    """The README snippet: trl's usual call with `DiffusionSFTTrainer`/`DiffusionSFTConfig` and a jsonl dataset."""
+    """trl's usual call with `DiffusionSFTTrainer`/`DiffusionSFTConfig` and a jsonl dataset (the README's "Fine-tune"
+    snippet runs in tests/test_readme.py)."""
     data = tmp_path / "chat.jsonl"
     data.write_text(
         "".join(
