@@ -354,6 +354,8 @@ def test_private_push_is_private(endpoint):
     assert api.model_info("tester/open", token=False).private is False
     with pytest.raises(huggingface_hub.errors.RepositoryNotFoundError):
         api.model_info("tester/secret", token=False)  # not visible without the token
+    make_model(seed=6).push_to_hub("tester/open", private=True)  # "ignored if the repo already exists"
+    assert api.model_info("tester/open", token=False).private is False
     with pytest.raises(huggingface_hub.errors.RepositoryNotFoundError):
         huggingface_hub.hf_hub_download("tester/secret", "config.json", token=False)
 
