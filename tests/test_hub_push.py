@@ -434,7 +434,7 @@ def test_a_push_that_fails_half_way_keeps_the_local_folder_and_says_so(monkeypat
 def test_hf_upload_of_a_finished_folder_sends_what_the_trainer_sent(hub, pushed):
     """docs/hub.md's `hf upload REPO FOLDER --exclude "checkpoint-*" --exclude "_*"`: the same files as the push."""
     push, _ = result(pushed, "sft_cli")
-    command = [str(Path(sys.executable).parent / "hf"), "upload", "tester/again", str(push.output_dir)]
+    command = [sys.executable, "-m", "huggingface_hub.cli.hf", "upload", "tester/again", str(push.output_dir)]  # `hf`
     env = {"HF_ENDPOINT": hub.url, "HF_TOKEN": hub.token, "HF_HUB_DISABLE_XET": "1", "PATH": "", "HOME": "/nonexistent"}
     completed = subprocess.run(
         [*command, "--exclude", "checkpoint-*", "--exclude", "_*"], env=env, capture_output=True, text=True, timeout=120
