@@ -32,11 +32,15 @@ import base64
 import hashlib
 import json
 import re
+import socket
 import threading
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import huggingface_hub
@@ -296,6 +300,24 @@ def point_huggingface_hub_at(hub: LocalHub, monkeypatch, cache: Path) -> LocalHu
     monkeypatch.setattr(transformers.utils.hub, "_hf_api", HfApi(endpoint=hub.url, library_name="transformers"))
     monkeypatch.setenv("HF_TOKEN", hub.token)
     return hub
+
+
+@contextmanager
+def only_loopback_connections() -> Iterator[None]:
+    """Inside, a connection to an address other than 127.0.0.1 / ::1 fails (OSError): the tests talk to the local Hub
+    and nothing else."""
+    connect = socket.socket.connect
+
+    def loopback_connect(sock: socket.socket, address: Any) -> None:
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in ("127.0.0.1", "::1"):
+            raise OSError(f"the Hub tests only connect to 127.0.0.1, not {address}")
+        return connect(sock, address)
+
+    socket.socket.connect = loopback_connect
+    try:
+        yield
+    finally:
+        socket.socket.connect = connect
 
 
 def _require(authorized: bool, action: str) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from fuzz_strategies import fuzz_settings, run_case
-from hub_server import LocalHub, point_huggingface_hub_at
+from hub_server import LocalHub, only_loopback_connections, point_huggingface_hub_at
 from huggingface_hub import ModelCard
 from hypothesis import given
 from hypothesis import strategies as st
@@ -80,7 +80,7 @@ def test_fuzz_model_card_metadata(model_name, dataset_name, tags):
 @pytest.fixture(scope="module")
 def hub():
     cache = Path(tempfile.mkdtemp(prefix="illada-fuzz-hub-cache-"))
-    with LocalHub() as server, pytest.MonkeyPatch.context() as monkeypatch:
+    with only_loopback_connections(), LocalHub() as server, pytest.MonkeyPatch.context() as monkeypatch:
         yield point_huggingface_hub_at(server, monkeypatch, cache)
     shutil.rmtree(cache, ignore_errors=True)
 

@@ -20,7 +20,7 @@ import huggingface_hub
 import pytest
 import torch
 from datasets import Dataset
-from hub_server import LocalHub, point_huggingface_hub_at
+from hub_server import LocalHub, only_loopback_connections, point_huggingface_hub_at
 from huggingface_hub import HfApi
 from peft import PeftModel
 from tiny import SHARP, make_model
@@ -62,17 +62,8 @@ def endpoint(hub, monkeypatch, tmp_path):
 
 @pytest.fixture(scope="module")
 def loopback_only():
-    """Any connection to an address other than 127.0.0.1 / ::1 fails: the tests talk to the local Hub only."""
-    connect = socket.socket.connect
-
-    def loopback_connect(sock, address):
-        if sock.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in ("127.0.0.1", "::1"):
-            raise OSError(f"the push tests only connect to 127.0.0.1, not {address}")
-        return connect(sock, address)
-
-    socket.socket.connect = loopback_connect
-    yield
-    socket.socket.connect = connect
+    with only_loopback_connections():
+        yield
 
 
 # A fresh process with an empty cache and without this checkout on its path: downloads each repo, loads it with
@@ -344,6 +335,11 @@ def test_push_to_a_branch_leaves_main_unchanged(hub, pushed):
     refs = HfApi(endpoint=hub.url).list_repo_refs(push.repo_id, token=hub.token)
     assert {ref.name for ref in refs.branches} == {"main", "experiment"}
     assert_model_repo(branch, push, loaded)
+
+
+def test_only_loopback_connections_are_allowed():
+    with pytest.raises(OSError, match="only connect to 127.0.0.1"):
+        socket.create_connection(("192.0.2.1", 443), timeout=0.1)  # TEST-NET-1: never reached
 
 
 def test_private_push_is_private(endpoint):
