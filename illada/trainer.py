@@ -44,7 +44,7 @@ from illada.data import (
     prepare_dataset,
     resolve_max_length,
 )
-from illada.utils import mask_seed
+from illada.utils import mask_seed, refuse_inert
 from illada.utils_illada import check_choice, check_range
 
 logger = logging.getLogger(__name__)
@@ -274,6 +274,15 @@ class DiffusionSFTConfig(ResumeArguments, SFTConfig):
                 f"`loss_type`={self.loss_type!r} is a next-token loss option; the diffusion trainer has "
                 "one loss (leave `loss_type` unset)."
             )
+        for name in ("packing", "stratified_t"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"`{name}` must be True or False, got {getattr(self, name)!r}.")
+        if not self.packing:
+            refuse_inert(self, ("packing_strategy",), "with `packing=False`")
+        if self.data_format != "pretrain":
+            refuse_inert(self, ("split_probability",), "without `data_format='pretrain'`")
+        if self.lr_schedule == "trainer":
+            refuse_inert(self, ("min_lr", "decay_fraction"), "with `lr_schedule='trainer'` (use `lr_scheduler_type`)")
         if self.label_names is None:
             self.label_names = ["maskable"]
         if self.bf16 is None:
@@ -402,6 +411,7 @@ class DiffusionSFTTrainer(SafeCheckpointMixin, SFTTrainer):
         if processing_class is not None:  # before trl tokenises anything with it
             check_tokenizer(processing_class, config)
         self._eval_batches = 0
+        self._vocab_size = config.vocab_size  # pre-tokenised ids must be below it
         # trl's own collator flattens rows and shifts labels; it is replaced once trl's setup is done.
         super().__init__(model, args, None, train_dataset, eval_dataset, processing_class, **kwargs)
         # trl patched the model's forward with a next-token log-prob head: give the model its own forward back.
@@ -431,6 +441,8 @@ class DiffusionSFTTrainer(SafeCheckpointMixin, SFTTrainer):
                 num_proc=args.dataset_num_proc,
                 shuffle=args.shuffle_dataset,
                 name=dataset_name,
+                completion_only_loss=args.completion_only_loss,
+                vocab_size=self._vocab_size,
             )
 
     def _set_signature_columns_if_needed(self) -> None:
