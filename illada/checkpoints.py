@@ -394,7 +394,8 @@ def check_output_dir(
     - A saved model or run (`RUN_OUTPUTS`: weights, config, card, trainer state...) is replaced only with `overwrite`,
       or when `resume` continues that run from one of its checkpoints.
 
-    Checkpoint folders are `checkpoint_to_resume`'s concern.
+    Checkpoint folders are `checkpoint_to_resume`'s concern (it refuses them, without `resume` or `overwrite`, with
+    its own message).
 
     Raises:
         `ValueError`: naming the flag, the folder and the files at stake, and what to pass instead.
@@ -408,7 +409,8 @@ def check_output_dir(
     out = Path(output_dir).resolve()
     check_inputs_outside(output_dir, models, data)
     saved = saved_outputs(out)
-    if saved and not overwrite and not (resume and last_complete_checkpoint(out)):
+    continued = resume and last_complete_checkpoint(out)
+    if saved and not overwrite and not continued and (resume or not list_checkpoints(out)):  # else: see below
         raise ValueError(
             f"`output_dir` {str(output_dir)!r} already holds a saved model or run ({', '.join(saved[:4])}"
             f"{', ...' if len(saved) > 4 else ''}) and no checkpoint to resume from: pass `--overwrite_output_dir` "

@@ -155,7 +155,8 @@ def test_losses_follow_trl_formulas():
         ],
     }
     for loss_type, values in expected.items():
-        args = VRPOConfig("unused", beta=beta, loss_type=loss_type, label_smoothing=smoothing, use_cpu=True)
+        smoothing_of_type = smoothing if loss_type == "robust" else 0.0  # inert elsewhere: refused
+        args = VRPOConfig("unused", beta=beta, loss_type=loss_type, label_smoothing=smoothing_of_type, use_cpu=True)
         losses, chosen_rewards, rejected_rewards = preference_losses(
             policy_chosen, policy_rejected, reference_chosen, reference_rejected, args, lengths_chosen, lengths_rejected
         )
@@ -403,7 +404,7 @@ def test_trainer_and_data_errors(tmp_path):
         build_preference_dataset(Dataset.from_list([{"prompt": "a", "chosen": "b"}]), tokenizer, 64, MASK_ID)
     with pytest.raises(ValueError, match="over `max_length`=4"):
         build_preference_dataset(preference_rows(2), tokenizer, 4, MASK_ID)
-    with pytest.raises(ValueError, match="contains the mask token"):
+    with pytest.raises(ValueError, match="holds the mask token"):
         build_preference_dataset(
             Dataset.from_list([{"prompt": "a", "chosen": " <[MASK]>", "rejected": " b"}]), tokenizer, 64, MASK_ID
         )
