@@ -116,6 +116,8 @@ class VRPOConfig(ResumeArguments, TrainingArguments):
     def __post_init__(self) -> None:
         if isinstance(self.loss_type, str):
             self.loss_type = [self.loss_type]
+        if not isinstance(self.loss_type, list) or not self.loss_type:
+            raise ValueError(f"`loss_type` must name one or more of {list(LOSS_TYPES)}, got {self.loss_type!r}.")
         for loss_type in self.loss_type:
             check_choice("loss_type", loss_type, LOSS_TYPES)
         if self.loss_weights is not None and len(self.loss_weights) != len(self.loss_type):
@@ -190,7 +192,7 @@ def build_preference_dataset(
     missing = [name for name in ANSWERS if name not in dataset.column_names]
     if missing:
         raise ValueError(
-            f"The preference dataset has no {missing} column (columns: {dataset.column_names}): "
+            f"The preference dataset has no `{missing[0]}` column (columns: {dataset.column_names}): "
             "give `prompt`/`chosen`/`rejected`, or `chosen`/`rejected` with an implicit prompt."
         )
     for row, example in enumerate(dataset):
@@ -220,9 +222,9 @@ def check_preference(example: Any, where: str) -> None:
         raise TypeError(f"{where} must be a mapping of `prompt`/`chosen`/`rejected`, got {type(example).__name__}.")
     kinds = {}
     for name in ("prompt", *ANSWERS):
-        value = example.get(name)
-        if value is None and name == "prompt":
+        if name == "prompt" and name not in example:  # an implicit prompt: the common start of the answers
             continue
+        value = example.get(name)
         if isinstance(value, str):
             kinds[name] = "text"
         elif isinstance(value, list) and all(_is_turn(turn) for turn in value):
@@ -232,6 +234,17 @@ def check_preference(example: Any, where: str) -> None:
                 f"{where}: `{name}` must be a string or a list of {{'role', 'content'}} turns (trl's preference "
                 f"formats), got {type(value).__name__} {repr(value)[:80]}."
             )
+    if example["chosen"] == example["rejected"]:
+        raise ValueError(
+            f"{where}: `chosen` and `rejected` are the same answer: the pair states no preference (its loss is "
+            "constant). Drop it."
+        )
+    chosen, rejected = example["chosen"], example["rejected"]
+    if "prompt" not in example and (chosen[: len(rejected)] == rejected or rejected[: len(chosen)] == chosen):
+        raise ValueError(
+            f"{where}: one of `chosen` and `rejected` is the start of the other, so the implicit prompt (their common "
+            "start) leaves an empty answer: give an explicit `prompt`."
+        )
     if len(set(kinds.values())) > 1:
         raise TypeError(
             f"{where}: mixes plain text and conversations ({kinds}): `prompt`, `chosen` and `rejected` "
