@@ -481,7 +481,9 @@ def prepare_dataset(
     map_kwargs = {} if streamed else {"num_proc": num_proc}
     whole = max_length if whole_rows(packing, packing_strategy) else None
     if "input_ids" in first:
-        rows = _prepare_tokenized(dataset, first, tokenizer, whole, completion_only_loss, vocab_size, name, map_kwargs)
+        rows = _prepare_tokenized(
+            dataset, first, tokenizer, whole, completion_only_loss, vocab_size, name, map_kwargs, text_field
+        )
         if "seq_lengths" in first:
             return rows.shuffle(seed=seed) if shuffle else rows
     else:
@@ -509,9 +511,11 @@ def prepare_dataset(
     return rows.shuffle(seed=seed) if shuffle else rows
 
 
-def _prepare_tokenized(dataset, first, tokenizer, max_length, completion_only_loss, vocab_size, name, map_kwargs):
+def _prepare_tokenized(
+    dataset, first, tokenizer, max_length, completion_only_loss, vocab_size, name, map_kwargs, text_field="text"
+):
     """Pre-tokenised rows through `check_tokenized_row` (see `prepare_dataset`)."""
-    raw = sorted({c for columns in FORMAT_COLUMNS.values() for c in columns} & set(_non_null(first)))
+    raw = sorted({text_field, *(c for columns in FORMAT_COLUMNS.values() for c in columns)} & set(_non_null(first)))
     if raw:
         raise ValueError(
             f"The {name} dataset has both `input_ids` (pre-tokenised rows) and {raw} (raw rows): keep one, e.g. "
