@@ -80,7 +80,18 @@ def _check_generation_settings(model: PreTrainedModel, settings: dict, where: st
     unknown = sorted(set(settings) - (_settings_of(config) - set(_RESERVED_SETTINGS)))
     if unknown:
         known = sorted(_settings_of(config) - set(_RESERVED_SETTINGS))
-        raise ValueError(f"Unknown {where} {unknown} for the `illada` model; the generation settings are {known}.")
+        details = "; ".join(
+            f"`{name}`"
+            + (
+                f" has no diffusion meaning (accepted at {NEUTRAL_OPTIONS[name]!r} only)"
+                if name in NEUTRAL_OPTIONS
+                else ""
+            )
+            for name in unknown
+        )
+        raise ValueError(
+            f"Unknown {where} {unknown} for the `illada` model ({details}); the generation settings are {known}."
+        )
     type(config).from_dict({**config.to_dict(), **settings})
 
 

@@ -400,7 +400,7 @@ def test_trainer_and_data_errors(tmp_path):
         VRPOTrainer(model, args=VRPOConfig(str(tmp_path), use_cpu=True, max_length=999), processing_class=tokenizer)
     with pytest.raises(ValueError, match="`processing_class`"):
         VRPOTrainer(model, args=VRPOConfig(str(tmp_path), use_cpu=True))
-    with pytest.raises(ValueError, match=r"no \['rejected'\] column"):
+    with pytest.raises(ValueError, match=r"no `rejected` column"):
         build_preference_dataset(Dataset.from_list([{"prompt": "a", "chosen": "b"}]), tokenizer, 64, MASK_ID)
     with pytest.raises(ValueError, match="over `max_length`=4"):
         build_preference_dataset(preference_rows(2), tokenizer, 4, MASK_ID)
