@@ -487,3 +487,18 @@ def test_the_python_api_checks_the_tokenizer_as_the_cli_does(tmp_path):
 def test_config_refuses_values_that_train_nothing(settings, message):
     with pytest.raises(ValueError, match=message):
         VRPOConfig("unused", use_cpu=True, **settings)
+
+
+def test_cli_data_errors_name_the_file_line_or_split(tmp_path):
+    rows = [
+        {"prompt": "count 1", "chosen": " 2", "rejected": " 3"},
+        {"prompt": "count 2", "chosen": None, "rejected": " 4"},
+    ]
+    path = tmp_path / "prefs.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.raises(TypeError, match=r"prefs\.jsonl line 2: `chosen` must be a string or a list of"):
+        train_vrpo.load_files([str(path)])
+    Dataset.from_list(rows[:1]).save_to_disk(str(tmp_path / "saved"))
+    args = train_vrpo.PreferenceDataArguments(dataset_name=str(tmp_path / "saved"), dataset_test_split="test")
+    with pytest.raises(ValueError, match=r"`dataset_test_split`='test' is not a split of .*saved: it has \['train'\]"):
+        train_vrpo.load_preferences(args)
