@@ -19,6 +19,11 @@ Pre-training (`data_format="pretrain"`) takes `text` documents, closes each with
 and splits each window with probability `split_probability` at a uniform point into two segments that do not attend
 to each other.
 
+Pre-tokenised rows (`input_ids`, with optional `completion_mask`, `attention_mask` and `seq_lengths`) are checked
+(ids in the vocabulary, no mask token, no empty row) and packed the same way, their padding dropped. A
+`datasets.IterableDataset` (streaming) goes through the same steps lazily and gives the same rows. No example may
+hold the mask token (its text `<[MASK]>` included): the model would learn it as a clean token.
+
 Every error names the example (index, or file and line for JSON-lines files read by `load_data_files`).
 """
 

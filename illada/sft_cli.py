@@ -43,6 +43,12 @@ Commands (`--config_name` instead of `--model_name_or_path` trains from a random
     # resume from the newest checkpoint-* in --output_dir (starts afresh when there is none)
     python train_sft.py <same arguments> --resume
 
+Nothing is overwritten unless told to: the run refuses an `--output_dir` that holds a saved model or an earlier
+run's checkpoints (`--overwrite_output_dir` replaces them, `--resume` continues the run from its checkpoints), and,
+even with the flag, the folder of the model, config or tokenizer, or one holding the data (no training in place).
+Flags that another flag makes inert (`--lora_r` without `--use_lora`, `--packing_strategy` with `--packing false`,
+`--split_probability` outside pre-training) are refused, not ignored.
+
 The saved folder holds the weights (or the adapter), the code files (`AutoModelForCausalLM.from_pretrained(folder,
 trust_remote_code=True)` loads it), the tokenizer, the generation config and a model card (README.md).
 """

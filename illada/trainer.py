@@ -366,7 +366,10 @@ class DiffusionSFTTrainer(SafeCheckpointMixin, SFTTrainer):
     """trl's [`SFTTrainer`] with the masked-diffusion loss of iLLaDA; `args` is a [`DiffusionSFTConfig`].
 
     Data: trl's formats (`messages`, `prompt`/`completion` plain or conversational, `text`) are tokenised, closed by
-    exactly one EOS and packed by `illada.data.prepare_dataset`; batches come from [`DiffusionDataCollator`].
+    exactly one EOS and packed by `illada.data.prepare_dataset`, pre-tokenised rows checked and packed; a
+    `datasets.IterableDataset` is streamed through the same steps (set `max_steps`); batches come from
+    [`DiffusionDataCollator`]. `train()` refuses an `output_dir` that is the model's own folder, or that holds
+    another run's checkpoints unless `overwrite_output_dir=True` or resuming.
 
     Normalisation: the sum over masked tokens of CE / t is divided by the number of `maskable` tokens of the optimizer
     step, counted over its micro-batches and (with `average_tokens_across_devices`, the default) gathered over
