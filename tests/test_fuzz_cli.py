@@ -24,7 +24,7 @@ from vrpo_helper import preference_rows
 from illada import sft_cli, vrpo_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-OUTPUT_KINDS = ("new", "new", "new", "new", "new", "empty_string", "holds_model", "holds_checkpoints", "base_model", "data_folder")
+OUTPUT_KINDS = ("new",) * 5 + ("empty_string", "holds_model", "holds_checkpoints", "base_model", "data_folder")
 
 
 def snapshot(folder: Path) -> dict[str, str]:
