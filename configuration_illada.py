@@ -62,8 +62,9 @@ class ILLaDAConfig(PretrainedConfig):
             1e-5 is LLaDA's value, and a checkpoint's own config.json overrides it.
         rope_parameters (`dict`, *optional*): `{"rope_type": "default", "rope_theta": ...}`, the plain RoPE of
             the release. A context-extension scaling is `rope_type` `"linear"`, `"dynamic"`, `"yarn"` or `"llama3"`
-            with its transformers keys (`factor`, and `original_max_position_embeddings`, `low_freq_factor`,
-            `high_freq_factor` where the type needs them); other types are refused. The legacy keys
+            with its transformers keys (`factor`; `low_freq_factor`, `high_freq_factor` for llama3;
+            `original_max_position_embeddings`, which defaults to `max_position_embeddings`, for yarn and llama3);
+            other types are refused. The legacy keys
             `rope_theta` / `rope_scaling` of the released config.json are accepted and converted. `rope_theta`
             defaults to 500000 (LLaDA's; not published for iLLaDA).
         attention_dropout (`float`, *optional*, defaults to 0.0): Dropout on attention probabilities.
@@ -194,7 +195,7 @@ class ILLaDAConfig(PretrainedConfig):
         self.standardize_rope_params()  # transformers' defaults: `rope_type`, `original_max_position_embeddings`
         params = self.rope_parameters
         rope_type = params.get("rope_type")
-        if rope_type not in _ROPE_KEYS:
+        if not isinstance(rope_type, str) or rope_type not in _ROPE_KEYS:
             raise ValueError(
                 f"`rope_type={rope_type!r}` in `rope_parameters` (or `rope_scaling`) is not supported: use one of "
                 f"{list(_ROPE_KEYS)}, or remove the scaling entry for the plain RoPE of the release."
@@ -215,6 +216,10 @@ class ILLaDAConfig(PretrainedConfig):
             check_positive_int(name, params["original_max_position_embeddings"])
         if rope_type == "llama3":
             self._validate_llama3_rope(params)
+        if rope_type == "yarn" and params["rope_theta"] <= 1:  # YaRN divides by log(rope_theta)
+            raise ValueError(f"`rope_theta` must be greater than 1 for `rope_type='yarn'`, got {params['rope_theta']}.")
+        if rope_type == "dynamic" and self.head_dim <= 2:  # the NTK exponent is head_dim / (head_dim - 2)
+            raise ValueError(f"`rope_type='dynamic'` needs `head_dim` > 2, got `head_dim={self.head_dim}`.")
         for name in ("attention_factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim"):
             if params.get(name) is not None:
                 check_range(f"rope_parameters[{name!r}]", params[name], 0.0, math.inf, low_open=True, high_open=True)

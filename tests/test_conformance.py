@@ -138,7 +138,8 @@ def test_attentions_give_no_weight_to_padding_and_see_later_tokens():
 
 def test_output_attentions_without_eager_is_a_clear_error():
     model = make_model(attn_implementation="sdpa")
-    with pytest.raises(ValueError, match=r"`output_attentions=True` is not supported with `attn_implementation='sdpa'`"):
+    message = r"`output_attentions=True` is not supported with `attn_implementation='sdpa'`"
+    with pytest.raises(ValueError, match=message):
         model(random_ids(1, 4), output_attentions=True)
     with pytest.raises(ValueError, match="set it to 'eager'"):  # transformers' own check of the config attribute
         model.config.output_attentions = True
