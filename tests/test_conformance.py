@@ -290,8 +290,9 @@ def test_a_field_edited_after_creation_is_refused_at_construction(cls, edit, tmp
 # ------------------------------------------------------------------------------------------ export, compile
 
 
-def test_export_static_shape_equals_eager():
-    model = make_model(seed=6)
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_export_static_shape_equals_eager(attn):
+    model = make_model(seed=6, attn_implementation=attn)
     ids, mask = random_ids(2, 9), torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1, 1], [1] * 9])
     exported = torch.export.export(model, args=(), kwargs={"input_ids": ids, "attention_mask": mask})
     with torch.no_grad():
