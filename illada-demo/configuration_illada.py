@@ -64,9 +64,8 @@ class ILLaDAConfig(PretrainedConfig):
             the release. A context-extension scaling is `rope_type` `"linear"`, `"dynamic"`, `"yarn"` or `"llama3"`
             with its transformers keys (`factor`; `low_freq_factor`, `high_freq_factor` for llama3;
             `original_max_position_embeddings`, which defaults to `max_position_embeddings`, for yarn and llama3);
-            other types are refused. The legacy keys
-            `rope_theta` / `rope_scaling` of the released config.json are accepted and converted. `rope_theta`
-            defaults to 500000 (LLaDA's; not published for iLLaDA).
+            other types are refused. The legacy keys `rope_theta` / `rope_scaling` of the released config.json are
+            accepted and converted. `rope_theta` defaults to 500000 (LLaDA's; not published for iLLaDA).
         attention_dropout (`float`, *optional*, defaults to 0.0): Dropout on attention probabilities.
         initializer_range (`float`, *optional*, defaults to 0.02): Std of the normal weight initialisation, in [0, 1].
         pad_token_id (`int`, *optional*, defaults to 1), bos_token_id (`int`, *optional*, defaults to 0),
@@ -114,6 +113,9 @@ class ILLaDAConfig(PretrainedConfig):
     mask_token_id: int = 5
 
     def __post_init__(self, **kwargs):
+        for name, value in (("rope_parameters", self.rope_parameters), ("rope_scaling", kwargs.get("rope_scaling"))):
+            if value is not None and not isinstance(value, dict):  # transformers would fail on it with AttributeError
+                raise ValueError(f"`{name}` must be a dict, got {value!r}.")
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
         super().__post_init__(**kwargs)

@@ -308,14 +308,18 @@ def test_fuzz_config_rope_parameters(data):
     """Scaled RoPE of every supported type, valid or with one fault: a valid one builds a model with finite logits
     and survives the dict round trip; a faulty one is a `ValueError`/`TypeError` naming `rope_parameters`."""
     kw = data.draw(valid_config_kwargs())
-    params = data.draw(rope_parameters())
+    params = data.draw(st.one_of(rope_parameters(), rope_parameters(), rope_parameters(), HOSTILE))  # or a non-dict
     kw["rope_parameters"] = params
-    given_params = dict(params)
-    bad = config_problems({k: v for k, v in kw.items() if k != "rope_parameters"}) | rope_problems(given_params, kw)
-    check = check_valid_config({k: v for k, v in kw.items() if k != "rope_parameters"})
+    given_params = dict(params) if isinstance(params, dict) else params
+    others = {k: v for k, v in kw.items() if k != "rope_parameters"}
+    if isinstance(params, dict):
+        bad = config_problems(others) | rope_problems(given_params, kw)
+    else:  # None is the plain RoPE of the release
+        bad = config_problems(others) | ({"rope_parameters"} if params is not None else set())
+    check = check_valid_config(others)
 
     def check_rope(config: ILLaDAConfig) -> None:
-        assert given_params.items() <= config.rope_parameters.items()
+        assert (given_params or {}).items() <= config.rope_parameters.items()
         assert config.rope_parameters["rope_theta"] == kw["rope_theta"]
         check(config)
 
