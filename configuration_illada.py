@@ -210,7 +210,12 @@ class ILLaDAConfig(PretrainedConfig):
                 f"`rope_parameters` for `rope_type={rope_type!r}` must have the keys {sorted(required)} and may have "
                 f"{sorted(optional)}: missing {missing}, unknown {unknown}."
             )
-        check_range("rope_theta", params.get("rope_theta"), 0.0, math.inf, low_open=True, high_open=True)
+        if params.get("rope_theta") is None:
+            raise ValueError(
+                f"`rope_parameters` {params} has no `rope_theta`: a dict set on an existing config (or through "
+                f"`rope_scaling`) replaces the whole entry, so include the checkpoint's `rope_theta` in it."
+            )
+        check_range("rope_theta", params["rope_theta"], 0.0, math.inf, low_open=True, high_open=True)
         if "factor" in required:
             check_range("rope_parameters['factor']", params["factor"], 1.0, math.inf, high_open=True)
         if "original_max_position_embeddings" in required:

@@ -244,6 +244,14 @@ def test_bad_rope_parameters_raise_at_config_and_at_model_construction(rope, mat
     assert str(at_build.value) == str(at_config.value)
 
 
+def test_scaling_set_on_a_loaded_config_without_rope_theta_is_named(tmp_path):
+    """transformers' `rope_scaling` setter replaces the whole `rope_parameters`, dropping `rope_theta`."""
+    config = make_config()
+    config.rope_scaling = {"rope_type": "linear", "factor": 2.0}
+    with pytest.raises(ValueError, match="has no `rope_theta`"):
+        ILLaDAForCausalLM(config)
+
+
 def test_scaled_model_saves_and_reloads(tmp_path):
     model = make_model(seed=4, rope_scaling=dict(SCALINGS["yarn"]), max_position_embeddings=16)
     model.save_pretrained(tmp_path)
