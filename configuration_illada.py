@@ -30,6 +30,19 @@ _FIXED_ARCHITECTURE = {
     "tie_word_embeddings": True,
 }
 
+# The RoPE types the model builds (with transformers' initialisers, as Llama does) and the keys each reads from
+# `rope_parameters` besides `rope_type` and `rope_theta`: required, then optional. Others are refused.
+_ROPE_KEYS = {
+    "default": (set(), set()),
+    "linear": ({"factor"}, set()),
+    "dynamic": ({"factor"}, set()),
+    "yarn": (
+        {"factor", "original_max_position_embeddings"},
+        {"attention_factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim", "truncate"},
+    ),
+    "llama3": ({"factor", "original_max_position_embeddings", "low_freq_factor", "high_freq_factor"}, set()),
+}
+
 
 class ILLaDAConfig(PretrainedConfig):
     r"""
@@ -47,9 +60,12 @@ class ILLaDAConfig(PretrainedConfig):
         max_position_embeddings (`int`, *optional*, defaults to 8192): Longest sequence the model supports.
         rms_norm_eps (`float`, *optional*, defaults to 1e-5): RMSNorm epsilon. Not published for iLLaDA:
             1e-5 is LLaDA's value, and a checkpoint's own config.json overrides it.
-        rope_parameters (`dict`, *optional*): `{"rope_type": "default", "rope_theta": ...}`. Only the default
-            RoPE is implemented. The legacy keys `rope_theta` / `rope_scaling` of the released config.json
-            are accepted and converted. `rope_theta` defaults to 500000 (LLaDA's; not published for iLLaDA).
+        rope_parameters (`dict`, *optional*): `{"rope_type": "default", "rope_theta": ...}`, the plain RoPE of
+            the release. A context-extension scaling is `rope_type` `"linear"`, `"dynamic"`, `"yarn"` or `"llama3"`
+            with its transformers keys (`factor`; `low_freq_factor`, `high_freq_factor` for llama3;
+            `original_max_position_embeddings`, which defaults to `max_position_embeddings`, for yarn and llama3);
+            other types are refused. The legacy keys `rope_theta` / `rope_scaling` of the released config.json are
+            accepted and converted. `rope_theta` defaults to 500000 (LLaDA's; not published for iLLaDA).
         attention_dropout (`float`, *optional*, defaults to 0.0): Dropout on attention probabilities.
         initializer_range (`float`, *optional*, defaults to 0.02): Std of the normal weight initialisation, in [0, 1].
         pad_token_id (`int`, *optional*, defaults to 1), bos_token_id (`int`, *optional*, defaults to 0),
@@ -97,6 +113,9 @@ class ILLaDAConfig(PretrainedConfig):
     mask_token_id: int = 5
 
     def __post_init__(self, **kwargs):
+        for name, value in (("rope_parameters", self.rope_parameters), ("rope_scaling", kwargs.get("rope_scaling"))):
+            if value is not None and not isinstance(value, dict):  # transformers would fail on it with AttributeError
+                raise ValueError(f"`{name}` must be a dict, got {value!r}.")
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
         super().__post_init__(**kwargs)
@@ -105,6 +124,13 @@ class ILLaDAConfig(PretrainedConfig):
         self._validate_sizes()
         if self.head_dim is None:
             self.head_dim = self.hidden_size // self.num_attention_heads
+        self.validate()
+
+    def validate(self) -> None:
+        """Every check of `ILLaDAConfig(...)`, run again when a model is built and by `save_pretrained`, so that a
+        field set after creation (`config.hidden_act = "gelu"`) gets the same error instead of a silently
+        different model or a saved folder that does not reload."""
+        self._validate_sizes()
         self._validate_floats()
         self._validate_fixed_architecture()
         self._validate_rope()
@@ -166,13 +192,54 @@ class ILLaDAConfig(PretrainedConfig):
                 )
 
     def _validate_rope(self) -> None:
-        rope_type = self.rope_parameters.get("rope_type", "default")
-        if rope_type != "default":
+        if not isinstance(self.rope_parameters, dict):
+            raise ValueError(f"`rope_parameters` must be a dict, got {self.rope_parameters!r}.")
+        self.standardize_rope_params()  # transformers' defaults: `rope_type`, `original_max_position_embeddings`
+        params = self.rope_parameters
+        rope_type = params.get("rope_type")
+        if not isinstance(rope_type, str) or rope_type not in _ROPE_KEYS:
             raise ValueError(
-                f"Only the default RoPE is implemented, got `rope_type={rope_type!r}` in `rope_parameters` "
-                f"(or `rope_scaling`). Remove the scaling entry to use plain RoPE."
+                f"`rope_type={rope_type!r}` in `rope_parameters` (or `rope_scaling`) is not supported: use one of "
+                f"{list(_ROPE_KEYS)}, or remove the scaling entry for the plain RoPE of the release."
             )
-        check_range("rope_theta", self.rope_parameters.get("rope_theta"), 0.0, math.inf, low_open=True, high_open=True)
+        required, optional = _ROPE_KEYS[rope_type]
+        missing = sorted(required - params.keys())
+        unknown = sorted(params.keys() - required - optional - {"rope_type", "type", "rope_theta"})
+        if missing or unknown:
+            raise ValueError(
+                f"`rope_parameters` for `rope_type={rope_type!r}` must have the keys {sorted(required)} and may have "
+                f"{sorted(optional)}: missing {missing}, unknown {unknown}."
+            )
+        if params.get("rope_theta") is None:
+            raise ValueError(
+                f"`rope_parameters` {params} has no `rope_theta`: a dict set on an existing config (or through "
+                f"`rope_scaling`) replaces the whole entry, so include the checkpoint's `rope_theta` in it."
+            )
+        check_range("rope_theta", params["rope_theta"], 0.0, math.inf, low_open=True, high_open=True)
+        if "factor" in required:
+            check_range("rope_parameters['factor']", params["factor"], 1.0, math.inf, high_open=True)
+        if "original_max_position_embeddings" in required:
+            name = "rope_parameters['original_max_position_embeddings']"
+            check_positive_int(name, params["original_max_position_embeddings"])
+        if rope_type == "llama3":
+            self._validate_llama3_rope(params)
+        if rope_type == "yarn" and params["rope_theta"] <= 1:  # YaRN divides by log(rope_theta)
+            raise ValueError(f"`rope_theta` must be greater than 1 for `rope_type='yarn'`, got {params['rope_theta']}.")
+        if rope_type == "dynamic" and self.head_dim <= 2:  # the NTK exponent is head_dim / (head_dim - 2)
+            raise ValueError(f"`rope_type='dynamic'` needs `head_dim` > 2, got `head_dim={self.head_dim}`.")
+        for name in ("attention_factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim"):
+            if params.get(name) is not None:
+                check_range(f"rope_parameters[{name!r}]", params[name], 0.0, math.inf, low_open=True, high_open=True)
+
+    @staticmethod
+    def _validate_llama3_rope(params: dict) -> None:
+        for name in ("low_freq_factor", "high_freq_factor"):
+            check_range(f"rope_parameters[{name!r}]", params[name], 0.0, math.inf, low_open=True, high_open=True)
+        if params["high_freq_factor"] <= params["low_freq_factor"]:
+            raise ValueError(
+                f"`rope_parameters['high_freq_factor']` ({params['high_freq_factor']}) must be greater than "
+                f"`rope_parameters['low_freq_factor']` ({params['low_freq_factor']})."
+            )
 
     def _validate_token_ids(self) -> None:
         for name in ("mask_token_id", "pad_token_id", "bos_token_id"):

@@ -111,7 +111,13 @@ def denoiser_logits(
     whole canvas are the largest waste of a naive sampler. With `use_cache`, `_BlockCache.logits` replaces it.
     """
     keep = torch.arange(start, end, device=tokens.device)
-    return model(input_ids=tokens, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=keep).logits
+    return model(
+        input_ids=tokens,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        logits_to_keep=keep,
+        return_dict=True,
+    ).logits
 
 
 def stop_bias_values(offsets: torch.Tensor, spec: dict) -> torch.Tensor:
@@ -446,7 +452,12 @@ class _BlockCache:
             self.kv.span, self.rows = None, rows
             keep = torch.arange(start, end, device=tokens.device)
             return model(
-                input_ids=tokens, attention_mask=mask, position_ids=positions, logits_to_keep=keep, kv_cache=self.kv
+                input_ids=tokens,
+                attention_mask=mask,
+                position_ids=positions,
+                logits_to_keep=keep,
+                kv_cache=self.kv,
+                return_dict=True,
             ).logits
         self._narrow(rows, tokens.shape[0])
         span_end = end if self.mode == "dual" else tokens.shape[1]
@@ -458,6 +469,7 @@ class _BlockCache:
             position_ids=None if positions is None else positions[:, start:span_end],
             logits_to_keep=keep,
             kv_cache=self.kv,
+            return_dict=True,
         ).logits
 
     def _narrow(self, rows: torch.Tensor, batch: int) -> None:

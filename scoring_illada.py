@@ -133,7 +133,7 @@ def _log_probs(
         input_ids = torch.cat([input_ids, input_ids.masked_fill(prompt, model.config.mask_token_id)])
         attention_mask = None if attention_mask is None else torch.cat([attention_mask, attention_mask])
         keep = torch.cat([keep, keep])
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep).logits
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep, return_dict=True).logits
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     if cfg_scale > 0:
         logits = guided_logits(*logits.chunk(2), cfg_scale)

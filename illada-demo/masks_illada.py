@@ -11,11 +11,17 @@ from numbers import Integral
 import torch
 
 
+def _tracing() -> bool:
+    """True inside `torch.compile` and `torch.export`. The shortcuts below read tensor values to skip a mask that
+    changes nothing; a traced graph cannot branch on values, so it always builds the mask (same result)."""
+    return torch.compiler.is_compiling()
+
+
 def _document_ids(position_ids: torch.Tensor) -> torch.Tensor | None:
     """Per-token document index of packed rows (a document starts where `position_ids` is 0), or `None`
     when no row holds more than one document."""
     starts = position_ids == 0  # [B, L]
-    if not starts[:, 1:].any():
+    if not _tracing() and not starts[:, 1:].any():
         return None
     return starts.cumsum(-1)
 
@@ -47,28 +53,31 @@ def build_bidirectional_mask(
     position_ids: torch.Tensor,
     dtype: torch.dtype,
     attn_implementation: str,
+    packed: bool = True,
 ) -> torch.Tensor | None:
     """The attention mask handed to the kernels: never causal.
 
     Combines key padding (or a user 4-D mask) with the block-diagonal mask of packed documents found in
-    `position_ids`. Returns `None` when every token may attend to every token. For `eager` the result is
-    additive; for the other kernels a boolean `(batch, 1, seq_len, seq_len)` mask (True = attend). flash
-    attention gets the 2-D padding mask (or `None`, and finds packed documents in `position_ids` itself).
+    `position_ids` (`packed=False`: the caller knows there are none, as for the default `arange` positions).
+    Returns `None` when every token may attend to every token (outside `torch.compile` / `torch.export`). For
+    `eager` the result is additive; for the other kernels a boolean `(batch, 1, seq_len, seq_len)` mask
+    (True = attend). flash attention gets the 2-D padding mask (or `None`, and finds packed documents in
+    `position_ids` itself).
     """
     batch_size, seq_len = position_ids.shape
     if attn_implementation.startswith("flash"):
         if attention_mask is not None and attention_mask.dim() != 2:
             raise ValueError("`flash_attention_2` takes only a 2-D padding `attention_mask`; use `sdpa` for 4-D masks.")
-        return None if attention_mask is None or attention_mask.bool().all() else attention_mask
+        return None if attention_mask is None or (not _tracing() and attention_mask.bool().all()) else attention_mask
     mask = None if attention_mask is None else _attention_mask_4d(attention_mask, batch_size, seq_len)
-    doc_ids = _document_ids(position_ids)
+    doc_ids = _document_ids(position_ids) if packed else None
     if doc_ids is not None:
         same_doc = (doc_ids[:, :, None] == doc_ids[:, None, :])[:, None]  # [B, 1, L, L]
         if mask is None or mask.dtype == torch.bool:
             mask = same_doc if mask is None else mask & same_doc
         else:
             mask = mask.masked_fill(~same_doc, torch.finfo(mask.dtype).min)
-    if mask is None or (mask.dtype == torch.bool and mask.all()):
+    if mask is None or (mask.dtype == torch.bool and not _tracing() and mask.all()):
         return None
     if mask.dtype == torch.bool:
         # A row with no visible key (an all-padding row) attends to itself rather than producing NaN.
@@ -88,7 +97,7 @@ def build_span_mask(
     attn_implementation: str,
 ) -> torch.Tensor | None:
     """Key-padding mask for a cached forward: queries `span` of the canvas, keys the whole canvas."""
-    if attention_mask is None or attention_mask.bool().all():
+    if attention_mask is None or (not _tracing() and attention_mask.bool().all()):
         return None
     if attention_mask.dim() != 2 or attention_mask.shape[-1] != key_len:
         raise ValueError(
@@ -143,7 +152,7 @@ def check_logits_to_keep(logits_to_keep, batch_size: int, seq_len: int) -> int |
             f"A `logits_to_keep` tensor of positions must be 1-D, or 2-D (batch_size={batch_size}, "
             f"num_positions), got shape {tuple(keep.shape)}."
         )
-    if keep.numel() and (keep.min() < 0 or keep.max() >= seq_len):
+    if keep.numel() and not _tracing() and (keep.min() < 0 or keep.max() >= seq_len):
         raise ValueError(
             f"`logits_to_keep` holds positions outside [0, {seq_len}) (the input length): "
             f"{sorted(set(keep[(keep < 0) | (keep >= seq_len)].tolist()))[:5]}."

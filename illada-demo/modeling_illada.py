@@ -12,10 +12,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 from transformers import PreTrainedModel
-from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, slice_logits_to_keep
 
 from .cache_illada import DiffusionKVCache
@@ -49,26 +49,40 @@ class ILLaDARMSNorm(nn.Module):
 
 
 class ILLaDARotaryEmbedding(nn.Module):
-    """Default (unscaled) RoPE; computes `(cos, sin)` once per forward for all layers."""
+    """RoPE as in Llama: `(cos, sin)` once per forward for all layers. `config.rope_parameters["rope_type"]` picks
+    the plain RoPE of the release (`"default"`) or a context-extension scaling (`"linear"`, `"dynamic"`, `"yarn"`,
+    `"llama3"`) computed by transformers' initialisers (`ROPE_INIT_FUNCTIONS`)."""
 
     def __init__(self, config: ILLaDAConfig) -> None:
         super().__init__()
         self.config = config
-        self.inv_freq = nn.Buffer(self.compute_inv_freq(config), persistent=False)
+        self.max_seq_len_cached = config.max_position_embeddings
+        self.original_max_seq_len = config.max_position_embeddings
+        self.rope_type = config.rope_parameters["rope_type"]
+        rope_init_fn: Callable = self.compute_default_rope_parameters
+        if self.rope_type != "default":
+            rope_init_fn = ROPE_INIT_FUNCTIONS[self.rope_type]
+        inv_freq, self.attention_scaling = rope_init_fn(config)
+        self.inv_freq = nn.Buffer(inv_freq, persistent=False)
+        # `dynamic_rope_update` goes back to these frequencies when a forward is shorter than the original context.
+        self.original_inv_freq = nn.Buffer(inv_freq.clone(), persistent=False)
 
     @staticmethod
-    def compute_inv_freq(config: ILLaDAConfig) -> torch.Tensor:
+    def compute_default_rope_parameters(config: ILLaDAConfig, *args, **kwargs) -> tuple[torch.Tensor, float]:
+        """The plain RoPE frequencies `1 / theta^(2i / head_dim)` and a post-scaling factor of 1."""
         base = config.rope_parameters["rope_theta"]
         dim = config.head_dim
-        return 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+        return 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim)), 1.0
 
     @torch.no_grad()
+    @dynamic_rope_update  # `dynamic` RoPE: recomputes the frequencies for a forward past the original context
     def forward(self, hidden_states: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # Angles in float32 whatever the model dtype: bf16 positions above 256 lose integer precision.
         inv_freq = self.inv_freq.to(device=hidden_states.device, dtype=torch.float32)
         freqs = position_ids[..., None].float() * inv_freq  # [B, L, D/2]
         emb = torch.cat((freqs, freqs), dim=-1)
-        return emb.cos().to(hidden_states.dtype), emb.sin().to(hidden_states.dtype)
+        cos, sin = emb.cos() * self.attention_scaling, emb.sin() * self.attention_scaling
+        return cos.to(hidden_states.dtype), sin.to(hidden_states.dtype)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -164,9 +178,10 @@ class ILLaDAAttention(nn.Module):
         if kv_cache is not None:
             key_states, value_states = kv_cache.update(self.layer_idx, key_states, value_states)
 
-        attention_interface: Callable = eager_attention_forward
-        if self.config._attn_implementation != "eager":
-            attention_interface = ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation]
+        # Looked up at every call, so that `model.set_attn_implementation(...)` switches the kernel at run time.
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
         attn_output, attn_weights = attention_interface(
             self,
             query_states,
@@ -196,19 +211,21 @@ class ILLaDADecoderLayer(GradientCheckpointingLayer):
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
         attention_mask: torch.Tensor | None = None,
         **kwargs,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Returns the layer's output and its attention weights (`None` unless the kernel computes them: eager)."""
         residual = hidden_states
         hidden_states = self.input_layernorm(hidden_states)
-        hidden_states, _ = self.self_attn(hidden_states, position_embeddings, attention_mask, **kwargs)
+        hidden_states, attn_weights = self.self_attn(hidden_states, position_embeddings, attention_mask, **kwargs)
         hidden_states = residual + hidden_states
         residual = hidden_states
         hidden_states = self.mlp(self.post_attention_layernorm(hidden_states))
-        return residual + hidden_states
+        return residual + hidden_states, attn_weights
 
 
 class ILLaDAPreTrainedModel(StrictLoadingMixin, PreTrainedModel):
-    """Weight init and strict loading (`StrictLoadingMixin`: a checkpoint that does not fill the model exactly is
-    a `ValueError`; `from_pretrained(..., strict=False)` for transformers' lenient behaviour)."""
+    """Weight init, strict loading (`StrictLoadingMixin`: a checkpoint that does not fill the model exactly is
+    a `ValueError`; `from_pretrained(..., strict=False)` for transformers' lenient behaviour) and the checks every
+    model runs on its config when it is built."""
 
     config_class = ILLaDAConfig
     config: ILLaDAConfig
@@ -219,12 +236,29 @@ class ILLaDAPreTrainedModel(StrictLoadingMixin, PreTrainedModel):
     _supports_sdpa = True
     _supports_attention_backend = True
 
-    def _init_weights(self, module: nn.Module) -> None:
-        super()._init_weights(module)
-        if isinstance(module, ILLaDARotaryEmbedding):
-            # Non-persistent buffers are not in the checkpoint and come back uninitialised from
-            # `from_pretrained` under transformers 5: recompute them.
-            init.copy_(module.inv_freq, module.compute_inv_freq(module.config))
+    def __init__(self, config: ILLaDAConfig, *inputs, **kwargs) -> None:
+        # iLLaDA: a config edited after creation (`config.hidden_act = "gelu"`, a new `rope_parameters`) is checked
+        # again here, with the errors of `ILLaDAConfig(...)`: no model is built from a config that would not reload.
+        config.validate()
+        super().__init__(config, *inputs, **kwargs)
+
+    def _output_options(
+        self, output_attentions: bool | None, output_hidden_states: bool | None, return_dict: bool | None
+    ) -> tuple[bool, bool, bool]:
+        """The call's `output_attentions`, `output_hidden_states`, `return_dict`, each falling back to the config
+        (as in transformers' models). Attention weights exist only where the kernel computes them."""
+        config = self.config
+        output_attentions = config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        return_dict = config.return_dict if return_dict is None else return_dict
+        if output_attentions and config._attn_implementation != "eager":
+            # transformers raises this for `config.output_attentions`, and only warns for the argument.
+            raise ValueError(
+                f"`output_attentions=True` is not supported with `attn_implementation="
+                f"{config._attn_implementation!r}`, which does not compute attention weights: call "
+                f'`model.set_attn_implementation("eager")` first.'
+            )
+        return bool(output_attentions), bool(output_hidden_states), bool(return_dict)
 
 
 class ILLaDAModel(ILLaDAPreTrainedModel):
@@ -245,10 +279,12 @@ class ILLaDAModel(ILLaDAPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
         kv_cache: DiffusionKVCache | None = None,
         **kwargs,
-    ) -> BaseModelOutput:
+    ) -> BaseModelOutput | tuple:
         """
         Args:
             input_ids (`torch.LongTensor` of shape `(batch, seq_len)`): Token ids, masked positions holding
@@ -259,39 +295,72 @@ class ILLaDAModel(ILLaDAPreTrainedModel):
                 `arange(seq_len)`. A restart at 0 inside a row starts a new packed document: documents then
                 attend only within themselves.
             inputs_embeds (`torch.Tensor` of shape `(batch, seq_len, hidden_size)`, *optional*).
+            output_attentions (`bool`, *optional*): Also return every layer's attention weights `(batch, heads,
+                seq_len, seq_len)`; needs eager attention. Defaults to `config.output_attentions`.
             output_hidden_states (`bool`, *optional*): Also return the input of every layer and the final output.
+                Defaults to `config.output_hidden_states`.
+            return_dict (`bool`, *optional*): `False` returns a tuple, as in transformers. Defaults to
+                `config.return_dict`.
             kv_cache ([`DiffusionKVCache`], *optional*): With `kv_cache.span = None` the forward stores every
                 layer's keys and values; with `kv_cache.span = (start, end)` the inputs are the canvas tokens
                 `start:end` only, `position_ids` default to `arange(start, end)`, `attention_mask` is the 2-D
                 padding mask of the whole canvas, and the rest of the canvas comes from the cache.
         """
+        output_attentions, output_hidden_states, return_dict = self._output_options(
+            output_attentions, output_hidden_states, return_dict
+        )
+        self._check_unsupported(kwargs, kv_cache)
+        span = kv_cache.span if kv_cache is not None else None
+        packed = position_ids is not None and span is None  # defaulted positions never hold packed documents
+        inputs_embeds, position_ids = self._check_inputs(input_ids, inputs_embeds, position_ids, span, kv_cache)
+        mask = self._attention_mask(attention_mask, position_ids, packed, inputs_embeds.dtype, kv_cache)
+        if kv_cache is not None:
+            kwargs["kv_cache"] = kv_cache
+        if self.config._attn_implementation.startswith("flash") and mask is None and span is None:
+            kwargs.setdefault("position_ids", position_ids)  # the flash kernel finds packed documents here
+        hidden_states = inputs_embeds
+        position_embeddings = self.rotary_emb(hidden_states, position_ids)
+        all_hidden_states = () if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for decoder_layer in self.layers:
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            hidden_states, attn_weights = decoder_layer(hidden_states, position_embeddings, mask, **kwargs)
+            if output_attentions:
+                all_attentions += (attn_weights,)
+        hidden_states = self.norm(hidden_states)
+        if output_hidden_states:
+            all_hidden_states += (hidden_states,)
+        outputs = BaseModelOutput(
+            last_hidden_state=hidden_states, hidden_states=all_hidden_states, attentions=all_attentions
+        )
+        return outputs if return_dict else outputs.to_tuple()
+
+    def _check_unsupported(self, kwargs: dict, kv_cache: DiffusionKVCache | None) -> None:
         if kwargs.get("past_key_values") is not None:
             raise ValueError(
                 "`past_key_values` is not supported: iLLaDA attends bidirectionally and keeps no "
                 "autoregressive cache (PEFT prefix tuning needs one: use LoRA). See `kv_cache`."
             )
-        span = kv_cache.span if kv_cache is not None else None
-        inputs_embeds, position_ids = self._check_inputs(input_ids, inputs_embeds, position_ids, span, kv_cache)
+        if kv_cache is not None and self.rotary_emb.rope_type == "dynamic":
+            raise ValueError(
+                "A `kv_cache` cannot be used with `rope_type='dynamic'`: dynamic RoPE recomputes its frequencies "
+                "from the length of each forward, so the cached keys and a span's queries would be rotated "
+                "differently. Generate without `use_cache`, or use `linear`, `yarn` or `llama3` scaling."
+            )
+
+    def _attention_mask(
+        self,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.LongTensor,
+        packed: bool,
+        dtype: torch.dtype,
+        kv_cache: DiffusionKVCache | None,
+    ) -> torch.Tensor | None:
         implementation = self.config._attn_implementation
-        if span is None:
-            mask = build_bidirectional_mask(attention_mask, position_ids, inputs_embeds.dtype, implementation)
-        else:
-            mask = build_span_mask(attention_mask, span, kv_cache.seq_len, inputs_embeds.dtype, implementation)
-        if kv_cache is not None:
-            kwargs["kv_cache"] = kv_cache
-        if implementation.startswith("flash") and mask is None and span is None:
-            kwargs.setdefault("position_ids", position_ids)  # the flash kernel finds packed documents here
-        hidden_states = inputs_embeds
-        position_embeddings = self.rotary_emb(hidden_states, position_ids)
-        all_hidden_states = () if output_hidden_states else None
-        for decoder_layer in self.layers:
-            if output_hidden_states:
-                all_hidden_states += (hidden_states,)
-            hidden_states = decoder_layer(hidden_states, position_embeddings, mask, **kwargs)
-        hidden_states = self.norm(hidden_states)
-        if output_hidden_states:
-            all_hidden_states += (hidden_states,)
-        return BaseModelOutput(last_hidden_state=hidden_states, hidden_states=all_hidden_states)
+        if kv_cache is None or kv_cache.span is None:
+            return build_bidirectional_mask(attention_mask, position_ids, dtype, implementation, packed=packed)
+        return build_span_mask(attention_mask, kv_cache.span, kv_cache.seq_len, dtype, implementation)
 
     def _check_inputs(
         self,
@@ -384,9 +453,11 @@ class ILLaDAForCausalLM(ILLaDAGenerationMixin, ILLaDAScoringMixin, ILLaDAPreTrai
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
         **kwargs,
-    ) -> MaskedLMOutput:
+    ) -> MaskedLMOutput | tuple:
         """
         Args: as [`ILLaDAModel.forward`], plus
             logits_to_keep (`int` or `torch.Tensor`, *optional*, defaults to 0): which positions get logits:
@@ -397,7 +468,8 @@ class ILLaDAForCausalLM(ILLaDAGenerationMixin, ILLaDAScoringMixin, ILLaDAPreTrai
                 masked-diffusion loss needs the diffusion time of each row: train with `DiffusionSFTTrainer`.
 
         Returns:
-            [`~modeling_outputs.MaskedLMOutput`] with `logits` (float, model dtype) and optional `hidden_states`.
+            [`~modeling_outputs.MaskedLMOutput`] with `logits` (float, model dtype) and the optional
+            `hidden_states` and `attentions`; with `return_dict=False` the tuple of those that are set.
         """
         if labels is not None:
             raise ValueError(
@@ -405,6 +477,9 @@ class ILLaDAForCausalLM(ILLaDAGenerationMixin, ILLaDAScoringMixin, ILLaDAPreTrai
                 "needs the diffusion time of every row. Train with `illada.trainer.DiffusionSFTTrainer` (trl's "
                 "SFTTrainer with the masked-diffusion loss) or use `illada.trainer.masked_diffusion_loss`."
             )
+        output_attentions, output_hidden_states, return_dict = self._output_options(
+            output_attentions, output_hidden_states, return_dict
+        )
         inputs = input_ids if input_ids is not None else inputs_embeds
         if isinstance(inputs, torch.Tensor) and inputs.dim() >= 2:  # other inputs: the backbone's error
             logits_to_keep = check_logits_to_keep(logits_to_keep, *inputs.shape[:2])
@@ -413,11 +488,16 @@ class ILLaDAForCausalLM(ILLaDAGenerationMixin, ILLaDAScoringMixin, ILLaDAPreTrai
             attention_mask=attention_mask,
             position_ids=position_ids,
             inputs_embeds=inputs_embeds,
+            output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
+            return_dict=True,
             **kwargs,
         )
         hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
-        return MaskedLMOutput(logits=self.lm_head(hidden_states), hidden_states=outputs.hidden_states)
+        outputs = MaskedLMOutput(
+            logits=self.lm_head(hidden_states), hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return outputs if return_dict else outputs.to_tuple()
 
     def add_model_tags(self, tags: list[str] | str) -> None:
         """Refuses trl's trainers other than the diffusion one: they tag the model (`"trl"`) and then train

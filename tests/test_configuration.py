@@ -52,7 +52,7 @@ def test_eos_token_ids_is_always_a_list():
         ({"mask_token_id": 1}, "`pad_token_id` and `mask_token_id` are both 1"),
         ({"eos_token_id": 5}, "equals `mask_token_id`"),
         ({"eos_token_id": 200}, r"`eos_token_id` must be in \[0, `vocab_size`\)"),
-        ({"rope_scaling": {"rope_type": "linear", "factor": 2.0}}, "Only the default RoPE"),
+        ({"rope_scaling": {"rope_type": "longrope", "factor": 2.0}}, r"`rope_type='longrope'` .* is not supported"),
         ({"rope_theta": -1.0}, r"`rope_theta` must be in \(0.0, inf\), got -1.0"),
         ({"attention_bias": True}, "`attention_bias=True` is not supported"),
         ({"mlp_bias": True}, "`mlp_bias=True` is not supported"),

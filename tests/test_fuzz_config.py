@@ -224,3 +224,110 @@ def test_fuzz_config_one_argument(name, data):
 def test_fuzz_config_kwargs(kw):
     """Random valid configs, some with one or two bad arguments."""
     run_config_case(kw)
+
+
+# ------------------------------------------------------------------------------------------------ RoPE scaling
+
+# The keys each supported `rope_type` requires besides `rope_type` and `rope_theta`, and those it may have
+# (written from the documented rules, independently of `configuration_illada._ROPE_KEYS`); yarn and llama3 take
+# `original_max_position_embeddings` from `max_position_embeddings` when it is missing.
+ROPE_REQUIRED = {
+    "default": set(),
+    "linear": {"factor"},
+    "dynamic": {"factor"},
+    "yarn": {"factor"},
+    "llama3": {"factor", "low_freq_factor", "high_freq_factor"},
+}
+ORIGINAL = "original_max_position_embeddings"
+ROPE_OPTIONAL = {
+    "yarn": {ORIGINAL, "attention_factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim", "truncate"},
+    "llama3": {ORIGINAL},
+}
+POSITIVE_REALS = ("attention_factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim")
+
+
+@st.composite
+def rope_parameters(draw) -> dict:
+    """A valid `rope_parameters` dict of a supported type, then now and then one value or key broken."""
+    rope_type = draw(st.sampled_from(sorted(ROPE_REQUIRED)))
+    params = {"rope_type": rope_type}
+    if "factor" in ROPE_REQUIRED[rope_type]:
+        params["factor"] = draw(st.floats(1.0, 8.0))
+    if ORIGINAL in ROPE_OPTIONAL.get(rope_type, ()) and draw(st.booleans()):
+        params[ORIGINAL] = draw(st.integers(1, 64))
+    if rope_type == "llama3":
+        params["low_freq_factor"] = draw(st.floats(0.5, 2.0))
+        params["high_freq_factor"] = params["low_freq_factor"] + draw(st.floats(0.5, 4.0))
+    if rope_type == "yarn" and draw(st.booleans()):
+        params["beta_fast"], params["beta_slow"] = draw(st.floats(8.0, 64.0)), draw(st.floats(0.5, 2.0))
+    fault = draw(st.sampled_from([None, None, "type", "drop", "extra", "value"]))
+    if fault == "type":
+        params["rope_type"] = draw(st.sampled_from(["longrope", "proportional", "axial", "Linear", "", 3, None, [1]]))
+    elif fault == "drop" and len(params) > 1:
+        params.pop(draw(st.sampled_from(sorted(set(params) - {"rope_type"}))))
+    elif fault == "extra":
+        params[draw(st.sampled_from(["partial_rotary_factor", "low_freq_factor", "bogus", "beta_fast"]))] = 1.0
+    elif fault == "value" and len(params) > 1:
+        params[draw(st.sampled_from(sorted(set(params) - {"rope_type"})))] = draw(HOSTILE)
+    return params
+
+
+def rope_is_valid(params: dict) -> bool:
+    rope_type = params.get("rope_type")
+    if not isinstance(rope_type, str) or rope_type not in ROPE_REQUIRED:
+        return False
+    required, optional = ROPE_REQUIRED[rope_type], ROPE_OPTIONAL.get(rope_type, set())
+    if set(params) - {"rope_type"} != required | (set(params) & optional) or not required <= set(params):
+        return False
+    factor_ok = "factor" not in params or (is_real(params["factor"]) and params["factor"] >= 1)
+    original = params.get(ORIGINAL, 1)
+    positive = all(is_real(params[k]) and params[k] > 0 for k in (*POSITIVE_REALS, "low_freq_factor") if k in params)
+    ordered = rope_type != "llama3" or (
+        is_real(params["high_freq_factor"]) and positive and params["high_freq_factor"] > params["low_freq_factor"]
+    )
+    return factor_ok and positive_int(original) and positive and ordered
+
+
+def rope_problems(params: dict, kw: dict) -> set[str]:
+    """The arguments a `rope_parameters` case gets wrong: the dict itself, or `rope_theta` / the head width where
+    the scaling cannot use them (YaRN divides by log(rope_theta), dynamic NTK by head_dim - 2)."""
+    if not rope_is_valid(params):
+        return {"rope_parameters"}
+    bad = set()
+    if params["rope_type"] == "yarn" and is_real(kw["rope_theta"]) and kw["rope_theta"] <= 1:
+        bad.add("rope_theta")
+    heads, hidden = kw["num_attention_heads"], kw["hidden_size"]
+    if params["rope_type"] == "dynamic" and positive_int(heads) and positive_int(hidden) and hidden // heads <= 2:
+        bad |= {"head_dim", "hidden_size", "num_attention_heads", "rope_type"}
+    return bad
+
+
+@fuzz_settings(max_examples=60)
+@given(data=st.data())
+def test_fuzz_config_rope_parameters(data):
+    """Scaled RoPE of every supported type, valid or with one fault: a valid one builds a model with finite logits
+    and survives the dict round trip; a faulty one is a `ValueError`/`TypeError` naming `rope_parameters`."""
+    kw = data.draw(valid_config_kwargs())
+    params = data.draw(st.one_of(rope_parameters(), rope_parameters(), rope_parameters(), HOSTILE))  # or a non-dict
+    kw["rope_parameters"] = params
+    given_params = dict(params) if isinstance(params, dict) else params
+    others = {k: v for k, v in kw.items() if k != "rope_parameters"}
+    if isinstance(params, dict):
+        bad = config_problems(others) | rope_problems(given_params, kw)
+    else:  # None is the plain RoPE of the release
+        bad = config_problems(others) | ({"rope_parameters"} if params is not None else set())
+    check = check_valid_config(others)
+
+    def check_rope(config: ILLaDAConfig) -> None:
+        assert (given_params or {}).items() <= config.rope_parameters.items()
+        assert config.rope_parameters["rope_theta"] == kw["rope_theta"]
+        check(config)
+
+    run_case(
+        AREA,
+        lambda: ILLaDAConfig(**kw),
+        bad=bad,
+        check=check_rope,
+        describe=f"ILLaDAConfig(**{kw!r})",
+        doubtful=extreme(kw),
+    )

@@ -185,3 +185,60 @@ def test_fuzz_forward_hostile_inputs(fault, rows, length, seed):
             return MODEL(**kwargs)
 
     run_case(AREA, call, bad=bad, describe=f"{fault}: { ({k: tuple(v.shape) for k, v in kwargs.items()}) }")
+
+
+FLAGS = ("output_attentions", "output_hidden_states", "return_dict")
+
+
+@fuzz_settings(max_examples=30)
+@given(
+    attn=st.sampled_from(["eager", "sdpa"]),
+    arguments=st.fixed_dictionaries({name: st.sampled_from([None, True, False]) for name in FLAGS}),
+    in_config=st.fixed_dictionaries({name: st.booleans() for name in FLAGS}),
+    rows=st.integers(1, 3),
+    length=st.integers(1, 6),
+    seed=st.integers(0, 999),
+)
+def test_fuzz_forward_output_flags(attn, arguments, in_config, rows, length, seed):
+    """`output_attentions`, `output_hidden_states`, `return_dict` from the call, else from the config (as in
+    transformers): the right fields, counts and shapes, rows of attention weights summing to 1, a tuple exactly
+    when `return_dict` resolves to False, and a clear error for attention weights without eager attention."""
+    model = make_model(seed=5, attn_implementation=attn, **SHARP)
+    for name, value in in_config.items():
+        if name != "output_attentions" or attn == "eager":  # transformers refuses the attribute with sdpa
+            setattr(model.config, name, value)
+    wanted = {name: in_config[name] if arguments[name] is None else arguments[name] for name in FLAGS}
+    if attn != "eager" and arguments["output_attentions"] is None:
+        wanted["output_attentions"] = False
+    ids = random_ids(rows, length, seed)
+    with torch.no_grad():
+        expected = MODEL(input_ids=ids).logits
+
+    def call():
+        with torch.no_grad():
+            return model(input_ids=ids, **{name: value for name, value in arguments.items() if value is not None})
+
+    def check(result) -> None:
+        assert isinstance(result, tuple) != wanted["return_dict"]
+        fields = list(result) if isinstance(result, tuple) else [result.logits, result.hidden_states, result.attentions]
+        if isinstance(result, tuple):
+            fields += [None] * (3 - len(fields))
+            if not wanted["output_hidden_states"]:
+                fields = [fields[0], None, fields[1]]
+        logits, hidden_states, attentions = fields
+        assert torch.allclose(logits, expected, atol=ATOL)
+        assert (hidden_states is not None) == wanted["output_hidden_states"]
+        assert (attentions is not None) == wanted["output_attentions"]
+        if hidden_states is not None:
+            assert [h.shape for h in hidden_states] == [(rows, length, HIDDEN)] * (TINY["num_hidden_layers"] + 1)
+        for weights in attentions or ():
+            assert weights.shape == (rows, TINY["num_attention_heads"], length, length)
+            assert torch.allclose(weights.sum(-1), torch.ones(()), atol=1e-5)
+
+    run_case(
+        AREA,
+        call,
+        bad={"output_attentions"} if wanted["output_attentions"] and attn != "eager" else set(),
+        check=check,
+        describe=f"{attn}, arguments {arguments}, config {in_config}",
+    )

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny import TINY, make_model
-from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
+from tiny import TINY, llama_twin, make_model
+from transformers import Trainer, TrainingArguments
 from transformers.utils import is_flash_attn_2_available
 
 from illada.configuration_illada import ILLaDAConfig
@@ -22,30 +22,6 @@ BACKENDS = ["eager", "sdpa"]
 def random_ids(batch: int, length: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(6, TINY["vocab_size"], (batch, length), generator=g)
-
-
-def llama_twin(model: ILLaDAForCausalLM, attn: str) -> LlamaForCausalLM:
-    """transformers' own Llama with the same weights, loaded by name with no renaming."""
-    c = model.config
-    config = LlamaConfig(
-        vocab_size=c.vocab_size,
-        hidden_size=c.hidden_size,
-        intermediate_size=c.intermediate_size,
-        num_hidden_layers=c.num_hidden_layers,
-        num_attention_heads=c.num_attention_heads,
-        num_key_value_heads=c.num_key_value_heads,
-        rms_norm_eps=c.rms_norm_eps,
-        tie_word_embeddings=True,
-        max_position_embeddings=c.max_position_embeddings,
-        rope_parameters=dict(c.rope_parameters),
-        attn_implementation=attn,
-    )
-    llama = LlamaForCausalLM(config).eval()
-    missing, unexpected = llama.load_state_dict(model.state_dict(), strict=False)
-    assert not unexpected and set(missing) <= {"lm_head.weight"}
-    for layer in llama.model.layers:
-        layer.self_attn.is_causal = False
-    return llama
 
 
 @pytest.mark.parametrize("attn", BACKENDS)

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from illada.configuration_illada import ILLaDAConfig
 from illada.modeling_illada import ILLaDAForCausalLM
@@ -33,6 +34,30 @@ def make_model(seed: int = 0, attn_implementation: str = "sdpa", **overrides) ->
     config = make_config(**overrides)
     model = ILLaDAForCausalLM._from_config(config, attn_implementation=attn_implementation)
     return model.eval()
+
+
+def llama_twin(model: ILLaDAForCausalLM, attn: str) -> LlamaForCausalLM:
+    """transformers' own Llama with the same weights, loaded by name with no renaming."""
+    c = model.config
+    config = LlamaConfig(
+        vocab_size=c.vocab_size,
+        hidden_size=c.hidden_size,
+        intermediate_size=c.intermediate_size,
+        num_hidden_layers=c.num_hidden_layers,
+        num_attention_heads=c.num_attention_heads,
+        num_key_value_heads=c.num_key_value_heads,
+        rms_norm_eps=c.rms_norm_eps,
+        tie_word_embeddings=True,
+        max_position_embeddings=c.max_position_embeddings,
+        rope_parameters=dict(c.rope_parameters),
+        attn_implementation=attn,
+    )
+    llama = LlamaForCausalLM(config).eval()
+    missing, unexpected = llama.load_state_dict(model.state_dict(), strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}
+    for layer in llama.model.layers:
+        layer.self_attn.is_causal = False
+    return llama
 
 
 # A random tiny model with the default 0.02 init is almost uniform; a wider init gives confidences that differ.
