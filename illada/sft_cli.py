@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +62,7 @@ from transformers import HfArgumentParser, Trainer, set_seed
 
 from illada.checkpoints import checkpoint_to_resume
 from illada.configuration_illada import ILLaDAConfig
+from illada.consolidate import save_full_model
 from illada.data import (
     check_tokenizer,
     load_data,
@@ -81,12 +83,14 @@ __all__ = [
     "ModelArguments",
     "add_lora",
     "check_arguments",
+    "check_sharding",
     "load_config",
     "load_datasets",
     "load_model",
     "main",
     "parse_arguments",
     "resume_checkpoint",
+    "save_fsdp_model",
     "save_trained_model",
     "train_and_save",
 ]
@@ -277,6 +281,7 @@ def resume_checkpoint(args: DiffusionSFTConfig) -> str | None:
 def train_and_save(trainer: Trainer, checkpoint: str | None, merge_lora: bool = False) -> None:
     """Trains (from `checkpoint` if given), logs and saves the metrics and state, evaluates when the trainer has an
     evaluation set, then saves the model with `save_trained_model`. Shared by `train_sft.py` and `train_vrpo.py`."""
+    check_sharding(trainer)
     result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
@@ -288,12 +293,33 @@ def train_and_save(trainer: Trainer, checkpoint: str | None, merge_lora: bool = 
     save_trained_model(trainer, merge_lora=merge_lora)
 
 
+def check_sharding(trainer: Trainer) -> None:
+    """Refuses a launch whose accelerate config asks for FSDP or DeepSpeed when the trainer does not shard: accelerate
+    shards only on accelerators and runs an FSDP launch with `--use_cpu` (or without GPUs) as plain data parallel,
+    every process holding the whole model, which is not what the config promised."""
+    for variable, sharded, name in (
+        ("ACCELERATE_USE_FSDP", trainer.is_fsdp_enabled, "FSDP"),
+        ("ACCELERATE_USE_DEEPSPEED", trainer.is_deepspeed_enabled, "DeepSpeed"),
+    ):
+        if os.environ.get(variable, "false").lower() == "true" and not sharded:
+            raise ValueError(
+                f"The accelerate config asks for {name} ({variable}=true) but the trainer runs "
+                f"{trainer.accelerator.distributed_type} on {trainer.args.device}: accelerate shards only on GPUs "
+                "(and other accelerators). Drop `--use_cpu`, or use configs/accelerate/ddp.yaml for a CPU run."
+            )
+
+
 def save_trained_model(trainer: Trainer, merge_lora: bool = False) -> None:
     """Saves weights (or the LoRA adapter), code files, tokenizer, generation config and model card to
     `output_dir`; LoRA adapters are merged into a full model first when `merge_lora`. Pushes when `push_to_hub`."""
     if merge_lora:
         trainer.model = trainer.model.merge_and_unload()
-    trainer.save_model()
+    if trainer.is_fsdp_enabled and not hasattr(trainer.model, "peft_config"):
+        save_fsdp_model(trainer)
+    else:
+        if trainer.is_fsdp_enabled:  # PEFT under FSDP: Trainer gathers the adapter into one ordinary folder
+            trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+        trainer.save_model()
     generation_config = getattr(trainer.model, "generation_config", None)
     output_dir = Path(trainer.args.output_dir)
     missing = not (output_dir / "generation_config.json").exists()
@@ -303,6 +329,17 @@ def save_trained_model(trainer: Trainer, merge_lora: bool = False) -> None:
         trainer.create_model_card()
     if trainer.args.push_to_hub:
         trainer.push_to_hub()
+
+
+def save_fsdp_model(trainer: Trainer) -> None:
+    """The final save of an FSDP run (checkpoints stay sharded): the full weights are gathered to the main process,
+    which writes an ordinary `save_pretrained` folder with the tokenizer (see `illada.consolidate.save_full_model`)."""
+    state_dict = trainer.accelerator.get_state_dict(trainer.model)  # every process takes part
+    if trainer.args.should_save:
+        save_full_model(state_dict, trainer.model.config, trainer.args.output_dir, trainer.model.dtype)
+        if trainer.processing_class is not None:
+            trainer.processing_class.save_pretrained(trainer.args.output_dir)
+    trainer.accelerator.wait_for_everyone()
 
 
 # ----------------------------------------------------------------------------------------------------------------
