@@ -70,6 +70,7 @@ from illada.data import (
 )
 from illada.modeling_illada import ILLaDAForCausalLM
 from illada.trainer import (
+    LORA_TARGET_MODULES,
     DiffusionSFTConfig,
     DiffusionSFTTrainer,
 )
@@ -97,7 +98,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ATTENTION_KERNELS = ("sdpa", "eager", "flash_attention_2")
 
 

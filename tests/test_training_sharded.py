@@ -167,11 +167,12 @@ def test_fsdp2_resumes_from_a_sharded_checkpoint_exactly(fsdp_run, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config", ["ddp.yaml", "fsdp2_offload.yaml"])
-def test_other_launch_lines_train_like_one_process(config, one_process, tmp_path):
+def test_ddp_launch_line_trains_like_one_process(one_process, tmp_path):
+    """configs/accelerate/ddp.yaml. (fsdp2_offload.yaml cannot run on CPU: torch's CPU offload policy needs an
+    accelerator to offload from; bench/gpu_check.py runs it.)"""
     data = write_inputs(tmp_path)
     out = tmp_path / "out"
-    launch(config, "train_sft.py", [*data, "--output_dir", str(out), *SFT_FLAGS], cpu_fsdp=config.startswith("fsdp"))
+    launch("ddp.yaml", "train_sft.py", [*data, "--output_dir", str(out), *SFT_FLAGS])
     one_losses, one_weights = one_process
     assert run_losses(out) == pytest.approx(one_losses, rel=1e-5)
     assert_weights_close(load_file(out / "model.safetensors"), one_weights)
