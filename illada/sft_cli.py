@@ -33,6 +33,12 @@ Commands (`--config_name` instead of `--model_name_or_path` trains from a random
     # LoRA on q/k/v/o/gate/up/down (a PEFT adapter folder; --merge_lora saves merged full weights instead)
     python train_sft.py <same arguments> --use_lora --lora_r 16 --lora_alpha 32
 
+    # QLoRA: LoRA on 4-bit NF4 base weights (bitsandbytes; also bnb-int8, torchao-int8)
+    python train_sft.py <same arguments> --use_lora --quantization bnb-nf4 --dtype bfloat16 --bf16
+
+    # sharded: FSDP2 or DeepSpeed ZeRO-2/3 with the configs of configs/accelerate/ (docs/fine-tuning.md)
+    accelerate launch --config_file configs/accelerate/fsdp2.yaml train_sft.py <same arguments>
+
     # LLaDA's response-only masking; whole examples packed best-fit instead of the stream
     python train_sft.py <same arguments> --completion_only_loss --packing_strategy bfd
 
@@ -69,6 +75,7 @@ from illada.data import (
     resolve_max_length,
 )
 from illada.modeling_illada import ILLaDAForCausalLM
+from illada.quantization import QUANTIZATIONS, quantization_config
 from illada.trainer import (
     LORA_TARGET_MODULES,
     DiffusionSFTConfig,
@@ -87,6 +94,7 @@ __all__ = [
     "check_sharding",
     "load_config",
     "load_datasets",
+    "load_kbit_model",
     "load_model",
     "main",
     "parse_arguments",
@@ -140,6 +148,14 @@ class ModelArguments:
     merge_lora: bool = field(
         default=False, metadata={"help": "Merge the adapters into the base weights and save a full model."}
     )
+    quantization: str | None = field(
+        default=None,
+        metadata={
+            "help": "Load the base weights quantised (QLoRA with `--use_lora`): 'bnb-nf4', 'bnb-int8' or "
+            "'torchao-int8' (see illada/quantization.py; needs requirements-quant.txt).",
+            "choices": [None, *QUANTIZATIONS],
+        },
+    )
 
     def __post_init__(self) -> None:
         if (self.model_name_or_path is None) == (self.config_name is None):
@@ -158,6 +174,18 @@ class ModelArguments:
                 raise ValueError("`lora_target_modules` is empty: name at least one module, e.g. q_proj.")
         elif self.merge_lora:
             raise ValueError("`merge_lora=True` needs `use_lora=True`: there are no adapters to merge.")
+        if self.quantization is not None:
+            check_choice("quantization", self.quantization, tuple(QUANTIZATIONS))
+            if not self.use_lora:
+                raise ValueError(
+                    f"`quantization={self.quantization!r}` freezes the base weights in a quantised format: train "
+                    "LoRA adapters on them (QLoRA) with `use_lora=True`."
+                )
+            if self.merge_lora:
+                raise ValueError(
+                    "`merge_lora=True` with `quantization`: merging adapters into quantised weights rounds them; save "
+                    "the adapter, then merge it into the unquantised checkpoint."
+                )
 
 
 @dataclass
@@ -227,12 +255,32 @@ def load_config(model_args: ModelArguments) -> ILLaDAConfig:
 def load_model(model_args: ModelArguments, config: ILLaDAConfig) -> ILLaDAForCausalLM:
     """Loads the checkpoint strictly (every tensor must match), or builds a random model from `config`."""
     dtype = DTYPES[model_args.dtype]
+    if model_args.quantization is not None:
+        return load_kbit_model(model_args, config)
     if model_args.model_name_or_path is None:
         dtype = torch.float32 if dtype == "auto" else dtype
         return ILLaDAForCausalLM._from_config(config, dtype=dtype, attn_implementation=model_args.attn_implementation)
     return ILLaDAForCausalLM.from_pretrained(
         model_args.model_name_or_path, config=config, dtype=dtype, attn_implementation=model_args.attn_implementation
     )
+
+
+def load_kbit_model(model_args: ModelArguments, config: ILLaDAConfig) -> ILLaDAForCausalLM:
+    """The checkpoint with quantised base weights, prepared for QLoRA by PEFT's `prepare_model_for_kbit_training`
+    (frozen base, norms and embedding in float32). Computes in bfloat16 with `--dtype bfloat16`, else float32."""
+    from peft import prepare_model_for_kbit_training
+
+    if model_args.model_name_or_path is None:
+        raise ValueError("`quantization` quantises a checkpoint's weights: give `model_name_or_path`.")
+    compute_dtype = torch.bfloat16 if model_args.dtype == "bfloat16" else torch.float32
+    model = ILLaDAForCausalLM.from_pretrained(
+        model_args.model_name_or_path,
+        config=config,
+        dtype=compute_dtype,
+        attn_implementation=model_args.attn_implementation,
+        quantization_config=quantization_config(model_args.quantization, compute_dtype),
+    )
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
 
 def add_lora(
