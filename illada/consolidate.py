@@ -42,11 +42,19 @@ def load_sharded_state_dict(checkpoint: str | Path) -> dict[str, torch.Tensor]:
     (`global_stepN/`) checkpoint folder."""
     checkpoint = Path(checkpoint)
     if (checkpoint / FSDP_MODEL_DIR).is_dir():
+        from torch.distributed.checkpoint.api import CheckpointException
         from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
         with tempfile.TemporaryDirectory() as scratch:
             merged = Path(scratch) / "model.pt"
-            dcp_to_torch_save(checkpoint / FSDP_MODEL_DIR, merged)
+            try:
+                dcp_to_torch_save(checkpoint / FSDP_MODEL_DIR, merged)
+            # torch's reader raises many types for missing or cut files; its own is a BaseException.
+            except (Exception, CheckpointException) as error:
+                raise ValueError(
+                    f"`{checkpoint / FSDP_MODEL_DIR}` is not a complete torch distributed checkpoint "
+                    f"({type(error).__name__}: {_last_line(error)})."
+                ) from error
             state_dict = torch.load(merged, weights_only=True, map_location="cpu")
         # accelerate saves `{"model": state_dict}` under FSDP2.
         if set(state_dict) == {"model"}:
@@ -82,6 +90,12 @@ def save_full_model(
         )
         model = ILLaDAForCausalLM.from_pretrained(scratch, dtype=dtype)
     model.save_pretrained(output_dir)
+
+
+def _last_line(error: BaseException) -> str:
+    """The last line of an error's text (torch's checkpoint errors carry whole tracebacks)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1][:300] if lines else ""
 
 
 def consolidate(

@@ -152,6 +152,21 @@ def test_consolidate_refuses_a_folder_without_shards_and_a_used_output(fsdp_run,
     assert (tmp_path / "used" / "keep.txt").read_text() == "mine"
 
 
+@pytest.mark.parametrize("damage", ["metadata_deleted", "shard_cut"])
+def test_consolidate_names_a_damaged_sharded_checkpoint(fsdp_run, tmp_path, damage):
+    folder, _ = fsdp_run
+    copy = tmp_path / "checkpoint-4"
+    shutil.copytree(folder / "out" / "checkpoint-4", copy)
+    shards = copy / "pytorch_model_fsdp_0"
+    if damage == "metadata_deleted":
+        (shards / ".metadata").unlink()
+    else:
+        shard = sorted(shards.glob("*.distcp"))[0]
+        shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    with pytest.raises(ValueError, match="pytorch_model_fsdp_0"):
+        consolidate(copy, tmp_path / "merged")
+
+
 @pytest.mark.slow
 def test_fsdp2_resumes_from_a_sharded_checkpoint_exactly(fsdp_run, tmp_path):
     folder, data = fsdp_run
