@@ -224,8 +224,9 @@ VRPO_FLAGS = [
 
 @pytest.mark.slow
 def test_vrpo_fsdp2_with_a_sharded_reference_trains_like_one_process(tmp_path):
-    """train_vrpo.py under fsdp2.yaml: the frozen reference is sharded per layer like the policy (not one whole copy
-    per process); losses and weights equal the 1-process run of tests/vrpo_helper.py."""
+    """train_vrpo.py under fsdp2.yaml, its frozen reference going through FSDP2's per-layer sharding like the policy
+    (`VRPOTrainer._place_reference`): losses and weights equal the 1-process run of tests/vrpo_helper.py, so the
+    sharded reference computes what the whole one does."""
     make_model(seed=1).save_pretrained(tmp_path / "init")
     make_tiny_tokenizer(chat_template=True).save_pretrained(tmp_path / "init")
     preference_rows().to_json(tmp_path / "pairs.jsonl")
