@@ -19,6 +19,12 @@ it skips only the flash check. Checks, each on randomly initialised models (no d
    learnable toy task (each row counts upward): the loss must stay finite and its last quarter must average
    below its first quarter.
 4. memory: peak CUDA memory of each check (`torch.cuda.max_memory_allocated`).
+5. launch (CUDA only): each sharded accelerate config of configs/accelerate/ (fsdp2, fsdp2_offload, zero2, zero3,
+   zero3_offload) run as its documented `accelerate launch --config_file ... train_sft.py` line on the GPUs there
+   are, 4 bf16 steps of a tiny model with a checkpoint at step 2: it must finish, log finite losses, save a final
+   folder that `AutoModelForCausalLM` loads, and (FSDP, ZeRO) a checkpoint that `illada.consolidate` turns into
+   one. The CPU tests cannot run fsdp2_offload (torch's offload policy needs an accelerator) nor DeepSpeed (its
+   gloo path JIT-compiles a C++ op first); the DeepSpeed configs are skipped where `deepspeed` is not installed.
 """
 
 from __future__ import annotations
@@ -227,6 +233,52 @@ def measured(device: str, check: Callable[[], CheckResult]) -> CheckResult:
     return result
 
 
+LAUNCH_CONFIGS = ("fsdp2.yaml", "fsdp2_offload.yaml", "zero2.yaml", "zero3.yaml", "zero3_offload.yaml")
+
+
+def check_launch(config: str) -> CheckResult:
+    """`accelerate launch --config_file configs/accelerate/CONFIG train_sft.py ...` on every GPU (see check 5)."""
+    import os
+    import subprocess
+    import tempfile
+
+    name = f"launch {config}"
+    if config.startswith("zero") and importlib.util.find_spec("deepspeed") is None:
+        return CheckResult(name, "skipped", note="deepspeed is not installed")
+    sys.path[:0] = [str(ROOT / "tests")]
+    from tiny_tokenizer import make_tiny_tokenizer
+    from transformers import AutoModelForCausalLM
+
+    from illada.consolidate import consolidate
+
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch)
+        model = make_model({**TINY, "hidden_size": 128, "intermediate_size": 256}, 2, "cpu")
+        model.save_pretrained(folder / "init")
+        make_tiny_tokenizer().save_pretrained(folder / "init")
+        rows = [{"text": " ".join(str((i + k) % 50) for k in range(12))} for i in range(64)]
+        (folder / "train.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+        command = [
+            sys.executable, "-m", "accelerate.commands.launch",
+            "--config_file", str(ROOT / "configs" / "accelerate" / config),
+            "--num_processes", str(max(1, torch.cuda.device_count())), str(ROOT / "train_sft.py"),
+            "--model_name_or_path", str(folder / "init"), "--train_files", str(folder / "train.jsonl"),
+            "--output_dir", str(folder / "out"), "--max_steps", "4", "--save_steps", "2", "--max_length", "32",
+            "--per_device_train_batch_size", "2", "--learning_rate", "1e-3", "--min_lr", "1e-4", "--logging_steps", "1",
+            "--report_to", "none", "--disable_tqdm", "true", "--bf16",
+        ]  # fmt: skip
+        result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=dict(os.environ))
+        if result.returncode != 0:
+            return CheckResult(name, "FAIL", note=result.stderr[-1500:])
+        state = json.loads((folder / "out" / "trainer_state.json").read_text())
+        losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+        AutoModelForCausalLM.from_pretrained(folder / "out", trust_remote_code=True)
+        merged = consolidate(folder / "out" / "checkpoint-4", folder / "merged")
+        AutoModelForCausalLM.from_pretrained(merged, trust_remote_code=True)
+    finite = len(losses) == 4 and all(math.isfinite(x) for x in losses)
+    return CheckResult(name, "pass" if finite else "FAIL", {"first_loss": losses[0], "last_loss": losses[-1]})
+
+
 def run_checks(args: argparse.Namespace) -> list[CheckResult]:
     device = args.device
     checks = [
@@ -241,6 +293,7 @@ def run_checks(args: argparse.Namespace) -> list[CheckResult]:
                 device, f"8B-shaped, {args.layers_8b} layers", SHAPE_8B, args.layers_8b, args.new_tokens
             ),
         )
+        checks += [lambda config=config: check_launch(config) for config in LAUNCH_CONFIGS]
     return [measured(device, check) for check in checks]
 
 

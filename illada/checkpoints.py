@@ -276,6 +276,7 @@ class SafeCheckpointMixin:
             self._staging_checkpoint = False
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
+            self._describe_sharded_checkpoint(model, staging_root / name)
             self._publish_checkpoint(staging_root / name, run_dir / name)
             shutil.rmtree(staging_root, ignore_errors=True)
             rotate_checkpoints(
@@ -285,6 +286,18 @@ class SafeCheckpointMixin:
                 use_mtime=True,
             )
         self.accelerator.wait_for_everyone()
+
+    def _describe_sharded_checkpoint(self, model: Any, staged: Path) -> None:
+        """A sharded checkpoint (FSDP, DeepSpeed) holds no config: write the model's config and the tokenizer next to
+        the shards, so that `python -m illada.consolidate` can turn the folder into a `save_pretrained` one."""
+        sharded = any(path.is_dir() and path.name.startswith(SHARDED_WEIGHT_DIRS) for path in staged.iterdir())
+        if not sharded or (staged / "config.json").is_file():
+            return
+        if hasattr(model, "get_base_model"):  # PEFT: the base model's config
+            model = model.get_base_model()
+        self.accelerator.unwrap_model(model).config.save_pretrained(staged)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(staged)
 
     def _publish_checkpoint(self, staged: Path, final: Path) -> None:
         """Points the saved state's best checkpoint at `output_dir` (Trainer looked for it in the staging folder),

@@ -33,6 +33,12 @@ Commands (`--config_name` instead of `--model_name_or_path` trains from a random
     # LoRA on q/k/v/o/gate/up/down (a PEFT adapter folder; --merge_lora saves merged full weights instead)
     python train_sft.py <same arguments> --use_lora --lora_r 16 --lora_alpha 32
 
+    # QLoRA: LoRA on 4-bit NF4 base weights (bitsandbytes; also bnb-int8, torchao-int8)
+    python train_sft.py <same arguments> --use_lora --quantization bnb-nf4 --dtype bfloat16 --bf16
+
+    # sharded: FSDP2 or DeepSpeed ZeRO-2/3 with the configs of configs/accelerate/ (docs/fine-tuning.md)
+    accelerate launch --config_file configs/accelerate/fsdp2.yaml train_sft.py <same arguments>
+
     # LLaDA's response-only masking; whole examples packed best-fit instead of the stream
     python train_sft.py <same arguments> --completion_only_loss --packing_strategy bfd
 
@@ -58,6 +64,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,13 +75,16 @@ from transformers import HfArgumentParser, Trainer, set_seed
 
 from illada.checkpoints import check_output_dir, checkpoint_to_resume
 from illada.configuration_illada import ILLaDAConfig
+from illada.consolidate import save_full_model
 from illada.data import (
     check_tokenizer,
     load_data,
     resolve_max_length,
 )
 from illada.modeling_illada import ILLaDAForCausalLM
+from illada.quantization import QUANTIZATIONS, quantization_config
 from illada.trainer import (
+    LORA_TARGET_MODULES,
     DiffusionSFTConfig,
     DiffusionSFTTrainer,
 )
@@ -89,19 +99,21 @@ __all__ = [
     "add_lora",
     "check_arguments",
     "check_resumable",
+    "check_sharding",
     "load_config",
     "load_datasets",
+    "load_kbit_model",
     "load_model",
     "main",
     "parse_arguments",
     "resume_checkpoint",
+    "save_fsdp_model",
     "save_trained_model",
     "train_and_save",
 ]
 
 logger = logging.getLogger(__name__)
 
-LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ATTENTION_KERNELS = ("sdpa", "eager", "flash_attention_2")
 
 
@@ -144,6 +156,14 @@ class ModelArguments:
     merge_lora: bool = field(
         default=False, metadata={"help": "Merge the adapters into the base weights and save a full model."}
     )
+    quantization: str | None = field(
+        default=None,
+        metadata={
+            "help": "Load the base weights quantised (QLoRA with `--use_lora`): 'bnb-nf4', 'bnb-int8' or "
+            "'torchao-int8' (see illada/quantization.py; needs requirements-quant.txt).",
+            "choices": [None, *QUANTIZATIONS],
+        },
+    )
 
     def __post_init__(self) -> None:
         if (self.model_name_or_path is None) == (self.config_name is None):
@@ -164,6 +184,18 @@ class ModelArguments:
             raise ValueError("`merge_lora=True` needs `use_lora=True`: there are no adapters to merge.")
         else:
             refuse_inert(self, ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"), "without `use_lora`")
+        if self.quantization is not None:
+            check_choice("quantization", self.quantization, tuple(QUANTIZATIONS))
+            if not self.use_lora:
+                raise ValueError(
+                    f"`quantization={self.quantization!r}` freezes the base weights in a quantised format: train "
+                    "LoRA adapters on them (QLoRA) with `use_lora=True`."
+                )
+            if self.merge_lora:
+                raise ValueError(
+                    "`merge_lora=True` with `quantization`: merging adapters into quantised weights rounds them; save "
+                    "the adapter, then merge it into the unquantised checkpoint."
+                )
 
 
 @dataclass
@@ -233,12 +265,32 @@ def load_config(model_args: ModelArguments) -> ILLaDAConfig:
 def load_model(model_args: ModelArguments, config: ILLaDAConfig) -> ILLaDAForCausalLM:
     """Loads the checkpoint strictly (every tensor must match), or builds a random model from `config`."""
     dtype = DTYPES[model_args.dtype]
+    if model_args.quantization is not None:
+        return load_kbit_model(model_args, config)
     if model_args.model_name_or_path is None:
         dtype = torch.float32 if dtype == "auto" else dtype
         return ILLaDAForCausalLM._from_config(config, dtype=dtype, attn_implementation=model_args.attn_implementation)
     return ILLaDAForCausalLM.from_pretrained(
         model_args.model_name_or_path, config=config, dtype=dtype, attn_implementation=model_args.attn_implementation
     )
+
+
+def load_kbit_model(model_args: ModelArguments, config: ILLaDAConfig) -> ILLaDAForCausalLM:
+    """The checkpoint with quantised base weights, prepared for QLoRA by PEFT's `prepare_model_for_kbit_training`
+    (frozen base, norms and embedding in float32). Computes in bfloat16 with `--dtype bfloat16`, else float32."""
+    from peft import prepare_model_for_kbit_training
+
+    if model_args.model_name_or_path is None:
+        raise ValueError("`quantization` quantises a checkpoint's weights: give `model_name_or_path`.")
+    compute_dtype = torch.bfloat16 if model_args.dtype == "bfloat16" else torch.float32
+    model = ILLaDAForCausalLM.from_pretrained(
+        model_args.model_name_or_path,
+        config=config,
+        dtype=compute_dtype,
+        attn_implementation=model_args.attn_implementation,
+        quantization_config=quantization_config(model_args.quantization, compute_dtype),
+    )
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
 
 def add_lora(
@@ -332,6 +384,7 @@ def check_resumable(checkpoint: str | None, config: ILLaDAConfig, use_lora: bool
 def train_and_save(trainer: Trainer, checkpoint: str | None, merge_lora: bool = False) -> None:
     """Trains (from `checkpoint` if given), logs and saves the metrics and state, evaluates when the trainer has an
     evaluation set, then saves the model with `save_trained_model`. Shared by `train_sft.py` and `train_vrpo.py`."""
+    check_sharding(trainer)
     result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
@@ -343,12 +396,33 @@ def train_and_save(trainer: Trainer, checkpoint: str | None, merge_lora: bool = 
     save_trained_model(trainer, merge_lora=merge_lora)
 
 
+def check_sharding(trainer: Trainer) -> None:
+    """Refuses a launch whose accelerate config asks for FSDP or DeepSpeed when the trainer does not shard: accelerate
+    shards only on accelerators and runs an FSDP launch with `--use_cpu` (or without GPUs) as plain data parallel,
+    every process holding the whole model, which is not what the config promised."""
+    for variable, sharded, name in (
+        ("ACCELERATE_USE_FSDP", trainer.is_fsdp_enabled, "FSDP"),
+        ("ACCELERATE_USE_DEEPSPEED", trainer.is_deepspeed_enabled, "DeepSpeed"),
+    ):
+        if os.environ.get(variable, "false").lower() == "true" and not sharded:
+            raise ValueError(
+                f"The accelerate config asks for {name} ({variable}=true) but the trainer runs "
+                f"{trainer.accelerator.distributed_type} on {trainer.args.device}: accelerate shards only on GPUs "
+                "(and other accelerators). Drop `--use_cpu`, or use configs/accelerate/ddp.yaml for a CPU run."
+            )
+
+
 def save_trained_model(trainer: Trainer, merge_lora: bool = False) -> None:
     """Saves weights (or the LoRA adapter), code files, tokenizer, generation config and model card to
     `output_dir`; LoRA adapters are merged into a full model first when `merge_lora`. Pushes when `push_to_hub`."""
     if merge_lora:
         trainer.model = trainer.model.merge_and_unload()
-    trainer.save_model()
+    if trainer.is_fsdp_enabled and not hasattr(trainer.model, "peft_config"):
+        save_fsdp_model(trainer)
+    else:
+        if trainer.is_fsdp_enabled:  # PEFT under FSDP: Trainer gathers the adapter into one ordinary folder
+            trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+        trainer.save_model()
     generation_config = getattr(trainer.model, "generation_config", None)
     output_dir = Path(trainer.args.output_dir)
     missing = not (output_dir / "generation_config.json").exists()
@@ -357,6 +431,17 @@ def save_trained_model(trainer: Trainer, merge_lora: bool = False) -> None:
     trainer.create_model_card()
     if trainer.args.push_to_hub:
         trainer.push_to_hub()
+
+
+def save_fsdp_model(trainer: Trainer) -> None:
+    """The final save of an FSDP run (checkpoints stay sharded): the full weights are gathered to the main process,
+    which writes an ordinary `save_pretrained` folder with the tokenizer (see `illada.consolidate.save_full_model`)."""
+    state_dict = trainer.accelerator.get_state_dict(trainer.model)  # every process takes part
+    if trainer.args.should_save:
+        save_full_model(state_dict, trainer.model.config, trainer.args.output_dir, trainer.model.dtype)
+        if trainer.processing_class is not None:
+            trainer.processing_class.save_pretrained(trainer.args.output_dir)
+    trainer.accelerator.wait_for_everyone()
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -519,7 +519,7 @@ class VRPOTrainer(HubPushMixin, SafeCheckpointMixin, Trainer):
             **kwargs,
         )
         if self.ref_model is not None:
-            self.ref_model.to(self.args.device)
+            self.ref_model = self._place_reference(self.ref_model)
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         if args.precompute_ref_log_probs:
             self.train_dataset, self.eval_dataset = (
@@ -527,6 +527,24 @@ class VRPOTrainer(HubPushMixin, SafeCheckpointMixin, Trainer):
                 for data in (self.train_dataset, self.eval_dataset)
             )
             self.ref_model = None  # every estimate it gives is in the datasets now
+
+    def _place_reference(self, ref_model: torch.nn.Module) -> torch.nn.Module:
+        """The frozen reference sharded like the policy: FSDP2 shards it per decoder layer (accelerate's auto-wrap
+        of the config), DeepSpeed ZeRO-3 partitions it (trl's `prepare_deepspeed`; under ZeRO-2 every process holds
+        it whole, as the policy's weights); otherwise it moves to the device."""
+        if self.is_deepspeed_enabled:
+            from trl.models import prepare_deepspeed
+
+            return prepare_deepspeed(ref_model, self.accelerator)
+        if self.is_fsdp_enabled and self.accelerator.is_fsdp2:
+            from accelerate.utils.fsdp_utils import fsdp2_prepare_model
+
+            return fsdp2_prepare_model(self.accelerator, ref_model.to(self.args.device))
+        if self.is_fsdp_enabled:
+            from trl.models import prepare_fsdp
+
+            return prepare_fsdp(ref_model, self.accelerator)
+        return ref_model.to(self.args.device)
 
     def precompute_reference(self, dataset: Dataset) -> Dataset:
         """`dataset` with the reference ELBO estimates `ref_chosen_logps` / `ref_rejected_logps` added, computed with

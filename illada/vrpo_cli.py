@@ -25,6 +25,8 @@ Commands:
 
     # several GPUs, or two CPU processes (gloo)
     accelerate launch --num_processes 8 train_vrpo.py <same arguments>
+    # sharded (the frozen reference is sharded like the policy): configs/accelerate/, docs/fine-tuning.md
+    accelerate launch --config_file configs/accelerate/fsdp2.yaml train_vrpo.py <same arguments>
     torchrun --nproc_per_node 2 train_vrpo.py --use_cpu <same arguments>
 
     # resume from the newest checkpoint-* in --output_dir (starts afresh when there is none)
