@@ -55,6 +55,8 @@ NEUTRAL_OPTIONS = {
     "min_length": 0,
     "min_new_tokens": 0,
 }
+# Upper bound of `draft_tokens`: a forward verifies 2**(draft_tokens - 1) canvases per row.
+MAX_DRAFT_TOKENS = 8
 # Named speed settings, passed as `generate(ids, **GENERATION_PRESETS[name])`; each sets every speed-related setting,
 # so that a checkpoint's own choices do not leak in. Measured in bench/RESULTS.md ("Generation presets").
 GENERATION_PRESETS = {
@@ -141,14 +143,15 @@ class ILLaDAGenerationConfig(GenerationConfig):
             positions before the stop were still masked when it was committed: the model then sees masks, not
             decoded tokens, after the stop.
         draft_tokens (`int`, *optional*): Lossless parallel decoding by draft and verify (FreeDave, arXiv
-            2510.00294; self-speculative decoding, arXiv 2510.04147): each forward verifies up to `draft_tokens`
-            drafted commits at once (the drafts: the best-scored masked positions of the last verified canvas, in
-            order, run as a batch of canvases) and keeps those that one-token-per-step decoding would have made.
-            The answers are **identical** to greedy one-token-per-step decoding with the same other settings, in
-            fewer forwards, each over up to `draft_tokens` canvases (more compute per forward). Needs greedy
-            decoding, one token per step (`steps`, `tokens_per_step` and `threshold` unset), a confidence
-            `remasking` (not `"random"`) and no `cache_refresh_steps`. With `use_cache`, identity holds against
-            one-token-per-step decoding with the same cache (itself an approximation of uncached decoding).
+            2510.00294, with a verification tree as in self-speculative decoding, arXiv 2510.04147), at most
+            `MAX_DRAFT_TOKENS` (8). Each forward runs, as one batch, the `2**(draft_tokens - 1)` canvases that the
+            next `draft_tokens` commits can reach in any order among the best-scored positions of the last verified
+            canvas, and keeps the commits that one-token-per-step decoding makes. The answers are **identical** to
+            greedy one-token-per-step decoding with the same other settings, in fewer forwards, each over more
+            canvases (more compute per forward). Needs greedy decoding, one token per step (`steps`,
+            `tokens_per_step` and `threshold` unset), a confidence `remasking` (not `"random"`) and no
+            `cache_refresh_steps`. With `use_cache`, identity holds against one-token-per-step decoding with the
+            same cache (itself an approximation of uncached decoding).
         use_cache (`str`, *optional*, defaults to `"none"`): Key-value cache of the canvas (Fast-dLLM, arXiv 2505.22618, Sec. 3.2).
             `"prefix"`: the first step of each block runs the model on the whole canvas and stores every layer's
             keys and values; the other steps of the block run only on the block and the canvas right of it, and
@@ -299,6 +302,11 @@ class ILLaDAGenerationConfig(GenerationConfig):
         check_positive_int("draft_tokens", self.draft_tokens, allow_none=True)
         if self.draft_tokens is None:
             return
+        if self.draft_tokens > MAX_DRAFT_TOKENS:
+            raise ValueError(
+                f"`draft_tokens` ({self.draft_tokens}) must be at most {MAX_DRAFT_TOKENS}: each forward runs "
+                f"2**(draft_tokens - 1) canvases."
+            )
         conflicts = {
             "steps": self.steps is not None,
             "tokens_per_step": self.tokens_per_step is not None,
@@ -493,6 +501,7 @@ def unknown_names_message(where: str, names: list[str]) -> str:
 __all__ = [
     "ILLaDAGenerationConfig",
     "GENERATION_PRESETS",
+    "MAX_DRAFT_TOKENS",
     "SETTINGS",
     "REMASKING_STRATEGIES",
     "CANVAS_MODES",

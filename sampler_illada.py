@@ -15,9 +15,9 @@
   iLLaDA paper's fix for the Instruct model's loops), suppressed tokens.
 - **Stop at the answer's end** (default of the `variable` canvas): the positions of a block after a committed stop
   token are not decoded; `decode_after_stop=True` decodes whole blocks, as the paper does.
-- **Lossless draft and verify** (`draft_tokens`, FreeDave, arXiv 2510.00294): each forward runs the canvases of
-  several drafted commits as one batch and keeps those that one-token-per-step greedy decoding makes: its tokens,
-  in fewer forwards.
+- **Lossless draft and verify** (`draft_tokens`, FreeDave, arXiv 2510.00294; a verification tree as in arXiv
+  2510.04147): each forward runs the canvases of several drafted commits as one batch and keeps those that
+  one-token-per-step greedy decoding makes: its tokens, in fewer forwards.
 - **Key-value cache** (`use_cache="prefix"` / `"dual"`, Fast-dLLM Sec. 3.2): the first step of a block runs on the
   whole canvas and stores keys and values; the other steps run on the block (and, for `"prefix"`, the canvas right
   of it) and reuse the stored entries elsewhere. An approximation in a bidirectional model, exact when refreshed
@@ -419,37 +419,47 @@ def _greedy_proposals(logits: torch.Tensor, config: ILLaDAGenerationConfig) -> t
 
 
 def _draft_canvases(
-    block: torch.Tensor, x0: torch.Tensor, scores: torch.Tensor, undecided: torch.Tensor, k: int
+    block: torch.Tensor, x0: torch.Tensor, scores: torch.Tensor, undecided: torch.Tensor, depth: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The next `k` commits of one-token-per-step decoding if the scores did not change: draft `i` `(rows, k, n)` is
-    `block` with its `i + 1` best-scored undecided positions (ties to the left, as [`select_commits`]) set to their
-    proposals. Also returns `real` `(rows, k)` (draft `i` commits `i + 1` undecided positions) and the positions in
-    draft order `(rows, k)`."""
-    k = min(k, block.shape[-1])
-    order = scores.masked_fill(~undecided, -math.inf).argsort(dim=-1, descending=True, stable=True)[:, :k]
-    real = undecided.gather(-1, order)
-    number = torch.arange(1, k + 1, device=block.device)
-    rank = torch.zeros_like(block).scatter_(-1, order, number.expand_as(order) * real)  # 0: not drafted
-    commit = (rank[:, None, :] >= 1) & (rank[:, None, :] <= number[None, :, None])
+    """The canvases one-token-per-step decoding may reach in its next `depth` commits if they stay among the `depth`
+    best-scored undecided positions (ties to the left, as [`select_commits`]) and keep their proposals `x0`.
+
+    Draft `m` `(rows, 2**(depth - 1), n)` commits the positions of ranks `j` with bit `j` of `2m + 1` set: rank 0,
+    the step's own commit, is in every draft, the others in any order. Also returns `real` `(rows, drafts)` (every
+    drafted rank is an undecided position) and the positions by rank `(rows, depth)`.
+    """
+    depth = min(depth, block.shape[-1])
+    order = scores.masked_fill(~undecided, -math.inf).argsort(dim=-1, descending=True, stable=True)[:, :depth]
+    masks = torch.arange(1, 2**depth, 2, device=block.device)
+    bits = ((masks[:, None] >> torch.arange(depth, device=block.device)) & 1).bool()  # [drafts, depth]
+    real = (bits[None] <= undecided.gather(-1, order)[:, None, :]).all(-1)
+    shape = (block.shape[0], masks.numel(), depth)
+    commit = torch.zeros(*shape[:2], block.shape[-1], dtype=torch.bool, device=block.device)
+    commit.scatter_(-1, order[:, None, :].expand(shape), bits[None].expand(shape))
     return torch.where(commit, x0[:, None, :], block[:, None, :]), real, order
 
 
-def _kept_drafts(
-    picks: torch.Tensor, proposals: torch.Tensor, x0: torch.Tensor, order: torch.Tensor, real: torch.Tensor, ran
+def _walk_drafts(
+    picks: torch.Tensor, proposals: torch.Tensor, x0: torch.Tensor, order: torch.Tensor, ran
 ) -> torch.Tensor:
-    """How many drafts each row keeps `(rows,)`: draft 0 (the step's own commit), then draft `i + 1` as long as
-    the verified draft `i` picks (`picks` `(N, n)`, one position each, with `proposals` `(N, n)`) the position and
-    token that draft `i + 1` adds. `ran` `(local rows, draft numbers)` names the verified drafts of `picks`."""
+    """The draft each row reaches `(rows,)`: from draft 0 (the step's own commit), while the verified draft picks
+    (`picks` `(N, n)`, one position each, with `proposals` `(N, n)`) a drafted position with its drafted token,
+    move to the draft that adds it. `ran` `(local rows, drafts)` names the verified drafts of `picks`."""
     local, number = ran
-    k = order.shape[1]
-    following = order[local, (number + 1).clamp(max=k - 1)]
-    token = x0[local].gather(-1, following[:, None]).squeeze(-1)
-    same = picks.gather(-1, following[:, None]).squeeze(-1)
-    same &= proposals.gather(-1, following[:, None]).squeeze(-1) == token
-    same &= (number + 1 < k) & real[local, (number + 1).clamp(max=k - 1)]
-    keep = torch.zeros_like(real)
-    keep[local, number] = same
-    return 1 + keep.long().cumprod(-1).sum(-1)
+    rows, depth = order.shape
+    position = picks.float().argmax(-1)  # [N]
+    rank = (order[local] == position[:, None]).long().argmax(-1)
+    drafted = (order[local] == position[:, None]).any(-1)
+    drafted &= proposals.gather(-1, position[:, None]).squeeze(-1) == x0[local].gather(-1, position[:, None]).squeeze(
+        -1
+    )
+    step = torch.full((rows, 2 ** (depth - 1)), -1, dtype=torch.long, device=order.device)
+    step[local, number] = torch.where(drafted, rank, -1)
+    mask = torch.ones(rows, dtype=torch.long, device=order.device)
+    for _ in range(depth - 1):
+        rank = step[torch.arange(rows, device=order.device), mask // 2]
+        mask = torch.where(rank >= 0, mask | (1 << rank.clamp(min=0)), mask)
+    return mask // 2
 
 
 def _first_proposals(model, canvas: _Canvas, span: tuple, config, callback, cache, rows: torch.Tensor) -> tuple:
@@ -465,16 +475,16 @@ def _first_proposals(model, canvas: _Canvas, span: tuple, config, callback, cach
 
 
 def _verify_drafts(model, canvas: _Canvas, span: tuple, config, callback, cache, stops, rows, proposals) -> None:
-    """One forward over every row's drafts; each row commits the drafts it keeps, and the logits of its last kept
-    draft become its proposals `(x0, scores)` (updated in place)."""
+    """One forward over every row's drafts; each row commits the draft it reaches (see [`_walk_drafts`]), whose
+    logits become its proposals `(x0, scores)` (updated in place)."""
     start, end, visible = span
     x0, scores = proposals
     block = canvas.tokens[rows, start:end]
     undecided = undecided_positions(block, config.mask_token_id, stops)
     drafts, real, order = _draft_canvases(block, x0[rows], scores[rows], undecided, config.draft_tokens)
-    left = undecided_positions(drafts, config.mask_token_id, stops)  # [r, k, n]
+    left = undecided_positions(drafts, config.mask_token_id, stops)  # [r, drafts, n]
     local, number = (real & left.any(-1)).nonzero(as_tuple=True)  # drafts with positions left: verified
-    kept = torch.ones_like(rows)
+    reached = torch.zeros_like(rows)
     if local.numel():
         tokens = canvas.tokens[rows[local], :visible].clone()
         tokens[:, start:end] = drafts[local, number]
@@ -482,11 +492,11 @@ def _verify_drafts(model, canvas: _Canvas, span: tuple, config, callback, cache,
         canvas.nfe += 1
         vx0, vscores = _greedy_proposals(logits, config)
         picks = select_commits(vscores, left[local, number], 1, None)
-        kept = _kept_drafts(picks, vx0, x0[rows], order, real, (local, number))
-        last = (number == kept[local] - 1).nonzero().squeeze(-1)  # verified drafts that rows keep last
+        reached = _walk_drafts(picks, vx0, x0[rows], order, (local, number))
+        last = (number == reached[local]).nonzero().squeeze(-1)  # verified drafts where rows end
         x0[rows[local[last]]], scores[rows[local[last]]] = vx0[last], vscores[last]
         _report_step(canvas, rows[local[last]], logits[last], visible, callback)
-    _commit(canvas, rows, start, drafts[torch.arange(rows.numel(), device=rows.device), kept - 1])
+    _commit(canvas, rows, start, drafts[torch.arange(rows.numel(), device=rows.device), reached])
 
 
 def _commit(canvas: _Canvas, rows: torch.Tensor, start: int, block: torch.Tensor) -> None:
@@ -503,12 +513,13 @@ def _draft_block(
 ) -> None:
     """Decodes canvas columns `start:end` (`span = (start, end, visible)`) into exactly the tokens of greedy
     one-token-per-step decoding, in fewer forwards: FreeDave's draft and verify (arXiv 2510.00294), drafting from
-    the model's own parallel predictions like self-speculative decoding (arXiv 2510.04147).
+    the model's own parallel predictions with a tree of drafts like self-speculative decoding (arXiv 2510.04147).
 
     The first forward proposes a token and a score at every position. Then each forward runs, as one batch, the
-    canvases of a row's next `draft_tokens` commits in score order, and keeps them while each verified canvas
-    chooses the next one itself. A step callback sees, per forward, the committed canvas and the logits of each
-    row's last kept draft (the block's first forward: the canvas and its logits).
+    canvases that a row's next `draft_tokens` commits can reach in any order among its best-scored positions, and
+    the row follows the commits that each verified canvas chooses itself. A step callback sees, per forward, the
+    committed canvas and the logits of the draft each row reached (the block's first forward: the canvas and its
+    logits).
     """
     start, end, _ = span
     proposals = None

@@ -349,6 +349,8 @@ def draft_problems(kw: dict) -> set[str]:
     """`draft_tokens` reproduces greedy one-token-per-step decoding: the settings that depart from it conflict."""
     if not positive_int(kw.get("draft_tokens")):
         return set()
+    if kw["draft_tokens"] > 8:  # 2**(draft_tokens - 1) canvases per forward
+        return {"draft_tokens"}
     names = ("steps", "tokens_per_step", "threshold", "cache_refresh_steps")
     conflicts = {name for name in names if kw.get(name) is not None}
     if kw.get("remasking") == "random":

@@ -103,8 +103,8 @@ def confident_in_order(model, order: list[int], width: int):
 @pytest.mark.parametrize("cache", ["none", "prefix"])
 def test_drafts_accepted_in_full_save_the_forwards_counted_by_hand(cache):
     """A model certain of every token, in a fixed order: one token per step takes 8 forwards for a block of 8;
-    drafts of 4 take 3 (the block's canvas, then drafts 1-4 verified together, then drafts 5-7; the canvas with all
-    8 committed needs no forward)."""
+    `draft_tokens=4` takes 3 (the block's canvas, then commits 1-4 verified together, then commits 5-7; the canvas
+    with all 8 committed needs no forward)."""
     model = make_model(seed=1, **SHARP)
     prompt = torch.tensor(random_prompts([4], seed=1))
     order = [3, 0, 7, 1, 5, 2, 6, 4]
@@ -139,6 +139,7 @@ def test_drafts_report_every_forward_to_the_step_callback(sharp_model):
     [
         (dict(draft_tokens=0), "`draft_tokens` must be a positive integer"),
         (dict(draft_tokens="4"), "`draft_tokens` must be a positive integer"),
+        (dict(draft_tokens=9), "`draft_tokens` (9) must be at most 8"),
         (dict(draft_tokens=4, steps=2), "`steps`"),
         (dict(draft_tokens=4, tokens_per_step=2), "`tokens_per_step`"),
         (dict(draft_tokens=4, threshold=0.9), "`threshold`"),
