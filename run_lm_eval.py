@@ -9,7 +9,8 @@ lm-eval finds models only in its own registry, and a checkout of this repository
         --tasks illada_demo_gen,illada_demo_mc --apply_chat_template \\
         --model_args pretrained=illada-demo,trust_remote_code=True
 
-The model arguments (`method`, `mc_num`, `cfg_scale`, `max_new_tokens`, ...) are documented in `illada/lm_eval_model.py`.
+The model arguments (`method`, `mc_num`, `cfg_scale`, `max_new_tokens`, ...) are documented in
+`illada/lm_eval_model.py`.
 """
 
 from illada.lm_eval_model import main

@@ -188,7 +188,8 @@ def main() -> None:
     body = (
         f"## Training: packed vs padded, masked vs full logits\n\n`{command}` (forward + backward of the "
         f"masked-diffusion loss, fp32; {environment()})\n\n{table}\n\n`useful` = real tokens / tokens run "
-        f"through the model; peak memory is the growth of the child process's peak resident set (`ru_maxrss`) over the training steps, from its value once the model and data are built."
+        f"through the model; peak memory is the growth of the child process's peak resident set (`ru_maxrss`) over "
+        f"the training steps, from its value once the model and data are built."
     )
     print(body)
     write_section("training", body)

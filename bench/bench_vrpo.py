@@ -1,6 +1,6 @@
 """Variance of the VRPO loss and of its gradient: antithetic masks (VRPO) versus independent masks.
 
-    python bench/bench_vrpo.py                   # the demo model and the demo preference pairs (README recipe)
+    python bench/bench_vrpo.py                   # the demo model and the demo preference pairs (docs/vrpo.md)
     python bench/bench_vrpo.py --draws 32 --pairs 4
 
 The policy is the demo model after VRPO (`--policy`, default `outputs/illada-demo-vrpo`, or `illada-demo` itself
@@ -37,7 +37,7 @@ from illada.vrpo import (  # noqa: E402
 BETAS = (0.1, 1.0, 5.0)
 READING = (
     "Variances over the draws: of the batch's mean loss, and of its gradient (sum over parameters). The policy "
-    "is the README's 1e-4 VRPO run of the demo model (outputs/illada-demo-vrpo). Sharing the masks removes "
+    "is the 1e-4 VRPO run of the demo model in docs/vrpo.md (outputs/illada-demo-vrpo). Sharing the masks removes "
     "the Monte-Carlo noise that the policy's "
     "and the reference's estimates have in common (with policy == reference the loss variance is exactly 0); the "
     "gradient gains less than the loss because the noise of the policy's own ELBO gradient is untouched: only the "

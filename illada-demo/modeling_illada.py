@@ -24,6 +24,10 @@ from .generation_illada import ILLaDAGenerationMixin
 from .loading_illada import StrictLoadingMixin
 from .masks_illada import build_bidirectional_mask, build_span_mask, check_logits_to_keep
 from .scoring_illada import ILLaDAScoringMixin
+from .utils_illada import as_tag_list
+
+# The model card tags of a pushed iLLaDA: the Hub lists it as a custom-code diffusion model for text generation.
+MODEL_CARD_TAGS = ("illada", "diffusion", "masked-diffusion", "custom_code", "text-generation")
 
 
 class ILLaDARMSNorm(nn.Module):
@@ -427,10 +431,17 @@ class ILLaDAForCausalLM(ILLaDAGenerationMixin, ILLaDAScoringMixin, ILLaDAPreTrai
             )
         super().add_model_tags(tags)
 
+    def push_to_hub(self, *args, tags: list[str] | str | None = None, **kwargs):
+        """transformers' `push_to_hub` (weights, config, generation config and every code file `trust_remote_code`
+        loads, see `_auto_class`), with `MODEL_CARD_TAGS` added to the tags of the model card it writes when the
+        repo has none, so that the Hub lists the model as custom code."""
+        tags = list(dict.fromkeys([*MODEL_CARD_TAGS, *as_tag_list("tags", tags)]))
+        return super().push_to_hub(*args, tags=tags, **kwargs)
+
     def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, **kwargs) -> dict:
         """The forward's inputs for a denoising step: the whole canvas, as given. Diffusion `generate` does not call
         this; PEFT's `PeftModelForCausalLM` (`task_type="CAUSAL_LM"`) requires a causal LM to have it."""
         return {"input_ids": input_ids, **kwargs}
 
 
-__all__ = ["ILLaDAPreTrainedModel", "ILLaDAModel", "ILLaDAForCausalLM", "DiffusionKVCache"]
+__all__ = ["MODEL_CARD_TAGS", "ILLaDAPreTrainedModel", "ILLaDAModel", "ILLaDAForCausalLM", "DiffusionKVCache"]

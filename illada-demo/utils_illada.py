@@ -37,6 +37,21 @@ def check_choice(name: str, value: Any, choices: Iterable) -> None:
         raise ValueError(f"`{name}` must be one of {choices}, got {value!r}.")
 
 
+def is_one_line(value: Any) -> bool:
+    """`value` is a string with a non-blank character and no line break."""
+    return isinstance(value, str) and bool(value.strip()) and len(value.splitlines()) == 1
+
+
+def as_tag_list(name: str, value: Any) -> list[str]:
+    """`value` (a tag, a list or tuple of tags, or `None`) as a list of tags, each a one-line string."""
+    if value is None:
+        return []
+    tags = [value] if isinstance(value, str) else value
+    if not isinstance(tags, list | tuple) or not all(is_one_line(tag) for tag in tags):
+        raise TypeError(f"`{name}` must be a tag or a list of tags (non-blank one-line strings), got {value!r}.")
+    return list(tags)
+
+
 def check_range(
     name: str, value: Any, low: float, high: float, *, low_open: bool = False, high_open: bool = False
 ) -> None:

@@ -5,7 +5,7 @@ without `trainer_state.json` or with a truncated `optimizer.pt`, and `--resume`,
 then failed (or, with the optimizer file missing, silently restarted the optimizer). Three pieces prevent it:
 
 - [`SafeCheckpointMixin`] (mixed into the trainer): every checkpoint is written into
-  `output_dir/.incomplete-checkpoints/checkpoint-N` and renamed to `output_dir/checkpoint-N` only once every file
+  `output_dir/_incomplete-checkpoints/checkpoint-N` and renamed to `output_dir/checkpoint-N` only once every file
   of every process is written, so an interrupted save never has a checkpoint's name. Resuming from a checkpoint
   that already reached `max_steps` trains nothing (Trainer alone would run one step more).
 - [`last_complete_checkpoint`]: the newest `checkpoint-N` whose files are all there and whole (checked from file
@@ -37,8 +37,10 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
-# Where checkpoints are written before being renamed into place; its name never matches `CHECKPOINT_NAME`.
-STAGING_DIR = ".incomplete-checkpoints"
+# Where checkpoints are written before being renamed into place; its name never matches `CHECKPOINT_NAME`, and
+# starts with "_" so that `Trainer.push_to_hub` (which uploads `output_dir` except `_*` and `checkpoint-*`) never
+# uploads a checkpoint being written (the push at each save runs in the background) or an interrupted one.
+STAGING_DIR = "_incomplete-checkpoints"
 TRAINER_STATE = "trainer_state.json"
 # Left in a checkpoint by transformers' just-in-time (SIGTERM) save until it finishes.
 JIT_SENTINEL = "checkpoint-is-incomplete.txt"
@@ -218,7 +220,7 @@ class SafeCheckpointMixin:
     """[`Trainer`] mixin (`class MyTrainer(SafeCheckpointMixin, Trainer)`): atomic checkpoints, no step past
     `max_steps`.
 
-    Trainer writes each checkpoint into `output_dir/.incomplete-checkpoints/checkpoint-N`; when every process has
+    Trainer writes each checkpoint into `output_dir/_incomplete-checkpoints/checkpoint-N`; when every process has
     written its files, the main process renames the folder to `output_dir/checkpoint-N` (replacing a folder of
     that name) and only then deletes old checkpoints beyond `save_total_limit`. A crash at any point leaves either
     the previous checkpoints untouched or the new one complete; leftovers of an interrupted save are deleted at

@@ -299,8 +299,7 @@ def save_trained_model(trainer: Trainer, merge_lora: bool = False) -> None:
     missing = not (output_dir / "generation_config.json").exists()
     if trainer.args.should_save and generation_config is not None and missing:
         generation_config.save_pretrained(output_dir)
-    if isinstance(trainer, DiffusionSFTTrainer):  # other trainers (train_vrpo.py) keep their own card
-        trainer.create_model_card()
+    trainer.create_model_card()
     if trainer.args.push_to_hub:
         trainer.push_to_hub()
 

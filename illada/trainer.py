@@ -44,6 +44,7 @@ from illada.data import (
     prepare_dataset,
     resolve_max_length,
 )
+from illada.hub import HubPushMixin
 from illada.utils import mask_seed
 from illada.utils_illada import check_choice, check_range
 
@@ -353,7 +354,7 @@ class MaskedDiffusionOutput(ModelOutput):
     noisy_input_ids: torch.LongTensor | None = None
 
 
-class DiffusionSFTTrainer(SafeCheckpointMixin, SFTTrainer):
+class DiffusionSFTTrainer(HubPushMixin, SafeCheckpointMixin, SFTTrainer):
     """trl's [`SFTTrainer`] with the masked-diffusion loss of iLLaDA; `args` is a [`DiffusionSFTConfig`].
 
     Data: trl's formats (`messages`, `prompt`/`completion` plain or conversational, `text`) are tokenised, closed by
@@ -378,6 +379,7 @@ class DiffusionSFTTrainer(SafeCheckpointMixin, SFTTrainer):
     """
 
     _tag_names = ["trl", "sft", "illada", "diffusion"]
+    card_tags = ("trl", "sft")
     _name = "Diffusion SFT"
     # The loss is normalised by the whole step's token count already: Trainer must not divide it by the
     # accumulation steps again.
@@ -517,16 +519,9 @@ class DiffusionSFTTrainer(SafeCheckpointMixin, SFTTrainer):
             self._created_lr_scheduler = True
         return self.lr_scheduler
 
-    def create_model_card(
-        self, model_name: str | None = None, dataset_name: str | None = None, tags: str | list[str] | None = None
-    ) -> None:
-        """Writes `README.md` in `output_dir`: a model card for the diffusion model (see [`build_model_card`])."""
-        if not self.is_world_process_zero():
-            return
-        tags = [tags] if isinstance(tags, str) else list(tags or [])
-        card = build_model_card(self.model, self.args, model_name=model_name, dataset_name=dataset_name, tags=tags)
-        Path(self.args.output_dir).mkdir(parents=True, exist_ok=True)
-        (Path(self.args.output_dir) / "README.md").write_text(card, encoding="utf-8")
+    def card_training(self) -> tuple[str, tuple[str, ...]]:
+        """The model card's "Training" paragraph and settings (see [`HubPushMixin.create_model_card`])."""
+        return sft_card_training(self.args), SFT_CARD_SETTINGS
 
     def _evaluation_noise(self, num_rows: int) -> MaskNoise:
         """Seeded masks for a batch without a training step's noise (evaluation, or a direct `compute_loss` call)."""
@@ -580,8 +575,8 @@ def _as_diffusion_config(args: TrainingArguments | None, model: Any) -> Diffusio
 # Model card
 # ----------------------------------------------------------------------------------------------------------------
 
-MODEL_CARD_TAGS = ("illada", "diffusion", "masked-diffusion", "custom_code", "text-generation")
-_CARD_SETTINGS = (
+# The settings the model card of a [`DiffusionSFTTrainer`] run lists.
+SFT_CARD_SETTINGS = (
     "learning_rate",
     "min_lr",
     "lr_schedule",
@@ -599,76 +594,15 @@ _CARD_SETTINGS = (
 )
 
 
-def build_model_card(
-    model: Any,
-    args: DiffusionSFTConfig,
-    model_name: str | None = None,
-    dataset_name: str | None = None,
-    tags: list[str] | None = None,
-) -> str:
-    """The README.md of a model fine-tuned with [`DiffusionSFTTrainer`]: YAML metadata (tags, base model, library,
-    pipeline), how to load and generate with `trust_remote_code=True`, and the training settings.
-
-    Args:
-        model: The trained model (or its PEFT wrapper: the card then describes an adapter).
-        args ([`DiffusionSFTConfig`]): The training settings.
-        model_name (`str`, *optional*): Title; defaults to the name of `output_dir`.
-        dataset_name (`str`, *optional*): Training dataset, listed in the metadata.
-        tags (`list[str]`, *optional*): Extra tags.
-    """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    base_model = getattr(base.config, "_name_or_path", "") or getattr(base.config, "name_or_path", "")
-    is_adapter = hasattr(model, "peft_config")
-    all_tags = list(
-        dict.fromkeys([*MODEL_CARD_TAGS, "trl", "sft", *(["lora", "peft"] if is_adapter else []), *(tags or [])])
-    )
-    name = model_name or Path(args.output_dir).name
-    metadata = ["---", "library_name: " + ("peft" if is_adapter else "transformers"), "pipeline_tag: text-generation"]
-    if base_model and not Path(base_model).is_dir():
-        metadata.append(f"base_model: {base_model}")
-    if dataset_name:
-        metadata.append(f"datasets:\n- {dataset_name}")
-    metadata += ["tags:", *(f"- {tag}" for tag in all_tags), "---"]
-    load = (
-        "from peft import AutoPeftModelForCausalLM\n"
-        'model = AutoPeftModelForCausalLM.from_pretrained("REPO_OR_FOLDER", trust_remote_code=True)'
-        if is_adapter
-        else 'model = AutoModelForCausalLM.from_pretrained("REPO_OR_FOLDER", trust_remote_code=True)'
-    )
-    settings = "\n".join(f"| `{key}` | {getattr(args, key)!r} |" for key in _CARD_SETTINGS)
+def sft_card_training(args: DiffusionSFTConfig) -> str:
+    """The "Training" paragraph of the model card of a [`DiffusionSFTTrainer`] run."""
     objective = (
         "only the completion (response and EOS) masked, LLaDA-style"
         if args.completion_only_loss
         else "the whole sequence (prompt, response and EOS) maskable, as in iLLaDA"
     )
-    body = f"""
-# {name}
-
-A fine-tune of {f"`{base_model}`" if base_model else "an iLLaDA model"}: iLLaDA is a masked *diffusion* language
-model (bidirectional attention, generation by block-wise low-confidence remasking), so it is not an autoregressive
-model and its code ships with the weights (`trust_remote_code=True`).
-
-## How to load and generate
-
-```python
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
-tokenizer = AutoTokenizer.from_pretrained("REPO_OR_FOLDER")
-{load}
-messages = [{{"role": "user", "content": "What is 2 plus 3?"}}]
-inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-output = model.generate(**inputs, max_new_tokens=64)  # diffusion sampling: block-wise low-confidence remasking
-print(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
-```
-
-## Training
-
-Trained with `DiffusionSFTTrainer` (trl `SFTTrainer` with the masked-diffusion loss): per row t ~ U[eps, 1], each
-maskable token masked with probability t, loss = sum of CE / t over the masked tokens divided by the step's
-maskable tokens; {objective}.
-
-| setting | value |
-|---|---|
-{settings}
-"""
-    return "\n".join(metadata) + "\n" + body
+    return (
+        "Trained with `DiffusionSFTTrainer` (trl `SFTTrainer` with the masked-diffusion loss): per row t ~ U[eps, 1],"
+        " each\nmaskable token masked with probability t, loss = sum of CE / t over the masked tokens divided by the"
+        f" step's\nmaskable tokens; {objective}."
+    )

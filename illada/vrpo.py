@@ -45,6 +45,7 @@ from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments
 from trl.data_utils import common_prefix_length, is_conversational, maybe_extract_prompt
 
 from illada.checkpoints import ResumeArguments, SafeCheckpointMixin
+from illada.hub import HubPushMixin
 from illada.scoring_illada import random_subset_mask, stratified_mask_counts
 from illada.utils import mask_seed
 from illada.utils_illada import check_choice, check_positive_int, check_range
@@ -354,7 +355,26 @@ def _is_peft(model: torch.nn.Module) -> bool:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class VRPOTrainer(SafeCheckpointMixin, Trainer):
+VRPO_CARD_TRAINING = (
+    "Trained with `VRPOTrainer` (VRPO, LLaDA 1.5, arXiv 2505.19223): DPO's loss on Monte-Carlo estimates of the\n"
+    "masked-diffusion ELBO of the chosen and rejected answers, with stratified mask counts and the same masks for the\n"
+    "policy and the reference (antithetic sampling)."
+)
+VRPO_CARD_SETTINGS = (
+    "learning_rate",
+    "beta",
+    "loss_type",
+    "num_mc_samples",
+    "max_length",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "max_steps",
+    "num_train_epochs",
+    "seed",
+)
+
+
+class VRPOTrainer(HubPushMixin, SafeCheckpointMixin, Trainer):
     """[`Trainer`] for VRPO on iLLaDA, used like trl's `DPOTrainer`; `args` is a [`VRPOConfig`].
 
     Normalisation: the per-pair losses are summed and divided by the number of pairs of the optimizer step (all
@@ -381,6 +401,7 @@ class VRPOTrainer(SafeCheckpointMixin, Trainer):
     """
 
     loss_is_scaled_for_ga = True
+    card_tags = ("vrpo", "dpo")
 
     def __init__(
         self,
@@ -497,6 +518,10 @@ class VRPOTrainer(SafeCheckpointMixin, Trainer):
         with torch.no_grad(), self.compute_loss_context_manager():
             loss = self.compute_loss(model, inputs)
         return loss.detach(), None, None
+
+    def card_training(self) -> tuple[str, tuple[str, ...]]:
+        """The model card's "Training" paragraph and settings (see [`HubPushMixin.create_model_card`])."""
+        return VRPO_CARD_TRAINING, VRPO_CARD_SETTINGS
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Adds the means of the recorded metrics since the last log (as trl's DPOTrainer)."""

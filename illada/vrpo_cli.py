@@ -30,7 +30,7 @@ Commands:
     # resume from the newest checkpoint-* in --output_dir (starts afresh when there is none)
     python train_vrpo.py <same arguments> --resume
 
-    # the demo: preferences from the demo model's training split, then VRPO (README, "Preference optimisation")
+    # the demo: preferences from the demo model's training split, then VRPO (docs/vrpo.md)
     python -m illada.demo.build_preferences --output outputs/preferences.jsonl
     python train_vrpo.py --model_name_or_path illada-demo --train_files outputs/preferences.jsonl \\
         --output_dir outputs/illada-demo-vrpo-lr3e-5 --use_cpu --learning_rate 3e-5 --max_steps 150 \\

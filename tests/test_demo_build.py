@@ -63,46 +63,6 @@ def test_stage_commands_follow_the_two_stage_recipe(tmp_path):
     assert "--stratified_t" not in stage_command(plain, "sft", [], "s.jsonl", tmp_path / "s2")
 
 
-def test_focus_stage_is_an_sft_stage_with_its_own_steps_and_learning_rates(tmp_path):
-    args = BuildArguments(
-        work_dir=str(tmp_path),
-        focus_steps=300,
-        focus_learning_rate=5e-4,
-        focus_min_lr=1e-5,
-        warmup_ratio=0.1,
-        sft_decay_fraction=0.5,
-    )
-    focus = _flags(stage_command(args, "focus", ["--model_name_or_path", "s2"], "f.jsonl", tmp_path / "s3"))
-    assert focus["--model_name_or_path"] == "s2" and focus["--train_files"] == "f.jsonl"
-    assert (focus["--data_format"], focus["--lr_schedule"]) == ("sft", "sft")
-    assert (focus["--max_steps"], focus["--warmup_steps"], focus["--decay_fraction"]) == ("300", "30", "0.5")
-    assert float(focus["--learning_rate"]) == 5e-4 and float(focus["--min_lr"]) == 1e-5
-
-
-def test_focus_data_are_new_training_draws_in_their_own_mix(tmp_path):
-    from collections import Counter
-
-    from illada.demo.data import TASKS
-
-    args = BuildArguments(
-        work_dir=str(tmp_path),
-        sft_examples=len(TASKS) * 10,
-        focus_steps=5,
-        focus_task_weights="count_up:4",
-        focus_examples=(len(TASKS) + 3) * 10,
-    )
-    files = write_data(args, tmp_path)
-    sft, focus = (
-        [json.loads(line) for line in Path(files[name]).read_text().splitlines()] for name in ("sft", "focus")
-    )
-    assert Counter(row["task"] for row in focus) == {**dict.fromkeys(TASKS, 10), "count_up": 40}
-    examples = [e for e in make_examples("heldout", len(TASKS) * 20) if e.task == "count_up"]
-    assert not {row["prompt"] for row in focus} & {e.prompt for e in examples}
-    # the next seed's draws, not the start of the stage-2 file again
-    assert [row["prompt"] for row in focus[: len(TASKS)]] != [row["prompt"] for row in sft[: len(TASKS)]]
-    assert "focus" not in write_data(BuildArguments(work_dir=str(tmp_path), sft_examples=12, focus_steps=0), tmp_path)
-
-
 def test_a_finished_stage_is_reused_only_when_its_command_is_the_same(tmp_path, monkeypatch):
     runs = []
 
@@ -160,36 +120,34 @@ def test_resumed_build_reuses_finished_stages_until_one_has_to_run(tmp_path, mon
         work_dir=str(tmp_path / "work"),
         output_dir=str(tmp_path / "out"),
         sft_examples=24,
-        focus_examples=24,
-        focus_steps=3,
         pretrain_steps=2,
         sft_steps=2,
         vrpo_steps=0,
     )
     build(BuildArguments(**recipe))
-    assert calls == [("stage1-pretrain", False), ("stage2-sft", False), ("stage3-focus", False)]
+    assert calls == [("stage1-pretrain", False), ("stage2-sft", False)]
     first = json.loads((tmp_path / "out" / "build_info.json").read_text())
 
     calls.clear()
     build(BuildArguments(**recipe, resume=True))
     assert calls == []
     again = json.loads((tmp_path / "out" / "build_info.json").read_text())
-    assert again["train_loss"] == first["train_loss"] == {"pretrain": 1.0, "sft": 2.0, "focus": 3.0}
-    assert again["seconds"]["pretrain_s"] == again["seconds"]["sft_s"] == again["seconds"]["focus_s"] == 100.0
-    assert again["seconds"]["total_s"] == pytest.approx(300.0 + again["seconds"]["data_and_tokenizer_s"], abs=0.1)
+    assert again["train_loss"] == first["train_loss"] == {"pretrain": 1.0, "sft": 2.0}
+    assert again["seconds"]["pretrain_s"] == again["seconds"]["sft_s"] == 100.0
+    assert again["seconds"]["total_s"] == pytest.approx(200.0 + again["seconds"]["data_and_tokenizer_s"], abs=0.1)
 
     calls.clear()
-    build(BuildArguments(**{**recipe, "sft_steps": 4}, resume=True))
-    assert calls == [("stage2-sft", True), ("stage3-focus", False)]  # stage 3 afresh: --overwrite_output_dir
+    build(BuildArguments(**{**recipe, "pretrain_steps": 4}, resume=True))
+    assert calls == [("stage1-pretrain", True), ("stage2-sft", False)]  # stage 2 afresh: --overwrite_output_dir
 
-    # another task mix rewrites focus.jsonl under the same name, so the command is the same but the data is not:
-    # stage 3 runs again, afresh (its checkpoints learned the old data)
+    # another task mix rewrites sft.jsonl under the same name, so the command is the same but the data is not:
+    # stage 2 runs again, afresh (its checkpoints learned the old data)
     calls.clear()
-    build(BuildArguments(**{**recipe, "sft_steps": 4, "focus_task_weights": "add:5"}, resume=True))
-    assert calls == [("stage3-focus", False)]
-    record = json.loads((tmp_path / "work" / "stage3-focus" / STAGE_RECORD).read_text())
-    focus_file = tmp_path / "work" / "focus.jsonl"
-    assert record["train_file_sha256"] == hashlib.sha256(focus_file.read_bytes()).hexdigest()
+    build(BuildArguments(**{**recipe, "pretrain_steps": 4, "task_weights": "add:5"}, resume=True))
+    assert calls == [("stage2-sft", False)]
+    record = json.loads((tmp_path / "work" / "stage2-sft" / STAGE_RECORD).read_text())
+    sft_file = tmp_path / "work" / "sft.jsonl"
+    assert record["train_file_sha256"] == hashlib.sha256(sft_file.read_bytes()).hexdigest()
 
 
 def test_vrpo_stage_commands_start_from_the_sft_model_and_its_pairs(tmp_path):
@@ -378,9 +336,6 @@ def test_task_weights_set_the_share_of_each_task(tmp_path):
         (dict(sft_decay_fraction=1.5), "`sft_decay_fraction`"),
         (dict(sft_decay_fraction=float("nan")), "`sft_decay_fraction`"),
         (dict(num_threads=0), "`num_threads`"),
-        (dict(focus_steps=-1), "`focus_steps`"),
-        (dict(focus_examples=0), "`focus_examples`"),
-        (dict(focus_task_weights="add:x"), "`focus_task_weights`"),
         (dict(vrpo_steps=-1), "`vrpo_steps`"),
         (dict(vrpo_questions=0), "`vrpo_questions`"),
         (dict(vrpo_learning_rate=0.0), "`vrpo_learning_rate`"),
@@ -397,9 +352,6 @@ def test_bad_build_arguments_raise(kwargs, match):
 def test_smoke_shrinks_the_run_and_keeps_the_shipped_folder():
     args = BuildArguments(smoke=True, work_dir="somewhere")
     assert args.pretrain_steps == args.sft_steps == 2 and args.sft_examples < 10_000
-    assert args.focus_steps == 0  # the default recipe has no stage 3, nor has its smoke run
-    with_focus = BuildArguments(smoke=True, work_dir="somewhere", focus_steps=500)
-    assert with_focus.focus_steps == 2 and with_focus.focus_examples < 10_000
     assert args.vrpo_steps == 2 and args.vrpo_questions == len(TASKS)  # one question per task
     assert BuildArguments(smoke=True, vrpo_steps=0).vrpo_steps == 0
     assert Path(args.output_dir) == Path("somewhere") / "smoke-model"
@@ -407,7 +359,7 @@ def test_smoke_shrinks_the_run_and_keeps_the_shipped_folder():
 
 @pytest.mark.slow
 def test_smoke_build_loads_with_auto_classes(tmp_path):
-    """All four stages run (three through train_sft.py, VRPO on the SFT model's own answers through train_vrpo.py), a
+    """All three stages run (two through train_sft.py, VRPO on the SFT model's own answers through train_vrpo.py), a
     `--resume` re-run reuses them and the preference pairs, and the exported folder loads offline with
     trust_remote_code."""
     out = tmp_path / "model"
@@ -429,8 +381,6 @@ def test_smoke_build_loads_with_auto_classes(tmp_path):
         "2",
         "--batch_size",
         "4",
-        "--focus_steps",
-        "2",
     ]
     subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True, text=True, timeout=600)
     first = json.loads((out / "build_info.json").read_text())
@@ -438,10 +388,10 @@ def test_smoke_build_loads_with_auto_classes(tmp_path):
     rerun = subprocess.run(
         [*command, "--resume"], cwd=REPO, env=env, check=True, capture_output=True, text=True, timeout=600
     )
-    assert rerun.stdout.count("not run again") == 4 and "not built again" in rerun.stdout
+    assert rerun.stdout.count("not run again") == 3 and "not built again" in rerun.stdout
     assert "train_sft.py" not in rerun.stdout and "train_vrpo.py" not in rerun.stdout
     again = json.loads((out / "build_info.json").read_text())
-    assert set(first["train_loss"]) == {"pretrain", "sft", "focus", "vrpo"}
+    assert set(first["train_loss"]) == {"pretrain", "sft", "vrpo"}
     assert again["train_loss"] == first["train_loss"] and again["preferences"] == first["preferences"]
     assert first["preferences"]["pairs"] >= len(TASKS)  # a near miss for each question, at least
     assert {k: v for k, v in again["seconds"].items() if k not in ("data_and_tokenizer_s", "total_s")} == {

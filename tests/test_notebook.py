@@ -30,7 +30,8 @@ ANSWER_LINE = re.compile(r"^(?:   )?('.*?') -> ('.*?') (?:\| expected ('.*?') \|
 
 pytestmark = pytest.mark.skipif(
     not (MODEL_DIR / "config.json").is_file(),
-    reason=f"no demo model at {MODEL_DIR}: build it with `python -m illada.demo.build_demo_model` (or set ILLADA_DEMO_MODEL)",
+    reason=f"no demo model at {MODEL_DIR}: build it with `python -m illada.demo.build_demo_model` (or set "
+    "ILLADA_DEMO_MODEL)",
 )
 
 

@@ -72,7 +72,8 @@ out = {}
 for adapters in cases:
     ref = torch.load(adapters + "/ref.pt")
     auto = AutoPeftModelForCausalLM.from_pretrained(adapters, trust_remote_code=True)
-    peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_folder, trust_remote_code=True), adapters)
+    base = AutoModelForCausalLM.from_pretrained(base_folder, trust_remote_code=True)
+    peft = PeftModel.from_pretrained(base, adapters)
     out[adapters] = {"auto_class": type(auto).__name__, "auto": compare(auto, ref), "peft": compare(peft, ref),
                      "auto_merged": compare(auto.merge_and_unload(), ref),
                      "peft_merged": compare(peft.merge_and_unload(), ref)}
@@ -125,7 +126,7 @@ def test_lora_trains_only_adapters_and_reloads_in_fresh_process(base_folder, tmp
     save_with_reference(peft_model, tmp_path / "causal_lm")
 
     # Adapters saved without a task type: PEFT records the base class's module, which a fresh process cannot
-    # import for remote code; the README's fix is to set "task_type": "CAUSAL_LM" in adapter_config.json.
+    # import for remote code; the fix in docs/training.md is to set "task_type": "CAUSAL_LM" in adapter_config.json.
     untyped = get_peft_model(ILLaDAForCausalLM.from_pretrained(base_folder), lora_config(None))
     save_with_reference(untyped, tmp_path / "no_task_type")
     config_file = tmp_path / "no_task_type" / "adapter_config.json"

@@ -110,13 +110,13 @@ def test_shipped_tokenizer_pads_left_and_accepts_a_system_turn():
 
 
 @pytest.mark.skipif(not (SHIPPED / "config.json").is_file(), reason="no illada-demo/ folder")
-def test_readme_transformers_snippets_run(monkeypatch):
-    """The code blocks of the README's "transformers: `pipeline` and the everyday `generate` arguments" section,
-    run as written (from the repository root, with the demo model and tokenizer in scope)."""
+def test_docs_transformers_snippets_run(monkeypatch):
+    """The code blocks of docs/generation.md's "transformers: `pipeline` and the everyday `generate` arguments"
+    section, run as written (from the repository root, with the demo model and tokenizer in scope)."""
     import re
 
-    readme = (SHIPPED.parent / "README.md").read_text()
-    section = readme.split("### transformers: `pipeline` and the everyday `generate` arguments")[1].split("\n### ")[0]
+    page = (SHIPPED.parent / "docs" / "generation.md").read_text()
+    section = page.split("## transformers: `pipeline` and the everyday `generate` arguments")[1].split("\n## ")[0]
     blocks = re.findall(r"```python\n(.*?)```", section, re.S)
     assert len(blocks) == 2
     monkeypatch.chdir(SHIPPED.parent)
@@ -127,7 +127,7 @@ def test_readme_transformers_snippets_run(monkeypatch):
         "torch": torch,
     }
     for block in blocks:
-        exec(compile(block, "README.md", "exec"), namespace)
+        exec(compile(block, "docs/generation.md", "exec"), namespace)
     ids = namespace["ids"]
     greedy = model.generate(ids)
     assert torch.equal(model.generate(ids, do_sample=True, top_k=1, generator=torch.Generator().manual_seed(0)), greedy)

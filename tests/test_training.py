@@ -650,8 +650,8 @@ def test_tokenizer_errors():
         (
             "sft",
             {"question": ["a"], "answer": ["b"]},
-            r"`messages` column, `prompt` and `completion` columns, or a `text` column; example 0 of the train dataset has "
-            r"\['answer', 'question'\]",
+            r"`messages` column, `prompt` and `completion` columns, or a `text` column; example 0 of the train "
+            r"dataset has \['answer', 'question'\]",
         ),
         ("pretrain", {"content": ["a"]}, r"`text` column; example 0 of the train dataset has \['content'\]"),
     ],

@@ -18,7 +18,8 @@ from transformers import Trainer, TrainingArguments
 from trl import SFTConfig, SFTTrainer
 
 from illada.data import PLAIN_CHAT_TEMPLATE
-from illada.trainer import DiffusionSFTConfig, DiffusionSFTTrainer, build_model_card
+from illada.hub import build_model_card
+from illada.trainer import SFT_CARD_SETTINGS, DiffusionSFTConfig, DiffusionSFTTrainer, sft_card_training
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 EOS_ID, PAD_ID = 2, 1
@@ -50,7 +51,8 @@ def unpacked_rows(tmp_path, rows: list[dict], tokenizer=None, **overrides):
 
 
 def test_a_trl_script_with_the_diffusion_classes_trains(tmp_path):
-    """The README snippet: trl's usual call with `DiffusionSFTTrainer`/`DiffusionSFTConfig` and a jsonl dataset."""
+    """trl's usual call with `DiffusionSFTTrainer`/`DiffusionSFTConfig` and a jsonl dataset (the README's "Fine-tune"
+    snippet runs in tests/test_readme.py)."""
     data = tmp_path / "chat.jsonl"
     data.write_text(
         "".join(
@@ -265,9 +267,8 @@ def test_evaluation_masks_are_seeded_not_drawn_from_the_global_generator(tmp_pat
 def test_model_card_names_the_model_its_loading_and_the_settings(tmp_path):
     model = make_model()
     model.config._name_or_path = "GSAI-ML/iLLaDA-8B-Base"
-    card = build_model_card(
-        model, config(tmp_path, completion_only_loss=True, max_length=512), dataset_name="chat", tags=["demo"]
-    )
+    args = config(tmp_path, completion_only_loss=True, max_length=512)
+    card = build_model_card(model, args, sft_card_training(args), SFT_CARD_SETTINGS, dataset_name="chat", tags=["demo"])
     header = card.split("---")[1]
     for line in (
         "library_name: transformers",
@@ -287,7 +288,8 @@ def test_model_card_names_the_model_its_loading_and_the_settings(tmp_path):
     from peft import LoraConfig, get_peft_model
 
     adapter = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM"))
-    adapter_card = build_model_card(adapter, config(tmp_path))
+    args = config(tmp_path)
+    adapter_card = build_model_card(adapter, args, sft_card_training(args), SFT_CARD_SETTINGS)
     assert "library_name: peft" in adapter_card and "AutoPeftModelForCausalLM" in adapter_card
     assert "- lora" in adapter_card and "whole sequence" in adapter_card
 

@@ -68,7 +68,8 @@ RELEASED_KEYS = [
 
 
 def released_state_dict(config: ILLaDAConfig) -> dict[str, torch.Tensor]:
-    """A state dict spelled with the released checkpoint's tensor names (docs/architecture.md), shapes from the config."""
+    """A state dict spelled with the released checkpoint's tensor names (docs/architecture.md), shapes from the
+    config."""
     h, kv = config.hidden_size, config.num_key_value_heads * config.head_dim
     shapes = {
         "embed_tokens": (config.vocab_size, h),

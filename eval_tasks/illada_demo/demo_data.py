@@ -5,7 +5,7 @@ The documents come from `illada.demo.data` (the generators the demo model was tr
 
 - `test`: questions from the held-out split (`make_examples("heldout", ...)`, drawn with the seed of
   `python -m illada.demo.evaluate`), never seen in training: capitals, animal sounds and opposites asked in wordings
-  not trained on for that fact (the demo model's best tasks, see README "Quality on the held-out split").
+  not trained on for that fact (the demo model's best tasks, see docs/demo.md, "Quality on the held-out split").
 - `train`: training-split questions, the few-shot examples (`--num_fewshot`).
 
 Multiple choice puts the reference among `illada.demo.data.NUM_CHOICES - 1` near misses (`make_multiple_choice`).

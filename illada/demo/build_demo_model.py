@@ -4,11 +4,11 @@ Run from the repository root (fixed seeds, no network; with the defaults about 1
 measured in `illada-demo/build_info.json`; on cores busy with other work use `--num_threads 1` and expect it to
 take longer):
 
-    python -m illada.demo.build_demo_model                     # the full recipe, writes illada-demo/
-    python -m illada.demo.build_demo_model --smoke             # a few steps of each stage, writes runs/demo-build/smoke-model/
-    python -m illada.demo.build_demo_model --help              # every knob (sizes, steps, learning rates, task mix)
-    python -m illada.demo.build_demo_model --resume            # continue a stopped build from its last checkpoints
-    python -m illada.demo.learning_curves --run runs/demo-build/stage2-sft   # per-task held-out curves of the build
+    python -m illada.demo.build_demo_model            # the full recipe, writes illada-demo/
+    python -m illada.demo.build_demo_model --smoke    # a few steps of each stage, writes runs/demo-build/smoke-model/
+    python -m illada.demo.build_demo_model --help     # every knob (sizes, steps, learning rates, task mix)
+    python -m illada.demo.build_demo_model --resume   # continue a stopped build from its last checkpoints
+    python -m illada.demo.learning_curves --run runs/demo-build/stage2-sft   # per-task held-out curves
 
 What it does, in `work_dir` (default `runs/demo-build/`):
 
@@ -22,19 +22,17 @@ What it does, in `work_dir` (default `runs/demo-build/`):
    initialisation (documents joined by EOS, cut into windows, 30% of windows split at a random point).
 5. Stage 2, SFT: `train_sft.py --data_format sft --lr_schedule sft` from stage 1: `prompt + response + EOS`
    examples streamed into windows, masks over the whole window; the task mix set by `task_weights`.
-   Optionally (`--focus_steps N`, off in the shipped recipe), stage 3: the same SFT continued from stage 2 on new
-   training draws mixed by `focus_task_weights`, a curriculum step for the tasks stage 2 left weakest.
 6. Last stage, preference optimisation (`--vrpo_steps N`, 0 for none): the SFT model answers `vrpo_questions`
-   training-split questions (`python -m illada.demo.build_preferences`, in the exported model's blocks); the gold answer
-   is preferred to each wrong answer and to a near miss of every question, and `train_vrpo.py` runs VRPO (DPO on
+   training-split questions (`python -m illada.demo.build_preferences`, in the exported model's blocks); the gold
+   answer is preferred to each wrong answer and to a near miss of every question, and `train_vrpo.py` runs VRPO (DPO on
    antithetic ELBO estimates, the SFT model as the frozen reference) on those pairs. It takes about two minutes and
    keeps no checkpoints: a VRPO stage that was stopped runs again.
 7. Export: the weights, config (with `auto_map`), generation config (`block_length` set to
    `generation_block_length`), tokenizer and code files go to `output_dir`, with `build_info.json` (arguments,
    versions, corpus fingerprint, stage times and losses, the preference pairs' counts).
 
-Every stage is a plain `train_sft.py` / `illada.demo.build_preferences` / `train_vrpo.py` command line (printed before it
-runs), so the recipe can also be run by hand. With `--resume`, a stage that finished with the same command and
+Every stage is a plain `train_sft.py` / `illada.demo.build_preferences` / `train_vrpo.py` command line (printed before
+it runs), so the recipe can also be run by hand. With `--resume`, a stage that finished with the same command and
 training data is not run again, and `build_info.json` counts the time it took when it ran (recorded in its folder's
 `build_stage.json`); preference pairs built from the same weights with the same command are not built again.
 
@@ -43,17 +41,17 @@ machine for the first recipe: hidden 128 / 4 layers (1.05M parameters, 4.0 MB) 0
 0.53 s; 256 / 4 (3.7M, 14 MB) 0.56 s; 256 / 6 (5.0M, 18.9 MB) 0.79 s; vocabularies of 1k / 2k / 4k change the last
 by -5% / 0 / +15%. Measured again on the day of the second recipe (the same machine type, shared): 128 / 4 0.37 s,
 128 / 6 0.54 s, 192 / 6 0.88 s. Within the 2-hour budget that is 15,000+ steps at 128 / 4 but 7,000 at 192 / 6,
-and the first recipe's learning curves said steps were what it lacked (see the README's "Demo" section), so the
+and the first recipe's learning curves said steps were what it lacked (docs/demo.md), so the
 size stayed. The second recipe's curves (15,000 steps, constant LR, decay over the last 10%) showed the training
 loss flat at 1.11-1.13 from step 9,000 to 13,000 and most of the held-out gain in the final decay, so the third
 recipe (the defaults) decays the learning rate linearly from the end of the warmup (`sft_decay_fraction` 1.0) over
 13,000 steps (1 h 30 min, 0.41 s per step). Windows of 16 x 256 cost 5-15% more than 32 x 128, packed-document
 masks 0-5% more. On a machine whose two cores are shared with other work, two torch threads run 3-7x slower than
-on an idle machine and one thread about 2x slower: build with `--num_threads 1` there. A curriculum stage 3 on the
-third recipe's model (4,000 steps on the six weakest tasks, 0.40 s per step, 1 h 57 min in all) left the held-out
-exact match where it was (see `DEFAULT_FOCUS_TASK_WEIGHTS`), so it is not part of the defaults. The VRPO stage on the
-third recipe's SFT model (pairs 69 s, 150 steps 96 s) raised it from 55.0% to 59.3% (other seeds: 60.3%, 61.3%;
-960 questions or 600 steps: 58.0%, 55.3%; the README's "Demo" section has the table), so the defaults end with it.
+on an idle machine and one thread about 2x slower: build with `--num_threads 1` there. Continuing the SFT on
+the weakest tasks (curriculum and arithmetic-heavy stages, tried and dropped: docs/demo.md) left the held-out exact
+match where it was. The VRPO stage on the third recipe's SFT model (pairs 69 s, 150 steps 96 s) raised it from 55.0%
+to 59.3% (other seeds: 60.3%, 61.3%; 960 questions or 600 steps: 58.0%, 55.3%; docs/vrpo.md has the table), so the
+defaults end with it.
 """
 
 import hashlib
@@ -96,17 +94,11 @@ EXPORTED_FILES = (
 )
 SMOKE_STEPS = 2
 # Twice the data for the tasks the 7,000-step model of the first recipe got wrong most (<= 67% held-out exact match),
-# three times for the two it did not learn at all (add 0%, subtract 8%); see the README's "Demo" section.
+# three times for the two it did not learn at all (add 0%, subtract 8%); see docs/demo.md.
 DEFAULT_TASK_WEIGHTS = (
     "add:3,subtract:3,count_up:2,sort_words:2,copy:2,reverse_words:2,count_occurrences:2,sort_digits:2"
 )
 SMOKE_SFT_EXAMPLES = 2000
-# Stage 3 (a curriculum step, off by default): three times the data for the six tasks the 13,000-step model of the
-# third recipe answered worst (add 0%, subtract 4%, count_up 0%, count_occurrences 24%, sort_digits 48%, count_words
-# 64% held-out exact match); the six it had learned (72-100%) stay in the mix once each. Tried with 4,000 steps at
-# 1e-3 (the whole recipe 1 h 57 min): the same 55.0% overall, count_words 100% but reverse 68% and copy 72%, add,
-# subtract and count_up still at 0-4% (README, "Demo"), so the shipped recipe has no stage 3.
-DEFAULT_FOCUS_TASK_WEIGHTS = "add:3,subtract:3,count_up:3,count_occurrences:3,sort_digits:3,count_words:3"
 # Written by `build` into each finished stage folder: the stage's command (without the interpreter and the
 # resume/overwrite flag), the SHA-256 of its training file, seconds and training loss. `--resume` reuses a stage
 # whose record has the same command and data.
@@ -153,26 +145,12 @@ class BuildArguments:
         },
     )
     sft_examples: int = field(default=200_000, metadata={"help": "Training-split examples written for SFT."})
-    focus_steps: int = field(
-        default=0,
-        metadata={
-            "help": "Stage-3 optimizer steps (0: no stage 3): SFT continued from stage 2 on a new draw of training "
-            "examples mixed by `focus_task_weights`, the learning rate warmed up again to `focus_learning_rate` "
-            "and decayed like stage 2's."
-        },
-    )
-    focus_task_weights: str = field(
-        default=DEFAULT_FOCUS_TASK_WEIGHTS, metadata={"help": "Task mix of stage 3, written like `task_weights`."}
-    )
-    focus_learning_rate: float = field(default=1e-3, metadata={"help": "Stage-3 peak learning rate."})
-    focus_min_lr: float = field(default=3e-5, metadata={"help": "Stage-3 floor of the linear decay."})
-    focus_examples: int = field(default=100_000, metadata={"help": "Training-split examples written for stage 3."})
     vrpo_steps: int = field(
         default=150,
         metadata={
-            "help": "Optimizer steps of the last stage, preference optimisation (train_vrpo.py) on pairs built from the "
-            "SFT model's own answers to `vrpo_questions` training-split questions (illada.demo.build_preferences); 0: "
-            "no VRPO stage."
+            "help": "Optimizer steps of the last stage, preference optimisation (train_vrpo.py) on pairs built from "
+            "the SFT model's own answers to `vrpo_questions` training-split questions "
+            "(illada.demo.build_preferences); 0: no VRPO stage."
         },
     )
     vrpo_questions: int = field(
@@ -207,15 +185,16 @@ class BuildArguments:
     task_weights: str = field(
         default=DEFAULT_TASK_WEIGHTS,
         metadata={
-            "help": "Share of each task in the SFT data, as `task:weight` pairs separated by commas (integers; tasks not "
-            "named weigh 1), e.g. `add:3,copy:2`. Empty: every task equally."
+            "help": "Share of each task in the SFT data, as `task:weight` pairs separated by commas (integers; tasks "
+            "not named weigh 1), e.g. `add:3,copy:2`. Empty: every task equally."
         },
     )
     save_steps: int = field(
         default=1000,
         metadata={
-            "help": "Save a checkpoint every this many steps in each stage (0: none). Checkpoints let `--resume` continue "
-            "a build that was stopped, and `python -m illada.demo.learning_curves` measure each task as training goes."
+            "help": "Save a checkpoint every this many steps in each stage (0: none). Checkpoints let `--resume` "
+            "continue a build that was stopped, and `python -m illada.demo.learning_curves` measure each task as "
+            "training goes."
         },
     )
     resume: bool = field(
@@ -245,14 +224,12 @@ class BuildArguments:
             "pretrain_steps",
             "sft_steps",
             "sft_examples",
-            "focus_examples",
             "generation_block_length",
             "vrpo_questions",
             "vrpo_batch_size",
             "vrpo_num_mc_samples",
         ):
             check_positive_int(name, getattr(self, name))
-        check_non_negative_int("focus_steps", self.focus_steps)  # 0: no stage 3
         check_non_negative_int("vrpo_steps", self.vrpo_steps)  # 0: no VRPO stage
         check_non_negative_int("vrpo_warmup_steps", self.vrpo_warmup_steps)
         check_range("vrpo_learning_rate", self.vrpo_learning_rate, 0, math.inf, low_open=True, high_open=True)
@@ -267,26 +244,24 @@ class BuildArguments:
         check_positive_int("num_threads", self.num_threads, allow_none=True)
         check_non_negative_int("save_steps", self.save_steps)  # 0: no checkpoints
         self.weighted_tasks()  # checks `task_weights`
-        self.weighted_tasks("focus_task_weights")
         if self.smoke:
             self.pretrain_steps = self.sft_steps = SMOKE_STEPS
-            self.focus_steps = min(self.focus_steps, SMOKE_STEPS)
             self.vrpo_steps = min(self.vrpo_steps, SMOKE_STEPS)
             self.vrpo_questions = min(self.vrpo_questions, len(TASKS))
             self.vrpo_warmup_steps = min(self.vrpo_warmup_steps, 1)
-            self.sft_examples = self.focus_examples = SMOKE_SFT_EXAMPLES
+            self.sft_examples = SMOKE_SFT_EXAMPLES
             if self.output_dir == BuildArguments.output_dir:
                 self.output_dir = str(Path(self.work_dir) / "smoke-model")
 
-    def weighted_tasks(self, field_name: str = "task_weights") -> tuple[str, ...]:
-        """The task names `make_examples` cycles through for the mix in `field_name` (`task_weights` or
-        `focus_task_weights`): each task repeated `weight` times, in `TASKS` order."""
+    def weighted_tasks(self) -> tuple[str, ...]:
+        """The task names `make_examples` cycles through for the mix in `task_weights`: each task repeated `weight`
+        times, in `TASKS` order."""
         weights = dict.fromkeys(TASKS, 1)
-        for pair in filter(None, (part.strip() for part in getattr(self, field_name).split(","))):
+        for pair in filter(None, (part.strip() for part in self.task_weights.split(","))):
             name, _, weight = pair.partition(":")
             if name not in TASKS or not weight.isdigit() or int(weight) < 1:
                 raise ValueError(
-                    f"`{field_name}` entry {pair!r} must be `task:weight` with a task of {sorted(TASKS)} and an "
+                    f"`task_weights` entry {pair!r} must be `task:weight` with a task of {sorted(TASKS)} and an "
                     "integer weight >= 1."
                 )
             weights[name] = int(weight)
@@ -300,17 +275,11 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def write_data(args: BuildArguments, work_dir: Path) -> dict[str, str]:
-    """Writes `pretrain.jsonl`, `sft.jsonl` and, with a stage 3, `focus.jsonl` (training split only; stage 3's
-    examples are drawn with the next seed, so they are new draws); returns their paths."""
+    """Writes `pretrain.jsonl` and `sft.jsonl` (training split only); returns their paths."""
     files = {"pretrain": work_dir / "pretrain.jsonl", "sft": work_dir / "sft.jsonl"}
     _write_jsonl(files["pretrain"], [{"text": text} for text in pretraining_texts()])
-    mixes = {"sft": (args.sft_examples, args.seed, args.weighted_tasks())}
-    if args.focus_steps:
-        files["focus"] = work_dir / "focus.jsonl"
-        mixes["focus"] = (args.focus_examples, args.seed + 1, args.weighted_tasks("focus_task_weights"))
-    for stage, (count, seed, tasks) in mixes.items():
-        examples = make_examples("train", count, seed=seed, tasks=tasks)
-        _write_jsonl(files[stage], [{"prompt": e.prompt, "response": e.response, "task": e.task} for e in examples])
+    examples = make_examples("train", args.sft_examples, seed=args.seed, tasks=args.weighted_tasks())
+    _write_jsonl(files["sft"], [{"prompt": e.prompt, "response": e.response, "task": e.task} for e in examples])
     return {stage: str(path) for stage, path in files.items()}
 
 
@@ -339,14 +308,13 @@ def write_model_config(args: BuildArguments, folder: Path) -> ILLaDAConfig:
 def stage_command(
     args: BuildArguments, stage: str, model_flag: list[str], train_file: str, output: Path, resume: bool | None = None
 ) -> list[str]:
-    """The `train_sft.py` command line of one stage (`"pretrain"`, `"sft"` or `"focus"`, an SFT stage of its own):
-    with `--resume` when `resume` (default: `args.resume`), else with `--overwrite_output_dir`."""
+    """The `train_sft.py` command line of one stage (`"pretrain"` or `"sft"`): with `--resume` when `resume`
+    (default: `args.resume`), else with `--overwrite_output_dir`."""
     steps, lr, min_lr = {
         "pretrain": (args.pretrain_steps, args.pretrain_learning_rate, args.pretrain_min_lr),
         "sft": (args.sft_steps, args.sft_learning_rate, args.sft_min_lr),
-        "focus": (args.focus_steps, args.focus_learning_rate, args.focus_min_lr),
     }[stage]
-    kind = "pretrain" if stage == "pretrain" else "sft"
+    kind = stage
     flags = {
         "--train_files": train_file,
         "--data_format": kind,
@@ -388,8 +356,8 @@ def _script_command(script: Path, switches: list[str], flags: dict) -> list[str]
 
 
 def preferences_command(args: BuildArguments, model_dir: Path, output: Path) -> list[str]:
-    """The `illada.demo.build_preferences` command that answers `vrpo_questions` training-split questions with the model in
-    `model_dir` (in the exported model's blocks) and writes the preference pairs to `output`."""
+    """The `illada.demo.build_preferences` command that answers `vrpo_questions` training-split questions with the
+    model in `model_dir` (in the exported model's blocks) and writes the preference pairs to `output`."""
     return [
         sys.executable,
         "-m",
@@ -577,8 +545,6 @@ def build(args: BuildArguments) -> Path:
     files = write_data(args, work_dir)
     config = write_model_config(args, work_dir / "init")
     stages = {"pretrain": work_dir / "stage1-pretrain", "sft": work_dir / "stage2-sft"}
-    if args.focus_steps:
-        stages["focus"] = work_dir / "stage3-focus"
     times, records = {"data_and_tokenizer_s": time.perf_counter() - start}, {}
     model_flag = ["--config_name", str(work_dir / "init")]
     # With --resume, finished stages are reused (and unfinished ones continued from their checkpoints) until one has

@@ -146,7 +146,7 @@ def summarise(rows: list[dict], mc: dict[str, list[bool]], examples: list[Exampl
 
 
 def print_table(summary: dict[str, TaskResult], budget: int) -> None:
-    """The figures as a markdown table (the README's)."""
+    """The figures as a markdown table (the one in docs/demo.md)."""
     methods = list(summary["all"].mc_accuracy)
     header = ["task", "n", "exact match", "answer tokens", "stopped", "forward passes"] + [f"MC {m}" for m in methods]
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))

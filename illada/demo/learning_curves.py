@@ -5,17 +5,17 @@ folders in its SFT stage folder. This script answers the same held-out questions
 JSON line per checkpoint (step, training loss, exact match per task and overall), plots the curves and prints
 them as a markdown table:
 
-    python -m illada.demo.learning_curves --run runs/demo-build/stage2-sft            # the checkpoints there now
-    python -m illada.demo.learning_curves --run runs/demo-build/stage2-sft --watch    # ... and each new one, until the
-                                                                               # stage's final model is written
-    python -m illada.demo.learning_curves --run runs/demo-build/stage3-focus --step-offset 13000   # a stage that continues
-                                                                               # another: steps counted from its start
+    python -m illada.demo.learning_curves --run runs/demo-build/stage2-sft          # the checkpoints there now
+    python -m illada.demo.learning_curves --run runs/demo-build/stage2-sft --watch  # ... and each new one, until
+                                                                                     # the stage's final model
+    python -m illada.demo.learning_curves --run my-continued-sft --step-offset 13000  # a run that continues another
+                                                                                       # (steps counted from its start)
 
 Checkpoints already in the output file are skipped, so the command can be re-run or left watching beside the build
 (one torch thread by default, so that it takes little from the training run); with `--watch` it may be started
-before the build has created the stage folder, and waits for it. The questions are drawn from the
-held-out split with `--seed` (default 7), not with `illada.demo.evaluate`'s seed, so the curves used to choose a recipe are
-measured on other questions than the final table.
+before the build has created the stage folder, and waits for it. The questions are drawn from the held-out split
+with `--seed` (default 7), not with `illada.demo.evaluate`'s seed, so the curves used to choose a recipe are measured
+on other questions than the final table.
 """
 
 import argparse
