@@ -238,3 +238,22 @@ def test_presets_run_and_lossless_fast_equals_default(sharp_model):
         )
         assert answers(outputs[name].sequences, ids.shape[1]) == expected and outputs[name].nfe == nfe
     assert set(GENERATION_PRESETS) == {"exact", "default", "lossless-fast", "fast"}
+
+
+def test_presets_benchmark_runs_and_counts_the_llada_loop(capsys):
+    """`bench/bench_presets.py` on a tiny random stack: one row per setting; the LLaDA loop decodes the whole
+    budget one token per step (16 forwards), the paper's whole blocks one block (8), the default stops at the
+    forced EOS (answer position 1: 2 forwards)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import bench_presets
+
+    argv = ["--setup", "random", "--no_write", "--layers", "1", "--hidden", "64", "--vocab", "300"]
+    bench_presets.main([*argv, "--budget", "16", "--block", "8", "--prompt_len", "4"])
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][1:]
+    forwards = {row[0].lstrip("| "): float(row[1]) for row in rows if not row[1].startswith("-")}
+    assert len(forwards) == 1 + len(bench_presets.ROWS)
+    assert forwards[bench_presets.LLADA] == 16 and forwards["exact (paper: whole blocks)"] == 8
+    assert forwards["default (stop at the answer's end)"] == 2
