@@ -484,7 +484,7 @@ def _verify_drafts(model, canvas: _Canvas, span: tuple, config, callback, cache,
     drafts, real, order = _draft_canvases(block, x0[rows], scores[rows], undecided, config.draft_tokens)
     left = undecided_positions(drafts, config.mask_token_id, stops)  # [r, drafts, n]
     local, number = (real & left.any(-1)).nonzero(as_tuple=True)  # drafts with positions left: verified
-    reached = torch.zeros_like(rows)
+    reached, report = torch.zeros_like(rows), None
     if local.numel():
         tokens = canvas.tokens[rows[local], :visible].clone()
         tokens[:, start:end] = drafts[local, number]
@@ -495,8 +495,10 @@ def _verify_drafts(model, canvas: _Canvas, span: tuple, config, callback, cache,
         reached = _walk_drafts(picks, vx0, x0[rows], order, (local, number))
         last = (number == reached[local]).nonzero().squeeze(-1)  # verified drafts where rows end
         x0[rows[local[last]]], scores[rows[local[last]]] = vx0[last], vscores[last]
-        _report_step(canvas, rows[local[last]], logits[last], visible, callback)
+        report = rows[local[last]], logits[last]
     _commit(canvas, rows, start, drafts[torch.arange(rows.numel(), device=rows.device), reached])
+    if report is not None:
+        _report_step(canvas, *report, visible, callback)
 
 
 def _commit(canvas: _Canvas, rows: torch.Tensor, start: int, block: torch.Tensor) -> None:

@@ -257,3 +257,22 @@ def test_presets_benchmark_runs_and_counts_the_llada_loop(capsys):
     assert len(forwards) == 1 + len(bench_presets.ROWS)
     assert forwards[bench_presets.LLADA] == 16 and forwards["exact (paper: whole blocks)"] == 8
     assert forwards["default (stop at the answer's end)"] == 2
+
+
+def test_step_callback_sees_each_forwards_commits():
+    """One block of 8, drafts of 2: the first forward commits nothing yet, and every later forward reports the
+    canvas after the commits it verified, so the masks left drop at every report."""
+    model = make_model(seed=2, **SHARP)
+    prompt = torch.tensor(random_prompts([4], seed=2))
+    masks = []
+    with confident_in_order(model, [2, 5, 0, 7, 1, 6, 3, 4], 4):
+        out = model.generate(
+            prompt,
+            max_new_tokens=8,
+            block_length=8,
+            draft_tokens=2,
+            return_dict_in_generate=True,
+            step_callback=lambda step, tokens, logits: masks.append(int((tokens[0, 4:] == MASK).sum())),
+        )
+    assert len(masks) == out.nfe and masks[0] == 8
+    assert all(later < earlier for earlier, later in zip(masks, masks[1:])), masks
