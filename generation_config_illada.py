@@ -77,6 +77,8 @@ GENERATION_PRESETS = {
         decode_after_stop=None, draft_tokens=None, threshold=0.9, use_cache="prefix", steps=None, tokens_per_step=None
     ),
 }
+# Similarity (difflib ratio) from which an unknown key of generation_config.json is taken for a misspelt setting.
+NEAR_MISS = 0.8
 # Keys a generation_config.json may carry besides the settings.
 _METADATA_KEYS = ("transformers_version", "_from_model_config", "_commit_hash")
 _STOP_BIAS_KEYS = {"token_ids", "slope", "start", "max_bias"}
@@ -391,12 +393,24 @@ class ILLaDAGenerationConfig(GenerationConfig):
 
     @classmethod
     def from_dict(cls, config_dict: dict, **kwargs) -> "ILLaDAGenerationConfig":
-        """Like [`GenerationConfig.from_dict`]; the autoregressive keys of a stock generation_config.json (e.g.
-        `num_beams`, `max_length`) are dropped, and logged when they are set."""
+        """Like [`GenerationConfig.from_dict`], for a generation_config.json that this package may not have written:
+        the autoregressive keys of a stock file (e.g. `num_beams`) are dropped, and logged when they are set; keys of
+        other tools are dropped and named in one warning, except a near-miss of a setting (`block_lenght`), which
+        raises with the suggestion. A `max_length` (prompt + answer) without `max_new_tokens` is kept and
+        honoured by `generate`, which knows the prompt width."""
+        if not isinstance(config_dict, dict):
+            raise ValueError(
+                f"`generation_config.json` must hold a JSON object of settings, got {type(config_dict).__name__} "
+                f"{str(config_dict)[:80]}."
+            )
         config_dict = {**config_dict, **kwargs}
         return_unused_kwargs = config_dict.pop("return_unused_kwargs", False)
         for key in ("_from_auto", "_from_pipeline"):
             config_dict.pop(key, None)
+        max_length = config_dict.pop("max_length", None)
+        if max_length is not None and config_dict.get("max_new_tokens") is not None:
+            config_dict["max_length"], max_length = max_length, None  # max_new_tokens wins, as in transformers
+        _drop_foreign_keys(config_dict)
         stock_keys = GenerationConfig().to_dict()
         ignored = {
             k: config_dict.pop(k)
@@ -411,7 +425,18 @@ class ILLaDAGenerationConfig(GenerationConfig):
                 f"Ignoring autoregressive generation options that diffusion decoding does not use: {ignored_set}."
             )
         config = cls(**{k: v for k, v in config_dict.items() if v is not None or k not in _NOT_NONE})
+        if max_length is not None:
+            check_positive_int("max_length", max_length)
+            config.max_length = max_length  # not a setting: `generate` turns it into `max_new_tokens`
         return (config, {}) if return_unused_kwargs else config
+
+    def to_dict(self) -> dict:
+        """[`GenerationConfig.to_dict`]; a `max_length` read from a file is written instead of `max_new_tokens`
+        (which it replaces), so that saving and loading keep it."""
+        values = super().to_dict()
+        if values.get("max_length") is not None:
+            values.pop("max_new_tokens", None)
+        return values
 
     def to_diff_dict(self) -> dict:
         """Every setting: a saved generation_config.json decodes the same way even if the defaults change. (The
@@ -483,6 +508,20 @@ def _check_stop_token_bias(spec) -> None:
         raise ValueError(f"`stop_token_bias['start']` must be an integer >= 0, got {start!r}.")
     if spec.get("max_bias") is not None:
         _check_number("stop_token_bias['max_bias']", spec["max_bias"], 0, float("inf"), low_open=True)
+
+
+def _drop_foreign_keys(config_dict: dict) -> None:
+    """Removes from `config_dict` the keys that are no setting, metadata or stock option (another tool's), naming
+    them in one warning; a key that is a near-miss of a setting raises `TypeError` with the suggestion."""
+    stock = GenerationConfig().to_dict()
+    foreign = sorted(k for k in config_dict if k not in SETTINGS and k not in _METADATA_KEYS and k not in stock)
+    typos = [name for name in foreign if difflib.get_close_matches(name, SETTINGS, n=1, cutoff=NEAR_MISS)]
+    if typos:
+        raise TypeError(unknown_names_message("generation_config.json", typos))
+    if foreign:
+        logger.warning(f"Ignoring keys of generation_config.json that are not iLLaDA generation settings: {foreign}.")
+    for name in foreign:
+        del config_dict[name]
 
 
 def unknown_names_message(where: str, names: list[str]) -> str:

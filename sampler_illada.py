@@ -46,6 +46,9 @@ from .utils_illada import guided_logits
 NOISE_DTYPE = torch.float64
 # `history` value of positions that were not generated (prompt, padding, after the end).
 NOT_GENERATED = -1
+# Remasking scores closer than this are tied (leftmost first): float32 logits carry noise of ~1e-7 that depends on
+# the row's padding, which must not pick the committed position.
+TIE_TOLERANCE = 1e-6
 
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
 
@@ -218,16 +221,22 @@ def select_commits(
 
     `k = num_tokens` (the schedule), raised with a `threshold` to the number of masked positions scoring at least
     `threshold` (Fast-dLLM's parallel decoding, which always commits at least the top one). A row with fewer
-    masks left than `k` commits them all: the masked positions rank first. Ties go to the leftmost position.
+    masks left than `k` commits them all: the masked positions rank first.
+
+    Ties go to the leftmost positions, and scores within `TIE_TOLERANCE` of the k-th best count as tied: float
+    noise (a row's padding changes the order of the sums) must not decide which of equally confident positions is
+    committed, so a row decodes the same alone or padded (e.g. an empty prompt, whose all-mask confidences tie).
     """
     scores = scores.masked_fill(~masked, -math.inf)
     count = torch.full(scores.shape[:1], num_tokens, device=scores.device)  # [rows]
     if threshold is not None:
         count = torch.maximum(count, (scores >= threshold).sum(-1))
-    order = scores.argsort(dim=-1, descending=True, stable=True)
-    positions = torch.arange(scores.shape[-1], device=scores.device).expand_as(order)
-    rank = torch.empty_like(order).scatter_(-1, order, positions)
-    return (rank < count[:, None]) & masked
+    ordered = scores.sort(dim=-1, descending=True).values
+    kth = ordered.gather(-1, (count - 1).clamp(0, scores.shape[-1] - 1)[:, None])  # [rows, 1]
+    sure = (scores > kth + TIE_TOLERANCE) & masked  # clearly better than the k-th best
+    tied = (scores >= kth - TIE_TOLERANCE) & masked & ~sure
+    need = (count - sure.sum(-1))[:, None]  # [rows, 1]
+    return sure | (tied & (tied.cumsum(-1) <= need))
 
 
 def cut_after_stop(

@@ -155,10 +155,14 @@ class ILLaDAGenerationMixin:
         # The most specific length wins: the call's, then the stock config's (its max_new_tokens before its max_length).
         if max_length is None and "max_new_tokens" not in call_settings and "max_new_tokens" not in config_settings:
             max_length = config_max_length
+            if max_length is None and prompt_width is not None:  # a checkpoint file's `max_length`
+                max_length = getattr(base, "max_length", None)
         if max_length is not None:
             call_settings["max_new_tokens"] = _budget_from_max_length(max_length, prompt_width)
         # A copy in this module's class: the config may come from a checkout while the model is remote code.
         config = ILLaDAGenerationConfig.from_dict(base.to_dict())
+        if max_length is not None:
+            config.__dict__.pop("max_length", None)  # now the call's `max_new_tokens`
         try:
             config.update(**{**config_settings, **call_settings})
         except ValueError as error:
@@ -248,8 +252,13 @@ class ILLaDAGenerationMixin:
         """Called by `from_pretrained`: loads the folder's generation_config.json as an [`ILLaDAGenerationConfig`]
         (after transformers' `GenerationMixin.adjust_generation_fn`). Without the file, the defaults built from
         the model config stay; a file that is not valid JSON raises `ValueError` naming it."""
-        if generation_config is not None:
-            self.generation_config = ILLaDAGenerationConfig.from_dict(generation_config.to_dict())
+        if generation_config is not None:  # a stock config: only what it sets (its `max_length` default is 20)
+            values = (
+                generation_config.to_dict()
+                if _is_diffusion_config(generation_config)
+                else generation_config.to_diff_dict()
+            )
+            self.generation_config = ILLaDAGenerationConfig.from_dict(values)
             return
         if pretrained_model_name_or_path is None:
             return

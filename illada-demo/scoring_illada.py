@@ -591,8 +591,13 @@ class ILLaDAScoringMixin:
             raise ValueError(f"Got {len(prompts)} `prompts` for {len(choices)} lists of `choices`: give one each.")
         pair_prompts, pair_choices, prompt_names, names, sizes = [], [], [], [], []
         for q, (prompt, question_choices) in enumerate(zip(prompts, choices)):
-            if isinstance(question_choices, (str, torch.Tensor)) or not len(question_choices):
-                name = "choices" if len(prompts) == 1 else f"choices[{q}]"
+            name = "choices" if len(prompts) == 1 else f"choices[{q}]"
+            if not isinstance(question_choices, (list, tuple)):  # a set or dict has no order for the answer index
+                raise TypeError(
+                    f"`{name}` must be a list or tuple of candidates (the answer is an index into it), got "
+                    f"{type(question_choices).__name__} {question_choices!r:.80}."
+                )
+            if not question_choices:
                 raise ValueError(f"`{name}` must be a non-empty list of candidates, got {question_choices!r}.")
             prompt_name = "prompt" if len(prompts) == 1 else f"prompts[{q}]"
             prompt_ids = _as_ids(prompt, tokenizer, prompt_name, True)

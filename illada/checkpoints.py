@@ -233,6 +233,23 @@ class SafeCheckpointMixin:
 
     _staging_checkpoint = False
 
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
+        """Trainer's `train`, after refusing an `output_dir` that is the model's own folder (its weights would be
+        overwritten by the final save) or that holds another run's checkpoints when not resuming (a checkpoint of
+        the same step would replace it; `args.overwrite_output_dir` allows it)."""
+        model = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        source = getattr(getattr(model, "config", None), "_name_or_path", "")
+        check_inputs_outside(self.args.output_dir, models={"model": source or None})
+        if not resume_from_checkpoint and not getattr(self.args, "overwrite_output_dir", False):
+            checkpoints = list_checkpoints(self.args.output_dir)
+            if checkpoints:
+                raise ValueError(
+                    f"`output_dir` {self.args.output_dir!r} holds checkpoints of another run ({checkpoints[0].name}, "
+                    "...): pass `resume_from_checkpoint` to continue it, set `overwrite_output_dir=True` to let this "
+                    "run replace them, or choose another `output_dir`."
+                )
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
     # Trainer has no public hook for where a checkpoint is written: `_save_checkpoint` asks `_get_output_dir`.
     def _get_output_dir(self, trial: Any) -> str:
         run_dir = super()._get_output_dir(trial)
@@ -310,6 +327,99 @@ class ResumeArguments:
     )
 
 
+# What a training run writes into `output_dir` besides its checkpoints: the final model (or adapter), its code,
+# tokenizer and card, and the run's state and metrics. Finding one of them means a model or a run that this run did
+# not create.
+RUN_OUTPUTS = (
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    SAFE_INDEX,
+    "pytorch_model.bin",
+    "adapter_config.json",
+    "adapter_model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "README.md",
+    TRAINER_STATE,
+    "training_args.bin",
+    "train_results.json",
+    "eval_results.json",
+    "all_results.json",
+)
+
+
+def saved_outputs(output_dir: str | os.PathLike) -> list[str]:
+    """The names of `RUN_OUTPUTS` that `output_dir` holds (empty if it does not exist)."""
+    folder = Path(output_dir)
+    return [name for name in RUN_OUTPUTS if (folder / name).exists()] if folder.is_dir() else []
+
+
+def check_inputs_outside(
+    output_dir: str | os.PathLike, models: dict[str, Any] | None = None, data: dict[str, Any] | None = None
+) -> None:
+    """Refuses an `output_dir` that is the folder of one of `models` (name -> folder or file) or that holds one of
+    `data` (name -> path or list of paths): the run would overwrite its own inputs (see [`check_output_dir`])."""
+    out = Path(output_dir).resolve()
+    for name, path in (models or {}).items():
+        if path is not None and Path(path).exists():
+            folder = Path(path).resolve()
+            folder = folder if folder.is_dir() else folder.parent
+            if folder == out:
+                raise ValueError(
+                    f"`output_dir` {str(output_dir)!r} is the folder of `{name}` {str(path)!r}: training in place "
+                    "would overwrite it. Choose another `--output_dir`."
+                )
+    for name, paths in (data or {}).items():
+        for path in [paths] if isinstance(paths, (str, os.PathLike)) else paths or []:
+            resolved = Path(path).resolve()
+            if Path(path).exists() and (resolved == out or out in resolved.parents):
+                raise ValueError(
+                    f"`{name}` {str(path)!r} lies in `output_dir` {str(output_dir)!r}, which the run writes into: "
+                    "choose another `--output_dir`."
+                )
+
+
+def check_output_dir(
+    output_dir: str | os.PathLike | None,
+    resume: bool = False,
+    overwrite: bool = False,
+    models: dict[str, Any] | None = None,
+    data: dict[str, Any] | None = None,
+) -> None:
+    """Refuses an `output_dir` whose files a training run would overwrite without being told to.
+
+    - `output_dir` must be a non-empty path; `resume` and `overwrite` contradict each other.
+    - Never the folder of an input: `models` (name -> folder or file: the model, config, tokenizer, reference) must
+      not be `output_dir` (training in place would overwrite the base model); `data` (name -> path or list of paths:
+      data files or folders) must not lie in `output_dir`.
+    - A saved model or run (`RUN_OUTPUTS`: weights, config, card, trainer state...) is replaced only with `overwrite`,
+      or when `resume` continues that run from one of its checkpoints.
+
+    Checkpoint folders are `checkpoint_to_resume`'s concern (it refuses them, without `resume` or `overwrite`, with
+    its own message).
+
+    Raises:
+        `ValueError`: naming the flag, the folder and the files at stake, and what to pass instead.
+    """
+    if output_dir is None or not str(output_dir).strip():
+        raise ValueError(f"`output_dir` must be a folder path, got {output_dir!r}.")
+    if resume and overwrite:
+        raise ValueError(
+            "`--resume` continues the run in `output_dir` and `--overwrite_output_dir` deletes it: pass one of them."
+        )
+    out = Path(output_dir).resolve()
+    check_inputs_outside(output_dir, models, data)
+    saved = saved_outputs(out)
+    continued = resume and last_complete_checkpoint(out)
+    if saved and not overwrite and not continued and (resume or not list_checkpoints(out)):  # else: see below
+        raise ValueError(
+            f"`output_dir` {str(output_dir)!r} already holds a saved model or run ({', '.join(saved[:4])}"
+            f"{', ...' if len(saved) > 4 else ''}) and no checkpoint to resume from: pass `--overwrite_output_dir` "
+            "to replace it, or choose another `--output_dir`."
+        )
+
+
 def checkpoint_to_resume(
     output_dir: str | os.PathLike, resume: bool, max_steps: int = -1, overwrite: bool = False
 ) -> str | None:
@@ -319,7 +429,9 @@ def checkpoint_to_resume(
       is none. One at (or past) `max_steps` (> 0) is returned with a warning that there is nothing to train: a
       [`SafeCheckpointMixin`] trainer then trains no step and the final save is redone from it.
     - not `resume`, and `output_dir` holds `checkpoint-*` folders: with `overwrite` they are deleted (so that a
-      later `--resume` cannot pick an old run's checkpoint); without it, a `ValueError` says what to pass.
+      later `--resume` cannot pick an old run's checkpoint), and so are the files of a saved model or run
+      (`RUN_OUTPUTS`: no stale card or state is left beside the new model); without it, a `ValueError` says what
+      to pass.
 
     Call it on every process before training; with `overwrite`, from the main process first
     (`args.main_process_first()`).
@@ -348,6 +460,9 @@ def checkpoint_to_resume(
         for path in checkpoints:
             logger.warning("Deleting %s of an earlier run (`overwrite_output_dir`).", path)
             shutil.rmtree(path, ignore_errors=True)
+        for name in saved_outputs(output_dir) if overwrite else []:  # no stale card or state beside the new model
+            logger.warning("Deleting %s of an earlier run (`overwrite_output_dir`).", Path(output_dir) / name)
+            (Path(output_dir) / name).unlink()
         shutil.rmtree(Path(output_dir) / STAGING_DIR, ignore_errors=True)
         return None
     checkpoint = last_complete_checkpoint(output_dir)

@@ -19,6 +19,11 @@ Pre-training (`data_format="pretrain"`) takes `text` documents, closes each with
 and splits each window with probability `split_probability` at a uniform point into two segments that do not attend
 to each other.
 
+Pre-tokenised rows (`input_ids`, with optional `completion_mask`, `attention_mask` and `seq_lengths`) are checked
+(ids in the vocabulary, no mask token, no empty row) and packed the same way, their padding dropped. A
+`datasets.IterableDataset` (streaming) goes through the same steps lazily and gives the same rows. No example may
+hold the mask token (its text `<[MASK]>` included): the model would learn it as a clean token.
+
 Every error names the example (index, or file and line for JSON-lines files read by `load_data_files`).
 """
 
@@ -30,9 +35,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+from datasets import Dataset, DatasetDict, IterableDataset, load_dataset, load_from_disk
 from transformers import PreTrainedTokenizerBase
 from trl.data_utils import common_prefix_length, is_conversational_from_value, maybe_convert_to_chatml, pack_dataset
+
+from illada.tokenized_rows import check_length, check_tokenized_row
 
 # The paper trains on 8192-token windows; the model's `max_position_embeddings` caps it.
 DEFAULT_MAX_LENGTH = 8192
@@ -160,21 +167,24 @@ def check_example(example: dict[str, Any], fmt: str, text_field: str, where: str
         _check_string(example[text_field], text_field, where)
     elif fmt == "messages":
         _check_turns(example["messages"], "messages", where, final_response=True)
+        _check_has_prompt(example["messages"][:-1], "messages", where)
     else:
         prompt, completion = example["prompt"], example[columns[1]]
         if isinstance(prompt, list) and fmt == "prompt-completion":
             _check_turns(prompt, "prompt", where)
             _check_turns(completion, "completion", where, final_response=True)
+            _check_has_prompt(prompt, "prompt", where)
         else:
             _check_string(prompt, "prompt", where)
             _check_string(completion, columns[1], where, non_empty=True)
+    _check_template_columns(example, where)
 
 
 def _check_string(value: Any, name: str, where: str, non_empty: bool = False) -> None:
     if not isinstance(value, str):
         raise TypeError(f"{where}: `{name}` must be a string, got {type(value).__name__} {repr(value)[:80]}.")
-    if non_empty and not value:
-        raise ValueError(f"{where}: `{name}` is empty: there is no response to train on.")
+    if non_empty and not value.strip():
+        raise ValueError(f"{where}: `{name}` is {'blank' if value else 'empty'}: there is no response to train on.")
 
 
 def _check_turns(turns: Any, name: str, where: str, final_response: bool = False) -> None:
@@ -188,10 +198,36 @@ def _check_turns(turns: Any, name: str, where: str, final_response: bool = False
             raise TypeError(
                 f"{where}: turn {k} of `{name}` must be a dict with string `role` and `content`, got {repr(turn)[:80]}."
             )
-    if final_response and (not turns or turns[-1]["role"] != "assistant" or not turns[-1]["content"]):
+    if final_response and (not turns or turns[-1]["role"] != "assistant" or not turns[-1]["content"].strip()):
         raise ValueError(
             f"{where} has no response: the last turn of `{name}` must be a non-empty assistant turn, "
             f"got {str(turns)[:200]}."
+        )
+
+
+def _check_has_prompt(turns: list, name: str, where: str) -> None:
+    if not turns:
+        raise ValueError(
+            f"{where}: `{name}` has no turn before the assistant's response: a conversation needs a user (or system) "
+            "turn to answer; plain text goes in a `text` column."
+        )
+
+
+def _check_template_columns(example: dict[str, Any], where: str) -> None:
+    """trl's optional `tools` (a list of tool schemas, or its JSON text) and `chat_template_kwargs` (a mapping)."""
+    tools = example.get("tools")
+    if isinstance(tools, str):
+        try:
+            tools = json.loads(tools)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{where}: `tools` is not valid JSON ({error.msg} at column {error.colno}).") from None
+    if tools is not None and not (isinstance(tools, list) and all(isinstance(tool, dict) for tool in tools)):
+        raise TypeError(f"{where}: `tools` must be a list of tool schemas (dicts), got {repr(tools)[:80]}.")
+    kwargs = example.get("chat_template_kwargs")
+    if kwargs is not None and not (isinstance(kwargs, dict) and all(isinstance(key, str) for key in kwargs)):
+        raise TypeError(
+            f"{where}: `chat_template_kwargs` must be a mapping of template variable names to values, got "
+            f"{repr(kwargs)[:80]}."
         )
 
 
@@ -214,34 +250,61 @@ def prompt_and_completion(example: dict[str, Any], fmt: str) -> tuple[str | list
 
 
 def tokenize_example(
-    example: dict[str, Any], index: int, tokenizer: PreTrainedTokenizerBase, fmt: str, text_field: str
+    example: dict[str, Any],
+    index: int,
+    tokenizer: PreTrainedTokenizerBase,
+    fmt: str,
+    text_field: str,
+    max_length: int | None = None,
 ) -> dict[str, list[int]]:
     """`input_ids` of `prompt + completion + EOS` (one EOS) and `completion_mask` (1 on completion and EOS).
 
     The completion starts where the tokenised prompt and prompt + completion diverge (trl's
-    `common_prefix_length`), so a chat template's generation prompt stays in the prompt.
+    `common_prefix_length`), so a chat template's generation prompt stays in the prompt. A text holding the mask
+    token (e.g. the literal `<[MASK]>`) is refused: the model would learn the mask token as a clean token. With
+    `max_length`, an example longer than it is refused (rows that must hold whole examples).
     """
-    check_example(example, fmt, text_field, f"Example {index}")
+    where = f"Example {index}"
+    check_example(example, fmt, text_field, where)
     if fmt == "text":
         ids = tokenizer(example[text_field], add_special_tokens=False)["input_ids"]
-        return _close_with_eos(ids, 0, tokenizer.eos_token_id)
-    prompt, completion = prompt_and_completion(example, fmt)
-    if isinstance(prompt, list):
-        template = tokenizer.chat_template or PLAIN_CHAT_TEMPLATE
-        tools = example.get("tools")
-        kwargs = {
-            "chat_template": template,
-            "tools": json.loads(tools) if isinstance(tools, str) else tools,
-            "tokenize": True,
-            "return_dict": True,
-            **(example.get("chat_template_kwargs") or {}),
-        }
-        prompt_ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, **kwargs)["input_ids"]
-        full_ids = tokenizer.apply_chat_template(prompt + completion, **kwargs)["input_ids"]
+        row = _close_with_eos(ids, 0, tokenizer.eos_token_id)
     else:
-        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        full_ids = tokenizer(prompt + completion, add_special_tokens=False)["input_ids"]
-    return _close_with_eos(full_ids, common_prefix_length(prompt_ids, full_ids), tokenizer.eos_token_id)
+        prompt, completion = prompt_and_completion(example, fmt)
+        if isinstance(prompt, list):
+            kwargs = {
+                "chat_template": tokenizer.chat_template or PLAIN_CHAT_TEMPLATE,
+                "tools": _tools(example),
+                "tokenize": True,
+                "return_dict": True,
+                **(example.get("chat_template_kwargs") or {}),
+            }
+            prompt_ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, **kwargs)["input_ids"]
+            full_ids = tokenizer.apply_chat_template(prompt + completion, **kwargs)["input_ids"]
+        else:
+            prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            full_ids = tokenizer(prompt + completion, add_special_tokens=False)["input_ids"]
+        row = _close_with_eos(full_ids, common_prefix_length(prompt_ids, full_ids), tokenizer.eos_token_id)
+    _check_no_mask_token(row, tokenizer, FORMAT_COLUMNS.get(fmt, (text_field,)), where)
+    check_length(row["input_ids"], max_length, where)
+    return row
+
+
+def _tools(example: dict[str, Any]) -> list | None:
+    tools = example.get("tools")
+    return json.loads(tools) if isinstance(tools, str) else tools
+
+
+def _check_no_mask_token(row: dict[str, list[int]], tokenizer: PreTrainedTokenizerBase, columns: tuple, where: str):
+    mask_id = tokenizer.mask_token_id
+    if mask_id is None or mask_id not in row["input_ids"]:
+        return
+    position = row["input_ids"].index(mask_id)
+    column = columns[-1] if row["completion_mask"][position] and len(columns) > 1 else columns[0]
+    raise ValueError(
+        f"{where}: `{column}` holds the mask token {tokenizer.mask_token!r} (id {mask_id}) at token {position}: the "
+        "model would learn it as a clean token. Remove it from the text (training data may not contain it)."
+    )
 
 
 def _close_with_eos(ids: list[int], completion_start: int, eos: int) -> dict[str, list[int]]:
@@ -270,27 +333,20 @@ def split_windows(batch: dict, indices: list[int], split_probability: float, see
 
 
 def pack_rows(
-    tokenized: Dataset,
+    tokenized: Dataset | IterableDataset,
     max_length: int,
     packing: bool,
     strategy: str,
     split_probability: float,
     seed: int,
     num_proc: int | None = None,
-) -> Dataset:
-    """Packs tokenised examples with trl's `pack_dataset` (see the module docstring)."""
-    if not packing or strategy == "bfd":  # rows must hold whole examples: truncation would cut the EOS off
-        lengths = [len(ids) for ids in tokenized["input_ids"]]
-        too_long = [n for n in lengths if n > max_length]
-        if too_long:
-            raise ValueError(
-                f"{len(too_long)} examples are longer than `max_length`={max_length} (longest "
-                f"{max(too_long)}): truncating them would drop their EOS. Use `packing_strategy="
-                "'wrapped'` or 'bfd_split', or a longer `max_length`."
-            )
+) -> Dataset | IterableDataset:
+    """Packs tokenised examples with trl's `pack_dataset` (see the module docstring). Rows longer than `max_length`
+    are refused before (`whole_rows`) where the rows must hold whole examples."""
     if not packing:
         return tokenized
-    map_kwargs = {"num_proc": num_proc, "batch_size": STREAM_CHUNK_EXAMPLES}
+    streamed = isinstance(tokenized, IterableDataset)
+    map_kwargs = {"batch_size": STREAM_CHUNK_EXAMPLES, **({} if streamed else {"num_proc": num_proc})}
     packed = pack_dataset(tokenized, max_length, strategy, map_kwargs)
     if strategy != "wrapped":
         return packed
@@ -298,14 +354,18 @@ def pack_rows(
         split_windows,
         batched=True,
         with_indices=True,
-        batch_size=STREAM_CHUNK_EXAMPLES,
         fn_kwargs={"split_probability": split_probability, "seed": seed},
-        num_proc=num_proc,
+        **map_kwargs,
     )
 
 
+def whole_rows(packing: bool, strategy: str) -> bool:
+    """Whether each row must hold whole examples (no packing, or best-fit packing without splits)."""
+    return not packing or strategy == "bfd"
+
+
 def prepare_dataset(
-    dataset: Dataset,
+    dataset: Dataset | IterableDataset,
     tokenizer: PreTrainedTokenizerBase,
     max_length: int,
     packing: bool = True,
@@ -318,12 +378,17 @@ def prepare_dataset(
     num_proc: int | None = None,
     shuffle: bool = False,
     name: str = "train",
-) -> Dataset:
-    """Turns raw rows in trl's formats into training rows (the data layer of [`DiffusionSFTTrainer`]).
+    completion_only_loss: bool = False,
+    vocab_size: int | None = None,
+) -> Dataset | IterableDataset:
+    """Turns raw rows in trl's formats, or pre-tokenised rows, into training rows (the data layer of
+    [`DiffusionSFTTrainer`]).
 
     Args:
-        dataset (`datasets.Dataset`): Raw rows (see the module docstring); a dataset that already has `input_ids`
-            is returned as it is.
+        dataset (`datasets.Dataset` or `datasets.IterableDataset`): Raw rows (see the module docstring), or
+            pre-tokenised rows: `input_ids` with optional `completion_mask`, `attention_mask` (its 0s are padding,
+            dropped) and `seq_lengths` (rows packed already: kept as they are). Pre-tokenised ids are taken as
+            they are (no EOS added). An `IterableDataset` (streaming) goes through the same steps lazily.
         tokenizer ([`PreTrainedTokenizerBase`]): Renders and tokenises the rows; its EOS closes each example.
         max_length (`int`): Window length.
         packing (`bool`, *optional*, defaults to `True`): Pack examples into windows; else one example per row.
@@ -333,37 +398,81 @@ def prepare_dataset(
         seed (`int`, *optional*, defaults to 0): Seed of the window splits (and of the shuffle).
         text_field (`str`, *optional*, defaults to `"text"`): Column of plain text rows (trl's `dataset_text_field`).
         formatting_func (`Callable`, *optional*): Turns a row into a text (trl's `formatting_func`).
-        num_proc (`int`, *optional*): Processes for `datasets.map`.
+        num_proc (`int`, *optional*): Processes for `datasets.map` (map-style datasets).
         shuffle (`bool`, *optional*, defaults to `False`): Shuffle the rows after packing.
         name (`str`, *optional*): Name of the dataset in errors.
+        completion_only_loss (`bool`, *optional*, defaults to `False`): The trainer masks the completion only: the
+            rows must have one (not `text`, not pre-tokenised rows without `completion_mask`).
+        vocab_size (`int`, *optional*): Ids of pre-tokenised rows must be below it; defaults to `len(tokenizer)`.
 
     Returns:
-        `datasets.Dataset` with `input_ids`, `completion_mask` and, when packed, `seq_lengths`.
+        The dataset (of the same kind) with `input_ids`, `completion_mask` and, when packed, `seq_lengths`.
     """
-    if isinstance(dataset, DatasetDict) or not isinstance(dataset, Dataset):
+    streamed = isinstance(dataset, IterableDataset)
+    if not isinstance(dataset, (Dataset, IterableDataset)):
         raise TypeError(
-            f"The {name} dataset must be a `datasets.Dataset`, got {type(dataset).__name__} (pick one "
-            "split of a DatasetDict)."
+            f"The {name} dataset must be a `datasets.Dataset` or `datasets.IterableDataset`, got "
+            f"{type(dataset).__name__} (pick one split of a DatasetDict)."
         )
-    if "input_ids" in dataset.column_names:
-        return dataset
-    if len(dataset) == 0:
+    first = next(iter(dataset), None)
+    if first is None:
         raise ValueError(f"The {name} dataset is empty: there is nothing to train on.")
-    if formatting_func is not None:
-        dataset = dataset.map(lambda example: {text_field: formatting_func(example)}, num_proc=num_proc)
-    if is_conversational_from_value(dataset[0]):
-        dataset = dataset.map(maybe_convert_to_chatml, remove_columns="conversations", num_proc=num_proc)
-    fmt = dataset_format(dataset[0], data_format, text_field, f"example 0 of the {name} dataset")
-    tokenized = dataset.map(
-        tokenize_example,
-        with_indices=True,
-        remove_columns=dataset.column_names,
-        num_proc=num_proc,
-        fn_kwargs={"tokenizer": tokenizer, "fmt": fmt, "text_field": text_field},
-    )
+    map_kwargs = {} if streamed else {"num_proc": num_proc}
+    whole = max_length if whole_rows(packing, packing_strategy) else None
+    if "input_ids" in first:
+        rows = _prepare_tokenized(
+            dataset, first, tokenizer, whole, completion_only_loss, vocab_size, name, map_kwargs, text_field
+        )
+        if "seq_lengths" in first:
+            return rows.shuffle(seed=seed) if shuffle else rows
+    else:
+        if formatting_func is not None:
+            dataset = dataset.map(lambda example: {text_field: formatting_func(example)}, **map_kwargs)
+            first = next(iter(dataset))
+        if is_conversational_from_value(first):
+            dataset = dataset.map(maybe_convert_to_chatml, remove_columns="conversations", **map_kwargs)
+            first = next(iter(dataset))
+        fmt = dataset_format(first, data_format, text_field, f"example 0 of the {name} dataset")
+        if completion_only_loss and fmt == "text":
+            raise ValueError(
+                f"`completion_only_loss=True` but the {name} dataset holds `{text_field}` rows, which have no "
+                "completion: give prompt/completion or conversational rows, or set `completion_only_loss=False`."
+            )
+        rows = dataset.map(
+            tokenize_example,
+            with_indices=True,
+            remove_columns=list(first),
+            fn_kwargs={"tokenizer": tokenizer, "fmt": fmt, "text_field": text_field, "max_length": whole},
+            **map_kwargs,
+        )
     split_probability = split_probability if data_format == "pretrain" else 0.0
-    rows = pack_rows(tokenized, max_length, packing, packing_strategy, split_probability, seed, num_proc)
+    rows = pack_rows(rows, max_length, packing, packing_strategy, split_probability, seed, num_proc)
     return rows.shuffle(seed=seed) if shuffle else rows
+
+
+def _prepare_tokenized(
+    dataset, first, tokenizer, max_length, completion_only_loss, vocab_size, name, map_kwargs, text_field="text"
+):
+    """Pre-tokenised rows through `check_tokenized_row` (see `prepare_dataset`)."""
+    raw = sorted({text_field, *(c for columns in FORMAT_COLUMNS.values() for c in columns)} & set(_non_null(first)))
+    if raw:
+        raise ValueError(
+            f"The {name} dataset has both `input_ids` (pre-tokenised rows) and {raw} (raw rows): keep one, e.g. "
+            "`dataset.remove_columns('input_ids')` to tokenise the raw rows here."
+        )
+    if "labels" in first:
+        raise ValueError(
+            f"The {name} dataset has a `labels` column (next-token targets), which the diffusion trainer does not "
+            "read: give `completion_mask` (1 on the tokens to train) with `completion_only_loss=True`, or drop it."
+        )
+    if completion_only_loss and "completion_mask" not in first:
+        raise ValueError(
+            f"`completion_only_loss=True` but the pre-tokenised {name} dataset has no `completion_mask` column."
+        )
+    kwargs = {"vocab_size": vocab_size or len(tokenizer), "mask_id": tokenizer.mask_token_id, "max_length": max_length}
+    return dataset.map(
+        check_tokenized_row, with_indices=True, remove_columns=list(first), fn_kwargs=kwargs, **map_kwargs
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -376,7 +485,7 @@ def check_json_file(path: Path, data_format: str = "sft", text_field: str = "tex
     and the line (or array index) of the first bad one; returns the number of rows."""
     fmt, count = None, 0
     try:
-        for where, example in _located_rows(path):
+        for where, example in located_rows(path):
             if not isinstance(example, dict):
                 raise TypeError(f"{where} must hold a JSON object, got {type(example).__name__}.")
             fmt = fmt or dataset_format(example, data_format, text_field, where)
@@ -389,7 +498,7 @@ def check_json_file(path: Path, data_format: str = "sft", text_field: str = "tex
     return count
 
 
-def _located_rows(path: Path):
+def located_rows(path: Path):
     """(where, row) for each row of a JSON file: an array's items, else one row per non-blank line (streamed)."""
     rows = _json_array(path.read_text(encoding="utf-8")) if path.suffix.lower() == ".json" else None
     if rows is not None:

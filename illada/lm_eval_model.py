@@ -39,6 +39,7 @@ from lm_eval.api.registry import register_model
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
+from illada.generation_config_illada import NEUTRAL_OPTIONS, SETTINGS
 from illada.scoring_illada import DEFAULT_MC_BATCH_SIZE, DEFAULT_MC_NUM, METHODS
 from illada.utils import load_tokenizer, resolve_dtype
 from illada.utils_illada import MAX_CFG_SCALE, check_choice, check_positive_int, check_range, is_int
@@ -79,7 +80,18 @@ def _check_generation_settings(model: PreTrainedModel, settings: dict, where: st
     unknown = sorted(set(settings) - (_settings_of(config) - set(_RESERVED_SETTINGS)))
     if unknown:
         known = sorted(_settings_of(config) - set(_RESERVED_SETTINGS))
-        raise ValueError(f"Unknown {where} {unknown} for the `illada` model; the generation settings are {known}.")
+        details = "; ".join(
+            f"`{name}`"
+            + (
+                f" has no diffusion meaning (accepted at {NEUTRAL_OPTIONS[name]!r} only)"
+                if name in NEUTRAL_OPTIONS
+                else ""
+            )
+            for name in unknown
+        )
+        raise ValueError(
+            f"Unknown {where} {unknown} for the `illada` model ({details}); the generation settings are {known}."
+        )
     type(config).from_dict({**config.to_dict(), **settings})
 
 
@@ -197,8 +209,8 @@ class ILLaDAEvalHarness(TemplateLM):
             raise ValueError(f"`batch_size` must be a positive integer (no 'auto'), got {batch_size!r}.")
         check_positive_int("max_length", max_length, allow_none=True)
         check_positive_int("max_new_tokens", max_new_tokens, allow_none=True)
-        if seed is not None and not is_int(seed):
-            raise ValueError(f"`seed` must be an integer, got {seed!r}.")
+        if seed is not None and not (is_int(seed) and -(2**63) <= seed < 2**64):
+            raise ValueError(f"`seed` must be an integer in [-2**63, 2**64) (torch's generator seeds), got {seed!r}.")
         for name, value in flags.items():
             if value is not None and not isinstance(value, bool):
                 raise ValueError(f"`{name}` must be True or False, got {value!r}.")
@@ -324,32 +336,56 @@ class ILLaDAEvalHarness(TemplateLM):
             for start in range(0, len(indices), self.batch_size):
                 yield indices[start : start + self.batch_size]
 
-    def _generation_options(self, gen_kwargs: dict) -> tuple[list[str], dict]:
-        """The stop sequences and the settings to pass to `generate` for one request's `gen_kwargs`: only what the
-        task or the user set (model args above the task), the checkpoint's generation config for the rest."""
-        options = dict(gen_kwargs)
+    def _generation_options(self, gen_kwargs: dict) -> tuple[list[str], dict, int | None]:
+        """The stop sequences, the settings to pass to `generate` for one request's `gen_kwargs` (only what the task
+        or the user set, model args above the task, the checkpoint's generation config for the rest) and the task's
+        `max_length` (prompt + answer) when no budget in tokens is given.
+
+        lm-eval's own tasks may carry options without a diffusion meaning at their neutral value (`num_beams: 1`,
+        `repetition_penalty: 1.0`): those are dropped; any other value is refused by name."""
+        options = {
+            name: value
+            for name, value in gen_kwargs.items()
+            if not (name in NEUTRAL_OPTIONS and NEUTRAL_OPTIONS[name] == value and name not in SETTINGS)
+        }
         stops = _stop_sequences(options.pop("until", None))
         max_gen_toks = options.pop("max_gen_toks", None)
+        max_length = options.pop("max_length", None)
         check_positive_int("max_gen_toks", max_gen_toks, allow_none=True)
+        check_positive_int("max_length", max_length, allow_none=True)
         settings = {**options, **self.generation_settings}
         max_new_tokens = self.max_new_tokens if self.max_new_tokens is not None else max_gen_toks
         if max_new_tokens is not None:
             settings["max_new_tokens"] = max_new_tokens
+            if max_length is not None:
+                logger.warning(
+                    "`max_length`=%d of the task is unused: the budget is %d new tokens.", max_length, max_new_tokens
+                )
+                max_length = None
         own_stop_ids = list(settings.get("stop_token_ids", self.model.generation_config.stop_token_ids) or [])
         extra_stop_ids = [t for t in self._single_token_stops(stops) if t not in own_stop_ids]
         if extra_stop_ids:
             settings["stop_token_ids"] = own_stop_ids + extra_stop_ids
         _check_generation_settings(self.model, settings, "generation kwarg(s)")
-        return stops, settings
+        return stops, settings, max_length
 
     def _generate_batch(self, contexts: list[str], gen_kwargs: dict) -> list[str]:
-        stops, settings = self._generation_options(gen_kwargs)
+        stops, settings, max_length = self._generation_options(gen_kwargs)
         budget = settings.get("max_new_tokens", self.model.generation_config.max_new_tokens)
-        prompts = [self._fit(self.tok_encode(context), budget) for context in contexts]
+        prompts = [self._fit(self.tok_encode(context), 1 if max_length else budget) for context in contexts]
         width = max(len(p) for p in prompts)
+        if max_length is not None:  # a total length: the budget is what the prompt leaves
+            if max_length <= width:
+                raise ValueError(
+                    f"The task's `max_length`={max_length} (prompt + answer) leaves no room after a prompt of "
+                    f"{width} tokens: raise it or give `max_gen_toks`."
+                )
+            settings["max_new_tokens"] = max_length - width
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eot_token_id
-        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self._device)
-        attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self._device)
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], dtype=torch.long, device=self._device)
+        attention_mask = torch.tensor(
+            [[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=torch.long, device=self._device
+        )  # an empty context (width 0) stays an integer tensor
         if self.generator is not None:
             settings["generator"] = self.generator
         sequences = self.model.generate(input_ids, attention_mask=attention_mask, **settings)

@@ -43,12 +43,19 @@ Commands (`--config_name` instead of `--model_name_or_path` trains from a random
     # resume from the newest checkpoint-* in --output_dir (starts afresh when there is none)
     python train_sft.py <same arguments> --resume
 
+Nothing is overwritten unless told to: the run refuses an `--output_dir` that holds a saved model or an earlier
+run's checkpoints (`--overwrite_output_dir` replaces them, `--resume` continues the run from its checkpoints), and,
+even with the flag, the folder of the model, config or tokenizer, or one holding the data (no training in place).
+Flags that another flag makes inert (`--lora_r` without `--use_lora`, `--packing_strategy` with `--packing false`,
+`--split_probability` outside pre-training) are refused, not ignored.
+
 The saved folder holds the weights (or the adapter), the code files (`AutoModelForCausalLM.from_pretrained(folder,
 trust_remote_code=True)` loads it), the tokenizer, the generation config and a model card (README.md).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import sys
@@ -59,7 +66,7 @@ import torch
 from datasets import Dataset
 from transformers import HfArgumentParser, Trainer, set_seed
 
-from illada.checkpoints import checkpoint_to_resume
+from illada.checkpoints import check_output_dir, checkpoint_to_resume
 from illada.configuration_illada import ILLaDAConfig
 from illada.data import (
     check_tokenizer,
@@ -71,7 +78,7 @@ from illada.trainer import (
     DiffusionSFTConfig,
     DiffusionSFTTrainer,
 )
-from illada.utils import DTYPES, load_tokenizer
+from illada.utils import DTYPES, load_tokenizer, refuse_inert
 from illada.utils_illada import check_choice, check_positive_int, check_range
 
 __all__ = [
@@ -81,6 +88,7 @@ __all__ = [
     "ModelArguments",
     "add_lora",
     "check_arguments",
+    "check_resumable",
     "load_config",
     "load_datasets",
     "load_model",
@@ -154,6 +162,8 @@ class ModelArguments:
                 raise ValueError("`lora_target_modules` is empty: name at least one module, e.g. q_proj.")
         elif self.merge_lora:
             raise ValueError("`merge_lora=True` needs `use_lora=True`: there are no adapters to merge.")
+        else:
+            refuse_inert(self, ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"), "without `use_lora`")
 
 
 @dataclass
@@ -266,12 +276,57 @@ def load_datasets(data_args: DataArguments, args: DiffusionSFTConfig) -> tuple[D
     return train, evaluation
 
 
-def resume_checkpoint(args: DiffusionSFTConfig) -> str | None:
-    """With `--resume`, the newest complete `checkpoint-*` folder of `output_dir` (incomplete ones are skipped with
-    a warning), or `None` (start afresh) if there is none. Without it, `None`, after refusing an `output_dir` that
-    holds an earlier run's checkpoints (`--overwrite_output_dir` deletes them): see `illada.checkpoints`."""
+def resume_checkpoint(args, model_args: ModelArguments, data_args) -> str | None:
+    """What the run does with `output_dir`, before anything is loaded (shared by `train_sft.py` and `train_vrpo.py`).
+
+    Refuses an `output_dir` that is the folder of the model, config or tokenizer (training in place), that holds the
+    data, or that holds a saved model or run other than the checkpoints `--resume` continues (`--overwrite_output_dir`
+    replaces it); see `illada.checkpoints.check_output_dir`. Then, with `--resume`, the newest complete
+    `checkpoint-*` folder of `output_dir` (incomplete ones are skipped with a warning), or `None` (start afresh) if
+    there is none; without it, `None`, after refusing an `output_dir` that holds an earlier run's checkpoints
+    (`--overwrite_output_dir` deletes them)."""
+    models = {name: getattr(model_args, name) for name in ("model_name_or_path", "config_name", "tokenizer_name")}
+    data = {name: getattr(data_args, name, None) for name in ("train_files", "eval_files", "dataset_name")}
+    check_output_dir(args.output_dir, args.resume, args.overwrite_output_dir, models, data)
     with args.main_process_first(desc="checking output_dir"):
         return checkpoint_to_resume(args.output_dir, args.resume, args.max_steps, args.overwrite_output_dir)
+
+
+# Config fields that fix the shapes of the weights: a checkpoint saved with other values cannot be resumed.
+SHAPE_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+)
+
+
+def check_resumable(checkpoint: str | None, config: ILLaDAConfig, use_lora: bool) -> None:
+    """Refuses, before any weight is loaded, a `--resume` checkpoint that cannot hold this run's state: LoRA adapters
+    for a full-model run or the reverse, or weights of another shape (Trainer would fail deep in torch)."""
+    if checkpoint is None:
+        return
+    folder = Path(checkpoint)
+    adapter = (folder / "adapter_config.json").is_file()
+    if adapter != use_lora:
+        held = "LoRA adapters" if adapter else "full model weights"
+        wanted = "LoRA adapters (`--use_lora`)" if use_lora else "the full model (no `--use_lora`)"
+        raise ValueError(
+            f"`--resume`: {checkpoint} holds {held}, but this run trains {wanted}: resume with the setting of "
+            "that run, or start afresh in another `--output_dir`."
+        )
+    saved = folder / "config.json"
+    if saved.is_file():
+        values = json.loads(saved.read_text(encoding="utf-8"))
+        for name in SHAPE_FIELDS:
+            if values.get(name) != getattr(config, name):
+                raise ValueError(
+                    f"`--resume`: {checkpoint} was saved from a model with {name}={values.get(name)!r}, this run's "
+                    f"model has {name}={getattr(config, name)!r}: resume with that run's model, or start afresh in "
+                    "another `--output_dir`."
+                )
 
 
 def train_and_save(trainer: Trainer, checkpoint: str | None, merge_lora: bool = False) -> None:
@@ -316,7 +371,7 @@ def main(argv: list[str] | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=training_args.get_process_log_level()
     )
     set_seed(training_args.seed)
-    checkpoint = resume_checkpoint(training_args)  # before any loading: may refuse `output_dir`
+    checkpoint = resume_checkpoint(training_args, model_args, data_args)  # before any loading: may refuse
 
     # Model: the config, tokenizer and window length are checked before any weight is loaded.
     config = load_config(model_args)
@@ -325,6 +380,7 @@ def main(argv: list[str] | None = None) -> None:
         model_args.tokenizer_name or model_args.model_name_or_path or model_args.config_name, config=config
     )
     check_tokenizer(tokenizer, config)
+    check_resumable(checkpoint, config, model_args.use_lora)
     training_args.max_length = resolve_max_length(training_args.max_length, config.max_position_embeddings)
     model = load_model(model_args, config)
     if model_args.use_lora:

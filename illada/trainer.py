@@ -45,7 +45,7 @@ from illada.data import (
     resolve_max_length,
 )
 from illada.hub import HubPushMixin
-from illada.utils import mask_seed
+from illada.utils import mask_seed, refuse_inert
 from illada.utils_illada import check_choice, check_range
 
 logger = logging.getLogger(__name__)
@@ -275,6 +275,15 @@ class DiffusionSFTConfig(ResumeArguments, SFTConfig):
                 f"`loss_type`={self.loss_type!r} is a next-token loss option; the diffusion trainer has "
                 "one loss (leave `loss_type` unset)."
             )
+        for name in ("packing", "stratified_t"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"`{name}` must be True or False, got {getattr(self, name)!r}.")
+        if not self.packing:
+            refuse_inert(self, ("packing_strategy",), "with `packing=False`")
+        if self.data_format != "pretrain":
+            refuse_inert(self, ("split_probability",), "without `data_format='pretrain'`")
+        if self.lr_schedule == "trainer":
+            refuse_inert(self, ("min_lr", "decay_fraction"), "with `lr_schedule='trainer'` (use `lr_scheduler_type`)")
         if self.label_names is None:
             self.label_names = ["maskable"]
         if self.bf16 is None:
@@ -358,7 +367,10 @@ class DiffusionSFTTrainer(HubPushMixin, SafeCheckpointMixin, SFTTrainer):
     """trl's [`SFTTrainer`] with the masked-diffusion loss of iLLaDA; `args` is a [`DiffusionSFTConfig`].
 
     Data: trl's formats (`messages`, `prompt`/`completion` plain or conversational, `text`) are tokenised, closed by
-    exactly one EOS and packed by `illada.data.prepare_dataset`; batches come from [`DiffusionDataCollator`].
+    exactly one EOS and packed by `illada.data.prepare_dataset`, pre-tokenised rows checked and packed; a
+    `datasets.IterableDataset` is streamed through the same steps (set `max_steps`); batches come from
+    [`DiffusionDataCollator`]. `train()` refuses an `output_dir` that is the model's own folder, or that holds
+    another run's checkpoints unless `overwrite_output_dir=True` or resuming.
 
     Normalisation: the sum over masked tokens of CE / t is divided by the number of `maskable` tokens of the optimizer
     step, counted over its micro-batches and (with `average_tokens_across_devices`, the default) gathered over
@@ -404,6 +416,7 @@ class DiffusionSFTTrainer(HubPushMixin, SafeCheckpointMixin, SFTTrainer):
         if processing_class is not None:  # before trl tokenises anything with it
             check_tokenizer(processing_class, config)
         self._eval_batches = 0
+        self._vocab_size = config.vocab_size  # pre-tokenised ids must be below it
         # trl's own collator flattens rows and shifts labels; it is replaced once trl's setup is done.
         super().__init__(model, args, None, train_dataset, eval_dataset, processing_class, **kwargs)
         # trl patched the model's forward with a next-token log-prob head: give the model its own forward back.
@@ -433,6 +446,8 @@ class DiffusionSFTTrainer(HubPushMixin, SafeCheckpointMixin, SFTTrainer):
                 num_proc=args.dataset_num_proc,
                 shuffle=args.shuffle_dataset,
                 name=dataset_name,
+                completion_only_loss=args.completion_only_loss,
+                vocab_size=self._vocab_size,
             )
 
     def _set_signature_columns_if_needed(self) -> None:

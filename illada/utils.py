@@ -4,6 +4,7 @@ and a tokenizer loader that checks a folder's JSON files first."""
 from __future__ import annotations
 
 import os
+from dataclasses import MISSING, fields
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,16 @@ def check_non_negative_int(name: str, value: Any, allow_none: bool = False) -> N
         return
     if not is_int(value) or value < 0:
         raise ValueError(f"`{name}` must be an integer >= 0{' or None' if allow_none else ''}, got {value!r}.")
+
+
+def refuse_inert(owner: Any, names: tuple[str, ...], reason: str) -> None:
+    """Raises naming the first of `names` that `owner` (a dataclass of flags) sets away from its default: the flag
+    would have no effect, because `reason`. An inert flag is a user's mistake, so it is refused, not ignored."""
+    defaults = {f.name: f.default_factory() if f.default_factory is not MISSING else f.default for f in fields(owner)}
+    for name in names:
+        value = getattr(owner, name)
+        if value != defaults[name]:
+            raise ValueError(f"`{name}`={value!r} has no effect {reason}: leave it unset, or change the other flag.")
 
 
 def resolve_dtype(name: str, argument: str = "dtype") -> Any:

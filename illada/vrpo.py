@@ -45,9 +45,10 @@ from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments
 from trl.data_utils import common_prefix_length, is_conversational, maybe_extract_prompt
 
 from illada.checkpoints import ResumeArguments, SafeCheckpointMixin
+from illada.data import check_tokenizer
 from illada.hub import HubPushMixin
 from illada.scoring_illada import random_subset_mask, stratified_mask_counts
-from illada.utils import mask_seed
+from illada.utils import mask_seed, refuse_inert
 from illada.utils_illada import check_choice, check_positive_int, check_range
 
 logger = logging.getLogger(__name__)
@@ -60,6 +61,11 @@ REFERENCE_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 # Mixing constants of the mask seed (odd, large): distinct (seed, step, index, answer) give distinct seeds for any
 # realistic run, and the result stays below 2**63 (torch.Generator.manual_seed accepts up to 2**64 - 1).
 ANSWERS = ("chosen", "rejected")
+# DPO's beta is typically 0.01-0.5; beyond this the sigmoid saturates on the first step (no gradient) and beta times
+# an ELBO difference of a long answer leaves float32's range.
+MAX_BETA = 1e3
+# Config fields a reference model must share with the policy: the same vocabulary, mask token and network width.
+REFERENCE_FIELDS = ("vocab_size", "mask_token_id", "hidden_size", "num_hidden_layers")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -111,6 +117,8 @@ class VRPOConfig(ResumeArguments, TrainingArguments):
     def __post_init__(self) -> None:
         if isinstance(self.loss_type, str):
             self.loss_type = [self.loss_type]
+        if not isinstance(self.loss_type, list) or not self.loss_type:
+            raise ValueError(f"`loss_type` must name one or more of {list(LOSS_TYPES)}, got {self.loss_type!r}.")
         for loss_type in self.loss_type:
             check_choice("loss_type", loss_type, LOSS_TYPES)
         if self.loss_weights is not None and len(self.loss_weights) != len(self.loss_type):
@@ -118,8 +126,14 @@ class VRPOConfig(ResumeArguments, TrainingArguments):
                 f"`loss_weights` has {len(self.loss_weights)} values for {len(self.loss_type)} loss "
                 f"types {self.loss_type}: give one weight per loss type."
             )
-        check_range("beta", self.beta, 0, math.inf, low_open=True)
+        for k, weight in enumerate(self.loss_weights or []):
+            check_range(f"loss_weights[{k}]", weight, 0, math.inf)
+        if self.loss_weights is not None and not any(self.loss_weights):
+            raise ValueError(f"`loss_weights` {self.loss_weights} are all 0: there would be no loss to train on.")
+        check_range("beta", self.beta, 0, MAX_BETA, low_open=True)
         check_range("label_smoothing", self.label_smoothing, 0, 0.5, high_open=True)
+        if "robust" not in self.loss_type:
+            refuse_inert(self, ("label_smoothing",), "without the `robust` loss type")
         check_positive_int("num_mc_samples", self.num_mc_samples)
         check_positive_int("max_length", self.max_length, allow_none=True)
         super().__post_init__()
@@ -179,9 +193,11 @@ def build_preference_dataset(
     missing = [name for name in ANSWERS if name not in dataset.column_names]
     if missing:
         raise ValueError(
-            f"The preference dataset has no {missing} column (columns: {dataset.column_names}): "
+            f"The preference dataset has no `{missing[0]}` column (columns: {dataset.column_names}): "
             "give `prompt`/`chosen`/`rejected`, or `chosen`/`rejected` with an implicit prompt."
         )
+    for row, example in enumerate(dataset):
+        check_preference(example, f"Example {row}")
     if "index" not in dataset.column_names:
         dataset = dataset.map(lambda _, i: {"index": i}, with_indices=True)
     dataset = dataset.map(maybe_extract_prompt, num_proc=num_proc)
@@ -194,8 +210,51 @@ def build_preference_dataset(
                     f"`max_length`={max_length}: filter long examples or raise `max_length`."
                 )
             if mask_token_id in answer:
-                raise ValueError(f"Example {row}: the {name} answer contains the mask token id {mask_token_id}.")
+                raise ValueError(f"Example {row}: `{name}` holds the mask token id {mask_token_id}: remove it.")
+        if mask_token_id in prompt:
+            raise ValueError(f"Example {row}: `prompt` holds the mask token id {mask_token_id}: remove it.")
     return dataset
+
+
+def check_preference(example: Any, where: str) -> None:
+    """Raises naming `where` and the column unless `example` is a trl preference row: `chosen` and `rejected` both
+    strings or both lists of `{"role", "content"}` turns, and `prompt` (optional) of the same kind."""
+    if not isinstance(example, dict):
+        raise TypeError(f"{where} must be a mapping of `prompt`/`chosen`/`rejected`, got {type(example).__name__}.")
+    kinds = {}
+    for name in ("prompt", *ANSWERS):
+        if name == "prompt" and name not in example:  # an implicit prompt: the common start of the answers
+            continue
+        value = example.get(name)
+        if isinstance(value, str):
+            kinds[name] = "text"
+        elif isinstance(value, list) and all(_is_turn(turn) for turn in value):
+            kinds[name] = "conversation"
+        else:
+            raise TypeError(
+                f"{where}: `{name}` must be a string or a list of {{'role', 'content'}} turns (trl's preference "
+                f"formats), got {type(value).__name__} {repr(value)[:80]}."
+            )
+    if example["chosen"] == example["rejected"]:
+        raise ValueError(
+            f"{where}: `chosen` and `rejected` are the same answer: the pair states no preference (its loss is "
+            "constant). Drop it."
+        )
+    chosen, rejected = example["chosen"], example["rejected"]
+    if "prompt" not in example and (chosen[: len(rejected)] == rejected or rejected[: len(chosen)] == chosen):
+        raise ValueError(
+            f"{where}: one of `chosen` and `rejected` is the start of the other, so the implicit prompt (their common "
+            "start) leaves an empty answer: give an explicit `prompt`."
+        )
+    if len(set(kinds.values())) > 1:
+        raise TypeError(
+            f"{where}: mixes plain text and conversations ({kinds}): `prompt`, `chosen` and `rejected` "
+            "must all be strings or all be lists of turns."
+        )
+
+
+def _is_turn(turn: Any) -> bool:
+    return isinstance(turn, dict) and isinstance(turn.get("role"), str) and isinstance(turn.get("content"), str)
 
 
 @dataclass
@@ -336,6 +395,19 @@ def preference_losses(
     return losses, beta * chosen_ratio.detach(), beta * rejected_ratio.detach()
 
 
+def _check_finite(losses: torch.Tensor, policy: torch.Tensor, reference: torch.Tensor, args: VRPOConfig) -> None:
+    """A non-finite loss would turn the weights into NaN (the logged loss hiding it): stop with the cause."""
+    if bool(torch.isfinite(losses).all()):
+        return
+    cause = "the policy's ELBO estimates" if not torch.isfinite(policy).all() else "the reference's ELBO estimates"
+    if torch.isfinite(policy).all() and torch.isfinite(reference).all():
+        cause = f"`beta`={args.beta} times the ELBO differences, with `loss_type`={args.loss_type}"
+    raise ValueError(
+        f"The VRPO loss is not finite ({losses.tolist()[:4]}), from {cause}: lower `beta`, check the weights "
+        "(a NaN in the model) and the reference."
+    )
+
+
 def disable_dropout(model: torch.nn.Module) -> None:
     """Sets every dropout of `model` to 0 (`nn.Dropout` modules, LoRA's included, and iLLaDA's attention dropout):
     the policy and the reference must compute the same function for antithetic sampling to cancel."""
@@ -420,6 +492,7 @@ class VRPOTrainer(HubPushMixin, SafeCheckpointMixin, Trainer):
         if processing_class is None:
             raise ValueError("`processing_class` (the tokenizer) is required: it tokenises the preference data.")
         config = model.config
+        check_tokenizer(processing_class, config)
         max_length = args.max_length or config.max_position_embeddings
         if max_length > config.max_position_embeddings:
             raise ValueError(
@@ -502,6 +575,7 @@ class VRPOTrainer(HubPushMixin, SafeCheckpointMixin, Trainer):
         losses, chosen_rewards, rejected_rewards = preference_losses(
             *policy.chunk(2), *reference.chunk(2), self.args, chosen_lengths, rejected_lengths
         )  # [B] each
+        _check_finite(losses, policy, reference, self.args)
         self._record_metrics(policy.detach(), chosen_rewards, rejected_rewards)
         # 4. Normalised by the pairs of the optimizer step (the micro-batch's own count in evaluation).
         if num_items_in_batch is None:
@@ -575,9 +649,29 @@ def _reference_model(model, ref_model, args: VRPOConfig, datasets: list[Dataset 
     if ref_model is None and not (_is_peft(model) or precomputed):
         ref_model = copy.deepcopy(model)
     if ref_model is not None:
+        _check_reference(model, ref_model)
         ref_model.requires_grad_(False).eval()
         disable_dropout(ref_model)
     return ref_model
+
+
+def _check_reference(model, ref_model) -> None:
+    """The reference must share the policy's vocabulary, mask token and shape (`REFERENCE_FIELDS`)."""
+    config, ref_config = _base_config(model), _base_config(ref_model)
+    if ref_config is None:
+        raise TypeError(f"`ref_model` must be an iLLaDA model (with a config), got {type(ref_model).__name__}.")
+    for name in REFERENCE_FIELDS:
+        ours, theirs = getattr(config, name, None), getattr(ref_config, name, None)
+        if ours != theirs:
+            raise ValueError(
+                f"`ref_model` has {name}={theirs!r}, the policy {name}={ours!r}: the reference must be a model of the "
+                f"same vocabulary, mask token and shape (usually the policy's own starting checkpoint)."
+            )
+
+
+def _base_config(model):
+    model = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(model, "config", None)
 
 
 def _build(data: Dataset | None, tokenizer, max_length: int, mask_token_id: int, num_proc: int | None):

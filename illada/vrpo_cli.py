@@ -46,10 +46,11 @@ from pathlib import Path
 from datasets import Dataset, load_dataset, load_from_disk
 from transformers import set_seed
 
-from illada.data import check_tokenizer
+from illada.data import check_tokenizer, located_rows
 from illada.sft_cli import (
     ModelArguments,
     add_lora,
+    check_resumable,
     load_config,
     load_model,
     resume_checkpoint,
@@ -57,7 +58,7 @@ from illada.sft_cli import (
 )
 from illada.sft_cli import parse_arguments as sft_parse_arguments
 from illada.utils import load_tokenizer
-from illada.vrpo import VRPOConfig, VRPOTrainer
+from illada.vrpo import VRPOConfig, VRPOTrainer, check_preference
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +101,29 @@ def load_files(files: list[str]) -> Dataset:
     builders = {_DATA_BUILDERS.get(Path(f).suffix.lower()) for f in files}
     if None in builders or len(builders) != 1:
         raise ValueError(f"Data files must all be one of {sorted(_DATA_BUILDERS)}, got {files}.")
+    for path in map(Path, files):
+        if path.suffix.lower() in (".jsonl", ".json"):
+            check_preference_file(path)
     return load_dataset(builders.pop(), data_files=list(files), split="train")
+
+
+def check_preference_file(path: Path) -> None:
+    """Checks every row of a JSON-lines (or JSON array) file, naming the file and the line of the first bad one."""
+    count = 0
+    try:
+        for where, example in located_rows(path):
+            check_preference(example, where)
+            count += 1
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not UTF-8 text (byte {error.start}): save the data file as UTF-8.") from None
+    if count == 0:
+        raise ValueError(f"{path} is empty: it holds no preference pairs.")
+
+
+def _split(splits, name: str, flag: str, where: str) -> Dataset:
+    if name not in splits:
+        raise ValueError(f"`{flag}`={name!r} is not a split of {where}: it has {sorted(splits)}.")
+    return splits[name]
 
 
 def load_preferences(data_args: PreferenceDataArguments) -> tuple[Dataset, Dataset | None]:
@@ -113,8 +136,9 @@ def load_preferences(data_args: PreferenceDataArguments) -> tuple[Dataset, Datas
         splits = saved if isinstance(saved, dict) else {data_args.dataset_train_split: saved}
     else:
         splits = load_dataset(data_args.dataset_name, data_args.dataset_config)
+    train = _split(splits, data_args.dataset_train_split, "dataset_train_split", data_args.dataset_name)
     test = data_args.dataset_test_split
-    return splits[data_args.dataset_train_split], None if test is None else splits[test]
+    return train, None if test is None else _split(splits, test, "dataset_test_split", data_args.dataset_name)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -123,6 +147,7 @@ def main(argv: list[str] | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=training_args.get_process_log_level()
     )
     set_seed(training_args.seed)
+    checkpoint = resume_checkpoint(training_args, model_args, data_args)  # before any loading: may refuse
 
     # Model: the config and tokenizer are checked before any weight is loaded.
     config = load_config(model_args)
@@ -130,6 +155,7 @@ def main(argv: list[str] | None = None) -> None:
         model_args.tokenizer_name or model_args.model_name_or_path or model_args.config_name, config=config
     )
     check_tokenizer(tokenizer, config)
+    check_resumable(checkpoint, config, model_args.use_lora)
     model = load_model(model_args, config)
     if model_args.use_lora:
         model = add_lora(
@@ -144,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     trainer = VRPOTrainer(
         model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=tokenizer
     )
-    train_and_save(trainer, resume_checkpoint(training_args), merge_lora=model_args.merge_lora)
+    train_and_save(trainer, checkpoint, merge_lora=model_args.merge_lora)
 
 
 if __name__ == "__main__":

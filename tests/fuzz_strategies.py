@@ -40,7 +40,9 @@ CORRECT, CLEAR_ERROR = "correct", "clear error"
 # The three ways a case goes wrong: a bad value accepted or a result that breaks a property; an error that is not a
 # ValueError/TypeError or names nothing the case got wrong; a valid case refused.
 SILENT, UNCLEAR, REFUSED = "silent wrong result", "unclear error", "valid input refused"
-OUTCOMES = (CORRECT, CLEAR_ERROR, SILENT, UNCLEAR, REFUSED)
+# A fourth: files that the case must leave alone (a model, checkpoints, data) changed, whatever the call returned.
+DATA_LOST = "data lost"
+OUTCOMES = (CORRECT, CLEAR_ERROR, SILENT, UNCLEAR, REFUSED, DATA_LOST)
 TALLY: Counter = Counter()  # (area, outcome) -> number of cases
 SURVEY = os.environ.get("FUZZ_SURVEY") == "1"
 FAILURES: Counter = Counter()  # survey mode: first line of each distinct failure -> cases
@@ -94,6 +96,7 @@ def run_case(
     describe: str = "",
     doubtful: Collection[str] = (),
     doubtful_files: Collection[str] = (),
+    kept: Callable[[], None] | None = None,
 ) -> Any:
     """Runs one case; see the module docstring. Returns the result of a valid case (None after a clear error).
 
@@ -108,7 +111,39 @@ def run_case(
             with a clear error; if it accepts them, the result must still pass `check`.
         doubtful_files: files (or tensors) whose damage may go unnoticed when it leaves them valid (e.g. a changed
             metadata byte): an error naming them is clear, a result must pass `check`.
+        kept: asserts, after the call whatever its outcome, that the files the case must not change are unchanged;
+            a failure is "data lost" (before any other outcome).
     """
+    if kept is not None:
+        call = _keeping(area, call, kept, describe)
+    try:
+        return _run_case(area, call, bad, bad_files, check, describe, doubtful, doubtful_files)
+    except _Lost:  # recorded as data lost (survey mode)
+        return None
+
+
+class _Lost(Exception):
+    """Raised after a case recorded as data lost, so that no other outcome is recorded for it."""
+
+
+def _keeping(area: str, call: Callable[[], Any], kept: Callable[[], None], describe: str) -> Callable[[], Any]:
+    """`call`, followed (whatever its outcome) by `kept`; a failure of `kept` is recorded as data lost."""
+
+    def checked_call():
+        try:
+            return call()
+        finally:
+            try:
+                kept()
+            except AssertionError as failure:
+                reason = str(failure).splitlines()[0]
+                _fail(area, DATA_LOST, f"[{area}] files changed: {reason}\n  case: {describe}", failure)
+                raise _Lost from failure  # noqa: B012 - replaces the call's outcome on purpose
+
+    return checked_call
+
+
+def _run_case(area, call, bad, bad_files, check, describe, doubtful, doubtful_files) -> Any:
     invalid = bool(bad) or bool(bad_files)
     try:
         result = call()
@@ -129,6 +164,8 @@ def run_case(
             )
         _record(area, CLEAR_ERROR)
         return None
+    except (FuzzFailure, _Lost):  # data lost, recorded by `_keeping`
+        raise
     except Exception as error:  # any other type is an unclear error by definition
         return _fail(
             area,

@@ -217,7 +217,7 @@ def test_save_replaces_a_folder_of_the_same_step(tmp_path):
     stale = out / "checkpoint-1"
     stale.mkdir(parents=True)
     (stale / "stale.txt").write_text("an older run's file")
-    atomic_trainer(out, max_steps=1).train()
+    atomic_trainer(out, max_steps=1, overwrite_output_dir=True).train()  # told to: else refused (test_write_paths)
     assert not (stale / "stale.txt").exists()
     assert checkpoint_problem(stale) is None
 

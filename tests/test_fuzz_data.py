@@ -34,6 +34,7 @@ PLAIN, CHAT = make_tiny_tokenizer(), make_tiny_tokenizer(chat_template=True)
 EOS = PLAIN.eos_token_id
 WORDS = ("the", "cat", "dog", "sat", "on", "mat", "red", "blue", "3", "4", "yes", "no", "hello", "world", ".")
 SENTENCE = st.lists(st.sampled_from(WORDS), min_size=1, max_size=4).map(" ".join)
+MASK_TEXT = "the <[MASK]> cat"  # the mask token's literal text: tokenised to the mask token, which may not be a target
 FORMATS = ("messages", "prompt-completion", "prompt-completion-turns", "prompt-response", "text")
 
 
@@ -66,12 +67,14 @@ def valid_row(draw, fmt: str) -> dict:
     return {"text": draw(SENTENCE)}
 
 
-WRONG_VALUES = st.sampled_from([None, 3, 2.5, True, "hello", ["the"], {"role": "user"}, [], ""])
+WRONG_VALUES = st.sampled_from([None, 3, 2.5, True, "hello", ["the"], {"role": "user"}, [], "", "  \n", MASK_TEXT])
 TURN_FAULTS = (
     {"content": "the"},
     {"role": "user"},
     {"role": "user", "content": None},
     {"role": "assistant", "content": 4},
+    {"role": "assistant", "content": " "},
+    {"role": "user", "content": MASK_TEXT},
     "the cat",
     None,
 )
@@ -82,11 +85,14 @@ def corrupted_row(draw, fmt: str) -> tuple[dict, set[str]]:
     """A row of format `fmt` with one fault, and the field(s) an error may name for it (empty: still valid)."""
     row = draw(valid_row(fmt))
     field = draw(st.sampled_from(sorted(row)))
-    action = draw(st.sampled_from(["drop", "replace", "turn"] if isinstance(row[field], list) else ["drop", "replace"]))
+    actions = ["drop", "replace", "turn", "only_last"] if isinstance(row[field], list) else ["drop", "replace"]
+    action = draw(st.sampled_from(actions))
     if action == "drop":
         del row[field]
     elif action == "replace":
         row[field] = draw(WRONG_VALUES)
+    elif action == "only_last":  # e.g. an assistant-only conversation: no turn to answer
+        row[field] = row[field][-1:]
     else:
         k = draw(st.integers(0, len(row[field]) - 1))
         row[field] = [*row[field][:k], draw(st.sampled_from(TURN_FAULTS)), *row[field][k + 1 :]]
@@ -100,10 +106,26 @@ def is_turns(value) -> bool:
 
 
 def has_response(turns: list) -> bool:
-    return bool(turns) and turns[-1]["role"] == "assistant" and bool(turns[-1]["content"])
+    return bool(turns) and turns[-1]["role"] == "assistant" and bool(turns[-1]["content"].strip())
+
+
+def holds_mask(value) -> bool:
+    if isinstance(value, str):
+        return "<[MASK]>" in value
+    return isinstance(value, list) and any(isinstance(t, dict) and holds_mask(t.get("content")) for t in value)
 
 
 def row_problems(row: dict, fmt: str) -> set[str]:
+    """`type_problems`, and the mask token's text in a field that is otherwise valid."""
+    bad = type_problems(row, fmt)
+    if fmt == "messages" and not bad and len(row["messages"]) < 2:
+        return {"messages"}  # nothing before the response
+    if fmt == "prompt-completion-turns" and not bad and row["prompt"] == []:
+        return {"prompt"}
+    return bad or {field for field, value in row.items() if holds_mask(value)}
+
+
+def type_problems(row: dict, fmt: str) -> set[str]:
     """The fields a row of (intended) format `fmt` gets wrong, by trl's formats (independent of the package)."""
     if fmt == "messages":
         return set() if is_turns(row.get("messages")) and has_response(row["messages"]) else {"messages"}
@@ -112,7 +134,7 @@ def row_problems(row: dict, fmt: str) -> set[str]:
     second = "response" if fmt == "prompt-response" else "completion"
     prompt, answer = row.get("prompt"), row.get(second)
     if isinstance(prompt, str) and isinstance(answer, str):
-        return set() if answer else {second}
+        return set() if answer.strip() else {second}
     if fmt.startswith("prompt-completion") and is_turns(prompt) and is_turns(answer):
         return set() if has_response(answer) else {second}
     bad = set()
@@ -120,7 +142,7 @@ def row_problems(row: dict, fmt: str) -> set[str]:
         bad.add("prompt")
     if not (
         isinstance(answer, str)
-        and answer
+        and answer.strip()
         or fmt.startswith("prompt-completion")
         and is_turns(answer)
         and has_response(answer)
@@ -310,3 +332,117 @@ def test_fuzz_data_files(fault, data):
             check=None if bad else check_examples(rows, fmt, tokenizer, packed=True),
             describe=f"{name}: {content[:300]!r} (chat_template={tokenizer is CHAT})",
         )
+
+
+# ------------------------------------------------------------------------------------------ pre-tokenised rows
+
+VOCAB = len(PLAIN)
+MASK_ID = PLAIN.mask_token_id
+TOKEN = st.integers(6, VOCAB - 1)
+TOKENIZED_FAULTS = (
+    "none",
+    "none",
+    "padding",
+    "out_of_vocabulary",
+    "mask_token",
+    "no_tokens",
+    "not_ints",
+    "mask_length",
+    "mask_values",
+    "labels",
+    "raw_column",
+    "too_long",
+    "completion_only_without_mask",
+)
+
+
+@st.composite
+def tokenized_case(draw):
+    """Pre-tokenised rows (trl's processed format) with at most one fault, and what an error may name."""
+    rows = [{"input_ids": draw(st.lists(TOKEN, min_size=1, max_size=8))} for _ in range(draw(st.integers(1, 3)))]
+    with_mask = draw(st.booleans())
+    for row in rows:
+        if with_mask:
+            row["completion_mask"] = [int(k >= len(row["input_ids"]) // 2) for k in range(len(row["input_ids"]))]
+    fault = draw(st.sampled_from(TOKENIZED_FAULTS))
+    k = draw(st.integers(0, len(rows) - 1))
+    row, bad = rows[k], set()
+    if fault == "padding":  # left or right padding, named by attention_mask: dropped
+        pad = draw(st.integers(1, 3))
+        left = draw(st.booleans())
+        for r in rows:
+            n = len(r["input_ids"])
+            extra = [1] * pad
+            r["input_ids"] = extra + r["input_ids"] if left else r["input_ids"] + extra
+            r["attention_mask"] = ([0] * pad + [1] * n) if left else ([1] * n + [0] * pad)
+            if "completion_mask" in r:
+                r["completion_mask"] = (
+                    ([0] * pad + r["completion_mask"]) if left else (r["completion_mask"] + [0] * pad)
+                )
+    elif fault == "out_of_vocabulary":
+        row["input_ids"][-1], bad = draw(st.sampled_from([VOCAB, 10**6, -1])), {"input_ids"}
+    elif fault == "mask_token":
+        row["input_ids"][0], bad = MASK_ID, {"input_ids"}
+    elif fault == "no_tokens":
+        row["input_ids"], bad = [], {"input_ids"}
+        row.pop("completion_mask", None)
+        for r in rows:  # one column set for all rows
+            r.pop("completion_mask", None)
+        with_mask = False
+    elif fault == "mask_length" and with_mask:
+        row["completion_mask"], bad = row["completion_mask"] + [1], {"completion_mask"}
+    elif fault == "mask_values" and with_mask:
+        row["completion_mask"], bad = [2] * len(row["input_ids"]), {"completion_mask"}
+    elif fault == "labels":
+        for r in rows:
+            r["labels"] = list(r["input_ids"])
+        bad = {"labels"}
+    elif fault == "raw_column":
+        for r in rows:
+            r["text"] = "the cat"
+        bad = {"input_ids", "text"}
+    elif fault == "too_long":
+        row["input_ids"] = row["input_ids"] * 70  # over the 64 of `max_length`
+        if with_mask:
+            row["completion_mask"] = row["completion_mask"] * 70
+        bad = {"max_length"}
+    completion_only = fault == "completion_only_without_mask" and not with_mask or draw(st.booleans()) and with_mask
+    if completion_only and not with_mask:
+        bad = bad or {"completion_mask", "completion_only_loss"}
+    return rows, bad, completion_only, fault
+
+
+@fuzz_settings(max_examples=60)
+@given(case=tokenized_case(), streamed=st.booleans())
+def test_fuzz_tokenized_rows(case, streamed):
+    """Pre-tokenised rows through `prepare_dataset` (one row per example), map-style or streamed: valid rows come
+    back with their padding dropped and their completion mask kept (all ones when absent); faults are named."""
+    rows, bad, completion_only, fault = case
+    try:
+        dataset = Dataset.from_list(rows)
+    except Exception:  # noqa: BLE001 - pyarrow cannot hold these rows
+        assume(False)
+    if streamed:
+        dataset = dataset.to_iterable_dataset()
+
+    def check(prepared) -> None:
+        got = list(prepared)
+        assert len(got) == len(rows)
+        for k, row in enumerate(rows):
+            keep = row.get("attention_mask", [1] * len(row["input_ids"]))
+            ids = [t for t, m in zip(row["input_ids"], keep) if m]
+            mask = [c for c, m in zip(row.get("completion_mask", [1] * len(keep)), keep) if m]
+            assert got[k]["input_ids"] == ids, f"row {k}: {got[k]['input_ids']} != {ids}"
+            assert got[k]["completion_mask"] == mask, f"row {k}: mask {got[k]['completion_mask']} != {mask}"
+
+    def call():
+        prepared = prepare_dataset(dataset, PLAIN, 64, packing=False, completion_only_loss=completion_only)
+        return list(prepared) if streamed else prepared  # a stream raises while it is read
+
+    run_case(
+        "training data: pre-tokenised rows",
+        call,
+        bad=bad,
+        check=check,
+        describe=f"{fault}, completion_only_loss={completion_only}, streamed={streamed}: {rows!r}",
+    )

@@ -191,7 +191,26 @@ def test_fuzz_config_json(case):
 @st.composite
 def generation_case(draw):
     content = (SINGLE / "generation_config.json").read_bytes()
-    kind = draw(st.sampled_from(["damaged", "field", "field", "unknown_key", "deleted"]))
+    kind = draw(
+        st.sampled_from(["damaged", "field", "field", "unknown_key", "foreign_key", "not_an_object", "deleted"])
+    )
+    if kind == "not_an_object":
+        text = draw(st.sampled_from(["[1, 2]", '"steps"', "3", "[]"]))
+        return (
+            (lambda folder: (folder / "generation_config.json").write_text(text)),
+            set(),
+            {"generation_config.json"},
+            f"content {text}",
+            None,
+        )
+    if kind == "foreign_key":  # another tool's key (issue 25): loading survives, our settings stay the file's
+        field = draw(st.sampled_from(["foo", "chat_format", "my_tool_version", "attn_temperature_tuning"]))
+
+        def add_foreign(folder: Path) -> None:
+            settings = json.loads(content)
+            (folder / "generation_config.json").write_text(json.dumps({**settings, field: 3}))
+
+        return add_foreign, set(), set(), f"foreign {field}=3", {"steps": SAVED_GENERATION["steps"]}
     if kind == "damaged":
         damaged, what = draw(damaged_bytes(content))
         return (
@@ -204,7 +223,7 @@ def generation_case(draw):
     if kind == "deleted":
         return (lambda folder: (folder / "generation_config.json").unlink()), set(), set(), "deleted", {}
     if kind == "unknown_key":
-        field, value = draw(st.sampled_from(["blok_length", "top_a", "foo"])), 3
+        field, value = draw(st.sampled_from(["blok_length", "block_lenght", "stpes", "top_a", "remasknig"])), 3
     else:
         field = draw(st.sampled_from(GENERATION_FIELDS))
         value = draw(st.one_of(HOSTILE_JSON, st.sampled_from([1, 2, 4, 0.5, "random", "fixed", [7, 8]])))
@@ -427,7 +446,7 @@ def test_fuzz_tokenizer_files(name, data):
 
 LLEVAL_ARGS = {
     "method": st.sampled_from(["confidence", "likelihood", "Likelihood", "ll"]),
-    "seed": st.sampled_from(["0", "42", "abc", "1.5", "-1"]),
+    "seed": st.sampled_from(["0", "42", "abc", "1.5", "-1", str(2**70), str(2**64 - 1)]),
     "cfg_scale": st.sampled_from(["0", "0.5", "inf", "nan", "-1", "abc", "1e308"]),
     "max_new_tokens": st.sampled_from(["0", "1", "16", "-4", "abc", "2.5"]),
     "max_length": st.sampled_from(["0", "64", "-1", "abc"]),
@@ -450,8 +469,8 @@ def lm_eval_problems(args: dict) -> tuple[set[str], set[str], set[str]]:
     for name in ("max_new_tokens", "max_length", "batch_size", "mc_num", "mc_batch_size", "block_length", "steps"):
         if name in args and not (is_int(args[name]) and args[name] >= 1):
             bad.add(name)
-    if "seed" in args and not is_int(args["seed"]):
-        bad.add("seed")
+    if "seed" in args and not (is_int(args["seed"]) and -(2**63) <= args["seed"] < 2**64):
+        bad.add("seed")  # torch's generator seeds
     for name in ("cfg_scale", "temperature"):
         if name in args:
             if not (is_real(args[name]) and args[name] >= 0):
@@ -524,10 +543,15 @@ GEN_KWARGS = {
     "temperature": st.sampled_from([0.0, 0.5, 1e308, -1.0, "hot", math.inf, math.nan]),
     "do_sample": st.sampled_from([True, False, "yes"]),
     "top_a": st.just(3),
+    # lm-eval's own tasks set these (issue 25): neutral values are accepted, others refused by name.
+    "num_beams": st.sampled_from([1, 1, 4]),
+    "repetition_penalty": st.sampled_from([1.0, 1.0, 1.3]),
+    "max_length": st.sampled_from([40, 12, 2, 0, "x"]),
 }
+CONTEXTS = ("the cat sat", "")
 
 
-def gen_kwargs_problems(kwargs: dict) -> tuple[set[str], set[str], set[str]]:
+def gen_kwargs_problems(kwargs: dict, context: str) -> tuple[set[str], set[str], set[str]]:
     """(bad names, bad spellings of unknown names, doubtful) for a request's generation kwargs."""
     bad, unknown, doubtful = set(), set(), set()
     until = kwargs.get("until")
@@ -550,6 +574,14 @@ def gen_kwargs_problems(kwargs: dict) -> tuple[set[str], set[str], set[str]]:
     if "top_a" in kwargs:
         bad.add("top_a")
         unknown.add("'top_a'")
+    for name, neutral in (("num_beams", 1), ("repetition_penalty", 1.0)):
+        if name in kwargs and kwargs[name] != neutral:
+            bad.add(name)
+    length = kwargs.get("max_length")
+    if "max_length" in kwargs and not (is_int(length) and length >= 1):
+        bad.add("max_length")
+    elif "max_length" in kwargs and "max_gen_toks" not in kwargs and length <= len(TOKENIZER(context)["input_ids"]):
+        bad.add("max_length")  # no room for an answer after the prompt
     return bad, unknown, doubtful
 
 
@@ -563,8 +595,10 @@ def test_fuzz_lm_eval_generation_kwargs(chosen, data):
     """Item 5 for tasks: `generate_until` with hostile generation kwargs (`max_gen_toks=0`, `temperature=inf`, a
     bad `until`, unknown names) names them; valid ones give one text per request, cut before every stop string."""
     kwargs = {name: data.draw(GEN_KWARGS[name]) for name in chosen}
-    bad, unknown, doubtful = gen_kwargs_problems(kwargs)
-    request = Instance("generate_until", doc={}, arguments=("the cat sat", dict(kwargs)), idx=0)
+    context = data.draw(st.sampled_from(CONTEXTS))
+    bad, unknown, doubtful = gen_kwargs_problems(kwargs, context)
+    bad |= doubtful if bad else set()  # an invalid case may be refused for its extreme value first
+    request = Instance("generate_until", doc={}, arguments=(context, dict(kwargs)), idx=0)
 
     def check(texts) -> None:
         until = kwargs.get("until")
@@ -572,6 +606,8 @@ def test_fuzz_lm_eval_generation_kwargs(chosen, data):
         assert isinstance(texts, list) and len(texts) == 1 and isinstance(texts[0], str), f"got {texts!r}"
         assert not any(stop in texts[0] for stop in stops), f"{texts[0]!r} holds a stop string of {stops}"
         budget = kwargs.get("max_gen_toks", GEN_MODEL.generation_config.max_new_tokens)
+        if "max_length" in kwargs and "max_gen_toks" not in kwargs:
+            budget = kwargs["max_length"] - len(TOKENIZER(context)["input_ids"])
         assert len(TOKENIZER(texts[0], add_special_tokens=False)["input_ids"]) <= budget, f"{texts[0]!r} > {budget}"
 
     run_case(
@@ -581,5 +617,5 @@ def test_fuzz_lm_eval_generation_kwargs(chosen, data):
         bad_files=unknown,
         doubtful=doubtful,
         check=check,
-        describe=f"gen_kwargs={kwargs!r}",
+        describe=f"context={context!r}, gen_kwargs={kwargs!r}",
     )

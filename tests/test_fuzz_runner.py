@@ -3,7 +3,7 @@ cannot pass vacuously. The tally is restored afterwards so that these deliberate
 
 import fuzz_strategies
 import pytest
-from fuzz_strategies import CLEAR_ERROR, CORRECT, REFUSED, SILENT, UNCLEAR, FuzzFailure, run_case
+from fuzz_strategies import CLEAR_ERROR, CORRECT, DATA_LOST, REFUSED, SILENT, UNCLEAR, FuzzFailure, run_case
 
 
 @pytest.fixture(autouse=True)
@@ -23,6 +23,10 @@ def raise_(error):
 
 def wrong_result(result) -> None:
     raise AssertionError(f"{result} is not the expected result")
+
+
+def file_changed() -> None:
+    raise AssertionError("model.safetensors changed")
 
 
 def test_clear_errors_and_correct_results_pass(separate_tally):
@@ -45,6 +49,8 @@ def test_clear_errors_and_correct_results_pass(separate_tally):
         (raise_(RuntimeError("`steps` is bad")), {"bad": {"steps"}}, UNCLEAR),  # neither ValueError nor TypeError
         (raise_(IndexError("index out of range")), {}, UNCLEAR),  # a valid case crashes
         (raise_(ValueError("`steps` is bad")), {}, REFUSED),  # a valid case is refused
+        (lambda: 3, {"kept": file_changed}, DATA_LOST),  # a correct result, but a file it must keep changed
+        (raise_(ValueError("`steps` is bad")), {"bad": {"steps"}, "kept": file_changed}, DATA_LOST),  # a clear error
     ],
 )
 def test_every_kind_of_wrong_outcome_fails(call, kwargs, outcome, separate_tally):

@@ -273,6 +273,12 @@ def choices_case(draw):
     if cfg and math.isfinite(cfg) and cfg > 0 and not prompt_words:
         bad |= {"cfg_scale", "prompt"}
     method = draw(st.sampled_from(["confidence", "likelihood"]))
+    container = draw(st.sampled_from(["list", "list", "list", "tuple", "set", "dict"]))
+    if container == "tuple":
+        choices = tuple(choices)
+    elif container != "list":  # no order for the answer index (issue 25): refused, whatever the candidates
+        keys = [tuple(c) if isinstance(c, list) else c for c in choices]
+        choices, bad = (set(keys) if container == "set" else dict.fromkeys(keys, 0)), {"choices"}
     return prompt, choices, tokenizer, cfg, method, bad
 
 
@@ -280,8 +286,8 @@ def choices_case(draw):
 @given(case=choices_case())
 def test_fuzz_score_choices(case):
     """`score_choices` with text through the tiny tokenizer: valid questions give finite scores and `best` is the
-    first argmax; empty choices, the mask token as text, strings without a tokenizer and bad `cfg_scale` raise
-    errors that name them."""
+    first argmax; empty choices, a set or dict of choices, the mask token as text, strings without a tokenizer and
+    bad `cfg_scale` raise errors that name them."""
     prompt, choices, tokenizer, cfg, method, bad = case
     opts = {"cfg_scale": cfg, "mc_num": 4, "mc_batch_size": 2}
 

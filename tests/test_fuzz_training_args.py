@@ -1,6 +1,8 @@
 """Fuzz: `DiffusionSFTConfig` (the diffusion trainer's arguments, also the `train_sft.py` flags) with hostile values
 (issue 12): NaN, inf, negative, huge, wrong types, unknown choices. An oracle written here from the documented
-ranges says which arguments a case gets wrong; a valid config keeps its values."""
+ranges says which arguments a case gets wrong (a flag that another flag makes inert included: `packing_strategy`
+without packing, `split_probability` outside pre-training, `min_lr`/`decay_fraction` with Trainer's schedule); a
+valid config keeps its values."""
 
 import math
 import tempfile
@@ -16,16 +18,18 @@ AREA = "training args"
 OUTPUT_DIR = tempfile.gettempdir()
 VALID = {
     "diffusion_eps": st.floats(1e-6, 0.5),
-    "split_probability": st.floats(0.0, 1.0),
-    "decay_fraction": st.floats(0.0, 1.0),
+    "split_probability": st.one_of(st.just(0.3), st.floats(0.0, 1.0)),
+    "decay_fraction": st.one_of(st.just(0.1), st.floats(0.0, 1.0)),
     "learning_rate": st.floats(1e-6, 1e-2),
-    "min_lr": st.floats(0.0, 1e-7),
+    "min_lr": st.one_of(st.just(5e-7), st.floats(0.0, 1e-7)),
     "max_length": st.one_of(st.none(), st.integers(2, 8192)),
     "packing_strategy": st.sampled_from(["wrapped", "bfd", "bfd_split"]),
     "data_format": st.sampled_from(["sft", "pretrain"]),
     "lr_schedule": st.sampled_from(["sft", "pretrain", "trainer"]),
     "completion_only_loss": st.booleans(),
+    "packing": st.booleans(),
 }
+DEFAULTS = {"packing_strategy": "wrapped", "split_probability": 0.3, "min_lr": 5e-7, "decay_fraction": 0.1}
 CHOICES = {
     "packing_strategy": ("wrapped", "bfd", "bfd_split"),
     "data_format": ("sft", "pretrain"),
@@ -55,6 +59,21 @@ def problems(kw: dict) -> set[str]:
         bad.add("completion_only_loss")
     elif kw["completion_only_loss"] and kw["data_format"] == "pretrain":
         bad |= {"completion_only_loss", "data_format"}
+    if not isinstance(kw["packing"], bool):
+        bad.add("packing")
+    return bad | inert(kw)
+
+
+def inert(kw: dict) -> set[str]:
+    """Flags set away from their default where another flag makes them do nothing: refused (issue 25)."""
+    changed = {name for name, default in DEFAULTS.items() if kw[name] != default}
+    bad = set()
+    if kw["packing"] is False and "packing_strategy" in changed:
+        bad |= {"packing_strategy", "packing"}
+    if kw["data_format"] != "pretrain" and "split_probability" in changed:
+        bad |= {"split_probability", "data_format"}
+    if kw["lr_schedule"] == "trainer" and changed & {"min_lr", "decay_fraction"}:
+        bad |= {"min_lr", "decay_fraction", "lr_schedule"}
     return bad
 
 

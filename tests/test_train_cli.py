@@ -120,12 +120,12 @@ def test_cli_reads_a_saved_datasets_folder_with_its_splits(tmp_path):
     )
     assert trained_steps(out) == 2 and (out / "eval_results.json").is_file()
     with pytest.raises(ValueError, match=r"`dataset_split`='train' is not a split of .*saved: it has"):
-        run(tmp_path, ["--dataset_name", str(tmp_path / "saved")])
+        run(tmp_path, ["--dataset_name", str(tmp_path / "saved")], "--overwrite_output_dir")
 
 
 def test_cli_reads_a_single_saved_dataset_and_a_folder_of_jsonl(tmp_path):
     Dataset.from_list([ROWS["prompt_completion"](i) for i in range(20)]).save_to_disk(str(tmp_path / "one"))
-    assert trained_steps(run(tmp_path, ["--dataset_name", str(tmp_path / "one")])) == 2
+    assert trained_steps(run(tmp_path, ["--dataset_name", str(tmp_path / "one")], "--overwrite_output_dir")) == 2
     (tmp_path / "folder").mkdir()
     write_jsonl(tmp_path / "folder" / "a.jsonl", [ROWS["messages"](i) for i in range(10)])
     write_jsonl(tmp_path / "folder" / "b.jsonl", [ROWS["messages"](i) for i in range(10, 20)])

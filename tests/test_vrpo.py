@@ -155,7 +155,8 @@ def test_losses_follow_trl_formulas():
         ],
     }
     for loss_type, values in expected.items():
-        args = VRPOConfig("unused", beta=beta, loss_type=loss_type, label_smoothing=smoothing, use_cpu=True)
+        smoothing_of_type = smoothing if loss_type == "robust" else 0.0  # inert elsewhere: refused
+        args = VRPOConfig("unused", beta=beta, loss_type=loss_type, label_smoothing=smoothing_of_type, use_cpu=True)
         losses, chosen_rewards, rejected_rewards = preference_losses(
             policy_chosen, policy_rejected, reference_chosen, reference_rejected, args, lengths_chosen, lengths_rejected
         )
@@ -399,11 +400,11 @@ def test_trainer_and_data_errors(tmp_path):
         VRPOTrainer(model, args=VRPOConfig(str(tmp_path), use_cpu=True, max_length=999), processing_class=tokenizer)
     with pytest.raises(ValueError, match="`processing_class`"):
         VRPOTrainer(model, args=VRPOConfig(str(tmp_path), use_cpu=True))
-    with pytest.raises(ValueError, match=r"no \['rejected'\] column"):
+    with pytest.raises(ValueError, match=r"no `rejected` column"):
         build_preference_dataset(Dataset.from_list([{"prompt": "a", "chosen": "b"}]), tokenizer, 64, MASK_ID)
     with pytest.raises(ValueError, match="over `max_length`=4"):
         build_preference_dataset(preference_rows(2), tokenizer, 4, MASK_ID)
-    with pytest.raises(ValueError, match="contains the mask token"):
+    with pytest.raises(ValueError, match="holds the mask token"):
         build_preference_dataset(
             Dataset.from_list([{"prompt": "a", "chosen": " <[MASK]>", "rejected": " b"}]), tokenizer, 64, MASK_ID
         )
@@ -425,3 +426,79 @@ def test_antithetic_masks_lower_the_loss_and_gradient_variance_near_the_referenc
     (loss_antithetic, gradient_antithetic), (loss_independent, gradient_independent) = result.values()
     assert loss_antithetic * 10 < loss_independent
     assert gradient_antithetic < gradient_independent
+
+
+# ------------------------------------------------------------------------------------------------ issue 25
+
+
+def test_a_non_finite_loss_stops_training_before_the_weights_change(tmp_path):
+    """A NaN in the model used to turn every parameter into NaN while the logged loss read 0.0."""
+    model = make_model(seed=1)
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight[0, 0] = float("nan")
+    trainer = make_trainer(str(tmp_path / "out"), model=model, precompute_ref_log_probs=False)
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"The VRPO loss is not finite .* ELBO estimates"):
+        trainer.train()
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(tensor, before[name], rtol=0, atol=0, equal_nan=True, msg=name)
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        (dict(vocab_size=120), "vocab_size"),
+        (dict(hidden_size=64), "hidden_size"),
+        (dict(mask_token_id=4), "mask_token_id"),
+    ],
+)
+def test_a_reference_of_another_vocabulary_width_or_mask_is_refused(tmp_path, override, field):
+    with pytest.raises(ValueError, match=rf"`ref_model` has {field}="):
+        VRPOTrainer(
+            make_model(seed=1),
+            ref_model=make_model(seed=2, **override),
+            args=VRPOConfig(str(tmp_path), use_cpu=True, report_to="none"),
+            train_dataset=preference_rows(4),
+            processing_class=make_tiny_tokenizer(chat_template=True),
+        )
+
+
+def test_the_python_api_checks_the_tokenizer_as_the_cli_does(tmp_path):
+    tokenizer = make_tiny_tokenizer(chat_template=True)
+    with pytest.raises(ValueError, match=r"mask token has id 5, the config's `mask_token_id` is 7"):
+        VRPOTrainer(
+            make_model(seed=1, mask_token_id=7),
+            args=VRPOConfig(str(tmp_path), use_cpu=True, report_to="none"),
+            train_dataset=preference_rows(4),
+            processing_class=tokenizer,
+        )
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (dict(loss_weights=[float("nan")]), r"`loss_weights\[0\]` must be a finite number"),
+        (dict(loss_weights=[0.0]), "`loss_weights` .* are all 0"),
+        (dict(beta=1e30), r"`beta` must be in \(0, 1000.0\]"),
+        (dict(label_smoothing=0.1), "`label_smoothing`=0.1 has no effect without the `robust` loss type"),
+        (dict(loss_type=[]), "`loss_type` must name one or more"),
+    ],
+)
+def test_config_refuses_values_that_train_nothing(settings, message):
+    with pytest.raises(ValueError, match=message):
+        VRPOConfig("unused", use_cpu=True, **settings)
+
+
+def test_cli_data_errors_name_the_file_line_or_split(tmp_path):
+    rows = [
+        {"prompt": "count 1", "chosen": " 2", "rejected": " 3"},
+        {"prompt": "count 2", "chosen": None, "rejected": " 4"},
+    ]
+    path = tmp_path / "prefs.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.raises(TypeError, match=r"prefs\.jsonl line 2: `chosen` must be a string or a list of"):
+        train_vrpo.load_files([str(path)])
+    Dataset.from_list(rows[:1]).save_to_disk(str(tmp_path / "saved"))
+    args = train_vrpo.PreferenceDataArguments(dataset_name=str(tmp_path / "saved"), dataset_test_split="test")
+    with pytest.raises(ValueError, match=r"`dataset_test_split`='test' is not a split of .*saved: it has \['train'\]"):
+        train_vrpo.load_preferences(args)
