@@ -73,7 +73,8 @@ class ILLaDAGenerationMixin:
                 after a stop token); then `end()`. Batch size 1 only.
             step_callback (`Callable[[int, Tensor, Tensor], None]`, *optional*): Called after every step with the
                 step index, the canvas `(batch_size, visible_len)` and the constrained logits of the block
-                `(batch_size, block_len, vocab)` (NaN for rows not computed in that step).
+                `(batch_size, block_len, vocab)` (NaN for rows not computed in that step). With `draft_tokens`, once
+                per forward: the canvas after its commits and the logits of the draft each row reached.
             generator (`torch.Generator`, *optional*): Source of the sampling noise (when sampling, and for
                 `remasking="random"`). At temperature 0 with a model-based score, results do not depend on it.
             progress (`bool`, *optional*, defaults to `False`): Show a tqdm bar over blocks.

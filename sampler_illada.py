@@ -11,9 +11,13 @@
   at a time and a row stops after the block that contains a stop token (EOS or another one). `fixed` (LLaDA): the
   whole budget of masks is on the canvas from the start; later blocks are visible while earlier ones decode.
 - **Extras.** Unsupervised classifier-free guidance (LLaDA App. B.3), confidence-threshold parallel decoding
-  (Fast-dLLM, arXiv 2505.22618, Sec. 3.3), skipping the positions after a committed stop token (`skip_after_stop`),
-  a stop-token logit bias that grows with the generated length (the iLLaDA paper's fix for the Instruct model's
-  loops), suppressed tokens.
+  (Fast-dLLM, arXiv 2505.22618, Sec. 3.3), a stop-token logit bias that grows with the generated length (the
+  iLLaDA paper's fix for the Instruct model's loops), suppressed tokens.
+- **Stop at the answer's end** (default of the `variable` canvas): the positions of a block after a committed stop
+  token are not decoded; `decode_after_stop=True` decodes whole blocks, as the paper does.
+- **Lossless draft and verify** (`draft_tokens`, FreeDave, arXiv 2510.00294; a verification tree as in arXiv
+  2510.04147): each forward runs the canvases of several drafted commits as one batch and keeps those that
+  one-token-per-step greedy decoding makes: its tokens, in fewer forwards.
 - **Key-value cache** (`use_cache="prefix"` / `"dual"`, Fast-dLLM Sec. 3.2): the first step of a block runs on the
   whole canvas and stores keys and values; the other steps run on the block (and, for `"prefix"`, the canvas right
   of it) and reuse the stored entries elsewhere. An approximation in a bidirectional model, exact when refreshed
@@ -300,12 +304,14 @@ def _step_logits(
     config: ILLaDAGenerationConfig,
     cache: "_BlockCache | None",
     step: int,
+    tokens: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Constrained float32 logits `(len(rows), end - start, vocab)` of one step, guided when `cfg_scale > 0`.
 
-    With CFG, the conditional and unconditional canvases run as one doubled batch (and share one cache).
+    `tokens` `(len(rows), visible)` replaces the canvases of `rows` (drafts; `rows` may repeat). With CFG, the
+    conditional and unconditional canvases run as one doubled batch (and share one cache).
     """
-    tokens = canvas.tokens[rows, :visible]
+    tokens = canvas.tokens[rows, :visible] if tokens is None else tokens
     mask = None if canvas.attention_mask is None else canvas.attention_mask[rows, :visible]
     positions = None if canvas.position_ids is None else canvas.position_ids[rows, :visible]
     if config.cfg_scale > 0:
@@ -337,8 +343,8 @@ def _report_step(
 
 
 def undecided_positions(block: torch.Tensor, mask_token_id: int, stop_ids: torch.Tensor | None) -> torch.Tensor:
-    """Positions `(batch, n)` of a block still to decode: its masks, or with `stop_ids` (`skip_after_stop`) only the
-    masks before the block's first committed stop token."""
+    """Positions `(..., n)` of a block still to decode: its masks, or with `stop_ids` (when the positions after a
+    stop are not decoded, `decode_after_stop`) only the masks before the block's first committed stop token."""
     masked = block == mask_token_id
     if stop_ids is None:
         return masked
@@ -361,13 +367,16 @@ def _denoise_block(
 
     Per step: logits of the rows with positions left to decode, proposals `x0`, scores, top-`k` commits. Random
     draws per step, in order: the Gumbel noise `(rows, n, vocab)` if `temperature > 0`, then the `random` scores
-    `(rows, n)`; `rows` are the active rows in batch order. `skip_after` holds the stop ids with `skip_after_stop`.
+    `(rows, n)`; `rows` are the active rows in batch order. `skip_after` holds the stop ids when the positions after
+    a committed stop are not decoded (`decode_after_stop`); `draft_tokens` hands the block to [`_draft_block`].
     """
+    if config.draft_tokens is not None:
+        return _draft_block(model, canvas, (start, end, visible), config, callback, cache, skip_after)
     schedule = transfer_schedule(end - start, steps_in_block(end - start, config.steps, config.tokens_per_step))
     for step, num_tokens in enumerate(schedule):
         masked = undecided_positions(canvas.tokens[:, start:end], config.mask_token_id, skip_after)  # [B, n]
         rows = masked.any(-1).nonzero().squeeze(-1)  # finished rows have no masks: `_close_block` padded them
-        if rows.numel() == 0:  # threshold decoding or `skip_after_stop` finished the block early
+        if rows.numel() == 0:  # threshold decoding or a committed stop token finished the block early
             return
         logits = _step_logits(model, canvas, rows, visible, start, end, config, cache, step)  # [r, n, V]
         x0 = sample_tokens(logits, config.sampling_temperature, generator, config.top_k, config.top_p)
@@ -415,6 +424,133 @@ def _finish(
     )
 
 
+# --------------------------------------------------------------------------------------------- draft and verify
+
+
+def _greedy_proposals(logits: torch.Tensor, config: ILLaDAGenerationConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The argmax proposals `x0` `(rows, n)` and their remasking scores, as a greedy step computes them."""
+    x0 = logits.argmax(-1)
+    return x0, remasking_confidence(logits, x0, config.remasking, None)
+
+
+def _draft_canvases(
+    block: torch.Tensor, x0: torch.Tensor, scores: torch.Tensor, undecided: torch.Tensor, depth: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The canvases one-token-per-step decoding may reach in its next `depth` commits if they stay among the `depth`
+    best-scored undecided positions (ties to the left, as [`select_commits`]) and keep their proposals `x0`.
+
+    Draft `m` `(rows, 2**(depth - 1), n)` commits the positions of ranks `j` with bit `j` of `2m + 1` set: rank 0,
+    the step's own commit, is in every draft, the others in any order. Also returns `real` `(rows, drafts)` (every
+    drafted rank is an undecided position) and the positions by rank `(rows, depth)`.
+    """
+    depth = min(depth, block.shape[-1])
+    order = scores.masked_fill(~undecided, -math.inf).argsort(dim=-1, descending=True, stable=True)[:, :depth]
+    masks = torch.arange(1, 2**depth, 2, device=block.device)
+    bits = ((masks[:, None] >> torch.arange(depth, device=block.device)) & 1).bool()  # [drafts, depth]
+    real = (bits[None] <= undecided.gather(-1, order)[:, None, :]).all(-1)
+    shape = (block.shape[0], masks.numel(), depth)
+    commit = torch.zeros(*shape[:2], block.shape[-1], dtype=torch.bool, device=block.device)
+    commit.scatter_(-1, order[:, None, :].expand(shape), bits[None].expand(shape))
+    return torch.where(commit, x0[:, None, :], block[:, None, :]), real, order
+
+
+def _walk_drafts(
+    picks: torch.Tensor, proposals: torch.Tensor, x0: torch.Tensor, order: torch.Tensor, ran
+) -> torch.Tensor:
+    """The draft each row reaches `(rows,)`: from draft 0 (the step's own commit), while the verified draft picks
+    (`picks` `(N, n)`, one position each, with `proposals` `(N, n)`) a drafted position with its drafted token,
+    move to the draft that adds it. `ran` `(local rows, drafts)` names the verified drafts of `picks`."""
+    local, number = ran
+    rows, depth = order.shape
+    position = picks.float().argmax(-1)  # [N]
+    rank = (order[local] == position[:, None]).long().argmax(-1)
+    drafted = (order[local] == position[:, None]).any(-1)
+    drafted &= proposals.gather(-1, position[:, None]).squeeze(-1) == x0[local].gather(-1, position[:, None]).squeeze(
+        -1
+    )
+    step = torch.full((rows, 2 ** (depth - 1)), -1, dtype=torch.long, device=order.device)
+    step[local, number] = torch.where(drafted, rank, -1)
+    mask = torch.ones(rows, dtype=torch.long, device=order.device)
+    for _ in range(depth - 1):
+        rank = step[torch.arange(rows, device=order.device), mask // 2]
+        mask = torch.where(rank >= 0, mask | (1 << rank.clamp(min=0)), mask)
+    return mask // 2
+
+
+def _first_proposals(model, canvas: _Canvas, span: tuple, config, callback, cache, rows: torch.Tensor) -> tuple:
+    """The block's first forward: proposals and scores `(batch, n)` of the canvas (zero for the other rows)."""
+    start, end, visible = span
+    logits = _step_logits(model, canvas, rows, visible, start, end, config, cache, 0)
+    canvas.nfe += 1
+    _report_step(canvas, rows, logits, visible, callback)
+    x0 = canvas.tokens[:, start:end].clone()
+    scores = torch.zeros(x0.shape, dtype=NOISE_DTYPE, device=x0.device)
+    x0[rows], scores[rows] = _greedy_proposals(logits, config)
+    return x0, scores
+
+
+def _verify_drafts(model, canvas: _Canvas, span: tuple, config, callback, cache, stops, rows, proposals) -> None:
+    """One forward over every row's drafts; each row commits the draft it reaches (see [`_walk_drafts`]), whose
+    logits become its proposals `(x0, scores)` (updated in place)."""
+    start, end, visible = span
+    x0, scores = proposals
+    block = canvas.tokens[rows, start:end]
+    undecided = undecided_positions(block, config.mask_token_id, stops)
+    drafts, real, order = _draft_canvases(block, x0[rows], scores[rows], undecided, config.draft_tokens)
+    left = undecided_positions(drafts, config.mask_token_id, stops)  # [r, drafts, n]
+    local, number = (real & left.any(-1)).nonzero(as_tuple=True)  # drafts with positions left: verified
+    reached, report = torch.zeros_like(rows), None
+    if local.numel():
+        tokens = canvas.tokens[rows[local], :visible].clone()
+        tokens[:, start:end] = drafts[local, number]
+        logits = _step_logits(model, canvas, rows[local], visible, start, end, config, cache, 1, tokens)
+        canvas.nfe += 1
+        vx0, vscores = _greedy_proposals(logits, config)
+        picks = select_commits(vscores, left[local, number], 1, None)
+        reached = _walk_drafts(picks, vx0, x0[rows], order, (local, number))
+        last = (number == reached[local]).nonzero().squeeze(-1)  # verified drafts where rows end
+        x0[rows[local[last]]], scores[rows[local[last]]] = vx0[last], vscores[last]
+        report = rows[local[last]], logits[last]
+    _commit(canvas, rows, start, drafts[torch.arange(rows.numel(), device=rows.device), reached])
+    if report is not None:
+        _report_step(canvas, *report, visible, callback)
+
+
+def _commit(canvas: _Canvas, rows: torch.Tensor, start: int, block: torch.Tensor) -> None:
+    """Writes the new block `(rows, n)` of `rows`; with a history, its new tokens get the last forward's index."""
+    end = start + block.shape[-1]
+    if canvas.history is not None:
+        new = block != canvas.tokens[rows, start:end]
+        canvas.history[rows, start:end] = canvas.history[rows, start:end].masked_fill(new, max(canvas.nfe - 1, 0))
+    canvas.tokens[rows, start:end] = block
+
+
+def _draft_block(
+    model, canvas: _Canvas, span: tuple, config, callback: StepCallback | None, cache, stops: torch.Tensor | None
+) -> None:
+    """Decodes canvas columns `start:end` (`span = (start, end, visible)`) into exactly the tokens of greedy
+    one-token-per-step decoding, in fewer forwards: FreeDave's draft and verify (arXiv 2510.00294), drafting from
+    the model's own parallel predictions with a tree of drafts like self-speculative decoding (arXiv 2510.04147).
+
+    The first forward proposes a token and a score at every position. Then each forward runs, as one batch, the
+    canvases that a row's next `draft_tokens` commits can reach in any order among its best-scored positions, and
+    the row follows the commits that each verified canvas chooses itself. A step callback sees, per forward, the
+    committed canvas and the logits of the draft each row reached (the block's first forward: the canvas and its
+    logits).
+    """
+    start, end, _ = span
+    proposals = None
+    while True:
+        undecided = undecided_positions(canvas.tokens[:, start:end], config.mask_token_id, stops)
+        rows = undecided.any(-1).nonzero().squeeze(-1)
+        if rows.numel() == 0:
+            return
+        if proposals is None:
+            proposals = _first_proposals(model, canvas, span, config, callback, cache, rows)
+        else:
+            _verify_drafts(model, canvas, span, config, callback, cache, stops, rows, proposals)
+
+
 # --------------------------------------------------------------------------------------------- key-value cache
 
 
@@ -459,30 +595,43 @@ class _BlockCache:
                 kv_cache=self.kv,
                 return_dict=True,
             ).logits
-        self._narrow(rows, tokens.shape[0])
+        distinct, guided = rows.unique_consecutive(), tokens.shape[0] == 2 * rows.numel()
+        self._narrow(distinct, guided)
         span_end = end if self.mode == "dual" else tokens.shape[1]
         self.kv.span = (start, span_end)
+        kv = self.kv if distinct.numel() == rows.numel() else self._repeated(rows, guided)
         keep = torch.arange(end - start, device=tokens.device)
         return model(
             input_ids=tokens[:, start:span_end],
             attention_mask=mask,
             position_ids=None if positions is None else positions[:, start:span_end],
             logits_to_keep=keep,
-            kv_cache=self.kv,
+            kv_cache=kv,
             return_dict=True,
         ).logits
 
-    def _narrow(self, rows: torch.Tensor, batch: int) -> None:
+    def _index(self, rows: torch.Tensor, guided: bool) -> torch.Tensor:
+        """Indices of `rows` (sorted) in the store; with CFG the unconditional copies follow the conditional ones."""
+        index = torch.searchsorted(self.rows, rows)
+        return torch.cat([index, index + self.rows.numel()]) if guided else index
+
+    def _narrow(self, rows: torch.Tensor, guided: bool) -> None:
         """Keeps the stored keys and values of `rows` only (a subset of the stored rows)."""
         if rows.numel() == self.rows.numel():
             return
-        index = torch.searchsorted(self.rows, rows)
-        if batch == 2 * rows.numel():  # CFG: the unconditional copies follow the conditional ones
-            index = torch.cat([index, index + self.rows.numel()])
+        index = self._index(rows, guided)
         for layer in self.kv.keys:
             self.kv.keys[layer] = self.kv.keys[layer][index]
             self.kv.values[layer] = self.kv.values[layer][index]
         self.rows = rows
+
+    def _repeated(self, rows: torch.Tensor, guided: bool) -> DiffusionKVCache:
+        """A store for a batch that repeats stored rows (drafts), the span included; the store itself is kept."""
+        index, kv = self._index(rows, guided), DiffusionKVCache()
+        kv.keys = {layer: keys[index] for layer, keys in self.kv.keys.items()}
+        kv.values = {layer: values[index] for layer, values in self.kv.values.items()}
+        kv.span = self.kv.span
+        return kv
 
 
 def _make_block_cache(config: ILLaDAGenerationConfig) -> _BlockCache | None:
@@ -526,7 +675,7 @@ def run_sampler(
             generator,
             step_callback,
             cache,
-            stop_ids if config.skip_after_stop else None,
+            None if config.decodes_after_stop else stop_ids,
         )
         _close_block(canvas, prompt_width + block_start, prompt_width + end, stop_ids, config.pad_token_id, streamer)
         if canvas.finished.all():

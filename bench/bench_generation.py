@@ -81,13 +81,13 @@ class Setting:
     canvas: str | None
     threshold: float | None = None
     cache: str = "none"
-    skip_after_stop: bool = False
+    decode_after_stop: bool = True
 
     @property
     def label(self) -> str:
         if self.canvas is None:
             return "LLaDA baseline (fixed, full logits, no cache)"
-        skip = ", skip after stop" if self.skip_after_stop else ""
+        skip = "" if self.decode_after_stop else ", skip after stop"
         return f"{self.canvas}, threshold {self.threshold or '-'}, cache {self.cache}{skip}"
 
 
@@ -217,7 +217,7 @@ def our_answers(
             canvas=setting.canvas,
             threshold=setting.threshold,
             use_cache=setting.cache,
-            skip_after_stop=setting.skip_after_stop,
+            decode_after_stop=setting.decode_after_stop,
             **PLAIN_SAMPLING,
         )
         answers += [cut_answer(row, stop_ids) for row in sequences[:, prompt.shape[1] :].tolist()]
@@ -226,10 +226,10 @@ def our_answers(
 
 def settings_grid(args, skip_default: str) -> list[Setting]:
     thresholds = [None if t == "none" else float(t) for t in args.thresholds.split(",")]
-    skips = [{"off": False, "on": True}[value] for value in (args.skip_after_stop or skip_default).split(",")]
+    skips = [{"yes": True, "no": False}[value] for value in (args.decode_after_stop or skip_default).split(",")]
     return [
-        Setting(canvas, threshold, cache, skip)
-        for skip in skips
+        Setting(canvas, threshold, cache, whole)
+        for whole in skips
         for canvas in args.canvases.split(",")
         for threshold in thresholds
         for cache in args.caches.split(",")
@@ -303,7 +303,7 @@ HEADER = [
 
 
 def find(results: list[Result], canvas: str, threshold: float | None, cache: str, skip: bool = False) -> Result | None:
-    return next((r for r in results if r.setting == Setting(canvas, threshold, cache, skip)), None)
+    return next((r for r in results if r.setting == Setting(canvas, threshold, cache, not skip)), None)
 
 
 # --------------------------------------------------------------------------------------------- demo model
@@ -357,7 +357,7 @@ def run_demo(args) -> str:
     examples, prompts = demo_prompts(tokenizer, args.num_prompts)
     stop_ids = set(model.generation_config.stop_ids)
     print(f"demo model {path}: {len(prompts)} held-out prompts", flush=True)
-    grid = settings_grid(args, "off,on")
+    grid = settings_grid(args, "yes,no")
     results = run_settings(model, prompts, grid, args.demo_budget, args.demo_block, 1, stop_ids, args.repeats)
     accuracy = {r.setting: demo_accuracy(tokenizer, examples, r.answers, stop_ids) for r in results}
     rows = result_rows(results, len(prompts), lambda r: f"{accuracy[r.setting]:.1%}")
@@ -450,7 +450,7 @@ def run_random(args) -> str:
         results = run_settings(
             model,
             prompts,
-            settings_grid(args, "off"),
+            settings_grid(args, "yes"),
             args.budget,
             args.block,
             args.tokens_per_step,
@@ -493,10 +493,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--thresholds", default="none,0.9,0.8,0.7", help="Comma-separated; 'none' for no threshold.")
     parser.add_argument("--caches", default="none,prefix,dual", help="Comma-separated `use_cache` values.")
     parser.add_argument(
-        "--skip_after_stop",
+        "--decode_after_stop",
         default=None,
-        help="Comma-separated `skip_after_stop` values, off / on (default: both on the demo model; off "
-        "on the random model, whose forced EOS ends the block, so that skipping changes nothing).",
+        help="Comma-separated `decode_after_stop` values, yes (whole blocks) / no (skip after stop) (default: both "
+        "on the demo model; yes on the random model, whose forced EOS ends the block, so that skipping changes "
+        "nothing).",
     )
     parser.add_argument("--repeats", type=int, default=1, help="Runs per setting; the best wall time is kept.")
     parser.add_argument(

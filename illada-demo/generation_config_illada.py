@@ -55,6 +55,28 @@ NEUTRAL_OPTIONS = {
     "min_length": 0,
     "min_new_tokens": 0,
 }
+# Upper bound of `draft_tokens`: a forward verifies 2**(draft_tokens - 1) canvases per row.
+MAX_DRAFT_TOKENS = 8
+# Named speed settings, passed as `generate(ids, **GENERATION_PRESETS[name])`; each sets every speed-related setting,
+# so that a checkpoint's own choices do not leak in. Measured in bench/RESULTS.md ("Generation presets").
+GENERATION_PRESETS = {
+    # The iLLaDA paper, literally: whole blocks, one token per step, no cache.
+    "exact": dict(
+        decode_after_stop=True, draft_tokens=None, threshold=None, use_cache="none", steps=None, tokens_per_step=None
+    ),
+    # The default: stop decoding a block at the answer's end (variable canvas), one token per step.
+    "default": dict(
+        decode_after_stop=None, draft_tokens=None, threshold=None, use_cache="none", steps=None, tokens_per_step=None
+    ),
+    # The default's exact tokens in fewer forwards: draft and verify.
+    "lossless-fast": dict(
+        decode_after_stop=None, draft_tokens=4, threshold=None, use_cache="none", steps=None, tokens_per_step=None
+    ),
+    # Fast-dLLM's confidence threshold and prefix cache on top of the default: changes answers a little.
+    "fast": dict(
+        decode_after_stop=None, draft_tokens=None, threshold=0.9, use_cache="prefix", steps=None, tokens_per_step=None
+    ),
+}
 # Similarity (difflib ratio) from which an unknown key of generation_config.json is taken for a misspelt setting.
 NEAR_MISS = 0.8
 # Keys a generation_config.json may carry besides the settings.
@@ -114,11 +136,24 @@ class ILLaDAGenerationConfig(GenerationConfig):
             answer, against the Instruct model's thinking loops: `{"token_ids": [...], "slope": s, "start": a,
             "max_bias": m}` adds `min(m, s * max(0, i - a))` at answer position `i` (0-based). `start` defaults
             to 0, `max_bias` to no cap.
-        skip_after_stop (`bool`, *optional*, defaults to `False`): Leave undecoded the masked positions of a block
-            that follow a committed stop token. They are cut from the answer anyway, so a row leaves its block once
-            every position before its first stop token is committed, instead of decoding the whole block. Saves
-            most steps of short answers in long blocks, but changes the output: the model sees masks, not decoded
-            tokens, after the stop. Our addition; the iLLaDA paper decodes whole blocks.
+        decode_after_stop (`bool`, *optional*): Whether the masked positions of a block that follow a committed
+            stop token are still decoded. They are cut from the answer anyway. `None` (default): not in the
+            `variable` canvas (a row leaves its block once every position before its first stop token is committed:
+            a short answer in a long block costs a few forwards, not the whole block), yes in the `fixed` canvas
+            (token-exact with LLaDA's `generate.py`). `True`: the paper-literal whole-block decoding of the
+            iLLaDA paper (the `"exact"` preset). `False`: skip them in both canvases. Skipping changes answers where
+            positions before the stop were still masked when it was committed: the model then sees masks, not
+            decoded tokens, after the stop.
+        draft_tokens (`int`, *optional*): Lossless parallel decoding by draft and verify (FreeDave, arXiv
+            2510.00294, with a verification tree as in self-speculative decoding, arXiv 2510.04147), at most
+            `MAX_DRAFT_TOKENS` (8). Each forward runs, as one batch, the `2**(draft_tokens - 1)` canvases that the
+            next `draft_tokens` commits can reach in any order among the best-scored positions of the last verified
+            canvas, and keeps the commits that one-token-per-step decoding makes. The answers are **identical** to
+            greedy one-token-per-step decoding with the same other settings, in fewer forwards, each over more
+            canvases (more compute per forward). Needs greedy decoding, one token per step (`steps`,
+            `tokens_per_step` and `threshold` unset), a confidence `remasking` (not `"random"`) and no
+            `cache_refresh_steps`. With `use_cache`, identity holds against one-token-per-step decoding with the
+            same cache (itself an approximation of uncached decoding).
         use_cache (`str`, *optional*, defaults to `"none"`): Key-value cache of the canvas (Fast-dLLM, arXiv 2505.22618, Sec. 3.2).
             `"prefix"`: the first step of each block runs the model on the whole canvas and stores every layer's
             keys and values; the other steps of the block run only on the block and the canvas right of it, and
@@ -160,7 +195,8 @@ class ILLaDAGenerationConfig(GenerationConfig):
         bos_token_id: int | None = None,
         suppress_tokens: list[int] | None = None,
         stop_token_bias: dict | None = None,
-        skip_after_stop: bool = False,
+        decode_after_stop: bool | None = None,
+        draft_tokens: int | None = None,
         use_cache: str = "none",
         cache_refresh_steps: int | None = None,
         return_dict_in_generate: bool = False,
@@ -191,7 +227,8 @@ class ILLaDAGenerationConfig(GenerationConfig):
         self.bos_token_id = bos_token_id
         self.suppress_tokens = copy.deepcopy(suppress_tokens)
         self.stop_token_bias = copy.deepcopy(stop_token_bias)
-        self.skip_after_stop = skip_after_stop
+        self.decode_after_stop = decode_after_stop
+        self.draft_tokens = draft_tokens
         self.use_cache = use_cache
         self.cache_refresh_steps = cache_refresh_steps
         self.return_dict_in_generate = return_dict_in_generate
@@ -215,9 +252,12 @@ class ILLaDAGenerationConfig(GenerationConfig):
         self._validate_cache()
         self._validate_token_ids()
         _check_stop_token_bias(self.stop_token_bias)
-        for name in ("return_dict_in_generate", "output_history", "skip_after_stop"):
+        for name in ("return_dict_in_generate", "output_history"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"`{name}` must be True or False, got {getattr(self, name)!r}.")
+        if not (self.decode_after_stop is None or isinstance(self.decode_after_stop, bool)):
+            raise ValueError(f"`decode_after_stop` must be None, True or False, got {self.decode_after_stop!r}.")
+        self._validate_drafts()
         if self.output_history and not self.return_dict_in_generate:
             raise ValueError(
                 "`output_history=True` needs `return_dict_in_generate=True` (the history is a field of "
@@ -254,10 +294,41 @@ class ILLaDAGenerationConfig(GenerationConfig):
 
     def _validate_sampling(self) -> None:
         _check_number("temperature", self.temperature, 0, MAX_TEMPERATURE)
-        if self.do_sample not in (None, True, False):
+        if not (self.do_sample is None or isinstance(self.do_sample, bool)):
             raise ValueError(f"`do_sample` must be None, True or False, got {self.do_sample!r}.")
         if self.top_p is not None:
             _check_number("top_p", self.top_p, 0, 1, low_open=True)
+
+    def _validate_drafts(self) -> None:
+        """`draft_tokens` reproduces greedy one-token-per-step decoding: settings that depart from it conflict."""
+        check_positive_int("draft_tokens", self.draft_tokens, allow_none=True)
+        if self.draft_tokens is None:
+            return
+        if self.draft_tokens > MAX_DRAFT_TOKENS:
+            raise ValueError(
+                f"`draft_tokens` ({self.draft_tokens}) must be at most {MAX_DRAFT_TOKENS}: each forward runs "
+                f"2**(draft_tokens - 1) canvases."
+            )
+        conflicts = {
+            "steps": self.steps is not None,
+            "tokens_per_step": self.tokens_per_step is not None,
+            "threshold": self.threshold is not None,
+            "remasking": self.remasking == "random",
+            "temperature / do_sample": self.sampling_temperature != 0,
+            "cache_refresh_steps": self.cache_refresh_steps is not None,
+        }
+        bad = [f"`{name}`" for name, conflict in conflicts.items() if conflict]
+        if bad:
+            raise ValueError(
+                f"`draft_tokens={self.draft_tokens}` reproduces greedy one-token-per-step decoding, so it cannot be "
+                f"combined with {', '.join(bad)}: leave `steps`, `tokens_per_step`, `threshold` and "
+                f"`cache_refresh_steps` unset, decode greedily (temperature 0) with a confidence `remasking`."
+            )
+
+    @property
+    def decodes_after_stop(self) -> bool:
+        """`decode_after_stop` resolved: `None` means no in the `variable` canvas, yes in the `fixed` one (LLaDA)."""
+        return self.canvas == "fixed" if self.decode_after_stop is None else self.decode_after_stop
 
     @property
     def sampling_temperature(self) -> float:
@@ -298,7 +369,10 @@ class ILLaDAGenerationConfig(GenerationConfig):
                 f"positions. Use a different pad token."
             )
         if mask is not None and mask in self.stop_ids:
-            raise ValueError(f"The mask token {mask} is among the stop tokens {self.stop_ids}; it is never generated.")
+            raise ValueError(
+                f"The mask token (`mask_token_id` {mask}) is among the stop tokens (`eos_token_id` / "
+                f"`stop_token_ids` {self.stop_ids}); it is never generated."
+            )
 
     @property
     def stop_ids(self) -> list[int]:
@@ -465,6 +539,8 @@ def unknown_names_message(where: str, names: list[str]) -> str:
 
 __all__ = [
     "ILLaDAGenerationConfig",
+    "GENERATION_PRESETS",
+    "MAX_DRAFT_TOKENS",
     "SETTINGS",
     "REMASKING_STRATEGIES",
     "CANVAS_MODES",

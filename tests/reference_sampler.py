@@ -109,13 +109,14 @@ def reference_generate(
     suppress: tuple[int, ...] = (),
     stop_bias: dict | None = None,
     generator: torch.Generator | None = None,
-    skip_after_stop: bool = False,
+    decode_after_stop: bool | None = None,
     top_k: int | None = None,
     top_p: float | None = None,
 ) -> tuple[list[list[int]], int]:
     """Returns each row's answer (cut after its first stop token) and the number of batched steps.
 
-    With `skip_after_stop`, a row decodes only the positions of its block before the first stop token it holds."""
+    Unless `decode_after_stop` (default: only in the fixed canvas, as LLaDA), a row decodes only the positions of its
+    block before the first stop token it holds."""
     options = dict(
         mask_id=mask_id,
         temperature=temperature,
@@ -126,6 +127,7 @@ def reference_generate(
         top_p=top_p,
     )
     vocab = model.config.vocab_size
+    skip_after_stop = not (canvas == "fixed" if decode_after_stop is None else decode_after_stop)
     rows = [list(p) + [mask_id] * max_new_tokens for p in prompts]
     finished = [False] * len(rows)
     nfe = 0

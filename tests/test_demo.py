@@ -193,9 +193,11 @@ def test_demo_answers_builtin_and_command_line_prompts(cli, reference, tmp_path,
         assert model.config.mask_token_id not in answer.token_ids
         assert budget == settings["max_new_tokens"] and length == len(answer.token_ids)
         if settings["steps"] is None and settings["tokens_per_step"] is None and settings["threshold"] is None:
-            # One token per step: every block opened up to the one that holds EOS is decoded in full.
+            # One token per step: every position up to EOS is committed, and (the default) none after it; with
+            # `decode_after_stop=True` every block opened up to the one that holds EOS is decoded in full.
             block = settings["block_length"]
-            expected = min(budget, (length // block + 1) * block) if stopped else budget
+            whole = min(budget, (length // block + 1) * block)
+            expected = (whole if settings["decode_after_stop"] else length + 1) if stopped else budget
             assert nfe == expected
         assert nfe > 0 and len(answer.history) == length + stopped and max(answer.history) < nfe
     if _model_dir() == SHIPPED_MODEL:
@@ -203,6 +205,39 @@ def test_demo_answers_builtin_and_command_line_prompts(cli, reference, tmp_path,
     assert "step   0 |" in output  # plain frames of the live view (stdout is not a terminal here)
     _check_png(plot)
     _check_against_own_generate(reference, prompt, answers[-1])
+    _check_presets(output, [answer.text for answer in answers], reference)
+
+
+def _check_presets(output: str, texts: list[str], reference) -> None:
+    """The side-by-side table: one row per question with each preset's answer and forward passes; `lossless-fast`
+    answers as `default` in at most as many forwards, and each cell is what an independent `generate` gives."""
+    from illada.generation_config_illada import GENERATION_PRESETS
+
+    table = output.split("The same questions with each preset")[1].splitlines()[1:]
+    assert table[0].split() == list(GENERATION_PRESETS)
+    width = len(table[0]) - len(table[0].lstrip())  # the question column
+    cells = [
+        [re.fullmatch(r"(.*) \[(\d+)\]", line[i : i + 22].strip()).groups() for i in range(width, len(line), 22)]
+        for line in table[1 : 1 + len(texts)]
+    ]
+    assert [len(row) for row in cells] == [len(GENERATION_PRESETS)] * len(texts)
+    column = {name: i for i, name in enumerate(GENERATION_PRESETS)}
+    for row in cells:
+        default, lossless = row[column["default"]], row[column["lossless-fast"]]
+        assert default[0] == lossless[0] and int(lossless[1]) <= int(default[1])
+    model, tokenizer = reference
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is 12 + 30?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )["input_ids"]
+    for name, preset in GENERATION_PRESETS.items():
+        out = model.generate(ids, return_dict_in_generate=True, **preset)
+        text = tokenizer.decode(out.sequences[0, ids.shape[1] :], skip_special_tokens=True).strip()
+        assert cells[-1][column[name]] == (text[:15] + "…" if len(text) > 16 else text, str(out.nfe))
+    total = re.findall(r"(\d+) forwards", table[1 + len(texts)])
+    assert [int(t) for t in total] == [sum(int(row[i][1]) for row in cells) for i in range(len(GENERATION_PRESETS))]
 
 
 def _check_against_own_generate(reference, prompt: str, answer) -> None:

@@ -34,10 +34,10 @@ OUT_OF_VOCAB = st.sampled_from([VOCAB, VOCAB + 1, 2**31 - 1, -1, -VOCAB])
 # Above these, finite values are extreme: a clear error is as good as a correct result.
 EXTREME = {"temperature": 1e3, "cfg_scale": 1e3, "threshold": 1e3, "stop_token_bias['slope']": 1e6}
 INT_SETTINGS = ("max_new_tokens", "block_length", "num_return_sequences")
-OPTIONAL_INT_SETTINGS = ("steps", "tokens_per_step", "top_k", "cache_refresh_steps")
+OPTIONAL_INT_SETTINGS = ("steps", "tokens_per_step", "top_k", "cache_refresh_steps", "draft_tokens")
 TOKEN_ID_SETTINGS = ("mask_token_id", "pad_token_id", "bos_token_id")
 TOKEN_LIST_SETTINGS = ("eos_token_id", "stop_token_ids", "suppress_tokens")
-BOOL_SETTINGS = ("skip_after_stop", "return_dict_in_generate", "output_history")
+BOOL_SETTINGS = ("return_dict_in_generate", "output_history")
 UNKNOWN_OPTIONS = {"num_beams": 4, "repetition_penalty": 1.3, "temprature": 0.5, "top_a": 3, "block_len": 4}
 
 
@@ -141,6 +141,20 @@ def check_rows_alone(
             )
 
 
+def check_drafts_lossless(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor | None, kw: dict, sequences: torch.Tensor
+) -> None:
+    """`draft_tokens` gives the answers of the same call without it (one token per step), in rows with a prompt
+    (the rows of an empty prompt tie exactly; see `check_rows_alone`)."""
+    plain = MODEL.generate(input_ids, attention_mask=attention_mask, **{**kw, "draft_tokens": None})
+    plain = plain.sequences if kw.get("return_dict_in_generate") else plain
+    copies = kw.get("num_return_sequences", 1)
+    real = attention_mask.bool().any(-1) if attention_mask is not None else torch.ones(len(input_ids), dtype=bool)
+    rows = real.repeat_interleave(copies)
+    width = min(plain.shape[1], sequences.shape[1])
+    assert torch.equal(plain[rows, :width], sequences[rows, :width]), "drafts changed the answers"
+
+
 def generate_call(input_ids, attention_mask, kw: dict, seed: int | None):
     generator = None if seed is None else torch.Generator().manual_seed(seed)
     return lambda: MODEL.generate(input_ids, attention_mask=attention_mask, generator=generator, **kw)
@@ -172,7 +186,7 @@ def valid_settings(draw) -> dict:
         "eos_token_id": st.one_of(st.just([]), ORDINARY, st.lists(ORDINARY, max_size=2)),
         "stop_token_ids": st.lists(ORDINARY, max_size=2),
         "suppress_tokens": st.lists(st.integers(0, VOCAB - 1).filter(lambda t: t != MASK), max_size=5),
-        "skip_after_stop": st.booleans(),
+        "decode_after_stop": st.sampled_from([None, True, False]),
         "use_cache": st.sampled_from(["none", "prefix", "dual"]),
         "stop_token_bias": st.fixed_dictionaries(
             {"token_ids": st.lists(ORDINARY, min_size=1, max_size=2), "slope": st.floats(0.1, 5.0)}
@@ -183,6 +197,11 @@ def valid_settings(draw) -> dict:
         kw[name] = draw(optional[name])
     if kw.get("use_cache") in ("prefix", "dual") and draw(st.booleans()):
         kw["cache_refresh_steps"] = draw(st.integers(1, 3))
+    if draw(st.integers(0, 3)) == 0:  # lossless drafts: greedy, one token per step, a confidence score
+        for name in ("steps", "tokens_per_step", "threshold", "cache_refresh_steps", "do_sample"):
+            kw.pop(name, None)
+        kw.update(draft_tokens=draw(st.integers(1, 5)), temperature=0.0)
+        kw["remasking"] = draw(st.sampled_from(["low_confidence", "margin", "entropy"]))
     return kw
 
 
@@ -202,6 +221,8 @@ def near_miss(name: str) -> st.SearchStrategy:
         return st.sampled_from(["low-confidence", "", "Fixed", True, "prefix ", None])
     if name in BOOL_SETTINGS or name == "do_sample":
         return st.sampled_from([1, 0, "True", None])
+    if name == "decode_after_stop":
+        return st.sampled_from([1, 0, "True", "none"])
     return st.nothing()
 
 
@@ -220,6 +241,7 @@ SETTING_NAMES = (
     "canvas",
     "use_cache",
     "do_sample",
+    "decode_after_stop",
     "stop_token_bias",
 )
 
@@ -310,6 +332,9 @@ def settings_problems(kw: dict, prompts: list[list[int]]) -> set[str]:
     if "do_sample" in kw and not (kw["do_sample"] is None or isinstance(kw["do_sample"], bool)):
         bad.add("do_sample")
     bad |= {name for name in BOOL_SETTINGS if name in kw and not isinstance(kw[name], bool)}
+    if kw.get("decode_after_stop") is not None and not isinstance(kw["decode_after_stop"], bool):
+        bad.add("decode_after_stop")
+    bad |= draft_problems(kw)
     if kw.get("output_history") is True and kw.get("return_dict_in_generate") is not True:
         bad |= {"output_history", "return_dict_in_generate"}
     bad |= token_problems(kw, prompts)
@@ -318,6 +343,22 @@ def settings_problems(kw: dict, prompts: list[list[int]]) -> set[str]:
     if is_real(kw.get("cfg_scale")) and kw["cfg_scale"] > 0 and min(map(len, prompts)) == 0:
         bad.add("cfg_scale")
     return bad
+
+
+def draft_problems(kw: dict) -> set[str]:
+    """`draft_tokens` reproduces greedy one-token-per-step decoding: the settings that depart from it conflict."""
+    if not positive_int(kw.get("draft_tokens")):
+        return set()
+    if kw["draft_tokens"] > 8:  # 2**(draft_tokens - 1) canvases per forward
+        return {"draft_tokens"}
+    names = ("steps", "tokens_per_step", "threshold", "cache_refresh_steps")
+    conflicts = {name for name in names if kw.get(name) is not None}
+    if kw.get("remasking") == "random":
+        conflicts.add("remasking")
+    temperature, do_sample = kw.get("temperature", 0), kw.get("do_sample")
+    if do_sample is True or (do_sample is None and is_real(temperature) and temperature > 0):
+        conflicts |= {"temperature", "do_sample"}
+    return conflicts | {"draft_tokens"} if conflicts else set()
 
 
 def token_problems(kw: dict, prompts: list[list[int]]) -> set[str]:
@@ -382,6 +423,8 @@ def run_generation_case(prompts: list[list[int]], kw: dict, seed: int | None) ->
         sequences = check_answers(out, input_ids, kw, attention_mask)
         if greedy(kw):
             check_rows_alone(input_ids, attention_mask, kw, sequences)
+        if kw.get("draft_tokens") is not None:
+            check_drafts_lossless(input_ids, attention_mask, kw, sequences)
         elif seed is not None:
             again = generate_call(input_ids, attention_mask, kw, seed)()
             again = again.sequences if kw.get("return_dict_in_generate") else again

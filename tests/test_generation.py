@@ -171,9 +171,15 @@ CASES = {
     "entropy-threshold": dict(
         canvas="fixed", max_new_tokens=12, block_length=6, steps=3, remasking="entropy", threshold=0.05
     ),
-    "skip-after-stop": dict(canvas="variable", max_new_tokens=12, block_length=6, skip_after_stop=True),
+    "variable-whole-blocks": dict(canvas="variable", max_new_tokens=12, block_length=6, decode_after_stop=True),
     "skip-after-stop-fixed-sampled": dict(
-        canvas="fixed", max_new_tokens=12, block_length=6, steps=4, temperature=0.7, threshold=0.3, skip_after_stop=True
+        canvas="fixed",
+        max_new_tokens=12,
+        block_length=6,
+        steps=4,
+        temperature=0.7,
+        threshold=0.3,
+        decode_after_stop=False,
     ),
     "top-k-sampled": dict(canvas="variable", max_new_tokens=8, block_length=4, steps=2, temperature=1.5, top_k=3),
     "top-p-sampled": dict(canvas="fixed", max_new_tokens=8, block_length=4, steps=2, temperature=1.2, top_p=0.3),
@@ -461,7 +467,7 @@ ERRORS = [
     (dict(cfg_scale=float("nan")), ValueError, "`cfg_scale`"),
     (dict(output_history=True), ValueError, "needs `return_dict_in_generate=True`"),
     (dict(suppress_tokens=[VOCAB + 3]), ValueError, "outside the vocabulary"),
-    (dict(stop_token_ids=[MASK]), ValueError, "mask token 5 is among the stop tokens"),
+    (dict(stop_token_ids=[MASK]), ValueError, "is among the stop tokens"),
     (dict(stop_token_bias={"token_ids": [2]}), ValueError, "`stop_token_bias` must be None or a dict"),
     (dict(stop_token_bias={"token_ids": [2], "slope": -1}), ValueError, "`stop_token_bias['slope']`"),
     (dict(max_new_tokens=TINY["max_position_embeddings"]), ValueError, "max_position_embeddings"),

@@ -331,9 +331,9 @@ def test_cached_generation_stops_after_the_block_with_eos(mode, canvas):
 
 
 @pytest.mark.parametrize("cache", ["none", "prefix"])
-def test_skip_after_stop_leaves_the_block_once_the_answer_before_the_stop_is_decoded(cache):
+def test_default_leaves_the_block_once_the_answer_before_the_stop_is_decoded(cache):
     """EOS is the clear winner at answer position 2 of a block of 8 and banned elsewhere: one token per step, the
-    block takes 8 steps, or 3 with `skip_after_stop` (EOS first, then the two positions before it)."""
+    block takes 3 steps by default (EOS first, then the two positions before it), 8 with `decode_after_stop=True`."""
     model = make_model(seed=4, **SHARP)
     prompt = torch.tensor(random_prompts([5], seed=4))
 
@@ -347,8 +347,8 @@ def test_skip_after_stop_leaves_the_block_once_the_answer_before_the_stop_is_dec
         max_new_tokens=16, block_length=8, use_cache=cache, return_dict_in_generate=True, output_history=True
     )
     with logit_offsets(model, offsets):
-        whole = model.generate(prompt, **options)
-        skipped = model.generate(prompt, skip_after_stop=True, **options)
+        whole = model.generate(prompt, decode_after_stop=True, **options)
+        skipped = model.generate(prompt, **options)
     assert (whole.nfe, skipped.nfe) == (8, 3)
     for out in (whole, skipped):
         answer = out.sequences[0, 5:].tolist()
@@ -366,11 +366,11 @@ def test_skip_after_stop_leaves_the_block_once_the_answer_before_the_stop_is_dec
     mode=st.sampled_from(MODES),
     threshold=st.sampled_from([None, 0.5]),
     refresh=st.sampled_from([None, 2]),
-    skip=st.booleans(),
+    decode_after_stop=st.sampled_from([None, True, False]),
     seed=st.integers(0, 1000),
 )
 def test_cached_generation_invariants(
-    sharp_model, lengths, block, blocks, steps_fraction, canvas, mode, threshold, refresh, skip, seed
+    sharp_model, lengths, block, blocks, steps_fraction, canvas, mode, threshold, refresh, decode_after_stop, seed
 ):
     prompts = random_prompts(lengths, seed=seed)
     budget, steps = block * blocks, max(1, round(steps_fraction * block))
@@ -387,7 +387,7 @@ def test_cached_generation_invariants(
         use_cache=mode,
         cache_refresh_steps=refresh,
         threshold=threshold,
-        skip_after_stop=skip,
+        decode_after_stop=decode_after_stop,
         return_dict_in_generate=True,
     )
     width = ids.shape[1]
@@ -412,7 +412,7 @@ def test_cached_generation_invariants(
         (dict(use_cache="dual", cache_refresh_steps=1.5), "`cache_refresh_steps` must be a positive integer"),
         (dict(cache_refresh_steps=2), "`cache_refresh_steps=2` needs a cache"),
         (dict(use_cache="none", cache_refresh_steps=1), "needs a cache"),
-        (dict(skip_after_stop="yes"), "`skip_after_stop` must be True or False"),
+        (dict(decode_after_stop="yes"), "`decode_after_stop` must be None, True or False"),
     ],
 )
 def test_bad_cache_settings_raise_before_any_forward(sharp_model, spec, message):
@@ -501,7 +501,7 @@ def test_generation_benchmark_forces_the_answer_length_and_counts_work():
     model = bench.random_model(args)
     prompts = [torch.randint(FIRST_ORDINARY_ID, 300, (2, 5), generator=torch.Generator().manual_seed(0))]
     with bench.forced_eos(model, 5 + 32 // 8 - 1):
-        results = bench.run_settings(model, prompts, bench.settings_grid(args, "off"), 32, 4, 2, {EOS}, repeats=1)
+        results = bench.run_settings(model, prompts, bench.settings_grid(args, "yes"), 32, 4, 2, {EOS}, repeats=1)
     baseline = results[0]
     assert baseline.counts.forwards == 16 and baseline.counts.tokens == baseline.counts.logits == 16 * 2 * 37
     for result in results:

@@ -107,12 +107,19 @@ def test_answers_are_marked_right_exactly_when_they_equal_the_reference(executed
         answer, expected = ast.literal_eval(answer), ast.literal_eval(expected)
         assert verdict == ("right" if answer == expected else "wrong")
         assert special_tokens["mask"] not in answer and "░" not in answer and special_tokens["eos"] not in answer
-    # The batch prints the same answers (left padding, temperature 0) without and with a threshold.
-    batch = re.findall(r"^   ('.*?') -> ('.*?') \((right|wrong)\)$", _text(cells["generate-batch"]), re.MULTILINE)
-    assert len(batch) == 8
+    # The batch (left padding, temperature 0) with the default preset prints the answers of the single runs, and
+    # lossless-fast the same answers in at most as many forward passes.
+    text = _text(cells["generate-batch"])
+    batch = re.findall(r"^   ('.*?') -> ('.*?') \((right|wrong)\)$", text, re.MULTILINE)
+    presets = re.findall(r"^preset (\S+): (\d+) forward passes for the batch$", text, re.MULTILINE)
+    assert [name for name, _ in presets] == ["exact", "default", "lossless-fast", "fast"] and len(batch) == 16
+    answers = {name: batch[4 * i : 4 * i + 4] for i, (name, _) in enumerate(presets)}
     single = {ast.literal_eval(prompt): ast.literal_eval(answer) for prompt, answer, _, _ in lines}
-    for prompt, answer, _verdict in batch[:4]:
+    for prompt, answer, _verdict in answers["default"]:
         assert single[ast.literal_eval(prompt)] == ast.literal_eval(answer)
+    assert answers["lossless-fast"] == answers["default"]
+    forwards = {name: int(count) for name, count in presets}
+    assert forwards["lossless-fast"] <= forwards["default"] < forwards["exact"]
 
 
 def test_printed_accuracy_is_the_measured_one(executed):

@@ -1,11 +1,12 @@
 """Ask the small iLLaDA demo model shipped in `illada-demo/` a few questions and watch it denoise the answers.
 
 The model loads through the Hub code path (`AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)`
-and `AutoTokenizer`), answers with variable-length masked-diffusion generation (one block of masks at a time,
-stopping after the block that holds EOS), and for every answer prints the text, the number of forward passes
-(nfe) and the answer length. While it decodes, a live view shows the answer canvas filling in (`░` = still
-masked, `.` = decoded after EOS, not part of the answer); a PNG shows which answer position was committed at
-which step.
+and `AutoTokenizer`), answers with variable-length masked-diffusion generation (one block of masks at a time; a
+block stops being decoded once every position before its EOS is committed), and for every answer prints the
+text, the number of forward passes (nfe) and the answer length. While it decodes, a live view shows the answer
+canvas filling in (`░` = still masked, `.` = decoded after EOS, not part of the answer); a PNG shows which
+answer position was committed at which step. Then the same questions are answered with each generation preset
+(`GENERATION_PRESETS`: exact, default, lossless-fast, fast), side by side with their forward passes.
 
 Commands (from the repository root):
 
@@ -13,6 +14,7 @@ Commands (from the repository root):
     python demo.py "What is 12 + 30?" "Say backwards: red sun"    # your own prompts (one answer each)
     python demo.py --chat                            # interactive: one question per line; `exit` or Ctrl-D ends
     python demo.py --threshold 0.9 --no-live         # fewer forward passes (confidence threshold), plain output
+    python demo.py --no-presets                      # skip the side-by-side run of the presets
     python demo.py --model path/to/folder --trust-remote-code   # another model folder (or set ILLADA_DEMO_MODEL)
     python demo.py --help                            # every option
 
@@ -35,6 +37,7 @@ from transformers.utils import ModelOutput
 
 from illada.demo.evaluate import RESULTS_FILE  # the file `python -m illada.demo.evaluate` writes into the model folder
 from illada.demo.loading import encode, load_model
+from illada.generation_config_illada import GENERATION_PRESETS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL_DIR = "illada-demo"  # relative to the repository root
@@ -130,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"Seed of that draw (default {QUESTION_SEED}); another seed shows other questions.",
     )
     parser.add_argument("--no-live", action="store_true", help="Do not show the denoising canvas.")
+    parser.add_argument(
+        "--no-presets", action="store_true", help="Do not answer the questions again with each generation preset."
+    )
     parser.add_argument(
         "--plot",
         default=DEFAULT_PLOT,
@@ -437,6 +443,38 @@ def run_chat(
         exchanges.append((question, answer.text))
 
 
+# --------------------------------------------------------------------------------------------- presets
+
+
+def compare_presets(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, questions: list[str], overrides: dict
+) -> dict[str, list[Answer]]:
+    """Every question answered with every preset of `GENERATION_PRESETS` (over the command line's settings)."""
+    results = {}
+    for name, preset in GENERATION_PRESETS.items():
+        settings = generation_settings(model, {**overrides, **preset})
+        messages = [[{"role": "user", "content": question}] for question in questions]
+        results[name] = [generate_answer(model, tokenizer, m, settings, live=False) for m in messages]
+    return results
+
+
+def print_presets(questions: list[str], results: dict[str, list[Answer]]) -> None:
+    """One line per question: each preset's answer and its forward passes; then each preset's total."""
+    width = max(len(q) for q in questions) + 2
+    print("\nThe same questions with each preset (answer [forward passes]; GENERATION_PRESETS):")
+    rows = [["", *results]]
+    for i, question in enumerate(questions):
+        rows.append([question, *(f"{short(answers[i].text)} [{answers[i].nfe}]" for answers in results.values())])
+    rows.append(["total", *(f"{sum(a.nfe for a in answers)} forwards" for answers in results.values())])
+    for row in rows:
+        print((f"{row[0]:<{width}}" + "".join(f"{cell:<22}" for cell in row[1:])).rstrip())
+    sys.stdout.flush()
+
+
+def short(text: str, limit: int = 16) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 # --------------------------------------------------------------------------------------------- picture
 
 
@@ -510,7 +548,8 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[Answe
     try:
         folder = resolve_model_dir(args.model)
         model, tokenizer = load_model(folder, args.device, trust_remote_code=args.trust_remote_code)
-        settings = generation_settings(model, generation_overrides(args))
+        overrides = generation_overrides(args)
+        settings = generation_settings(model, overrides)
     except ValueError as error:
         parser.error(str(error))
     print(
@@ -535,6 +574,9 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[Answe
                 measured_accuracy(folder)
                 or "No measured accuracy for this model: run `python -m illada.demo.evaluate`."
             )
+        if questions and not args.no_presets:
+            prompts = [prompt for prompt, _ in questions]
+            print_presets(prompts, compare_presets(model, tokenizer, prompts, overrides))
     if args.plot.lower() != "none" and any(answer.history for answer in answers):
         print(f"\nDenoising picture written to {plot_history(answers, Path(args.plot))}")
     return answers
