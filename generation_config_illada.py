@@ -154,7 +154,8 @@ class ILLaDAGenerationConfig(GenerationConfig):
             `tokens_per_step` and `threshold` unset), a confidence `remasking` (not `"random"`) and no
             `cache_refresh_steps`. With `use_cache`, identity holds against one-token-per-step decoding with the
             same cache (itself an approximation of uncached decoding).
-        use_cache (`str`, *optional*, defaults to `"none"`): Key-value cache of the canvas (Fast-dLLM, arXiv 2505.22618, Sec. 3.2).
+        use_cache (`str`, *optional*, defaults to `"none"`): Key-value cache of the canvas (Fast-dLLM, arXiv
+            2505.22618, Sec. 3.2).
             `"prefix"`: the first step of each block runs the model on the whole canvas and stores every layer's
             keys and values; the other steps of the block run only on the block and the canvas right of it, and
             take the prefix (prompt and earlier blocks) from the cache. `"dual"`: the other steps run on the block

@@ -8,8 +8,9 @@
 Every setting runs on the same model and the same prompts, in the same process, as the baseline
 (`bench/llada_baseline.py`, which runs `tests/reference_sampler.llada_generate`, the one restatement of the
 official loop: full canvas, logits of every position, float64 noise over all of them when sampling (none at
-temperature 0, as in the official `add_gumbel_noise`), fixed length, no cache). Our settings: canvas `fixed` / `variable` x `threshold` none / 0.9 / 0.8 / 0.7 x `use_cache`
-none / prefix / dual, greedy (temperature 0). Measured for each:
+temperature 0, as in the official `add_gumbel_noise`), fixed length, no cache). Our settings: canvas `fixed` /
+`variable` x `threshold` none / 0.9 / 0.8 / 0.7 x `use_cache` none / prefix / dual, greedy (temperature 0).
+Measured for each:
 
 - **seconds** of wall time for all prompts, and **speed-up** = baseline seconds / setting seconds;
 - **forwards** per prompt (nfe), **tokens forwarded** through the model and **logits positions** (rows of the LM

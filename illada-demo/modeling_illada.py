@@ -95,7 +95,8 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 def apply_rotary_pos_emb(
     q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Applies RoPE to `q`, `k` of shape `(batch, heads, seq_len, head_dim)`; `cos`/`sin` are `(batch, seq_len, head_dim)`."""
+    """Applies RoPE to `q`, `k` of shape `(batch, heads, seq_len, head_dim)`; `cos`/`sin` are `(batch, seq_len,
+    head_dim)`."""
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
     return (q * cos) + (rotate_half(q) * sin), (k * cos) + (rotate_half(k) * sin)
 

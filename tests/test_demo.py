@@ -273,7 +273,8 @@ def test_builtin_questions_are_a_seeded_random_sample_of_the_heldout_split(cli):
 @needs_model
 def test_demo_marks_each_answer_and_agrees_with_the_measured_accuracy(cli, reference, capsys):
     """Each verdict is what an independent `generate` + compare gives; the printed accuracy is the one
-    `illada.demo.evaluate` measured (eval_results.json), and the demo's own share of right answers is consistent with it."""
+    `illada.demo.evaluate` measured (eval_results.json), and the demo's own share of right answers is consistent with
+    it."""
     count = 12
     answers = cli.main(
         [*_model_args(), "--no-live", "--plot", "none", "--questions", str(count), "--question-seed", "3"]

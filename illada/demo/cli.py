@@ -10,7 +10,7 @@ answer position was committed at which step. Then the same questions are answere
 
 Commands (from the repository root):
 
-    python demo.py                                   # 4 held-out questions drawn at random, live view, outputs/denoising.png
+    python demo.py                                   # 4 random held-out questions, live view, outputs/denoising.png
     python demo.py "What is 12 + 30?" "Say backwards: red sun"    # your own prompts (one answer each)
     python demo.py --chat                            # interactive: one question per line; `exit` or Ctrl-D ends
     python demo.py --threshold 0.9 --no-live         # fewer forward passes (confidence threshold), plain output
