@@ -140,6 +140,9 @@ class GGUFDenoiser(ILLaDAGenerationMixin):
         params.n_threads = params.n_threads_batch = threads or os.cpu_count()
         params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
         self._context = lib.llama_init_from_model(self._model, params)
+        if not self._context:
+            lib.llama_model_free(self._model)
+            raise ValueError(f"llama.cpp could not create a context of {n_ctx} tokens for {str(path)!r}.")
         self._batch = lib.llama_batch_init(n_ctx, 0, 1)
         weakref.finalize(self, _free, lib, self._batch, self._context, self._model)
 
