@@ -1,7 +1,7 @@
 """demo.py: the README's first command, run in-process on the shipped demo model, and its output checked.
 
 The model folder is `$ILLADA_DEMO_MODEL` if set, else `illada-demo/`; tests that need a model skip without one.
-`demo.py` is loaded from its path: `import demo` finds the `demo/` package (the recipe) that sits next to it.
+`demo.py` runs `illada.demo.cli`, which the tests import; one test runs `demo.py` itself in a subprocess.
 """
 
 import importlib

@@ -364,7 +364,10 @@ def digit_merge(data):
     ("edits", "message"),
     [
         (dict(state=untie), r"`lm_head.weight` differs from `model.embed_tokens.weight`"),
-        (dict(config=set_key("rope_scaling", {"rope_type": "linear", "factor": 2.0})), r"rope_type='linear'"),
+        (
+            dict(config=set_key("rope_scaling", {"rope_type": "linear", "factor": 2.0})),
+            r"`rope_parameters.rope_type` 'linear': the `llada` loader reads no RoPE scaling",
+        ),
         (dict(config=set_key("eos_token_id", [2, 3])), r"`eos_token_id` \[2, 3\]"),
         (dict(tokenizer=set_model_key("byte_fallback", True)), r"`model.byte_fallback`"),
         (dict(tokenizer=set_key("normalizer", {"type": "Lowercase"})), r"`normalizer`"),
