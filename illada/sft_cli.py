@@ -68,10 +68,11 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from datasets import Dataset
-from transformers import HfArgumentParser, Trainer, set_seed
+from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
 
 from illada.checkpoints import check_output_dir, checkpoint_to_resume
 from illada.configuration_illada import ILLaDAConfig
@@ -97,6 +98,8 @@ __all__ = [
     "LORA_TARGET_MODULES",
     "ModelArguments",
     "add_lora",
+    "load_model_to_train",
+    "prepare_run",
     "check_arguments",
     "check_resumable",
     "check_sharding",
@@ -449,16 +452,15 @@ def save_fsdp_model(trainer: Trainer) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> None:
-    model_args, data_args, training_args = parse_arguments(argv)
-    check_arguments(model_args, data_args, training_args)
+def prepare_run(model_args: ModelArguments, data_args: Any, training_args: TrainingArguments) -> tuple:
+    """What both command lines do before any weight is loaded: logging, the seed, the checkpoint to resume (which
+    may refuse the output folder), and the config and tokenizer, checked against each other and the checkpoint.
+    Returns `(checkpoint, config, tokenizer)`."""
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=training_args.get_process_log_level()
     )
     set_seed(training_args.seed)
-    checkpoint = resume_checkpoint(training_args, model_args, data_args)  # before any loading: may refuse
-
-    # Model: the config, tokenizer and window length are checked before any weight is loaded.
+    checkpoint = resume_checkpoint(training_args, model_args, data_args)
     config = load_config(model_args)
     # Passing the config keeps AutoTokenizer from asking to run the folder's remote code to read it.
     tokenizer = load_tokenizer(
@@ -466,12 +468,26 @@ def main(argv: list[str] | None = None) -> None:
     )
     check_tokenizer(tokenizer, config)
     check_resumable(checkpoint, config, model_args.use_lora)
-    training_args.max_length = resolve_max_length(training_args.max_length, config.max_position_embeddings)
+    return checkpoint, config, tokenizer
+
+
+def load_model_to_train(model_args: ModelArguments, config: ILLaDAConfig) -> ILLaDAForCausalLM:
+    """The model of `model_args`, with LoRA adapters when `--use_lora`."""
     model = load_model(model_args, config)
     if model_args.use_lora:
         model = add_lora(
             model, model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout, model_args.lora_target_modules
         )
+    return model
+
+
+def main(argv: list[str] | None = None) -> None:
+    model_args, data_args, training_args = parse_arguments(argv)
+    check_arguments(model_args, data_args, training_args)
+    # Model: the config, tokenizer and window length are checked before any weight is loaded.
+    checkpoint, config, tokenizer = prepare_run(model_args, data_args, training_args)
+    training_args.max_length = resolve_max_length(training_args.max_length, config.max_position_embeddings)
+    model = load_model_to_train(model_args, config)
 
     # Data: raw rows here; the trainer tokenises and packs them (trl's data layer, see illada/data.py).
     with training_args.main_process_first(desc="loading the data"):

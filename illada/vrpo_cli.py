@@ -46,20 +46,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from datasets import Dataset, load_dataset, load_from_disk
-from transformers import set_seed
 
-from illada.data import check_tokenizer, located_rows
+from illada.data import located_rows
 from illada.sft_cli import (
     ModelArguments,
-    add_lora,
-    check_resumable,
-    load_config,
-    load_model,
-    resume_checkpoint,
+    load_model_to_train,
+    prepare_run,
     train_and_save,
 )
 from illada.sft_cli import parse_arguments as sft_parse_arguments
-from illada.utils import load_tokenizer
 from illada.vrpo import VRPOConfig, VRPOTrainer, check_preference
 
 logger = logging.getLogger(__name__)
@@ -145,24 +140,9 @@ def load_preferences(data_args: PreferenceDataArguments) -> tuple[Dataset, Datas
 
 def main(argv: list[str] | None = None) -> None:
     model_args, data_args, training_args = parse_arguments(argv)
-    logging.basicConfig(
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=training_args.get_process_log_level()
-    )
-    set_seed(training_args.seed)
-    checkpoint = resume_checkpoint(training_args, model_args, data_args)  # before any loading: may refuse
-
     # Model: the config and tokenizer are checked before any weight is loaded.
-    config = load_config(model_args)
-    tokenizer = load_tokenizer(
-        model_args.tokenizer_name or model_args.model_name_or_path or model_args.config_name, config=config
-    )
-    check_tokenizer(tokenizer, config)
-    check_resumable(checkpoint, config, model_args.use_lora)
-    model = load_model(model_args, config)
-    if model_args.use_lora:
-        model = add_lora(
-            model, model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout, model_args.lora_target_modules
-        )
+    checkpoint, config, tokenizer = prepare_run(model_args, data_args, training_args)
+    model = load_model_to_train(model_args, config)
 
     # Data
     train_dataset, eval_dataset = load_preferences(data_args)
