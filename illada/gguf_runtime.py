@@ -146,9 +146,14 @@ class GGUFDenoiser(ILLaDAGenerationMixin):
         self._batch = lib.llama_batch_init(n_ctx, 0, 1)
         weakref.finalize(self, _free, lib, self._batch, self._context, self._model)
 
-    def __call__(self, input_ids, attention_mask=None, position_ids=None, logits_to_keep=None, kv_cache=None):
+    def __call__(
+        self, input_ids, attention_mask=None, position_ids=None, logits_to_keep=None, kv_cache=None, return_dict=True
+    ):
         """Logits `(rows, len(logits_to_keep), vocab)` (float32) of the columns `logits_to_keep` (all without it),
-        one llama.cpp forward per row on its unpadded tokens at their positions."""
+        one llama.cpp forward per row on its unpadded tokens at their positions. The sampler's call, as it calls the
+        PyTorch model: `return_dict=True` is the only form the sampler asks for, and the one this returns."""
+        if return_dict is not True:
+            raise ValueError("A GGUF model returns its logits as an output object only: `return_dict` must be True.")
         if kv_cache is not None:
             raise ValueError(
                 "`use_cache` must be 'none' with a GGUF model: llama.cpp's `llada` keeps no key-value cache."
