@@ -351,6 +351,15 @@ def undecided_positions(block: torch.Tensor, mask_token_id: int, stop_ids: torch
     return masked & (torch.isin(block, stop_ids).cumsum(-1) == 0)
 
 
+def _commit(canvas: _Canvas, rows: torch.Tensor, start: int, block: torch.Tensor) -> None:
+    """Writes the new block `(rows, n)` of `rows`; with a history, its new tokens get the last forward's index."""
+    end = start + block.shape[-1]
+    if canvas.history is not None:
+        new = block != canvas.tokens[rows, start:end]
+        canvas.history[rows, start:end] = canvas.history[rows, start:end].masked_fill(new, max(canvas.nfe - 1, 0))
+    canvas.tokens[rows, start:end] = block
+
+
 def _denoise_block(
     model,
     canvas: _Canvas,
@@ -382,10 +391,8 @@ def _denoise_block(
         x0 = sample_tokens(logits, config.sampling_temperature, generator, config.top_k, config.top_p)
         scores = remasking_confidence(logits, x0, config.remasking, generator)
         commit = select_commits(scores, masked[rows], num_tokens, config.threshold)
-        canvas.tokens[rows, start:end] = torch.where(commit, x0, canvas.tokens[rows, start:end])
-        if canvas.history is not None:
-            canvas.history[rows, start:end] = canvas.history[rows, start:end].masked_fill(commit, canvas.nfe)
         canvas.nfe += 1
+        _commit(canvas, rows, start, torch.where(commit, x0, canvas.tokens[rows, start:end]))
         _report_step(canvas, rows, logits, visible, callback)
 
 
@@ -463,11 +470,10 @@ def _walk_drafts(
     local, number = ran
     rows, depth = order.shape
     position = picks.float().argmax(-1)  # [N]
-    rank = (order[local] == position[:, None]).long().argmax(-1)
-    drafted = (order[local] == position[:, None]).any(-1)
-    drafted &= proposals.gather(-1, position[:, None]).squeeze(-1) == x0[local].gather(-1, position[:, None]).squeeze(
-        -1
-    )
+    hit = order[local] == position[:, None]  # [N, depth]: the pick is the drafted position of that rank
+    rank = hit.long().argmax(-1)
+    same_token = proposals.gather(-1, position[:, None]) == x0[local].gather(-1, position[:, None])
+    drafted = hit.any(-1) & same_token.squeeze(-1)
     step = torch.full((rows, 2 ** (depth - 1)), -1, dtype=torch.long, device=order.device)
     step[local, number] = torch.where(drafted, rank, -1)
     mask = torch.ones(rows, dtype=torch.long, device=order.device)
@@ -514,15 +520,6 @@ def _verify_drafts(model, canvas: _Canvas, span: tuple, config, callback, cache,
     _commit(canvas, rows, start, drafts[torch.arange(rows.numel(), device=rows.device), reached])
     if report is not None:
         _report_step(canvas, *report, visible, callback)
-
-
-def _commit(canvas: _Canvas, rows: torch.Tensor, start: int, block: torch.Tensor) -> None:
-    """Writes the new block `(rows, n)` of `rows`; with a history, its new tokens get the last forward's index."""
-    end = start + block.shape[-1]
-    if canvas.history is not None:
-        new = block != canvas.tokens[rows, start:end]
-        canvas.history[rows, start:end] = canvas.history[rows, start:end].masked_fill(new, max(canvas.nfe - 1, 0))
-    canvas.tokens[rows, start:end] = block
 
 
 def _draft_block(
