@@ -7,6 +7,7 @@ Sampling lives in `generation_illada.py`, the training loss in `illada/trainer.p
 `loading_illada.py`, the attention masks in `masks_illada.py`.
 """
 
+import sys
 from collections.abc import Callable
 
 import torch
@@ -28,6 +29,30 @@ from .utils_illada import as_tag_list
 
 # The model card tags of a pushed iLLaDA: the Hub lists it as a custom-code diffusion model for text generation.
 MODEL_CARD_TAGS = ("illada", "diffusion", "masked-diffusion", "custom_code", "text-generation")
+# iLLaDA's LoRA targets: every linear layer of the decoder (the seven that PEFT's `target_modules="all-linear"` picks).
+LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+_PEFT_LORA_TABLE = "TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING"
+
+
+def register_peft_targets() -> None:
+    """Enters `model_type="illada"` in PEFT's default-target tables, so that an adapter config naming no targets
+    (`LoraConfig(task_type="CAUSAL_LM")`, as PEFT's quick-start writes it) is completed as it is for Llama.
+
+    PEFT fills such a config only from these public tables (`peft.utils.TRANSFORMERS_MODELS_TO_*_MAPPING`), keyed by
+    `config.model_type`; it asks the model nothing. LoRA gets [`LORA_TARGET_MODULES`], every other method its Llama
+    entry (iLLaDA's modules carry Llama's names). Entries already there are kept. Does nothing until PEFT is
+    imported: it runs when this module is imported, in [`ILLaDAPreTrainedModel.add_adapter`] and in the trainers,
+    so with PEFT imported only after the model is loaded, plain `get_peft_model` needs `target_modules`.
+    """
+    constants = sys.modules.get("peft.utils.constants")
+    if constants is None:
+        return
+    for name, table in vars(constants).items():
+        if name.startswith("TRANSFORMERS_MODELS_TO_") and isinstance(table, dict) and "llama" in table:
+            table.setdefault("illada", list(LORA_TARGET_MODULES) if name == _PEFT_LORA_TABLE else table["llama"])
+
+
+register_peft_targets()
 
 
 class ILLaDARMSNorm(nn.Module):
@@ -260,6 +285,11 @@ class ILLaDAPreTrainedModel(StrictLoadingMixin, PreTrainedModel):
                 f'`model.set_attn_implementation("eager")` first.'
             )
         return bool(output_attentions), bool(output_hidden_states), bool(return_dict)
+
+    def add_adapter(self, adapter_config, adapter_name: str | None = None) -> None:
+        """transformers' PEFT integration; a config that names no targets gets iLLaDA's ([`register_peft_targets`])."""
+        register_peft_targets()
+        super().add_adapter(adapter_config, adapter_name)
 
 
 class ILLaDAModel(ILLaDAPreTrainedModel):

@@ -82,10 +82,9 @@ from illada.data import (
     load_data,
     resolve_max_length,
 )
-from illada.modeling_illada import ILLaDAForCausalLM
+from illada.modeling_illada import LORA_TARGET_MODULES, ILLaDAForCausalLM
 from illada.quantization import QUANTIZATIONS, quantization_config
 from illada.trainer import (
-    LORA_TARGET_MODULES,
     DiffusionSFTConfig,
     DiffusionSFTTrainer,
 )
@@ -95,7 +94,6 @@ from illada.utils_illada import check_choice, check_positive_int, check_range
 __all__ = [
     "ATTENTION_KERNELS",
     "DataArguments",
-    "LORA_TARGET_MODULES",
     "ModelArguments",
     "add_lora",
     "load_model_to_train",

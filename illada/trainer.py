@@ -21,7 +21,6 @@ masking) and the defaults of the paper's recipe.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from dataclasses import dataclass, field, fields
@@ -46,6 +45,7 @@ from illada.data import (
     resolve_max_length,
 )
 from illada.hub import HubPushMixin
+from illada.modeling_illada import register_peft_targets
 from illada.utils import mask_seed, refuse_inert
 from illada.utils_illada import check_choice, check_range
 
@@ -61,10 +61,6 @@ PACKING_STRATEGIES = ("wrapped", "bfd", "bfd_split")
 # trl's padding-free position ids: 0, 1, ... restarting at every packed document.
 packed_position_ids = DataCollatorForLanguageModeling.get_position_ids_from_packed_seq_lengths
 DATA_FORMATS = ("sft", "pretrain")
-# LoRA targets of iLLaDA: every linear layer of the decoder (PEFT's "all-linear" resolves to the same seven). PEFT
-# 0.21 fills `target_modules=None` from a table keyed by `model_type` that has no "illada" entry and no model-side
-# hook, so `LoraConfig(task_type="CAUSAL_LM")` alone fails in `get_peft_model`; the trainers fill it in.
-LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 LR_SCHEDULES = ("sft", "pretrain", "trainer")
 
 
@@ -422,7 +418,7 @@ class DiffusionSFTTrainer(HubPushMixin, SafeCheckpointMixin, SFTTrainer):
             check_tokenizer(processing_class, config)
         self._eval_batches = 0
         self._vocab_size = config.vocab_size  # pre-tokenised ids must be below it
-        kwargs["peft_config"] = with_lora_targets(kwargs.get("peft_config"))
+        register_peft_targets()  # a `peft_config` naming no targets gets iLLaDA's, as in plain PEFT
         # trl's own collator flattens rows and shifts labels; it is replaced once trl's setup is done.
         super().__init__(model, args, None, train_dataset, eval_dataset, processing_class, **kwargs)
         # trl patched the model's forward with a next-token log-prob head: give the model its own forward back.
@@ -552,16 +548,6 @@ class DiffusionSFTTrainer(HubPushMixin, SafeCheckpointMixin, SFTTrainer):
 
     def _across_processes(self) -> bool:
         return self.args.average_tokens_across_devices and self.accelerator.num_processes > 1
-
-
-def with_lora_targets(peft_config: Any) -> Any:
-    """`peft_config` with iLLaDA's LoRA targets ([`LORA_TARGET_MODULES`]) when it names none (PEFT's quick-start
-    `LoraConfig(task_type="CAUSAL_LM")`, which PEFT cannot complete for `model_type="illada"`); any other config, or
-    one that names its targets (or `target_parameters`), is returned as it is."""
-    if getattr(peft_config, "target_modules", False) is None and not getattr(peft_config, "target_parameters", None):
-        peft_config = copy.copy(peft_config)
-        peft_config.target_modules = set(LORA_TARGET_MODULES)
-    return peft_config
 
 
 def _maskable(batch: dict[str, Any]) -> torch.BoolTensor:

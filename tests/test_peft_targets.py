@@ -1,11 +1,13 @@
 """`LoraConfig(task_type="CAUSAL_LM")` without `target_modules`, as PEFT's quick-start writes it, on the shipped demo
 model loaded by `AutoModelForCausalLM(..., trust_remote_code=True)` in a fresh process (issue 29).
 
-PEFT 0.21.2 fills missing targets only from its table keyed by `config.model_type`
-(`TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING`), which has no "illada" entry, and it consults no model-side
-hook, so plain `get_peft_model` cannot complete that config (a model's code must not edit PEFT's table). What works:
-`target_modules="all-linear"` (PEFT's shorthand; checked here to pick exactly the seven projections of every layer),
-and the diffusion trainer, which fills the targets in (`DiffusionSFTTrainer(..., peft_config=LoraConfig(...))`).
+PEFT 0.21.2 fills missing targets only from its public tables keyed by `config.model_type`
+(`peft.utils.TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING` and one per method) and asks the model nothing;
+`modeling_illada.register_peft_targets` enters "illada" there when the model code is imported with PEFT loaded, as
+the quick-start's imports do. The expected adapters are derived here from the model's own linear layers, not from
+the code under test: LoRA on every projection of every layer (what PEFT's "all-linear" picks too), IA3 on Llama's
+entry. Loaded before PEFT is imported, plain `get_peft_model` keeps PEFT's own error, while transformers' integration
+(`model.add_adapter`) and the diffusion trainer register the targets themselves.
 """
 
 import json
@@ -20,7 +22,7 @@ import json, sys
 import torch
 torch.set_num_threads(1)
 from datasets import Dataset
-from peft import LoraConfig, get_peft_model
+from peft import IA3Config, LoraConfig, TaskType, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 sys.path.insert(0, ".")
 from illada.trainer import DiffusionSFTConfig, DiffusionSFTTrainer
@@ -32,11 +34,13 @@ result = {}
 model = AutoModelForCausalLM.from_pretrained("illada-demo", trust_remote_code=True)
 result["layers"] = model.config.num_hidden_layers
 result["linear"] = sorted(n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head")
-try:
-    get_peft_model(model, LoraConfig(task_type="CAUSAL_LM"))
-    result["plain"] = "ok"
-except ValueError as error:
-    result["plain"] = str(error)
+# PEFT's quick-start, word for word but the model.
+peft_config = LoraConfig(task_type=TaskType.CAUSAL_LM, inference_mode=False, r=8, lora_alpha=32, lora_dropout=0.1)
+result["plain"] = adapted(get_peft_model(model, peft_config))
+
+model = AutoModelForCausalLM.from_pretrained("illada-demo", trust_remote_code=True)
+ia3 = get_peft_model(model, IA3Config(task_type=TaskType.CAUSAL_LM))
+result["ia3"] = sorted(n.split(".ia3_l")[0] for n, _ in ia3.named_parameters() if "ia3_l" in n)
 
 model = AutoModelForCausalLM.from_pretrained("illada-demo", trust_remote_code=True)
 result["all_linear"] = adapted(get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", target_modules="all-linear")))
@@ -76,9 +80,48 @@ def test_lora_without_target_modules_on_the_demo_model_in_a_fresh_process(tmp_pa
         for p in projections
     )
     assert found["linear"] == expected  # the model's linear layers, lm_head aside, are exactly these
-    # Plain PEFT cannot complete the config for model_type "illada" (its error; no model-side hook exists).
-    assert "target_modules" in found["plain"]
-    # "all-linear" and the diffusion trainer both give adapters on every projection of every layer.
+    # PEFT's quick-start, "all-linear" and the diffusion trainer all give adapters on every projection of every layer.
+    assert [name.removeprefix("base_model.model.") for name in found["plain"]] == expected
+    # Other PEFT methods get their Llama entry: IA3 scales k_proj, v_proj and down_proj.
+    ia3 = [n for n in expected if n.rsplit(".", 1)[-1] in ("k_proj", "v_proj", "down_proj")]
+    assert [name.removeprefix("base_model.model.") for name in found["ia3"]] == ia3
     assert [name.removeprefix("base_model.model.") for name in found["all_linear"]] == expected
     assert [name.removeprefix("base_model.model.") for name in found["trainer"]] == expected
     assert found["only_lora_trainable"] and found["trainable_moved"]
+
+
+PEFT_AFTER_THE_MODEL = """
+import json
+import torch
+from transformers import AutoModelForCausalLM
+model = AutoModelForCausalLM.from_pretrained("illada-demo", trust_remote_code=True)
+from peft import LoraConfig, get_peft_model
+result = {}
+try:
+    get_peft_model(model, LoraConfig(task_type="CAUSAL_LM"))
+    result["plain"] = "ok"
+except ValueError as error:
+    result["plain"] = str(error)
+model = AutoModelForCausalLM.from_pretrained("illada-demo", trust_remote_code=True)
+model.add_adapter(LoraConfig())
+result["add_adapter"] = sorted({n.split(".lora_A")[0].rsplit(".", 1)[-1] for n, _ in model.named_parameters() if "lora_A" in n})
+print(json.dumps(result))
+"""
+
+
+def test_peft_imported_after_the_model(tmp_path):
+    """With PEFT imported only after the model code, PEFT's tables have no "illada" entry when `get_peft_model` reads
+    them: its own error asks for `target_modules` (docs/fine-tuning.md says to import PEFT first or name them), while
+    transformers' `model.add_adapter` goes through the model, which registers the targets first."""
+    result = subprocess.run(
+        [sys.executable, "-c", PEFT_AFTER_THE_MODEL],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "TOKENIZERS_PARALLELISM": "false"},
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    assert "target_modules" in found["plain"]
+    assert found["add_adapter"] == sorted(("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"))
