@@ -6,6 +6,7 @@ checkpoints (`GSAI-ML/iLLaDA-8B-Base`, `GSAI-ML/iLLaDA-8B-Instruct`) so their `c
 and adds `mask_token_id`, which the release lacks.
 """
 
+import copy
 import math
 import os
 from typing import ClassVar
@@ -19,6 +20,16 @@ AUTO_MAP = {
     "AutoConfig": "configuration_illada.ILLaDAConfig",
     "AutoModel": "modeling_illada.ILLaDAForCausalLM",
     "AutoModelForCausalLM": "modeling_illada.ILLaDAForCausalLM",
+}
+
+# The text-generation pipeline that `pipeline("text-generation", model=path, trust_remote_code=True)` builds.
+CUSTOM_PIPELINES = {
+    "text-generation": {
+        "impl": "generation_illada.ILLaDATextGenerationPipeline",
+        "pt": ["AutoModelForCausalLM"],
+        "tf": [],
+        "type": "text",
+    }
 }
 
 # The architecture is fixed by the paper. The released config.json still carries these keys, so we accept
@@ -121,6 +132,8 @@ class ILLaDAConfig(PretrainedConfig):
         super().__post_init__(**kwargs)
         if getattr(self, "auto_map", None) is None:
             self.auto_map = dict(AUTO_MAP)
+        if getattr(self, "custom_pipelines", None) is None:
+            self.custom_pipelines = copy.deepcopy(CUSTOM_PIPELINES)
         self._validate_sizes()
         if self.head_dim is None:
             self.head_dim = self.hidden_size // self.num_attention_heads

@@ -131,3 +131,33 @@ def test_docs_transformers_snippets_run(monkeypatch):
     ids = namespace["ids"]
     greedy = model.generate(ids)
     assert torch.equal(model.generate(ids, do_sample=True, top_k=1, generator=torch.Generator().manual_seed(0)), greedy)
+
+
+def test_empty_prompts_keep_their_place_in_a_batch(tiny_folder):
+    """Named by path, the model's pipeline is `ILLaDATextGenerationPipeline` (config.json's `custom_pipelines`):
+    empty prompts inside a batch give one answer each, equal to `generate` on a `(1, 0)` prompt, next to the
+    answers of the other prompts alone. transformers' own pipeline gives one answer for `["", ""]` and cannot
+    collate `["", "text"]`; a model passed as an object gets the fix with `pipeline_class=`."""
+    from illada.generation_illada import ILLaDATextGenerationPipeline
+
+    generator = pipeline("text-generation", model=str(tiny_folder), trust_remote_code=True)
+    assert type(generator).__name__ == "ILLaDATextGenerationPipeline"
+    by_object = pipeline(
+        "text-generation",
+        model=generator.model,
+        tokenizer=generator.tokenizer,
+        pipeline_class=ILLaDATextGenerationPipeline,
+    )
+    model, tokenizer = generator.model, generator.tokenizer
+
+    def alone(text: str) -> list[int]:
+        ids = tokenizer(text, return_tensors="pt")["input_ids"].to(torch.long).reshape(1, -1)
+        return [t for t in model.generate(ids)[0].tolist() if t != tokenizer.pad_token_id]
+
+    for pipe in (generator, by_object):
+        for prompts in (["", ""], ["", "the cat sat"], ["hello world", "", "red"]):
+            results = pipe(prompts, batch_size=len(prompts), return_tensors=True)
+            assert len(results) == len(prompts)
+            for text, result in zip(prompts, results):
+                got = [t for t in result[0]["generated_token_ids"] if t != tokenizer.pad_token_id]
+                assert got == alone(text), (prompts, text)
