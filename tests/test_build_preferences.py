@@ -1,5 +1,6 @@
 """Tests of demo/build_preferences.py: which pairs the preference set holds, in trl's conversational format."""
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -61,3 +62,25 @@ def test_block_length_sets_the_blocks_the_model_answers_in(tmp_path, monkeypatch
     rows = main(["--model", "m", "--output", str(tmp_path / "p.jsonl"), "--questions", "3", *argv])
     assert seen == [block_length] * 3
     assert [row["kind"] for row in rows] == ["near_miss"] * 3  # every answer right: near misses only
+
+
+def test_an_existing_output_is_refused_without_overwrite(tmp_path):
+    """Nothing lost: the pairs file (or its summary) of an earlier run is not replaced unless `--overwrite` says so;
+    a folder is never an output. The demo build passes `--overwrite` for its own pairs."""
+    from illada.demo.build_demo_model import BuildArguments, preferences_command
+
+    output = tmp_path / "p.jsonl"
+    output.write_text("earlier\n")
+    argv = ["--output", str(output), "--near-misses-only", "--split", "heldout", "--questions", "2"]
+    with pytest.raises(SystemExit, match="already exist.*--overwrite"):
+        main(argv)
+    assert output.read_text() == "earlier\n"
+    output.unlink()
+    Path(f"{output}.summary.json").write_text("{}")
+    with pytest.raises(SystemExit, match="summary.json already exist"):
+        main(argv)
+    rows = main([*argv, "--overwrite"])
+    assert len(output.read_text().splitlines()) == len(rows) > 0
+    with pytest.raises(SystemExit, match="is a folder"):
+        main(["--output", str(tmp_path), "--near-misses-only", "--overwrite"])
+    assert "--overwrite" in preferences_command(BuildArguments(work_dir=str(tmp_path)), tmp_path, output)

@@ -357,7 +357,8 @@ def _script_command(script: Path, switches: list[str], flags: dict) -> list[str]
 
 def preferences_command(args: BuildArguments, model_dir: Path, output: Path) -> list[str]:
     """The `illada.demo.build_preferences` command that answers `vrpo_questions` training-split questions with the
-    model in `model_dir` (in the exported model's blocks) and writes the preference pairs to `output`."""
+    model in `model_dir` (in the exported model's blocks) and writes the preference pairs to `output`, replacing the
+    pairs of an earlier build there."""
     return [
         sys.executable,
         "-m",
@@ -367,6 +368,7 @@ def preferences_command(args: BuildArguments, model_dir: Path, output: Path) -> 
         "--trust-remote-code",
         "--output",
         str(output),
+        "--overwrite",  # the build's own pairs: a build that does not reuse them makes them again
         "--questions",
         str(args.vrpo_questions),
         "--block-length",

@@ -53,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--output", required=True, help="The .jsonl file to write.")
     parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="Replace `--output` (and its summary) if it exists; without it an existing file is refused.",
+    )
+    parser.add_argument(
         "--questions",
         type=int,
         default=DEFAULT_QUESTIONS,
@@ -88,13 +93,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_arguments(args: argparse.Namespace) -> None:
-    """Raises `ValueError` for a bad count or a folder without a model, before anything is loaded."""
+    """Raises `ValueError` for a bad count, a folder without a model or an output that exists (without
+    `--overwrite`), before anything is loaded."""
     check_positive_int("--questions", args.questions)
     check_non_negative_int("--near-misses", args.near_misses)
     check_positive_int("--threads", args.threads)
     check_positive_int("--block-length", args.block_length, allow_none=True)
     if not args.near_misses_only:
         check_model_folder(args.model)
+    output = Path(args.output)
+    existing = [str(path) for path in (output, Path(f"{output}.summary.json")) if path.exists()]
+    if existing and not args.overwrite:
+        raise ValueError(
+            f"{' and '.join(existing)} already exist(s): pass --overwrite to replace, or choose another --output."
+        )
+    if output.is_dir():
+        raise ValueError(f"--output {args.output!r} is a folder: name the .jsonl file to write.")
 
 
 def preference_row(example: Example, rejected: str, kind: str) -> dict:
