@@ -5,17 +5,19 @@
 
 Rows: the LLaDA loop (`bench/llada_baseline.py`: fixed canvas, the whole budget decoded, one token per step), then
 each preset on the variable canvas: `exact` (the paper's whole blocks), `default` (stop at the answer's end),
-`lossless-fast` (draft and verify, `draft_tokens` 4: 8 canvases per forward; also 6: 32 canvases), `fast`
+`lossless-fast` (draft and verify, `draft_tokens` 4: 8 canvases per forward; also 7: 64 canvases), `fast`
 (threshold 0.9 + prefix cache), and the paper's whole blocks with drafts (lossless against `exact`). Greedy, one token
 per step unless a threshold or drafts commit more. Measured for each (see `bench_generation.py` for the counters):
 forwards per answer, tokens forwarded (rows x columns of every forward: a verification forward over 4 drafts
 counts every canvas), answer tokens per second of wall time, CPU seconds, and on the demo model the held-out exact match
 and how many answers equal the default's token for token.
 
-The random stack (`bench_generation.random_model`, EOS forced at 1/8 of the budget) gives cost counts; the last
-column turns them into the matmul FLOPs the same forwards would cost on iLLaDA 8B (32 layers x 4096, vocab 155136):
+The random stack (`bench_generation.random_model`, EOS forced at 1/8 of the budget) gives cost: by default 2 layers of
+iLLaDA 8B's shape (4096 wide, 14336 MLP, 32 heads, 8 key-value heads) and its vocabulary, so that a forward's time
+grows with its batch as the 8B model's layers do; the last column turns the counts into the matmul FLOPs the same
+forwards would cost on the whole 8B model (32 layers x 4096, vocab 155136):
 projections per token forwarded (`bench_flops.forward_flops`) plus the LM head per logits position; the attention
-matmuls, under 1% at these lengths, are left out. A CPU here cannot run an 8B-shaped stack in useful time.
+matmuls, under 1% at these lengths, are left out. A CPU here cannot run all 32 layers in useful time.
 """
 
 import argparse
@@ -51,7 +53,7 @@ ROWS = {
     "exact (paper: whole blocks)": GENERATION_PRESETS["exact"],
     "default (stop at the answer's end)": GENERATION_PRESETS["default"],
     "lossless-fast (draft_tokens 4)": GENERATION_PRESETS["lossless-fast"],
-    "lossless (draft_tokens 6)": {**GENERATION_PRESETS["lossless-fast"], "draft_tokens": 6},
+    "lossless (draft_tokens 7)": {**GENERATION_PRESETS["lossless-fast"], "draft_tokens": 7},
     "exact + draft_tokens 4 (lossless whole blocks)": {**GENERATION_PRESETS["exact"], "draft_tokens": 4},
     "fast (threshold 0.9 + prefix cache)": GENERATION_PRESETS["fast"],
 }
@@ -148,8 +150,9 @@ def demo_section(args) -> str:
 
 def targets(results: dict[str, Result], examples, tokenizer, stops) -> list[str]:
     exact, default = results["exact (paper: whole blocks)"], results["default (stop at the answer's end)"]
-    lossless, fast, base = (
+    lossless, deep, fast, base = (
         results["lossless-fast (draft_tokens 4)"],
+        results["lossless (draft_tokens 7)"],
         results["fast (threshold 0.9 + prefix cache)"],
         results[LLADA],
     )
@@ -164,6 +167,10 @@ def targets(results: dict[str, Result], examples, tokenizer, stops) -> list[str]
         f"{default.counts.forwards / lossless.counts.forwards:.1f}x fewer forwards (target >= 2x), {same}/"
         f"{len(default.answers)} answers identical, {lossless.counts.tokens / default.counts.tokens:.1f}x the tokens "
         f"forwarded.",
+        f"- `draft_tokens=7` vs one token per step (the default): "
+        f"{default.counts.forwards / deep.counts.forwards:.2f}x fewer forwards (target >= 2x), "
+        f"{sum(map(list.__eq__, deep.answers, default.answers))}/{len(default.answers)} answers identical, "
+        f"{deep.counts.tokens / default.counts.tokens:.1f}x the tokens forwarded.",
         f"- the paper's whole blocks with `draft_tokens=4` vs without: "
         f"{exact.counts.forwards / whole.counts.forwards:.1f}x fewer forwards, "
         f"{sum(map(list.__eq__, whole.answers, exact.answers))}/{len(exact.answers)} answers identical.",
@@ -206,7 +213,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--demo_budget", type=int, default=64)
     parser.add_argument("--demo_block", type=int, default=32)
     parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--hidden", type=int, default=1024)
+    parser.add_argument("--hidden", type=int, default=4096)
     parser.add_argument("--vocab", type=int, default=155136)
     parser.add_argument("--prompt_len", type=int, default=16)
     parser.add_argument("--budget", type=int, default=64)

@@ -276,3 +276,41 @@ def test_step_callback_sees_each_forwards_commits():
         )
     assert len(masks) == out.nfe and masks[0] == 8
     assert all(later < earlier for earlier, later in zip(masks, masks[1:])), masks
+
+
+def test_draft_ceiling_replay_counts_forwards_by_hand_and_as_the_sampler():
+    """`bench/bench_draft_ceiling.py`'s replay: on hand-made steps its counts follow from the rule (a round costs a
+    forward while two or more commits are left, plus the block's first forward); on the demo model's recorded
+    one-token-per-step runs, replaying `draft_tokens=4` gives the forwards the sampler itself counts."""
+    import sys
+    from pathlib import Path
+
+    from transformers import PreTrainedTokenizerFast
+
+    from illada.modeling_illada import ILLaDAForCausalLM
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import bench_draft_ceiling as ceiling
+    from bench_generation import PLAIN_SAMPLING, demo_prompts
+
+    # Four commits, each the next-best position of the first forward, its proposal kept.
+    steps = [{"order": [2, 0, 3, 1][i:], "x0": [10, 11, 12, 13], "position": p, "token": 10 + p} for i, p in
+             enumerate([2, 0, 3, 1])]  # fmt: skip
+    assert ceiling.replay(steps, 1, 1) == 4  # one per step: 4 forwards for 4 commits
+    assert ceiling.replay(steps, 4, 4) == 2  # the first forward, then one verification of the 3 drafts in between
+    assert ceiling.replay(steps, 2, 2) == 3  # rounds of 2: forwards at 4 and 2 commits left
+    steps[1]["token"] = 99  # the second commit's token changed after the first: a draft cannot carry it
+    assert ceiling.replay(steps, 4, 4) == 3 and ceiling.replay(steps, None, None) == 3
+
+    folder = Path(__file__).resolve().parents[1] / "illada-demo"
+    model = ILLaDAForCausalLM.from_pretrained(folder).eval()
+    _, prompts = demo_prompts(PreTrainedTokenizerFast.from_pretrained(folder), 4)
+    options = {**PLAIN_SAMPLING, **GENERATION_PRESETS["default"], "max_new_tokens": 64, "block_length": 32}
+    options["canvas"] = "variable"
+    for prompt in prompts:
+        blocks = ceiling.record_steps(model, prompt, options)
+        drafted = model.generate(prompt, return_dict_in_generate=True, **{**options, "draft_tokens": 4})
+        assert sum(ceiling.replay(block, 4, 4) for block in blocks) == drafted.nfe
+        assert (
+            sum(len(block) for block in blocks) == model.generate(prompt, return_dict_in_generate=True, **options).nfe
+        )

@@ -104,7 +104,8 @@ except ValueError as error:
     result["plain"] = str(error)
 model = AutoModelForCausalLM.from_pretrained("illada-demo", trust_remote_code=True)
 model.add_adapter(LoraConfig())
-result["add_adapter"] = sorted({n.split(".lora_A")[0].rsplit(".", 1)[-1] for n, _ in model.named_parameters() if "lora_A" in n})
+adapted = {n.split(".lora_A")[0].rsplit(".", 1)[-1] for n, _ in model.named_parameters() if "lora_A" in n}
+result["add_adapter"] = sorted(adapted)
 print(json.dumps(result))
 """
 
