@@ -62,9 +62,10 @@ print(json.dumps(result))
 """
 
 
-def test_lora_without_target_modules_on_the_demo_model_in_a_fresh_process(tmp_path):
+def run_fresh(code: str, *args: str) -> dict:
+    """Runs `code` in a fresh offline Python process from the repository root; returns the JSON it prints last."""
     result = subprocess.run(
-        [sys.executable, "-c", FRESH_PROCESS, str(tmp_path / "out")],
+        [sys.executable, "-c", code, *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -72,7 +73,11 @@ def test_lora_without_target_modules_on_the_demo_model_in_a_fresh_process(tmp_pa
         env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "TOKENIZERS_PARALLELISM": "false"},
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    found = json.loads(result.stdout.strip().splitlines()[-1])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_lora_without_target_modules_on_the_demo_model_in_a_fresh_process(tmp_path):
+    found = run_fresh(FRESH_PROCESS, str(tmp_path / "out"))
     projections = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     expected = sorted(
         f"model.layers.{i}.{'self_attn' if p[0] in 'qkvo' else 'mlp'}.{p}"
@@ -110,19 +115,10 @@ print(json.dumps(result))
 """
 
 
-def test_peft_imported_after_the_model(tmp_path):
+def test_peft_imported_after_the_model():
     """With PEFT imported only after the model code, PEFT's tables have no "illada" entry when `get_peft_model` reads
     them: its own error asks for `target_modules` (docs/fine-tuning.md says to import PEFT first or name them), while
     transformers' `model.add_adapter` goes through the model, which registers the targets first."""
-    result = subprocess.run(
-        [sys.executable, "-c", PEFT_AFTER_THE_MODEL],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "TOKENIZERS_PARALLELISM": "false"},
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    found = json.loads(result.stdout.strip().splitlines()[-1])
+    found = run_fresh(PEFT_AFTER_THE_MODEL)
     assert "target_modules" in found["plain"]
     assert found["add_adapter"] == sorted(("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"))
