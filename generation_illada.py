@@ -384,9 +384,6 @@ def _check_hooks(step_callback, generator, progress) -> None:
         raise TypeError(f"`progress` must be True or False, got {progress!r}.")
 
 
-__all__ = ["ILLaDAGenerationMixin"]
-
-
 class ILLaDATextGenerationPipeline(TextGenerationPipeline):
     """transformers' text-generation pipeline, keeping empty prompts in their batch. `config.json` names it under
     `custom_pipelines`, so `pipeline("text-generation", model=path, trust_remote_code=True)` builds it (a model
@@ -405,3 +402,6 @@ class ILLaDATextGenerationPipeline(TextGenerationPipeline):
             inputs["input_ids"] = torch.full((1, 1), pad, dtype=torch.long)
             inputs["attention_mask"] = torch.zeros((1, 1), dtype=torch.long)
         return inputs
+
+
+__all__ = ["ILLaDAGenerationMixin", "ILLaDATextGenerationPipeline"]
