@@ -418,6 +418,13 @@ def disable_dropout(model: torch.nn.Module) -> None:
             module.attention_dropout = 0.0
 
 
+def is_zero3_partitioned(model: torch.nn.Module) -> bool:
+    """Whether DeepSpeed ZeRO-3 partitioned `model`'s weights when it was built (`deepspeed.zero.Init`, which
+    `from_pretrained` enters under a ZeRO-3 config with `zero3_init_flag`): each process then holds a slice of every
+    weight, and the parameter carries DeepSpeed's `ds_id`."""
+    return any(hasattr(parameter, "ds_id") for parameter in model.parameters())
+
+
 def _is_peft(model: torch.nn.Module) -> bool:
     return hasattr(model, "peft_config") and hasattr(model, "disable_adapter")
 
@@ -665,6 +672,13 @@ def _reference_model(model, ref_model, args: VRPOConfig, datasets: list[Dataset 
     datasets = [data for data in datasets if data is not None]
     precomputed = args.precompute_ref_log_probs or (datasets and all(map(_has_reference, datasets)))
     if ref_model is None and not (_is_peft(model) or precomputed):
+        if is_zero3_partitioned(model):
+            raise ValueError(
+                "The model's weights are partitioned by DeepSpeed ZeRO-3 (`zero3_init_flag`), so a copy of it cannot "
+                "be the reference: pass `ref_model` loaded with `from_pretrained` like the model (it is partitioned "
+                "too), train LoRA adapters (the reference is the model without them), or set "
+                "`precompute_ref_log_probs=True`."
+            )
         ref_model = copy.deepcopy(model)
     if ref_model is not None:
         _check_reference(model, ref_model)
