@@ -8,8 +8,13 @@ tests/test_training_ddp.py: 1 row per process and 2 accumulation steps against 4
 checkpoints are sharded (`pytorch_model_fsdp_0/`), resume to the same weights, and consolidate into an ordinary
 `save_pretrained` folder that `AutoModelForCausalLM.from_pretrained(..., trust_remote_code=True)` loads.
 
-DeepSpeed ZeRO-2/3 run here only where the `deepspeed` package is installed (it is not in requirements-test.txt: see
-docs/fine-tuning.md); bench/gpu_check.py runs them on the first GPU.
+DeepSpeed (zero2.yaml, zero3.yaml, zero3_offload.yaml) runs on its CPU accelerator (`DS_ACCELERATOR=cpu`, gloo)
+with `--use_cpu`, under the same comparison: the same losses and weights as one process, one copy of the tied LM
+head in the final folder, checkpoints (`global_stepN/`) that consolidate exactly into the final model and resume to
+the same weights, and VRPO with a ZeRO-3-partitioned reference. Its C++ ops (shared-memory communication; CPU Adam
+for the offload config) compile at first use into torch's extension cache (docs/fine-tuning.md): the first launch
+of a fresh machine takes about a minute longer. A build killed mid-way leaves a `lock` file there that every later
+build would wait on forever: `launch` fails at once naming such a file instead.
 """
 
 import json
@@ -231,9 +236,10 @@ def deepspeed_runs(tmp_path_factory):
     return run
 
 
-@pytest.mark.parametrize(
-    "config", ["zero2.yaml", "zero3.yaml", pytest.param("zero3_offload.yaml", marks=pytest.mark.slow)]
-)
+DEEPSPEED_CONFIGS = ["zero2.yaml", "zero3.yaml", pytest.param("zero3_offload.yaml", marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("config", DEEPSPEED_CONFIGS)
 def test_deepspeed_trains_like_one_process_and_saves_a_loadable_model(config, deepspeed_runs, one_process):
     """ZeRO-2 (optimizer state and gradients sharded), ZeRO-3 (weights too, gathered for the final save) and ZeRO-3
     with CPU offload (DeepSpeed's CPU Adam takes the step): the same losses and weights as one process, and the final
@@ -252,7 +258,7 @@ def test_deepspeed_trains_like_one_process_and_saves_a_loadable_model(config, de
     assert_weights_close({k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}, one_weights)
 
 
-@pytest.mark.parametrize("config", ["zero2.yaml", "zero3.yaml"])
+@pytest.mark.parametrize("config", DEEPSPEED_CONFIGS)
 def test_deepspeed_checkpoint_consolidates_into_a_save_pretrained_folder(config, deepspeed_runs, tmp_path):
     """`python -m illada.consolidate out/checkpoint-4 merged`: DeepSpeed's fp32 partitions of both processes make
     the final model exactly."""
