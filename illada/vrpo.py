@@ -31,6 +31,7 @@ EOS. Option names follow trl's `DPOConfig` (`beta`, `loss_type`, `loss_weights`,
 `rewards/rejected`, `rewards/accuracies`, `rewards/margins`, `logps/chosen`, `logps/rejected`: here ELBO estimates).
 """
 
+import contextlib
 import copy
 import logging
 import math
@@ -425,6 +426,16 @@ def is_zero3_partitioned(model: torch.nn.Module) -> bool:
     return any(hasattr(parameter, "ds_id") for parameter in model.parameters())
 
 
+def whole_weights(model: torch.nn.Module) -> contextlib.AbstractContextManager:
+    """A context in which a ZeRO-3-partitioned `model` holds its whole weights on every process (DeepSpeed's
+    `GatheredParameters`, read-only: they are partitioned again on exit); nothing for any other model."""
+    if not is_zero3_partitioned(model):
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(list(model.parameters()))
+
+
 def _is_peft(model: torch.nn.Module) -> bool:
     return hasattr(model, "peft_config") and hasattr(model, "disable_adapter")
 
@@ -555,7 +566,8 @@ class VRPOTrainer(HubPushMixin, SafeCheckpointMixin, Trainer):
 
     def precompute_reference(self, dataset: Dataset) -> Dataset:
         """`dataset` with the reference ELBO estimates `ref_chosen_logps` / `ref_rejected_logps` added, computed with
-        the step-0 masks that training then reuses (antithetic sampling). Each process computes all rows."""
+        the step-0 masks that training then reuses (antithetic sampling). Each process computes all rows, with the
+        whole model (a ZeRO-3-partitioned one is gathered for it)."""
         if _has_reference(dataset):
             return dataset
         loader = torch.utils.data.DataLoader(
@@ -564,9 +576,11 @@ class VRPOTrainer(HubPushMixin, SafeCheckpointMixin, Trainer):
         was_training = self.model.training
         self.model.eval()
         estimates = []
-        for batch in loader:
-            batch = self._prepare_inputs(batch)
-            estimates.append(self._reference_estimates(self.model, batch, self._draw_masks(batch, step=0)).view(2, -1))
+        with whole_weights(self.model):
+            for batch in loader:
+                batch = self._prepare_inputs(batch)
+                masks = self._draw_masks(batch, step=0)
+                estimates.append(self._reference_estimates(self.model, batch, masks).view(2, -1))
         self.model.train(was_training)
         chosen, rejected = torch.cat(estimates, 1).double().cpu()
         dataset = dataset.add_column(REFERENCE_COLUMNS[0], chosen.tolist())

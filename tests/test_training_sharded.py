@@ -301,22 +301,31 @@ VRPO_FLAGS = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("config", [pytest.param("fsdp2.yaml", marks=pytest.mark.slow), "zero3.yaml"])
-def test_vrpo_with_a_sharded_reference_trains_like_one_process(config, tmp_path):
+@pytest.mark.parametrize(
+    "config, flags",
+    [
+        pytest.param("fsdp2.yaml", [], marks=pytest.mark.slow, id="fsdp2"),
+        pytest.param("zero3.yaml", [], id="zero3"),
+        pytest.param("zero3.yaml", ["--precompute_ref_log_probs"], marks=pytest.mark.slow, id="zero3-precomputed"),
+    ],
+)
+def test_vrpo_with_a_sharded_reference_trains_like_one_process(config, flags, tmp_path):
     """train_vrpo.py under fsdp2.yaml or zero3.yaml, its frozen reference sharded like the policy
     (`VRPOTrainer._place_reference`: FSDP2's per-layer sharding, or ZeRO-3 partitions through trl's
     `prepare_deepspeed`): losses and weights equal the 1-process run of tests/vrpo_helper.py, so the sharded
-    reference computes what the whole one does."""
+    reference computes what the whole one does. With `--precompute_ref_log_probs` under ZeRO-3, the partitioned model
+    is gathered for the estimates before training."""
     make_model(seed=1).save_pretrained(tmp_path / "init")
     make_tiny_tokenizer(chat_template=True).save_pretrained(tmp_path / "init")
     preference_rows().to_json(tmp_path / "pairs.jsonl")
     out = tmp_path / "out"
     data = ["--model_name_or_path", str(tmp_path / "init"), "--train_files", str(tmp_path / "pairs.jsonl")]
-    launch(config, "train_vrpo.py", [*data, "--output_dir", str(out), *VRPO_FLAGS], cpu_fsdp=config == "fsdp2.yaml")
+    args = [*data, "--output_dir", str(out), *VRPO_FLAGS, *flags]
+    launch(config, "train_vrpo.py", args, cpu_fsdp=config == "fsdp2.yaml")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        one = make_vrpo_trainer(str(tmp_path / "one"), 4, 1, max_steps=3)
+        one = make_vrpo_trainer(str(tmp_path / "one"), 4, 1, max_steps=3, precompute_ref_log_probs=bool(flags))
         one.train()
     finally:
         torch.set_num_threads(threads)
