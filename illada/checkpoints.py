@@ -220,7 +220,7 @@ def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
 def drop_tied_copies(state_dict: dict[str, Any], model: Any) -> dict[str, Any]:
     """`state_dict` without the weights that `model` ties to another one (its `_tied_weights_keys`, when its config
     ties them: for iLLaDA `lm_head.weight` -> `model.embed_tokens.weight` with `tie_word_embeddings`), where the copy
-    equals its source; `from_pretrained` ties them again. A copy that differs from its source is kept (with a
+    equals its source (dtype, shape and every value); `from_pretrained` ties them again. A copy that differs from its source is kept (with a
     warning): dropping it would lose weights. A PEFT model's state dict (its adapters) is returned as it is."""
     if hasattr(model, "get_base_model") or not hasattr(model, "get_expanded_tied_weights_keys"):
         return state_dict
@@ -229,7 +229,7 @@ def drop_tied_copies(state_dict: dict[str, Any], model: Any) -> dict[str, Any]:
         tensors = state_dict.get(copy), state_dict.get(source)
         if not all(isinstance(tensor, torch.Tensor) and tensor.device.type != "meta" for tensor in tensors):
             continue
-        if torch.equal(*tensors):
+        if tensors[0].dtype == tensors[1].dtype and torch.equal(*tensors):
             dropped.add(copy)
         else:
             logger.warning("Saving `%s` as it is: it is tied to `%s` but differs from it.", copy, source)
