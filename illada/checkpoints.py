@@ -220,8 +220,9 @@ def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
 def drop_tied_copies(state_dict: dict[str, Any], model: Any) -> dict[str, Any]:
     """`state_dict` without the weights that `model` ties to another one (its `_tied_weights_keys`, when its config
     ties them: for iLLaDA `lm_head.weight` -> `model.embed_tokens.weight` with `tie_word_embeddings`), where the copy
-    equals its source (dtype, shape and every value); `from_pretrained` ties them again. A copy that differs from its source is kept (with a
-    warning): dropping it would lose weights. A PEFT model's state dict (its adapters) is returned as it is."""
+    equals its source (dtype, shape and every value); `from_pretrained` ties them again. A copy that differs from its
+    source is kept (with a warning): dropping it would lose weights. A PEFT model's state dict (its adapters) is
+    returned as it is."""
     if hasattr(model, "get_base_model") or not hasattr(model, "get_expanded_tied_weights_keys"):
         return state_dict
     dropped = set()
