@@ -186,18 +186,27 @@ def test_consolidate_names_a_damaged_sharded_checkpoint(fsdp_run, tmp_path, dama
         consolidate(copy, tmp_path / "merged")
 
 
-@pytest.mark.slow
-def test_fsdp2_resumes_from_a_sharded_checkpoint_exactly(fsdp_run, tmp_path):
-    folder, data = fsdp_run
-    resumed = tmp_path / "resumed"
+def assert_resumes_exactly(config: str, run: tuple[Path, list[str]], resumed: Path) -> None:
+    """Resumes the 4-step `run` of `config` from a copy of its `checkpoint-2` in `resumed`: the final weights and
+    the last two losses must be the uninterrupted run's, bit for bit. The copied checkpoint must be left as it is
+    (a run that started afresh instead would have saved its own `checkpoint-2` over it)."""
+    folder, data = run
     resumed.mkdir()
     shutil.copytree(folder / "out" / "checkpoint-2", resumed / "checkpoint-2")
-    launch("fsdp2.yaml", "train_sft.py", [*data, "--output_dir", str(resumed), "--resume", *SFT_FLAGS], cpu_fsdp=True)
+    copied = (resumed / "checkpoint-2").stat().st_ino
+    args = [*data, "--output_dir", str(resumed), "--resume", *SFT_FLAGS]
+    launch(config, "train_sft.py", args, cpu_fsdp=config.startswith("fsdp"))
+    assert (resumed / "checkpoint-2").stat().st_ino == copied, "the run did not resume from checkpoint-2"
     final, again = load_file(folder / "out" / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert set(final) == set(again)
     for name, tensor in again.items():
         assert torch.equal(tensor, final[name]), name
     assert run_losses(resumed)[-2:] == run_losses(folder / "out")[-2:]
+
+
+@pytest.mark.slow
+def test_fsdp2_resumes_from_a_sharded_checkpoint_exactly(fsdp_run, tmp_path):
+    assert_resumes_exactly("fsdp2.yaml", fsdp_run, tmp_path / "resumed")
 
 
 @pytest.mark.slow
@@ -281,16 +290,7 @@ def test_deepspeed_checkpoint_consolidates_into_a_save_pretrained_folder(config,
 
 @pytest.mark.slow
 def test_deepspeed_zero3_resumes_from_a_sharded_checkpoint_exactly(deepspeed_runs, tmp_path):
-    folder, data = deepspeed_runs("zero3.yaml")
-    resumed = tmp_path / "resumed"
-    resumed.mkdir()
-    shutil.copytree(folder / "out" / "checkpoint-2", resumed / "checkpoint-2")
-    launch("zero3.yaml", "train_sft.py", [*data, "--output_dir", str(resumed), "--resume", *SFT_FLAGS])
-    final, again = load_file(folder / "out" / "model.safetensors"), load_file(resumed / "model.safetensors")
-    assert set(final) == set(again)
-    for name, tensor in again.items():
-        assert torch.equal(tensor, final[name]), name
-    assert run_losses(resumed)[-2:] == run_losses(folder / "out")[-2:]
+    assert_resumes_exactly("zero3.yaml", deepspeed_runs("zero3.yaml"), tmp_path / "resumed")
 
 
 VRPO_FLAGS = [
