@@ -23,8 +23,9 @@ it skips only the flash check. Checks, each on randomly initialised models (no d
    zero3_offload) run as its documented `accelerate launch --config_file ... train_sft.py` line on the GPUs there
    are, 4 bf16 steps of a tiny model with a checkpoint at step 2: it must finish, log finite losses, save a final
    folder that `AutoModelForCausalLM` loads, and (FSDP, ZeRO) a checkpoint that `illada.consolidate` turns into
-   one. The CPU tests cannot run fsdp2_offload (torch's offload policy needs an accelerator) nor DeepSpeed (its
-   gloo path JIT-compiles a C++ op first); the DeepSpeed configs are skipped where `deepspeed` is not installed.
+   one. The CPU tests (tests/test_training_sharded.py) run all but fsdp2_offload (torch's offload policy needs an
+   accelerator), DeepSpeed on its CPU accelerator in float32; here they run in bf16 on CUDA. The DeepSpeed configs
+   are skipped where `deepspeed` is not installed (it is in requirements-test.txt, not in requirements.txt).
 """
 
 from __future__ import annotations

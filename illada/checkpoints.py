@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 logger = logging.getLogger(__name__)
@@ -216,6 +217,26 @@ def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def drop_tied_copies(state_dict: dict[str, Any], model: Any) -> dict[str, Any]:
+    """`state_dict` without the weights that `model` ties to another one (its `_tied_weights_keys`, when its config
+    ties them: for iLLaDA `lm_head.weight` -> `model.embed_tokens.weight` with `tie_word_embeddings`), where the copy
+    equals its source (dtype, shape and every value); `from_pretrained` ties them again. A copy that differs from its
+    source is kept (with a warning): dropping it would lose weights. A PEFT model's state dict (its adapters) is
+    returned as it is."""
+    if hasattr(model, "get_base_model") or not hasattr(model, "get_expanded_tied_weights_keys"):
+        return state_dict
+    dropped = set()
+    for copy, source in model.get_expanded_tied_weights_keys(all_submodels=True).items():
+        tensors = state_dict.get(copy), state_dict.get(source)
+        if not all(isinstance(tensor, torch.Tensor) and tensor.device.type != "meta" for tensor in tensors):
+            continue
+        if tensors[0].dtype == tensors[1].dtype and torch.equal(*tensors):
+            dropped.add(copy)
+        else:
+            logger.warning("Saving `%s` as it is: it is tied to `%s` but differs from it.", copy, source)
+    return {name: tensor for name, tensor in state_dict.items() if name not in dropped}
+
+
 class SafeCheckpointMixin:
     """[`Trainer`] mixin (`class MyTrainer(SafeCheckpointMixin, Trainer)`): atomic checkpoints, no step past
     `max_steps`.
@@ -261,6 +282,14 @@ class SafeCheckpointMixin:
             self.control.should_training_stop = True
             return [], None
         return super().get_batch_samples(epoch_iterator, num_batches, device)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Trainer's save, without the copies of tied weights in a given `state_dict` ([`drop_tied_copies`]).
+        Under DeepSpeed, Trainer passes a state dict whose tensors no longer share storage, so `save_pretrained`
+        (which finds tied weights by storage) would write the tied LM head as a second vocab x hidden matrix."""
+        if state_dict is not None:
+            state_dict = drop_tied_copies(state_dict, self.accelerator.unwrap_model(self.model))
+        super()._save(output_dir, state_dict)
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         """Trainer's save, into the staging folder, then published by the main process (barriers around)."""

@@ -31,6 +31,7 @@ EOS. Option names follow trl's `DPOConfig` (`beta`, `loss_type`, `loss_weights`,
 `rewards/rejected`, `rewards/accuracies`, `rewards/margins`, `logps/chosen`, `logps/rejected`: here ELBO estimates).
 """
 
+import contextlib
 import copy
 import logging
 import math
@@ -418,6 +419,23 @@ def disable_dropout(model: torch.nn.Module) -> None:
             module.attention_dropout = 0.0
 
 
+def is_zero3_partitioned(model: torch.nn.Module) -> bool:
+    """Whether DeepSpeed ZeRO-3 partitioned `model`'s weights when it was built (`deepspeed.zero.Init`, which
+    `from_pretrained` enters under a ZeRO-3 config with `zero3_init_flag`): each process then holds a slice of every
+    weight, and the parameter carries DeepSpeed's `ds_id`."""
+    return any(hasattr(parameter, "ds_id") for parameter in model.parameters())
+
+
+def whole_weights(model: torch.nn.Module) -> contextlib.AbstractContextManager:
+    """A context in which a ZeRO-3-partitioned `model` holds its whole weights on every process (DeepSpeed's
+    `GatheredParameters`, read-only: they are partitioned again on exit); nothing for any other model."""
+    if not is_zero3_partitioned(model):
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(list(model.parameters()))
+
+
 def _is_peft(model: torch.nn.Module) -> bool:
     return hasattr(model, "peft_config") and hasattr(model, "disable_adapter")
 
@@ -548,7 +566,8 @@ class VRPOTrainer(HubPushMixin, SafeCheckpointMixin, Trainer):
 
     def precompute_reference(self, dataset: Dataset) -> Dataset:
         """`dataset` with the reference ELBO estimates `ref_chosen_logps` / `ref_rejected_logps` added, computed with
-        the step-0 masks that training then reuses (antithetic sampling). Each process computes all rows."""
+        the step-0 masks that training then reuses (antithetic sampling). Each process computes all rows, with the
+        whole model (a ZeRO-3-partitioned one is gathered for it)."""
         if _has_reference(dataset):
             return dataset
         loader = torch.utils.data.DataLoader(
@@ -557,9 +576,11 @@ class VRPOTrainer(HubPushMixin, SafeCheckpointMixin, Trainer):
         was_training = self.model.training
         self.model.eval()
         estimates = []
-        for batch in loader:
-            batch = self._prepare_inputs(batch)
-            estimates.append(self._reference_estimates(self.model, batch, self._draw_masks(batch, step=0)).view(2, -1))
+        with whole_weights(self.model):
+            for batch in loader:
+                batch = self._prepare_inputs(batch)
+                masks = self._draw_masks(batch, step=0)
+                estimates.append(self._reference_estimates(self.model, batch, masks).view(2, -1))
         self.model.train(was_training)
         chosen, rejected = torch.cat(estimates, 1).double().cpu()
         dataset = dataset.add_column(REFERENCE_COLUMNS[0], chosen.tolist())
@@ -665,6 +686,13 @@ def _reference_model(model, ref_model, args: VRPOConfig, datasets: list[Dataset 
     datasets = [data for data in datasets if data is not None]
     precomputed = args.precompute_ref_log_probs or (datasets and all(map(_has_reference, datasets)))
     if ref_model is None and not (_is_peft(model) or precomputed):
+        if is_zero3_partitioned(model):
+            raise ValueError(
+                "The model's weights are partitioned by DeepSpeed ZeRO-3 (`zero3_init_flag`), so a copy of it cannot "
+                "be the reference: pass `ref_model` loaded with `from_pretrained` like the model (it is partitioned "
+                "too), train LoRA adapters (the reference is the model without them), or set "
+                "`precompute_ref_log_probs=True`."
+            )
         ref_model = copy.deepcopy(model)
     if ref_model is not None:
         _check_reference(model, ref_model)

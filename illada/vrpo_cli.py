@@ -47,15 +47,18 @@ from pathlib import Path
 
 from datasets import Dataset, load_dataset, load_from_disk
 
+from illada.configuration_illada import ILLaDAConfig
 from illada.data import located_rows
+from illada.modeling_illada import ILLaDAForCausalLM
 from illada.sft_cli import (
     ModelArguments,
+    load_model,
     load_model_to_train,
     prepare_run,
     train_and_save,
 )
 from illada.sft_cli import parse_arguments as sft_parse_arguments
-from illada.vrpo import VRPOConfig, VRPOTrainer, check_preference
+from illada.vrpo import VRPOConfig, VRPOTrainer, check_preference, is_zero3_partitioned
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +141,22 @@ def load_preferences(data_args: PreferenceDataArguments) -> tuple[Dataset, Datas
     return train, None if test is None else _split(splits, test, "dataset_test_split", data_args.dataset_name)
 
 
+def load_partitioned_reference(
+    model: ILLaDAForCausalLM, model_args: ModelArguments, config: ILLaDAConfig, training_args: VRPOConfig
+) -> ILLaDAForCausalLM | None:
+    """The reference, loaded like the model, when DeepSpeed ZeRO-3 partitioned the model as it was loaded (a copy of
+    a partitioned model is no model); else `None`: the trainer then uses a frozen copy of the model, the model without
+    its LoRA adapters, or the precomputed estimates."""
+    if not is_zero3_partitioned(model) or model_args.use_lora or training_args.precompute_ref_log_probs:
+        return None
+    if model_args.model_name_or_path is None:
+        raise ValueError(
+            "Under DeepSpeed ZeRO-3 the reference is loaded from `--model_name_or_path` (a second random model would "
+            "differ from the first): give it, or pass `--use_lora` or `--precompute_ref_log_probs`."
+        )
+    return load_model(model_args, config)
+
+
 def main(argv: list[str] | None = None) -> None:
     model_args, data_args, training_args = parse_arguments(argv)
     # Model: the config and tokenizer are checked before any weight is loaded.
@@ -150,7 +169,12 @@ def main(argv: list[str] | None = None) -> None:
 
     # Train and save
     trainer = VRPOTrainer(
-        model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=tokenizer
+        model,
+        load_partitioned_reference(model, model_args, config, training_args),
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
     )
     train_and_save(trainer, checkpoint, merge_lora=model_args.merge_lora)
 

@@ -222,6 +222,30 @@ def test_save_replaces_a_folder_of_the_same_step(tmp_path):
     assert checkpoint_problem(stale) is None
 
 
+@pytest.mark.parametrize("case", ["tied copy", "differing copy"])
+def test_a_given_state_dict_is_saved_without_the_tied_copy(case, tmp_path, caplog):
+    """Under DeepSpeed, `Trainer.save_model` hands `_save` a state dict of copies (no shared storage), so
+    `save_pretrained` no longer sees the tie: the LM head tied to the embeddings must still not be written as a second
+    matrix; a copy that differs from the embeddings is kept (dropping it would lose weights)."""
+    model = make_model(seed=1)
+    trainer = atomic_trainer(tmp_path / "run", model=model)
+    copies = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    copies["lm_head.weight"] = copies["model.embed_tokens.weight"].clone()
+    if case == "differing copy":
+        copies["lm_head.weight"][0, 0] += 1
+    with caplog.at_level(logging.WARNING, logger=checkpoints_illada.__name__):
+        trainer._save(str(tmp_path / "saved"), state_dict=copies)
+    saved = load_file(tmp_path / "saved" / "model.safetensors")
+    assert set(saved) == set(copies) - ({"lm_head.weight"} if case == "tied copy" else set())
+    for name, tensor in saved.items():
+        assert torch.equal(tensor, copies[name]), name
+    assert ("differs from it" in caplog.text) == (case == "differing copy")
+    if case == "tied copy":  # the saved folder loads with the head tied again
+        loaded = type(model).from_pretrained(tmp_path / "saved")
+        assert loaded.lm_head.weight.data_ptr() == loaded.model.embed_tokens.weight.data_ptr()
+        assert torch.equal(loaded.lm_head.weight, copies["model.embed_tokens.weight"])
+
+
 def test_best_checkpoint_path_points_into_output_dir(tmp_path):
     """Trainer records the best checkpoint's folder in `trainer_state.json`: it must be the final path, not the
     staging one."""

@@ -111,3 +111,49 @@ def test_fuzz_damaged_checkpoint(saved, tmp_path_factory, data):
         check=check,
         describe=f"{kind}: { ({k: v for k, v in spec.items() if k != 'index'}) }",
     )
+
+
+@st.composite
+def tied_state_dicts(draw, reference: dict) -> tuple[str, dict]:
+    """(description, state dict) whose `lm_head.weight` is the embedding itself, an equal copy, a copy changed at
+    one entry (to any float, NaN included), of another shape or dtype, a meta tensor, or missing."""
+    state = {key: tensor.clone() for key, tensor in reference.items()}
+    embedding = state["model.embed_tokens.weight"]
+    kind = draw(st.sampled_from(["shared", "copy", "changed", "shape", "dtype", "meta", "missing"]))
+    if kind == "shared":
+        state["lm_head.weight"] = embedding
+    elif kind == "copy":
+        state["lm_head.weight"] = embedding.clone()
+    elif kind == "changed":
+        row, column = draw(st.integers(0, embedding.shape[0] - 1)), draw(st.integers(0, embedding.shape[1] - 1))
+        value = draw(st.floats(width=32).filter(lambda x: x != embedding[row, column].item()))
+        state["lm_head.weight"] = embedding.clone()
+        state["lm_head.weight"][row, column] = value
+    elif kind == "shape":
+        state["lm_head.weight"] = embedding[: draw(st.integers(1, embedding.shape[0] - 1))].clone()
+    elif kind == "dtype":
+        state["lm_head.weight"] = embedding.double()
+    elif kind == "meta":
+        state["lm_head.weight"] = embedding.to("meta")
+    else:
+        state.pop("lm_head.weight", None)
+    return kind, state
+
+
+@fuzz_settings(max_examples=40)
+@given(data=st.data())
+def test_fuzz_a_tied_copy_is_dropped_only_when_equal(saved, data):
+    """`drop_tied_copies` (the trainers' final save under DeepSpeed): the LM head is dropped only when it equals the
+    embedding exactly; every other tensor is kept as it is (the same object)."""
+    from illada.checkpoints import drop_tied_copies
+
+    _, reference = saved
+    kind, state = data.draw(tied_state_dicts(reference))
+    model = ILLaDAForCausalLM(make_config())
+
+    def check(result) -> None:
+        equal = kind in {"shared", "copy"}
+        assert set(result) == set(state) - ({"lm_head.weight"} if equal else set()), "wrong keys dropped"
+        assert all(result[key] is state[key] for key in result), "a kept tensor was changed"
+
+    run_case("tied copies", lambda: drop_tied_copies(state, model), check=check, describe=kind)

@@ -463,6 +463,32 @@ def test_a_reference_of_another_vocabulary_width_or_mask_is_refused(tmp_path, ov
         )
 
 
+def test_a_copy_of_a_zero3_partitioned_model_is_not_taken_as_the_reference(tmp_path):
+    """Under DeepSpeed ZeRO-3 with `zero3_init_flag`, `from_pretrained` partitions every weight as it loads (each
+    process keeps a slice, the parameter carries DeepSpeed's `ds_id`); a deep copy of such a model is no model (its
+    first forward fails deep in DeepSpeed). The trainer refuses to make that copy and names what to pass; the CLI
+    loads the reference like the model instead (tests/test_training_sharded.py runs it under zero3.yaml). Setting
+    `ds_id` stands for the partitioning here: a real one needs DeepSpeed's distributed launch."""
+    tokenizer = make_tiny_tokenizer(chat_template=True)
+    make_model(seed=1).save_pretrained(tmp_path / "init")
+    model = make_model(seed=1)
+    for parameter in model.parameters():
+        parameter.ds_id = 0
+    args = VRPOConfig(str(tmp_path / "out"), use_cpu=True, report_to="none")
+    with pytest.raises(
+        ValueError, match=r"partitioned by DeepSpeed ZeRO-3 .*, so a copy of it cannot be the reference"
+    ):
+        VRPOTrainer(model, args=args, train_dataset=preference_rows(4), processing_class=tokenizer)
+    # The CLI's reference: loaded from the checkpoint for a partitioned model; none (the trainer copies) otherwise.
+    model_args = train_vrpo.ModelArguments(model_name_or_path=str(tmp_path / "init"))
+    reference = train_vrpo.load_partitioned_reference(model, model_args, model.config, args)
+    for name, tensor in reference.state_dict().items():
+        assert torch.equal(tensor, make_model(seed=1).state_dict()[name]), name
+    assert train_vrpo.load_partitioned_reference(make_model(seed=1), model_args, model.config, args) is None
+    with pytest.raises(ValueError, match="the reference is loaded from `--model_name_or_path`"):
+        train_vrpo.load_partitioned_reference(model, train_vrpo.ModelArguments(config_name="c"), model.config, args)
+
+
 def test_the_python_api_checks_the_tokenizer_as_the_cli_does(tmp_path):
     tokenizer = make_tiny_tokenizer(chat_template=True)
     with pytest.raises(ValueError, match=r"mask token has id 5, the config's `mask_token_id` is 7"):
