@@ -14,7 +14,7 @@ import json
 from collections.abc import Mapping
 
 import torch
-from transformers import GenerationConfig, TextGenerationPipeline
+from transformers import GenerationConfig
 from transformers.generation.streamers import BaseStreamer
 from transformers.utils import logging
 
@@ -384,24 +384,15 @@ def _check_hooks(step_callback, generator, progress) -> None:
         raise TypeError(f"`progress` must be True or False, got {progress!r}.")
 
 
-class ILLaDATextGenerationPipeline(TextGenerationPipeline):
-    """transformers' text-generation pipeline, keeping empty prompts in their batch. `config.json` names it under
-    `custom_pipelines`, so `pipeline("text-generation", model=path, trust_remote_code=True)` builds it (a model
-    passed as an object gets it with `pipeline_class=ILLaDATextGenerationPipeline`).
+def __getattr__(name: str):
+    # The text-generation pipeline lives in pipeline_illada.py and is imported on first use, so that `generate` (and
+    # the GGUF runtime built on it) does not load transformers' pipelines. This line is also what makes
+    # `save_pretrained` carry pipeline_illada.py, which the config's `custom_pipelines` reaches through this module.
+    if name == "ILLaDATextGenerationPipeline":
+        from .pipeline_illada import ILLaDATextGenerationPipeline
 
-    transformers' own (5.23) replaces a batch of empty prompts by one `generate` call without `input_ids`, giving
-    one answer for the whole batch, and cannot left-pad an empty prompt beside others. Here an empty prompt becomes
-    one padding column with attention mask 0, which `generate` decodes as the empty prompt alone.
-    """
-
-    def preprocess(self, prompt_text, *args, **kwargs):
-        inputs = super().preprocess(prompt_text, *args, **kwargs)
-        if inputs["input_ids"].shape[-1] == 0:
-            pad = self.tokenizer.pad_token_id
-            pad = self.model.generation_config.pad_token_id if pad is None else pad
-            inputs["input_ids"] = torch.full((1, 1), pad, dtype=torch.long)
-            inputs["attention_mask"] = torch.zeros((1, 1), dtype=torch.long)
-        return inputs
+        return ILLaDATextGenerationPipeline
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["ILLaDAGenerationMixin", "ILLaDATextGenerationPipeline"]
+__all__ = ["ILLaDAGenerationMixin"]

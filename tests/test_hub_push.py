@@ -35,7 +35,7 @@ from illada.trainer import DiffusionSFTConfig, DiffusionSFTTrainer
 
 pytestmark = pytest.mark.usefixtures("one_thread", "loopback_only")
 ROOT = Path(__file__).resolve().parents[1]
-RUNTIME = {path.name for path in ROOT.glob("*_illada.py")}  # the 10 code files trust_remote_code loads
+RUNTIME = {path.name for path in ROOT.glob("*_illada.py")}  # the code files trust_remote_code loads
 TOKENIZER_FILES = {"tokenizer.json", "tokenizer_config.json", "chat_template.jinja"}
 MODEL_FILES = RUNTIME | {"config.json", "generation_config.json", "model.safetensors"}
 REPO_FILES = MODEL_FILES | TOKENIZER_FILES | {"README.md", ".gitattributes"}
@@ -294,7 +294,7 @@ def assert_nothing_local(files: dict[str, bytes]) -> None:
 
 
 def assert_model_repo(files: dict[str, bytes], push: Push, loaded: dict) -> None:
-    """config.json with auto_map, the 10 runtime files byte for byte, weights, generation config, tokenizer with
+    """config.json with auto_map, the runtime files byte for byte, weights, generation config, tokenizer with
     its chat template, a card tagged custom_code; nothing local; reloads elsewhere and generates the same."""
     assert MODEL_FILES | TOKENIZER_FILES | {"README.md"} <= set(files)
     assert json.loads(files["config.json"])["auto_map"]["AutoModelForCausalLM"] == "modeling_illada.ILLaDAForCausalLM"

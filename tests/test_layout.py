@@ -21,6 +21,7 @@ RUNTIME = {
     "loading_illada",
     "masks_illada",
     "modeling_illada",
+    "pipeline_illada",
     "sampler_illada",
     "scoring_illada",
     "utils_illada",

@@ -138,7 +138,7 @@ def test_empty_prompts_keep_their_place_in_a_batch(tiny_folder):
     empty prompts inside a batch give one answer each, equal to `generate` on a `(1, 0)` prompt, next to the
     answers of the other prompts alone. transformers' own pipeline gives one answer for `["", ""]` and cannot
     collate `["", "text"]`; a model passed as an object gets the fix with `pipeline_class=`."""
-    from illada.generation_illada import ILLaDATextGenerationPipeline
+    from illada.pipeline_illada import ILLaDATextGenerationPipeline
 
     generator = pipeline("text-generation", model=str(tiny_folder), trust_remote_code=True)
     assert type(generator).__name__ == "ILLaDATextGenerationPipeline"
