@@ -384,7 +384,9 @@ def check_resumable(checkpoint: str | None, config: ILLaDAConfig, use_lora: bool
 
 def train_and_save(trainer: Trainer, checkpoint: str | None, merge_lora: bool = False) -> None:
     """Trains (from `checkpoint` if given), logs and saves the metrics and state, evaluates when the trainer has an
-    evaluation set, then saves the model with `save_trained_model`. Shared by `train_sft.py` and `train_vrpo.py`."""
+    evaluation set, saves the model with `save_trained_model`, then ends the run (`Trainer.end`: the process group
+    is destroyed, as torch asks before a process exits; a rank leaving with its gloo group alive can abort at exit,
+    after the model was saved). Shared by `train_sft.py` and `train_vrpo.py`."""
     check_sharding(trainer)
     result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.log_metrics("train", result.metrics)
@@ -395,6 +397,7 @@ def train_and_save(trainer: Trainer, checkpoint: str | None, merge_lora: bool = 
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
     save_trained_model(trainer, merge_lora=merge_lora)
+    trainer.end()
 
 
 def check_sharding(trainer: Trainer) -> None:

@@ -113,3 +113,4 @@ if __name__ == "__main__":
     if trainer.is_world_process_zero():
         trainer.model.save_pretrained(Path(out) / "final")
         (Path(out) / "losses.json").write_text(json.dumps(logged_losses(trainer)))
+    trainer.end()  # destroys the process group before the process exits, as the command lines do
