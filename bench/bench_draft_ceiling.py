@@ -59,10 +59,8 @@ def record_steps(model, prompt: torch.Tensor, options: dict) -> list[list[dict]]
         undecided = undecided_positions(span, config.mask_token_id, stops)
         order = scores.masked_fill(~undecided, -math.inf).argsort(descending=True, stable=True)
         (position,) = (after[start : start + block] != span).nonzero().squeeze(-1).tolist()
-        blocks.setdefault(start, []).append(
-            {"order": order[: int(undecided.sum())].tolist(), "x0": x0.tolist(), "position": position}
-        )
-        blocks[start][-1]["token"] = int(after[start + position])
+        step = {"order": order[: int(undecided.sum())].tolist(), "x0": x0.tolist(), "position": position}
+        blocks.setdefault(start, []).append({**step, "token": int(after[start + position])})
         before = torch.cat([after, before[after.numel() :]])
 
     model.generate(prompt, step_callback=callback, **options)

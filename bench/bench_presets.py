@@ -158,19 +158,22 @@ def targets(results: dict[str, Result], examples, tokenizer, stops) -> list[str]
     )
     accuracy = {label: demo_accuracy(tokenizer, examples, r.answers, stops) for label, r in results.items()}
     speed = {label: sum(len(a) for a in r.answers) / r.seconds for label, r in results.items()}
-    same = sum(map(list.__eq__, lossless.answers, default.answers))
     whole = results["exact + draft_tokens 4 (lossless whole blocks)"]
+
+    def against_default(label: str, drafted: Result, digits: int) -> str:
+        same = sum(map(list.__eq__, drafted.answers, default.answers))
+        return (
+            f"- {label} vs one token per step (the default): "
+            f"{default.counts.forwards / drafted.counts.forwards:.{digits}f}x fewer forwards (target >= 2x), {same}/"
+            f"{len(default.answers)} answers identical, {drafted.counts.tokens / default.counts.tokens:.1f}x the "
+            "tokens forwarded."
+        )
+
     return [
         f"- default vs paper-literal: {exact.counts.forwards / default.counts.forwards:.1f}x fewer forwards "
         f"(target >= 5x), exact match {accuracy[default.setting]:.1%} vs {accuracy[exact.setting]:.1%} (target >=).",
-        f"- lossless-fast vs one token per step (the default): "
-        f"{default.counts.forwards / lossless.counts.forwards:.1f}x fewer forwards (target >= 2x), {same}/"
-        f"{len(default.answers)} answers identical, {lossless.counts.tokens / default.counts.tokens:.1f}x the tokens "
-        f"forwarded.",
-        f"- `draft_tokens=7` vs one token per step (the default): "
-        f"{default.counts.forwards / deep.counts.forwards:.2f}x fewer forwards (target >= 2x), "
-        f"{sum(map(list.__eq__, deep.answers, default.answers))}/{len(default.answers)} answers identical, "
-        f"{deep.counts.tokens / default.counts.tokens:.1f}x the tokens forwarded.",
+        against_default("lossless-fast", lossless, 1),
+        against_default("`draft_tokens=7`", deep, 2),
         f"- the paper's whole blocks with `draft_tokens=4` vs without: "
         f"{exact.counts.forwards / whole.counts.forwards:.1f}x fewer forwards, "
         f"{sum(map(list.__eq__, whole.answers, exact.answers))}/{len(exact.answers)} answers identical.",
