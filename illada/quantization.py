@@ -103,10 +103,11 @@ def compare_on_demo(folder: str | Path, methods: list[str], per_task: int, seed:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from illada.demo.evaluate import DEFAULT_MODEL_DIR, EVAL_SEED
+    from illada.demo.evaluate import EVAL_SEED
+    from illada.demo.loading import SHIPPED_MODEL_DIR
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=str(DEFAULT_MODEL_DIR), help="Model folder (default: illada-demo/).")
+    parser.add_argument("--model", default=str(SHIPPED_MODEL_DIR), help="Model folder (default: illada-demo/).")
     parser.add_argument("--methods", nargs="+", default=list(QUANTIZATIONS), choices=list(QUANTIZATIONS))
     parser.add_argument("--per-task", type=int, default=5, help="Held-out questions per task (default 5).")
     parser.add_argument("--seed", type=int, default=EVAL_SEED)

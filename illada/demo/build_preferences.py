@@ -28,8 +28,8 @@ from pathlib import Path
 import torch
 
 from illada.demo.data import SPLITS, TASKS, Example, make_examples, make_multiple_choice
-from illada.demo.evaluate import DEFAULT_MODEL_DIR, generate_one
-from illada.demo.loading import check_model_folder, load_model
+from illada.demo.evaluate import generate_one
+from illada.demo.loading import add_model_arguments, check_model_folder, load_model
 from illada.utils import check_non_negative_int
 from illada.utils_illada import check_positive_int
 
@@ -45,12 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", default=str(DEFAULT_MODEL_DIR), help="Model folder (default: illada-demo/).")
-    parser.add_argument(
-        "--trust-remote-code",
-        action="store_true",
-        help="Needed for any folder but the shipped illada-demo/: loading it runs its Python files.",
-    )
+    add_model_arguments(parser)
     parser.add_argument("--output", required=True, help="The .jsonl file to write.")
     parser.add_argument(
         "--overwrite",

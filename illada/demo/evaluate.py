@@ -28,11 +28,9 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from illada.demo.data import TASKS, Example, make_examples, make_multiple_choice
-from illada.demo.loading import check_model_folder, encode, load_model
+from illada.demo.loading import add_model_arguments, check_model_folder, encode, load_model
 from illada.utils_illada import check_positive_int
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_MODEL_DIR = REPO_ROOT / "illada-demo"
 RESULTS_FILE = "eval_results.json"
 # Seed of the held-out draws; the demo's built-in questions use the default seed, so these differ from them.
 EVAL_SEED = 99
@@ -58,12 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", default=str(DEFAULT_MODEL_DIR), help="Model folder (default: illada-demo/).")
-    parser.add_argument(
-        "--trust-remote-code",
-        action="store_true",
-        help="Needed for any folder but the shipped illada-demo/: loading a model folder runs its Python files.",
-    )
+    add_model_arguments(parser)
     parser.add_argument(
         "--per-task",
         type=int,

@@ -4,6 +4,7 @@ Loading a model folder runs its Python files (`trust_remote_code=True`). The shi
 repository is trusted; any other folder is loaded only when the caller says so (`--trust-remote-code`).
 """
 
+import argparse
 from pathlib import Path
 
 import torch
@@ -18,6 +19,16 @@ SHIPPED_MODEL_DIR = Path(__file__).resolve().parents[2] / "illada-demo"
 def is_shipped_model(folder: str | Path) -> bool:
     """Whether `folder` is this repository's `illada-demo/` (whose code files are the repository's own)."""
     return Path(folder).resolve() == SHIPPED_MODEL_DIR
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--model` (default: the shipped `illada-demo/`) and `--trust-remote-code`, as the demo's tools take them."""
+    parser.add_argument("--model", default=str(SHIPPED_MODEL_DIR), help="Model folder (default: illada-demo/).")
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="Needed for any folder but the shipped illada-demo/: loading a model folder runs its Python files.",
+    )
 
 
 def check_model_folder(folder: str | Path) -> None:
